@@ -1,0 +1,176 @@
+"""The artifact bundle: everything a fit produces and a search needs, saved atomically.
+
+Layout of an artifacts folder::
+
+    artifacts/
+      CURRENT              name of the fit folder in use (replaced atomically)
+      fit-20261123T120501-3f2a/
+        manifest.json      settings, versions, counts, skipped files, training history, recall
+        encoder.keras      image -> latent vector
+        autoencoder.keras  the full model (reconstructions for the report)
+        index.joblib       the routed KNN index (centroids, per-cluster KNNs)
+        catalog.json       path, label, content hash and cluster of every indexed image
+        embeddings.npy     the latent vectors, row i = catalog entry i
+
+A fit writes into a hidden staging folder and only then points CURRENT at it, so a fit that
+fails or is interrupted leaves the previous fit loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import joblib
+import numpy as np
+
+from .errors import ArtifactError
+from .index import ClusteredIndex
+
+FORMAT_VERSION = 1
+POINTER = "CURRENT"
+REQUIRED_FILES = (
+    "manifest.json",
+    "encoder.keras",
+    "autoencoder.keras",
+    "index.joblib",
+    "catalog.json",
+    "embeddings.npy",
+)
+_STAGING_PREFIX = ".staging-"
+
+
+@dataclass
+class Catalog:
+    """What is known of each indexed image; entry i is row i of the embeddings and the index."""
+
+    paths: list[str]
+    labels: list[Optional[str]]
+    hashes: list[str]
+    clusters: list[int]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+class ArtifactWriter:
+    """Context manager that stages a new fit and commits it atomically.
+
+    Files are written under ``writer.path``; :meth:`commit` makes them the current fit. Leaving
+    the block without a commit (an exception, an interrupt) deletes the staging folder and keeps
+    the previous fit.
+    """
+
+    def __init__(self, artifacts_dir: str | os.PathLike):
+        self.root = Path(artifacts_dir)
+        self.path: Path | None = None
+
+    def __enter__(self) -> "ArtifactWriter":
+        self.root.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_staging(self.root)
+        self.path = self.root / f"{_STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        self.path.mkdir()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.path is not None and self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Write the manifest, move the staged fit into place, point CURRENT at it, drop old fits."""
+        manifest = {"format_version": FORMAT_VERSION, **manifest}
+        (self.path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        missing = [name for name in REQUIRED_FILES if not (self.path / name).exists()]
+        if missing:
+            raise ArtifactError(f"cannot commit the fit: {', '.join(missing)} not written")
+        final = self.root / f"fit-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+        self.path.rename(final)
+        self.path = None
+        pointer_tmp = self.root / f"{POINTER}.tmp-{os.getpid()}"
+        pointer_tmp.write_text(final.name + "\n")
+        os.replace(pointer_tmp, self.root / POINTER)
+        for old in self.root.glob("fit-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+def _remove_abandoned_staging(root: Path) -> None:
+    """Delete staging folders left by fits whose process no longer runs."""
+    for staging in root.glob(f"{_STAGING_PREFIX}*"):
+        pid = staging.name[len(_STAGING_PREFIX) :].split("-")[0]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def current_fit(artifacts_dir: str | os.PathLike) -> Path:
+    """The folder of the current fit, checked to be complete and of a readable format version."""
+    root = Path(artifacts_dir)
+    pointer = root / POINTER
+    if not pointer.is_file():
+        hint = "it does not exist" if not root.exists() else "it holds no completed fit"
+        raise ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
+    folder = root / pointer.read_text().strip()
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ArtifactError(f"{folder}: incomplete artifacts, missing {', '.join(missing)}; fit again")
+    manifest = read_manifest(folder)
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{folder}: artifacts of format version {version}, this version reads {FORMAT_VERSION}; fit again"
+        )
+    return folder
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{folder / 'manifest.json'}: unreadable manifest ({exc})") from None
+
+
+def save_catalog(folder: Path, catalog: Catalog) -> None:
+    (folder / "catalog.json").write_text(json.dumps(asdict(catalog)))
+
+
+def load_catalog(folder: Path) -> Catalog:
+    return Catalog(**json.loads((folder / "catalog.json").read_text()))
+
+
+def save_index(folder: Path, index: ClusteredIndex, embeddings: np.ndarray) -> None:
+    joblib.dump(index, folder / "index.joblib")
+    np.save(folder / "embeddings.npy", embeddings.astype(np.float32))
+
+
+def load_index(folder: Path) -> ClusteredIndex:
+    try:
+        return joblib.load(folder / "index.joblib")
+    except Exception as exc:  # a pickle from another library version can fail in many ways
+        raise ArtifactError(f"{folder / 'index.joblib'}: cannot load the index ({exc})") from None
+
+
+def load_encoder(folder: Path, name: str = "encoder.keras"):
+    """Load a saved Keras model of the fit (the encoder, or ``autoencoder.keras``)."""
+    import keras
+
+    try:
+        return keras.models.load_model(folder / name, compile=False)
+    except Exception as exc:  # Keras raises assorted types for corrupt or foreign files
+        raise ArtifactError(f"{folder / name}: cannot load the model ({exc})") from None

@@ -1,0 +1,24 @@
+"""What every script shares: logging set-up, and typed errors turned into one line and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from .errors import PipelineError
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run a script's main function and exit: 0 ok, 2 bad input, 1 anything else."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    try:
+        code = main() or 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,154 @@
+"""The streaming loader: image files -> a disk cache of resized images -> shuffled float batches.
+
+Each image is decoded and resized once, in parallel, and written as one row of a flat uint8 file;
+training epochs and embedding then read rows back by offset. Peak memory stays at a few batches
+whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import keras
+import numpy as np
+from tqdm import tqdm
+
+from .errors import ImageError
+from .images import ImageRecord, content_hash, prepare_image, read_file
+
+log = logging.getLogger(__name__)
+_DECODE_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """A file that was found but could not be used, with the reason."""
+
+    path: str
+    reason: str
+
+
+class ImageCache:
+    """Resized RGB uint8 images stored row after row in one file; read back by row index."""
+
+    def __init__(self, path: str, image_size: int, count: int):
+        self.path = path
+        self.image_size = image_size
+        self.count = count
+        self.row_bytes = image_size * image_size * 3
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Rows ``indices`` as an array of shape (len(indices), size, size, 3)."""
+        out = np.empty((len(indices), self.image_size, self.image_size, 3), dtype=np.uint8)
+        flat = out.reshape(len(indices), self.row_bytes)
+        with open(self.path, "rb", buffering=0) as handle:
+            for slot, index in enumerate(indices):
+                handle.seek(int(index) * self.row_bytes)
+                handle.readinto(memoryview(flat[slot]))
+        return out
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start`` to ``stop`` (exclusive) in one read."""
+        count = stop - start
+        out = np.empty((count, self.image_size, self.image_size, 3), dtype=np.uint8)
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(start * self.row_bytes)
+            handle.readinto(memoryview(out.reshape(-1)))
+        return out
+
+
+@dataclass
+class DecodedImages:
+    """The outcome of the decode pass: the cache of usable images and what was skipped."""
+
+    cache: ImageCache
+    records: list[ImageRecord]  # row i of the cache is records[i]
+    hashes: list[str]
+    skipped: list[SkippedImage]
+
+
+def _load_one(record: ImageRecord, image_size: int) -> tuple[np.ndarray, str] | SkippedImage:
+    try:
+        data = read_file(record.path)
+        return prepare_image(data, record.path, image_size), content_hash(data)
+    except ImageError as exc:
+        return SkippedImage(record.path, exc.reason)
+
+
+def decode_to_cache(
+    records: Sequence[ImageRecord], cache_path: str, image_size: int, workers: int = 0
+) -> DecodedImages:
+    """Decode and resize every image in parallel threads into a cache file at ``cache_path``.
+
+    Unreadable, truncated, empty and non-image files are skipped with a warning, never fatal.
+    """
+    workers = workers or os.cpu_count() or 1
+    kept, hashes, skipped = [], [], []
+    with open(cache_path, "wb") as out, ThreadPoolExecutor(workers) as pool:
+        progress = tqdm(total=len(records), desc="decode", unit="img")
+        for start in range(0, len(records), _DECODE_CHUNK):
+            chunk = records[start : start + _DECODE_CHUNK]
+            for record, result in zip(chunk, pool.map(lambda r: _load_one(r, image_size), chunk)):
+                if isinstance(result, SkippedImage):
+                    log.warning("skipped %s: %s", result.path, result.reason)
+                    skipped.append(result)
+                else:
+                    out.write(result[0].tobytes())
+                    kept.append(record)
+                    hashes.append(result[1])
+            progress.update(len(chunk))
+        progress.close()
+    return DecodedImages(ImageCache(cache_path, image_size, len(kept)), kept, hashes, skipped)
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> float32 in [0, 1]: the model's input scaling, at fit and query time."""
+    return images.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def split_indices(count: int, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic shuffled train/validation split; no validation set below 10 images."""
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = int(round(count * validation_split)) if count >= 10 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def iter_batches(cache: ImageCache, batch_size: int) -> Iterator[np.ndarray]:
+    """Model-input batches of the whole cache, in row order."""
+    for start in range(0, cache.count, batch_size):
+        yield to_model_input(cache.read_range(start, min(start + batch_size, cache.count)))
+
+
+class TrainingBatches(keras.utils.PyDataset):
+    """(input, target) batches for the autoencoder, reshuffled each epoch, optionally mirrored.
+
+    The target is the input itself; denoising noise is added inside the model, so the target
+    stays clean.
+    """
+
+    def __init__(self, cache: ImageCache, indices: np.ndarray, batch_size: int, seed: int, flip: bool):
+        super().__init__()
+        self.cache = cache
+        self.indices = np.asarray(indices)
+        self.batch_size = batch_size
+        self.flip = flip
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(self.indices)
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.sort(self.order[batch * self.batch_size : (batch + 1) * self.batch_size])
+        images = to_model_input(self.cache.read(rows))
+        if self.flip:
+            mirrored = self.rng.random(len(images)) < 0.5
+            images[mirrored] = images[mirrored, :, ::-1]
+        return images, images
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(self.indices)

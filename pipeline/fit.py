@@ -1,0 +1,168 @@
+"""Fit a folder of images: decode -> train -> embed -> cluster -> index -> artifacts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import keras
+import numpy as np
+import sklearn
+
+from . import __version__
+from .artifacts import ArtifactWriter, Catalog, save_catalog, save_index
+from .autoencoder import build_autoencoder, train_autoencoder
+from .cluster import choose_cluster_count, fit_kmeans
+from .config import FitConfig
+from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
+from .embed import embed_cache
+from .errors import InputError
+from .images import IMAGE_EXTENSIONS, find_images
+from .index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprobe
+
+log = logging.getLogger(__name__)
+RECALL_QUERIES = 500  # indexed vectors used as queries to measure recall against exact search
+
+
+@dataclass
+class FitSummary:
+    """What a fit did and where it went."""
+
+    images: int
+    skipped: list[SkippedImage]
+    clusters: int
+    nprobe: int
+    recall_at_10: float
+    epochs_run: int
+    artifacts: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.stage_seconds.values())
+
+
+def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", config: FitConfig | None = None) -> FitSummary:
+    """Train the autoencoder on every image under ``data_dir`` and write a searchable bundle.
+
+    Raises InputError when the folder is missing or holds no decodable image. The previous
+    artifacts in ``artifacts_dir`` stay in place unless the whole fit succeeds.
+    """
+    config = config or FitConfig()
+    config.validate()
+    keras.utils.set_random_seed(config.seed)
+    seconds: dict[str, float] = {}
+
+    records = find_images(data_dir)
+    if not records:
+        raise InputError(f"{data_dir}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    log.info("found %d image files under %s", len(records), data_dir)
+
+    with ArtifactWriter(artifacts_dir) as writer:
+        with tempfile.TemporaryDirectory(dir=writer.path) as scratch:  # the decoded-image cache
+            with _stage("decode", seconds):
+                decoded = decode_to_cache(
+                    records, os.path.join(scratch, "images.u8"), config.image_size, config.decode_workers
+                )
+            if not decoded.records:
+                raise InputError(f"{data_dir}: none of the {len(records)} image files could be decoded")
+            if decoded.skipped:
+                log.warning("skipped %d unreadable files (listed in the manifest)", len(decoded.skipped))
+
+            with _stage("train", seconds):
+                autoencoder, encoder = build_autoencoder(config)
+                train_rows, val_rows = split_indices(decoded.cache.count, config.validation_split, config.seed)
+                batches = dict(batch_size=config.batch_size, seed=config.seed)
+                history = train_autoencoder(
+                    autoencoder,
+                    TrainingBatches(decoded.cache, train_rows, flip=config.flip_augment, **batches),
+                    TrainingBatches(decoded.cache, val_rows, flip=False, **batches) if len(val_rows) else None,
+                    config,
+                    str(writer.path / "autoencoder.keras"),
+                )
+                encoder.save(writer.path / "encoder.keras")
+
+            with _stage("embed", seconds):
+                embeddings = embed_cache(encoder, decoded.cache, config.batch_size)
+
+        with _stage("cluster", seconds):
+            vectors = prepare_vectors(embeddings, config.metric)
+            n_clusters = choose_cluster_count(len(vectors), config.clusters)
+            centroids, assignments = fit_kmeans(vectors, n_clusters, config.seed)
+
+        with _stage("index", seconds):
+            index = ClusteredIndex(config.metric).fit(vectors, centroids, assignments)
+            sample = np.random.default_rng(config.seed).permutation(len(vectors))[:RECALL_QUERIES]
+            curve = recall_curve(index, vectors[sample], sample)
+            nprobe = smallest_nprobe(curve, config.target_recall) if config.nprobe == "auto" else index.resolve_nprobe(config.nprobe)
+            save_index(writer.path, index, embeddings)
+            save_catalog(
+                writer.path,
+                Catalog(
+                    paths=[r.path for r in decoded.records],
+                    labels=[r.label for r in decoded.records],
+                    hashes=decoded.hashes,
+                    clusters=assignments.tolist(),
+                ),
+            )
+
+        manifest = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "data_dir": str(data_dir),
+            "settings": config.to_dict(),
+            "versions": _library_versions(),
+            "images": len(decoded.records),
+            "skipped": [{"path": s.path, "reason": s.reason} for s in decoded.skipped],
+            "history": history,
+            "clusters": index.nlist,
+            "nprobe": nprobe,
+            "recall_at_10": {str(k): v for k, v in curve.items()},
+            "stage_seconds": seconds,
+        }
+        final = writer.commit(manifest)
+
+    summary = FitSummary(
+        images=len(decoded.records),
+        skipped=decoded.skipped,
+        clusters=index.nlist,
+        nprobe=nprobe,
+        recall_at_10=curve.get(nprobe, curve[max(curve)]),
+        epochs_run=len(history.get("loss", [])),
+        artifacts=final,
+        stage_seconds=seconds,
+    )
+    log.info("wrote artifacts to %s", final)
+    return summary
+
+
+def _library_versions() -> dict[str, str]:
+    import cv2
+    import PIL
+    import tensorflow as tf
+
+    return {
+        "pipeline": __version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+@contextmanager
+def _stage(name: str, seconds: dict[str, float]) -> Iterator[None]:
+    """Log the start of a stage and record its wall time in ``seconds``."""
+    log.info("stage %s ...", name)
+    start = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - start, 3)

@@ -1,0 +1,167 @@
+"""Finding image files, decoding any real-world image to RGB uint8, and fetching a URL safely.
+
+Every image the pipeline sees, at fit time or at query time, goes through
+:func:`prepare_image`, so a query is preprocessed exactly as the training images were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+import cv2
+import numpy as np
+import requests
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError, InputError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+MAX_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
+URL_MAX_BYTES = 20 * 1024 * 1024
+URL_TIMEOUT_S = 10.0
+_NON_IMAGE_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file found under a folder; ``label`` is its first-level folder name, if any."""
+
+    path: str
+    label: Optional[str]
+
+
+def find_images(root: str | os.PathLike) -> list[ImageRecord]:
+    """Every image file under ``root`` (recursively, sorted, hidden entries skipped).
+
+    The label of ``root/cat/x.jpg`` and of ``root/cat/sub/y.png`` is ``"cat"``; files directly in
+    ``root`` have no label. Paths keep the form of ``root`` as given (relative stays relative).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    records = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        relative = Path(folder).relative_to(root)
+        label = relative.parts[0] if relative.parts else None
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                records.append(ImageRecord(str(Path(folder) / name), label))
+    return records
+
+
+def content_hash(data: bytes) -> str:
+    """SHA-1 of an image's bytes: how the same image is recognised under another path or URL."""
+    return hashlib.sha1(data).hexdigest()
+
+
+def decode_image(data: bytes, source: str, min_size: int = 0) -> np.ndarray:
+    """Decode image bytes to an upright RGB uint8 array of shape (height, width, 3).
+
+    Handles EXIF orientation, grayscale, palette, CMYK, 16-bit, and transparency (composited on
+    white). ``min_size`` lets large JPEGs be decoded at a reduced scale that still covers it.
+    Raises ImageError naming ``source`` for empty, truncated, oversized or non-image data.
+    """
+    if not data:
+        raise ImageError(source, "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise ImageError(source, f"too large ({image.width}x{image.height} pixels)")
+                if min_size:
+                    image.draft("RGB", (min_size, min_size))
+                image.load()
+                return _to_rgb(ImageOps.exif_transpose(image))
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(source, "not a decodable image") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(source, f"cannot decode image ({exc})") from None
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit and float grayscale: scale the full range to 8 bits instead of clipping.
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        gray = np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB image to ``size`` x ``size`` (area interpolation when shrinking)."""
+    shrinking = rgb.shape[0] >= size and rgb.shape[1] >= size
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+    return cv2.resize(rgb, (size, size), interpolation=interpolation)
+
+
+def prepare_image(data: bytes, source: str, size: int) -> np.ndarray:
+    """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike."""
+    return resize_square(decode_image(data, source, min_size=size), size)
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """Read a file's bytes, turning OS errors into an ImageError that names the file."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ImageError(str(path), "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(str(path), "is a folder, not an image file") from None
+    except OSError as exc:
+        raise ImageError(str(path), f"cannot read ({exc.strerror})") from None
+
+
+def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYTES) -> bytes:
+    """Download an image over http(s) with a total time limit and a size limit.
+
+    Raises ImageError naming the URL for a bad scheme, a connection failure, an HTTP error status,
+    a non-image content type, a body over ``max_bytes``, or a download slower than ``timeout``.
+    """
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ImageError(url, f"only http and https URLs are supported, not {scheme or 'a bare path'!r}")
+    deadline = time.monotonic() + timeout
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            if response.status_code >= 400:
+                raise ImageError(url, f"HTTP {response.status_code} {response.reason}".rstrip())
+            content_type = response.headers.get("Content-Type", "").lower()
+            if content_type.startswith(_NON_IMAGE_TYPES):
+                raise ImageError(url, f"not an image (content type {content_type.split(';')[0]})")
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > max_bytes:
+                raise ImageError(url, f"too large ({declared} bytes, limit {max_bytes})")
+            body = bytearray()
+            for chunk in response.iter_content(chunk_size=64 * 1024):
+                body.extend(chunk)
+                if len(body) > max_bytes:
+                    raise ImageError(url, f"too large (over {max_bytes} bytes)")
+                if time.monotonic() > deadline:
+                    raise ImageError(url, f"timed out after {timeout:g} s")
+            return bytes(body)
+    except requests.Timeout:
+        raise ImageError(url, f"timed out after {timeout:g} s") from None
+    except requests.ConnectionError as exc:
+        if "timed out" in str(exc).lower():  # a read timeout inside the body arrives as a ConnectionError
+            raise ImageError(url, f"timed out after {timeout:g} s") from None
+        raise ImageError(url, "cannot connect") from None
+    except requests.RequestException as exc:
+        raise ImageError(url, f"request failed ({exc})") from None

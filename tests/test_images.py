@@ -1,0 +1,148 @@
+"""Finding, decoding and fetching images: real photos plus synthetic special cases."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SAMPLE
+from pipeline.errors import ImageError, InputError
+from pipeline.images import decode_image, fetch_url, find_images, prepare_image, read_file
+
+PHOTO = sorted((SAMPLE / "shoes").glob("*.jpg"))[0]
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def test_find_images_recurses_labels_by_first_folder_and_skips_hidden_and_other_files(tmp_path):
+    (tmp_path / "cats" / "indoor").mkdir(parents=True)
+    (tmp_path / ".thumbs").mkdir()
+    for name in ("cats/a.JPG", "cats/indoor/b.png", "top.webp", "notes.txt", ".hidden.jpg", ".thumbs/c.jpg", "d.Jpeg"):
+        (tmp_path / name).write_bytes(b"x")
+    found = {(r.path, r.label) for r in find_images(tmp_path)}
+    assert found == {
+        (str(tmp_path / "cats" / "a.JPG"), "cats"),
+        (str(tmp_path / "cats" / "indoor" / "b.png"), "cats"),
+        (str(tmp_path / "d.Jpeg"), None),
+        (str(tmp_path / "top.webp"), None),
+    }
+
+
+def test_find_images_on_a_missing_folder_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="not a folder"):
+        find_images(tmp_path / "absent")
+
+
+def test_real_photo_decodes_to_rgb_uint8():
+    image = decode_image(read_file(PHOTO), str(PHOTO))
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert min(image.shape[:2]) == 400  # clothing10 photos are 400 px on the shorter side
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = Image.fromarray(np.arange(64 * 48, dtype=np.uint32).reshape(48, 64).astype(np.uint8) % 251)
+    image = decode_image(encode(gray.convert("L"), "PNG"), "gray.png")
+    assert image.shape == (48, 64, 3)
+    assert np.array_equal(image[..., 0], image[..., 2]) and np.array_equal(image[..., 0], np.asarray(gray))
+
+
+def test_transparency_is_composited_on_white():
+    rgba = np.zeros((10, 10, 4), np.uint8)  # fully transparent black ...
+    rgba[:5, :, :] = (255, 0, 0, 255)  # ... under an opaque red top half
+    image = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), "rgba.png")
+    assert (image[:5] == (255, 0, 0)).all()
+    assert (image[5:] == 255).all()
+
+
+def test_16_bit_png_is_scaled_not_clipped():
+    ramp = np.tile(np.linspace(0, 65535, 256), (4, 1)).astype(np.uint16)  # 0 .. 65535 along each row
+    image = decode_image(encode(Image.fromarray(ramp), "PNG"), "deep.png")
+    assert image.shape == (4, 256, 3)
+    assert image.min() == 0 and image.max() == 255
+    assert 120 <= int(image[0, 128, 0]) <= 135  # mid-range stays mid-grey instead of saturating
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_is_applied(fmt):
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = (255, 255, 255)  # stored wide, white on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image = decode_image(encode(Image.fromarray(pixels), fmt, exif=exif.tobytes()), f"rotated.{fmt}")
+    assert image.shape[:2] == (40, 20)  # displayed tall
+    assert image[:15].mean() > 200 and image[25:].mean() < 50  # the left half is now on top
+
+
+def test_large_jpeg_decodes_at_a_reduced_scale_that_still_covers_the_size():
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8))
+    data = encode(big, "JPEG", quality=80)
+    image = decode_image(data, "big.jpg", min_size=64)
+    assert min(image.shape[:2]) >= 64 and image.shape[1] < 4000
+    assert prepare_image(data, "big.jpg", 64).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"this is a text file, not a photo", "not a decodable image"),
+        (PHOTO.read_bytes()[:4000], "cannot decode"),  # truncated JPEG
+    ],
+    ids=["empty", "text", "truncated"],
+)
+def test_bad_bytes_raise_an_image_error_naming_the_source(data, reason):
+    with pytest.raises(ImageError, match=reason) as caught:
+        decode_image(data, "some/file.jpg")
+    assert str(caught.value).startswith("some/file.jpg: ")
+
+
+def test_read_file_errors_name_the_path(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        read_file(tmp_path / "missing.jpg")
+    with pytest.raises(ImageError, match="is a folder"):
+        read_file(tmp_path)
+
+
+def test_prepare_image_is_deterministic_and_square():
+    data = PHOTO.read_bytes()
+    first, second = prepare_image(data, "a", 48), prepare_image(data, "b", 48)
+    assert first.shape == (48, 48, 3) and np.array_equal(first, second)
+
+
+def test_fetch_url_returns_the_served_bytes(http_root, http_url):
+    shutil.copy(PHOTO, http_root / "photo.jpg")
+    assert fetch_url(f"{http_url}/photo.jpg") == PHOTO.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "path, options, reason",
+    [
+        ("/missing.jpg", {}, "HTTP 404"),
+        ("/page.html", {}, "not an image .content type text/html"),
+        ("/slow", {"timeout": 0.5}, "timed out after 0.5 s"),
+        ("/photo.jpg", {"max_bytes": 1000}, "too large"),
+    ],
+    ids=["404", "html", "timeout", "too-large"],
+)
+def test_fetch_url_errors_are_clear(http_root, http_url, path, options, reason):
+    shutil.copy(PHOTO, http_root / "photo.jpg")
+    with pytest.raises(ImageError, match=reason) as caught:
+        fetch_url(http_url + path, **options)
+    assert caught.value.source == http_url + path
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/a.jpg", "just/a/path.jpg"])
+def test_fetch_url_refuses_other_schemes(url):
+    with pytest.raises(ImageError, match="only http and https"):
+        fetch_url(url)
+
+
+def test_fetch_url_connection_refused_is_clear():
+    with pytest.raises(ImageError, match="cannot connect"):
+        fetch_url("http://127.0.0.1:9/photo.jpg", timeout=2)

@@ -1,0 +1,74 @@
+"""The routed index against brute-force exact search."""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from pipeline.cluster import fit_kmeans
+from pipeline.index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprobe
+
+
+def gaussian_mixture(n=3000, dim=16, centers=30, seed=0):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 4, (centers, dim))
+    return (means[rng.integers(0, centers, n)] + rng.normal(0, 1.5, (n, dim))).astype(np.float32)
+
+
+def build(vectors, metric, nlist, seed=0):
+    prepared = prepare_vectors(vectors, metric)
+    centroids, assignments = fit_kmeans(prepared, nlist, seed)
+    return ClusteredIndex(metric).fit(vectors, centroids, assignments)
+
+
+@pytest.mark.parametrize("metric, scipy_metric", [("cosine", "cosine"), ("euclidean", "euclidean")])
+def test_probing_every_cluster_equals_brute_force(metric, scipy_metric):
+    vectors = gaussian_mixture()
+    queries = gaussian_mixture(n=50, seed=1)
+    index = build(vectors, metric, nlist=20)
+    hits = index.search(queries, n=10, nprobe="all")
+    exact = cdist(queries.astype(np.float64), vectors.astype(np.float64), scipy_metric)
+    expected_ids = np.argsort(exact, axis=1, kind="stable")[:, :10]
+    np.testing.assert_allclose(hits.distances, np.take_along_axis(exact, expected_ids, 1), atol=1e-4)
+    assert (hits.ids == expected_ids).mean() > 0.99  # only float ties may swap places
+    assert hits.probed.shape == (50, 20)
+
+
+def test_recall_rises_with_nprobe_and_reaches_one():
+    vectors = gaussian_mixture(n=4000, dim=32, centers=40)
+    index = build(vectors, "euclidean", nlist=64)
+    sample = np.arange(0, 4000, 20)
+    curve = recall_curve(index, vectors[sample], sample)
+    values = [curve[p] for p in sorted(curve)]
+    assert sorted(curve)[0] == 1 and sorted(curve)[-1] == 64
+    assert all(b >= a - 1e-9 for a, b in zip(values, values[1:]))
+    assert values[0] < 0.95 and values[-1] == 1.0
+
+
+def test_smallest_nprobe_picks_the_first_that_reaches_the_target():
+    assert smallest_nprobe({1: 0.5, 2: 0.9, 4: 0.97, 8: 1.0}, 0.95) == 4
+    assert smallest_nprobe({1: 0.5, 2: 0.6}, 0.95) == 2
+
+
+def test_results_are_sorted_and_padded_when_probed_clusters_are_small():
+    vectors = gaussian_mixture(n=40, centers=8)
+    index = build(vectors, "euclidean", nlist=8)
+    hits = index.search(vectors[:3], n=30, nprobe=1)
+    for distances, ids in zip(hits.distances, hits.ids):
+        found = ids >= 0
+        assert found.sum() < 30 and np.isinf(distances[~found]).all()
+        assert np.all(np.diff(distances[found]) >= 0)
+        assert not found[found.sum():].any()  # padding only at the end
+
+
+def test_more_clusters_than_vectors_and_repeated_vectors_work():
+    vectors = np.repeat(np.eye(3, dtype=np.float32), 2, axis=0)  # 6 vectors, 3 distinct
+    centroids, assignments = fit_kmeans(vectors, 6, seed=0)
+    assert len(centroids) == 3 and set(assignments) == {0, 1, 2}  # empty clusters dropped
+    index = ClusteredIndex("euclidean").fit(vectors, centroids, assignments)
+    hits = index.search(vectors[:1], n=2, nprobe=1)
+    assert set(hits.ids[0]) == {0, 1} and np.allclose(hits.distances[0], 0)
+
+
+def test_nprobe_is_clamped_to_the_number_of_clusters():
+    index = build(gaussian_mixture(n=200), "cosine", nlist=5)
+    assert index.resolve_nprobe(99) == 5 and index.resolve_nprobe("all") == 5 and index.resolve_nprobe(2) == 2

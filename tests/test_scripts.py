@@ -1,0 +1,147 @@
+"""The command-line scripts as a user runs them: output, exit codes, one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, copy_subset
+from pipeline.artifacts import current_fit, read_manifest
+
+
+def run_script(name, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+def tiny_flags(**overrides):
+    settings = {"image-size": TINY["image_size"], "latent-dim": TINY["latent_dim"], "epochs": TINY["epochs"],
+                "batch-size": TINY["batch_size"], "filters": ",".join(map(str, TINY["filters"])), **overrides}
+    return [part for key, value in settings.items() for part in (f"--{key}", value)]
+
+
+def last_line(process):
+    return process.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def messy_fit(tmp_path_factory):
+    """fit.py on real photos mixed with an empty, a truncated and a non-image file."""
+    data = copy_subset(tmp_path_factory.mktemp("messy"), classes=("hat", "shoes"), per_class=6)
+    (data / "hat" / "empty.jpg").write_bytes(b"")
+    (data / "hat" / "notes.png").write_text("not an image")
+    good = sorted((data / "shoes").glob("*.jpg"))[0]
+    (data / "shoes" / "truncated.jpg").write_bytes(good.read_bytes()[:2000])
+    artifacts = tmp_path_factory.mktemp("messy-artifacts")
+    process = run_script("fit.py", data, "--artifacts", artifacts, "--clusters", "3", *tiny_flags())
+    return data, artifacts, process
+
+
+def test_fit_skips_and_lists_bad_files(messy_fit):
+    data, artifacts, process = messy_fit
+    assert process.returncode == 0, process.stderr
+    assert "fitted 12 images (3 skipped)" in process.stdout and f"artifacts: {artifacts}" in process.stdout
+    manifest = read_manifest(current_fit(artifacts))
+    assert {os.path.basename(s["path"]): s["reason"].split(" (")[0] for s in manifest["skipped"]} == {
+        "empty.jpg": "empty file",
+        "notes.png": "not a decodable image",
+        "truncated.jpg": "cannot decode image",
+    }
+    assert manifest["clusters"] == 3
+
+
+def test_predict_json_by_file(messy_fit):
+    data, artifacts, _ = messy_fit
+    query = sorted((data / "hat").glob("*.jpg"))[0]
+    process = run_script("predict.py", "--file", query, "-n", 4, "--artifacts", artifacts, "--json")
+    assert process.returncode == 0, process.stderr
+    output = json.loads(process.stdout)
+    assert output["query"] == str(query) and len(output["clusters"]) == output["nprobe"]
+    results = output["results"]
+    assert len(results) == 4 and results[0]["path"] == str(query) and results[0]["distance"] < 1e-5
+    assert [r["rank"] for r in results] == [1, 2, 3, 4]
+    assert all({"rank", "path", "distance", "cluster", "label"} <= set(r) for r in results)
+    assert [r["distance"] for r in results] == sorted(r["distance"] for r in results)
+
+
+def test_predict_table_and_plot(messy_fit, tmp_path):
+    data, artifacts, _ = messy_fit
+    query = sorted((data / "shoes").glob("*.jpg"))[1]
+    plot = tmp_path / "montage.png"
+    process = run_script("predict.py", "--file", query, "-n", 3, "--artifacts", artifacts, "--plot", plot,
+                         "--exclude-self", "--nprobe", "all")
+    assert process.returncode == 0, process.stderr
+    lines = process.stdout.splitlines()
+    assert lines[0].startswith(f"query {query}: nprobe 3") and lines[1].split()[:3] == ["rank", "distance", "cluster"]
+    rows = [line for line in lines if line.strip()[:1].isdigit()]
+    assert len(rows) == 3 and not any(str(query) in row for row in rows)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--file", "{data}/nope.jpg"], "{data}/nope.jpg: no such file"),
+        (["--file", "{data}/hat/notes.png"], "{data}/hat/notes.png: not a decodable image"),
+        (["--url", "{url}/missing.jpg"], "{url}/missing.jpg: HTTP 404"),
+        (["--url", "{url}/page.html"], "{url}/page.html: not an image (content type text/html)"),
+        (["--url", "{url}/slow", "--timeout", "1"], "{url}/slow: timed out after 1 s"),
+        (["--url", "ftp://example.org/x.jpg"], "ftp://example.org/x.jpg: only http and https"),
+    ],
+    ids=["missing-file", "non-image-file", "url-404", "url-html", "url-timeout", "url-scheme"],
+)
+def test_predict_bad_input_is_one_line_and_exit_2(messy_fit, http_url, args, message):
+    data, artifacts, _ = messy_fit
+    args = [a.format(data=data, url=http_url) for a in args]
+    process = run_script("predict.py", *args, "--artifacts", artifacts)
+    assert process.returncode == 2
+    assert last_line(process).startswith("error: " + message.format(data=data, url=http_url))
+    assert "Traceback" not in process.stderr
+
+
+def test_predict_without_artifacts_is_a_clear_error(tmp_path):
+    process = run_script("predict.py", "--file", ROOT / "data" / "sample" / "hat" / "x.jpg", "--artifacts", tmp_path / "none")
+    assert process.returncode == 2
+    assert last_line(process) == f"error: {tmp_path / 'none'}: no fitted artifacts (it does not exist); run scripts/fit.py first"
+
+
+def test_fit_of_an_empty_folder_is_exit_2_and_keeps_the_old_fit(messy_fit, tmp_path):
+    _, artifacts, _ = messy_fit
+    before = current_fit(artifacts)
+    (tmp_path / "empty").mkdir()
+    process = run_script("fit.py", tmp_path / "empty", "--artifacts", artifacts)
+    assert process.returncode == 2
+    assert last_line(process).startswith(f"error: {tmp_path / 'empty'}: no image files found")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_text("nope")
+    process = run_script("fit.py", tmp_path / "junk", "--artifacts", artifacts)
+    assert process.returncode == 2 and "none of the 1 image files could be decoded" in last_line(process)
+    assert current_fit(artifacts) == before and not list(artifacts.glob(".staging-*"))
+
+
+def test_an_interrupted_fit_keeps_the_old_artifacts(messy_fit, tmp_path):
+    data, artifacts, _ = messy_fit
+    before = current_fit(artifacts)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "fit.py"), str(data), "--artifacts", str(artifacts),
+         *map(str, tiny_flags(epochs=500))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
+    try:
+        for line in process.stdout:  # wait until training has started, then kill without warning
+            if line.startswith("Epoch 2/"):
+                break
+        assert list(artifacts.glob(".staging-*")), "the fit should be writing into a staging folder"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert current_fit(artifacts) == before
+    predict = run_script("predict.py", "--file", sorted((data / "hat").glob("*.jpg"))[0], "-n", 2,
+                         "--artifacts", artifacts, "--json")
+    assert predict.returncode == 0 and len(json.loads(predict.stdout)["results"]) == 2

@@ -1,0 +1,72 @@
+"""A real fit of real photos, searched by file, bytes and URL."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+from scipy.spatial.distance import cdist
+
+from pipeline.artifacts import current_fit, load_catalog
+
+
+def test_fit_summary_and_manifest(fitted, photos):
+    artifacts, summary = fitted
+    assert summary.images == 32 and not summary.skipped and summary.epochs_run == 2
+    manifest = json.loads((current_fit(artifacts) / "manifest.json").read_text())
+    assert manifest["images"] == 32 and manifest["settings"]["image_size"] == 32
+    assert len(manifest["history"]["loss"]) == 2 and len(manifest["history"]["val_loss"]) == 2
+    assert {"tensorflow", "keras", "scikit-learn", "numpy"} <= set(manifest["versions"])
+    assert manifest["nprobe"] == summary.nprobe and manifest["recall_at_10"][str(summary.nprobe)] >= 0.95
+    catalog = load_catalog(current_fit(artifacts))
+    assert sorted(set(catalog.labels)) == ["dress", "hat", "pants", "shoes"]
+
+
+def test_an_indexed_image_finds_itself_first_at_distance_zero(searcher, photos):
+    query = sorted((photos / "hat").glob("*.jpg"))[2]
+    result = searcher.search_file(query, n=5)
+    assert len(result.results) == 5
+    first = result.results[0]
+    assert first.path == str(query) and first.same_image and first.distance < 1e-5
+    distances = [hit.distance for hit in result.results]
+    assert distances == sorted(distances) and [hit.rank for hit in result.results] == [1, 2, 3, 4, 5]
+    assert first.cluster == result.clusters[0]  # the query's own cluster is probed first
+
+
+def test_exclude_self_drops_the_query_and_still_returns_n(searcher, photos):
+    query = sorted((photos / "shoes").glob("*.jpg"))[0]
+    result = searcher.search_file(query, n=5, exclude_self=True)
+    assert len(result.results) == 5 and not any(hit.same_image for hit in result.results)
+    assert str(query) not in [hit.path for hit in result.results]
+
+
+def test_url_query_gives_the_same_result_as_the_file(searcher, photos, http_root, http_url):
+    query = sorted((photos / "dress").glob("*.jpg"))[1]
+    shutil.copy(query, http_root / "dress.jpg")
+    by_file = searcher.search_file(query, n=8)
+    by_url = searcher.search_url(f"{http_url}/dress.jpg", n=8)
+    assert [h.path for h in by_url.results] == [h.path for h in by_file.results]
+    np.testing.assert_allclose([h.distance for h in by_url.results], [h.distance for h in by_file.results], atol=1e-6)
+    assert by_url.query == f"{http_url}/dress.jpg" and by_url.results[0].same_image
+
+
+def test_nprobe_all_equals_brute_force_over_the_stored_embeddings(searcher, photos):
+    embeddings = np.load(searcher.folder / "embeddings.npy")
+    query = sorted((photos / "pants").glob("*.jpg"))[3]
+    result = searcher.search_file(query, n=10, nprobe="all")
+    assert result.nprobe == searcher.index.nlist
+    row = searcher.catalog.paths.index(str(query))
+    exact = cdist(embeddings[row : row + 1].astype(np.float64), embeddings.astype(np.float64), "cosine")[0]
+    expected = np.argsort(exact, kind="stable")[:10]
+    np.testing.assert_allclose([h.distance for h in result.results], exact[expected], atol=1e-4)
+    assert {h.path for h in result.results[1:]} <= {searcher.catalog.paths[i] for i in np.argsort(exact)[:11]}
+
+
+def test_grayscale_and_rgba_queries_work(searcher, photos):
+    photo = Image.open(sorted((photos / "hat").glob("*.jpg"))[0])
+    for mode, fmt in (("L", "PNG"), ("RGBA", "PNG"), ("L", "JPEG")):
+        buffer = io.BytesIO()
+        photo.convert(mode).save(buffer, fmt)
+        result = searcher.search_bytes(buffer.getvalue(), f"query.{mode}.{fmt}", n=3)
+        assert len(result.results) == 3 and not result.results[0].same_image
