@@ -92,16 +92,8 @@ def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifac
             with _stage("embed", seconds):
                 embeddings = embed_cache(encoder, decoded.cache, config.batch_size)
 
-        with _stage("cluster", seconds):
-            vectors = prepare_vectors(embeddings, config.metric)
-            n_clusters = choose_cluster_count(len(vectors), config.clusters)
-            centroids, assignments = fit_kmeans(vectors, n_clusters, config.seed)
-
-        with _stage("index", seconds):
-            index = ClusteredIndex(config.metric).fit(vectors, centroids, assignments)
-            sample = np.random.default_rng(config.seed).permutation(len(vectors))[:RECALL_QUERIES]
-            curve = recall_curve(index, vectors[sample], sample)
-            nprobe = smallest_nprobe(curve, config.target_recall) if config.nprobe == "auto" else index.resolve_nprobe(config.nprobe)
+        with _stage("cluster+index", seconds):
+            index, nprobe, curve = index_embeddings(embeddings, config)
             save_index(writer.path, index, embeddings)
             save_catalog(
                 writer.path,
@@ -109,13 +101,13 @@ def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifac
                     paths=[r.path for r in decoded.records],
                     labels=[r.label for r in decoded.records],
                     hashes=decoded.hashes,
-                    clusters=assignments.tolist(),
+                    clusters=index.assignments_.tolist(),
                 ),
             )
 
         manifest = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "data_dir": str(data_dir),
+            "data_dir": str(Path(data_dir).resolve()),
             "settings": config.to_dict(),
             "versions": _library_versions(),
             "images": len(decoded.records),
@@ -140,6 +132,21 @@ def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifac
     )
     log.info("wrote artifacts to %s", final)
     return summary
+
+
+def index_embeddings(embeddings: np.ndarray, config: FitConfig) -> tuple[ClusteredIndex, int, dict[int, float]]:
+    """Cluster the embeddings, index them, and pick nprobe: (index, nprobe, recall@10 curve).
+
+    The recall curve is measured on up to RECALL_QUERIES indexed vectors used as queries.
+    """
+    vectors = prepare_vectors(embeddings, config.metric)
+    n_clusters = choose_cluster_count(len(vectors), config.clusters)
+    centroids, assignments = fit_kmeans(vectors, n_clusters, config.seed)
+    index = ClusteredIndex(config.metric).fit(vectors, centroids, assignments)
+    sample = np.random.default_rng(config.seed).permutation(len(vectors))[:RECALL_QUERIES]
+    curve = recall_curve(index, vectors[sample], sample)
+    nprobe = smallest_nprobe(curve, config.target_recall) if config.nprobe == "auto" else index.resolve_nprobe(config.nprobe)
+    return index, nprobe, curve
 
 
 def _library_versions() -> dict[str, str]:

@@ -1,0 +1,27 @@
+"""Write one benchmark's section of docs/BENCHMARKS.md, leaving the other sections as they are."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import os
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+_HEADER = "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; each section says how to re-run it.\n"
+
+
+def machine() -> str:
+    """A one-line description of the machine a figure was measured on."""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace (or append) the section between ``<!-- name -->`` markers."""
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else _HEADER
+    block = f"<!-- {name} -->\n{markdown.strip()}\n<!-- /{name} -->"
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    BENCHMARKS_MD.parent.mkdir(exist_ok=True)
+    BENCHMARKS_MD.write_text(text)

@@ -1,0 +1,164 @@
+"""Retrieval quality on a labelled folder: the fitted pipeline against classic baselines.
+
+Every image is a query against all the others (itself excluded); a neighbour is relevant when it
+has the query's label.
+
+- precision@k: the share of the k nearest neighbours that are relevant.
+- mAP@k: the mean over queries of AP@k = (1 / min(k, R)) * sum over ranks i <= k of
+  precision@i * [neighbour i is relevant], R being the number of other images with the query's label.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+
+from .config import FitConfig
+from .dataset import decode_to_cache
+from .embed import embed_cache
+from .errors import InputError
+from .fit import index_embeddings
+from .images import ImageRecord, find_images
+from .index import ClusteredIndex
+from .search import Searcher
+
+BASELINE_SIZE = 32
+
+
+def precision_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> float:
+    """Mean share of relevant neighbours; ``neighbour_labels`` is (queries, k)."""
+    return float((neighbour_labels == query_labels[:, None]).mean())
+
+
+def map_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, relevant_counts: np.ndarray) -> float:
+    """Mean average precision over the top k (see the module docstring)."""
+    relevant = neighbour_labels == query_labels[:, None]
+    k = relevant.shape[1]
+    precision_at_i = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
+    denominators = np.minimum(k, relevant_counts)
+    ap = np.where(denominators > 0, (precision_at_i * relevant).sum(axis=1) / np.maximum(denominators, 1), 0.0)
+    return float(ap.mean())
+
+
+def exact_neighbours(features: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
+    """Ids of the k nearest other rows of ``features`` (leave-one-out, brute force)."""
+    ids = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric=metric).fit(features).kneighbors(
+        return_distance=False
+    )
+    return ids[:, :k]
+
+
+def _without_self(ids: np.ndarray, k: int) -> np.ndarray:
+    query_ids = np.arange(len(ids))[:, None]
+    return np.array([row[row != q][:k] for row, q in zip(ids, query_ids)])
+
+
+def raw_pixel_features(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def pca_whitened_features(images: np.ndarray, components: int = 64, seed: int = 0) -> np.ndarray:
+    pixels = raw_pixel_features(images)
+    components = min(components, *pixels.shape)
+    return PCA(components, whiten=True, random_state=seed).fit_transform(pixels)
+
+
+def hsv_histogram_features(images: np.ndarray, bins: int = 8) -> np.ndarray:
+    histograms = []
+    for rgb in images:
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+        hist = cv2.calcHist([hsv], [0, 1, 2], None, [bins] * 3, [0, 180, 0, 256, 0, 256]).ravel()
+        histograms.append(hist / max(hist.sum(), 1.0))
+    return np.asarray(histograms, dtype=np.float32)
+
+
+BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "raw_pixels": raw_pixel_features,
+    "pca_whitened": pca_whitened_features,
+    "hsv_histogram": hsv_histogram_features,
+}
+
+
+@dataclass
+class _LabelledSet:
+    labels: np.ndarray
+    relevant_counts: np.ndarray
+
+    def score(self, neighbour_ids: np.ndarray) -> dict[str, float]:
+        neighbour_labels = self.labels[neighbour_ids]
+        return {
+            "precision_at_k": round(precision_at_k(neighbour_labels, self.labels), 4),
+            "map_at_k": round(map_at_k(neighbour_labels, self.labels, self.relevant_counts), 4),
+        }
+
+
+def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", k: int = 10) -> dict[str, Any]:
+    """precision@k and mAP@k of the fitted pipeline (routed, with its nprobe) and of the baselines.
+
+    Also recall@k of routed against exact search, and mean single-query times of both. When
+    ``data_dir`` is the fitted folder, the stored embeddings and index are used; otherwise
+    ``data_dir`` is embedded with the fitted encoder and indexed the way a fit would index it.
+    """
+    searcher = Searcher(artifacts_dir)
+    fitted = Path(data_dir).resolve() == Path(searcher.manifest["data_dir"]).resolve()
+    if fitted:
+        records = [ImageRecord(p, label) for p, label in zip(searcher.catalog.paths, searcher.catalog.labels)]
+    else:
+        records = find_images(data_dir)
+    if len(records) < 2 or any(r.label is None for r in records):
+        raise InputError(f"{data_dir}: evaluation needs at least two images, all in class folders (the label)")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if fitted:
+            vectors, index, nprobe = np.load(searcher.folder / "embeddings.npy"), searcher.index, searcher.default_nprobe
+        else:
+            decoded = decode_to_cache(records, os.path.join(scratch, "model.u8"), searcher.image_size)
+            records = decoded.records
+            vectors = embed_cache(searcher.encoder, decoded.cache, batch_size=64)
+            index, nprobe, _ = index_embeddings(vectors, FitConfig.from_dict(searcher.manifest["settings"]))
+        small = decode_to_cache(records, os.path.join(scratch, "small.u8"), BASELINE_SIZE)
+        if small.skipped:
+            raise InputError(f"{small.skipped[0].path}: {small.skipped[0].reason} (indexed at fit time; fit again)")
+        baseline_images = small.cache.read_range(0, small.cache.count)
+
+    labels = np.array([r.label for r in records])
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    scored = _LabelledSet(labels, counts[inverse] - 1)
+    k = min(k, len(labels) - 1)
+    routed, routed_ms = _timed_search(index, vectors, k, nprobe)
+    exact, exact_ms = _timed_search(index, vectors, k, index.nlist)
+    recall = np.mean([len(np.intersect1d(r, e)) / k for r, e in zip(routed, exact)])
+    return {
+        "pipeline": {
+            **scored.score(routed),
+            "recall_vs_exact": round(float(recall), 4),
+            "query_ms": round(routed_ms, 3),
+            "exact_query_ms": round(exact_ms, 3),
+            "nprobe": nprobe,
+            "clusters": index.nlist,
+        },
+        "baselines": {name: scored.score(exact_neighbours(make(baseline_images), k)) for name, make in BASELINES.items()},
+        "k": k,
+        "images": len(labels),
+        "data_dir": str(data_dir),
+        "settings": searcher.manifest["settings"],
+    }
+
+
+def _timed_search(index: ClusteredIndex, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, float]:
+    """Leave-one-out neighbour ids of every query, and the mean time of a single-query search."""
+    ids = _without_self(index.search(queries, k + 1, nprobe).ids, k)
+    sample = queries[:: max(1, len(queries) // 200)]
+    start = time.perf_counter()
+    for query in sample:
+        index.search(query[None], k + 1, nprobe)
+    return ids, (time.perf_counter() - start) * 1000 / len(sample)

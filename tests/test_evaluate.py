@@ -1,0 +1,75 @@
+"""Retrieval metrics on hand-computed cases, and evaluate.py end to end on a real fit."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, copy_subset
+from pipeline.evaluate import evaluate, exact_neighbours, map_at_k, precision_at_k
+
+
+def test_precision_at_k_by_hand():
+    queries = np.array(["a", "b"])
+    neighbours = np.array([["a", "b", "a"], ["a", "a", "a"]])
+    assert precision_at_k(neighbours, queries) == pytest.approx(2 / 6)
+
+
+def test_map_at_k_by_hand():
+    queries = np.array(["a", "b", "c"])
+    neighbours = np.array([
+        ["a", "x", "a"],  # hits at ranks 1 and 3: (1/1 + 2/3) / min(3, R=2) = 0.8333
+        ["x", "b", "x"],  # hit at rank 2: (1/2) / min(3, R=4) = 0.1667
+        ["x", "x", "x"],  # no hit: 0
+    ])
+    relevant = np.array([2, 4, 1])
+    assert map_at_k(neighbours, queries, relevant) == pytest.approx((5 / 6 + 1 / 6 + 0) / 3)
+
+
+def test_perfect_ranking_has_map_one():
+    queries = np.array(["a", "b"])
+    neighbours = np.array([["a", "a"], ["b", "x"]])
+    assert map_at_k(neighbours, queries, np.array([5, 1])) == pytest.approx(1.0)
+
+
+def test_exact_neighbours_leave_the_query_out():
+    features = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    assert exact_neighbours(features, 1).ravel().tolist() == [1, 0, 3, 2]
+
+
+def test_evaluate_the_fitted_folder(fitted, photos):
+    artifacts, summary = fitted
+    report = evaluate(photos, artifacts, k=5)
+    assert report["images"] == 32 and report["k"] == 5
+    ours = report["pipeline"]
+    assert 0 <= ours["precision_at_k"] <= 1 and 0 <= ours["map_at_k"] <= 1
+    assert ours["recall_vs_exact"] >= 0.9 and ours["nprobe"] == summary.nprobe
+    assert ours["query_ms"] > 0 and ours["exact_query_ms"] > 0
+    assert set(report["baselines"]) == {"raw_pixels", "pca_whitened", "hsv_histogram"}
+    assert report["pipeline"]["precision_at_k"] > 0.25  # four balanced classes: chance is 0.25
+
+
+def test_evaluate_script_on_another_folder_json(fitted, tmp_path):
+    other = copy_subset(tmp_path / "other", classes=("shoes", "pants", "hat"), per_class=12)
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(other), "--artifacts", str(fitted[0]), "-k", "5",
+         "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert process.returncode == 0, process.stderr
+    report = json.loads(process.stdout)
+    assert report["images"] == 36 and report["k"] == 5 and report["settings"]["image_size"] == 32
+    assert {"precision_at_k", "map_at_k", "recall_vs_exact", "query_ms", "exact_query_ms"} <= set(report["pipeline"])
+    for scores in report["baselines"].values():
+        assert set(scores) == {"precision_at_k", "map_at_k"}
+
+
+def test_evaluate_needs_labels(fitted, tmp_path):
+    from pipeline.errors import InputError
+
+    for path in sorted((ROOT / "data" / "sample" / "hat").glob("*.jpg"))[:3]:
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(InputError, match="class folders"):
+        evaluate(tmp_path, fitted[0])
