@@ -54,7 +54,14 @@ def main() -> None:
     parser.add_argument("--pooling", default="avg")
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--latent-dim", type=int, default=128)
+    parser.add_argument("--maps", type=Path, help="save the feature maps here (.npz), or reuse them if present")
     args = parser.parse_args()
+    if args.maps and args.maps.exists():
+        saved = np.load(args.maps)
+        maps, latent, small_images, labels = ({k[4:]: saved[k] for k in saved if k.startswith("map_")},
+                                              saved["latent"], saved["small"], saved["labels"])
+        report(args, maps, latent, small_images, labels, train_s=None)
+        return
 
     config = FitConfig(image_size=args.image_size, epochs=args.epochs, pooling=args.pooling, noise=args.noise,
                        latent_dim=args.latent_dim)
@@ -79,16 +86,21 @@ def main() -> None:
         maps = {n: np.concatenate(o) for n, o in zip(names, outputs)}
         latent = np.concatenate(outputs[-1])
         small_images = small.cache.read_range(0, small.cache.count)
+    if args.maps:
+        np.savez(args.maps, latent=latent, small=small_images, labels=labels, **{f"map_{k}": v for k, v in maps.items()})
+    report(args, maps, latent, small_images, labels, train_s)
 
-    deep = maps[names[-2] if args.pooling != "flatten" else names[-1]]
+
+def report(args, maps, latent, small_images, labels, train_s) -> None:
+    names = sorted(n for n in maps if n.startswith("enc"))
+    deep = maps[names[-1]]
     variants = {
         "latent (as trained)": latent,
         "latent, PCA-whitened": whiten(latent),
         "deepest conv map, GAP, whitened": whiten(gap(deep)),
-        "enc1-3 GAP concat, whitened": whiten(np.hstack([gap(maps[n]) for n in names[1:4]])),
         "enc1-3 GAP+GMP concat, whitened": whiten(np.hstack([f(maps[n]) for n in names[1:4] for f in (gap, gmp)])),
         "deepest map 2x2 grid, whitened": whiten(grid_pool(deep)),
-        "enc2-3 2x2 grid + GAP, whitened": whiten(np.hstack([grid_pool(maps[n]) for n in names[2:4]])),
+        "deepest map flattened, whitened": whiten(deep.reshape(len(deep), -1)),
     }
     if "code" in maps:
         variants["code map flattened, whitened"] = whiten(maps["code"].reshape(len(latent), -1))
@@ -96,8 +108,8 @@ def main() -> None:
     for name, make in BASELINES.items():
         variants[f"baseline: {name}"] = make(small_images)
     results = {name: round(precision_at_k(labels[exact_neighbours(f, 10)], labels), 4) for name, f in variants.items()}
-    print(json.dumps({"data_dir": args.data_dir, "settings": vars(args), "train_s": round(train_s, 1),
-                      "precision_at_10": results}, indent=2))
+    print(json.dumps({"data_dir": args.data_dir, "settings": vars(args), "train_s": train_s and round(train_s, 1),
+                      "precision_at_10": results}, indent=2, default=str))
 
 
 if __name__ == "__main__":

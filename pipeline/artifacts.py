@@ -166,7 +166,7 @@ def load_index(folder: Path) -> ClusteredIndex:
         raise ArtifactError(f"{folder / 'index.joblib'}: cannot load the index ({exc})") from None
 
 
-def load_encoder(folder: Path, name: str = "encoder.keras"):
+def load_model(folder: Path, name: str = "encoder.keras"):
     """Load a saved Keras model of the fit (the encoder, or ``autoencoder.keras``)."""
     import keras
 

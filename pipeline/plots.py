@@ -38,3 +38,50 @@ def save_montage(query_image: np.ndarray, result: SearchResult, out_path: str | 
     figure.tight_layout()
     figure.savefig(out_path, dpi=100)
     plt.close(figure)
+
+
+def scatter_figure(points: np.ndarray, groups: list, title: str, max_legend: int = 20) -> plt.Figure:
+    """A 2-D scatter (a t-SNE map) coloured by group, with a legend of the largest groups."""
+    figure, axis = plt.subplots(figsize=(7.5, 6.5))
+    names, inverse, counts = np.unique(np.asarray(groups, dtype=str), return_inverse=True, return_counts=True)
+    colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    for slot in np.argsort(-counts):
+        mask = inverse == slot
+        label = names[slot] if slot in np.argsort(-counts)[:max_legend] else None
+        axis.scatter(points[mask, 0], points[mask, 1], s=8, alpha=0.8, color=colours(slot % colours.N), label=label)
+    axis.set_title(title)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    shown = min(len(names), max_legend)
+    axis.legend(title=f"{shown} of {len(names)}" if len(names) > shown else None, fontsize=7, markerscale=2,
+                loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.tight_layout()
+    return figure
+
+
+def reconstruction_figure(originals: np.ndarray, reconstructions: np.ndarray) -> plt.Figure:
+    """Originals (top row) above the autoencoder's reconstructions (bottom row)."""
+    count = len(originals)
+    figure, axes = plt.subplots(2, count, figsize=(1.6 * count, 3.4), squeeze=False)
+    for column in range(count):
+        for row, image in enumerate((originals[column], reconstructions[column])):
+            axes[row, column].imshow(np.clip(image, 0, 1))
+            axes[row, column].axis("off")
+    axes[0, 0].set_title("original", fontsize=8, loc="left")
+    axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
+    figure.tight_layout()
+    return figure
+
+
+def training_curve_figure(history: dict[str, list[float]]) -> plt.Figure:
+    """Loss and validation loss per epoch."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for name, values in history.items():
+        if "loss" in name:
+            axis.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
-from .artifacts import current_fit, load_catalog, load_encoder, load_index, read_manifest
+from .artifacts import current_fit, load_catalog, load_model, load_index, read_manifest
 from .embed import embed_images
 from .images import content_hash, fetch_url, prepare_image, read_file
 
@@ -43,7 +43,7 @@ class Searcher:
         self.manifest = read_manifest(self.folder)
         self.image_size = int(self.manifest["settings"]["image_size"])
         self.default_nprobe = int(self.manifest["nprobe"])
-        self.encoder = load_encoder(self.folder)
+        self.encoder = load_model(self.folder)
         self.index = load_index(self.folder)
         self.catalog = load_catalog(self.folder)
         self._copies = Counter(self.catalog.hashes)
