@@ -22,31 +22,23 @@ def _conv_block(x, filters: int, name: str, transpose: bool = False):
 def build_autoencoder(config: FitConfig) -> tuple[keras.Model, keras.Model]:
     """The autoencoder (trained on reconstruction) and its encoder (image -> latent vector).
 
-    Shapes with the defaults (64 px, filters 32-64-128-256, latent 128, avg pooling):
-    image (64, 64, 3) -> 4 stride-2 conv blocks -> (4, 4, 256) -> 1x1 conv -> code (4, 4, 128)
-    -> global average pool -> latent (128,). The decoder upsamples the code back to (64, 64, 3).
-    With ``pooling="flatten"`` the code is instead a dense layer of ``latent_dim`` units, which
-    the decoder first expands back to (4, 4, 256). Both models share their layers.
+    Shapes with the defaults (64 px, filters 32-64-128-256, latent 128, flatten):
+    image (64, 64, 3) -> 4 stride-2 conv blocks -> (4, 4, 256) -> 1x1 conv -> code (4, 4, 128),
+    from which the decoder upsamples back to (64, 64, 3). The encoder's vector is the code map
+    flattened (2048 values, keeping where things are in the picture), or its global max or
+    average over positions (128 values). Both models share their layers.
     """
-    size, grid = config.image_size, config.image_size // 2 ** len(config.filters)
+    size = config.image_size
     image = keras.Input((size, size, 3), name="image")
     features = image
     for i, filters in enumerate(config.filters):
         features = _conv_block(features, filters, f"enc{i}")
-    if config.pooling == "flatten":
-        code = latent = layers.Dense(config.latent_dim, name="latent")(layers.Flatten(name="flatten")(features))
-    else:
-        code = layers.Conv2D(config.latent_dim, 1, name="code")(features)
-        pool = layers.GlobalMaxPooling2D if config.pooling == "max" else layers.GlobalAveragePooling2D
-        latent = pool(name="latent")(code)
-    encoder = keras.Model(image, latent, name="encoder")
+    code = layers.Conv2D(config.latent_dim, 1, name="code")(features)
+    read_out = {"flatten": layers.Flatten, "max": layers.GlobalMaxPooling2D, "avg": layers.GlobalAveragePooling2D}
+    encoder = keras.Model(image, read_out[config.pooling](name="latent")(code), name="encoder")
     to_code = keras.Model(image, code, name="to_code")
 
-    noisy = layers.GaussianNoise(config.noise, name="denoise")(image) if config.noise else image
-    y = to_code(noisy)
-    if config.pooling == "flatten":
-        y = layers.Dense(grid * grid * config.filters[-1], activation="relu", name="expand")(y)
-        y = layers.Reshape((grid, grid, config.filters[-1]), name="unflatten")(y)
+    y = to_code(layers.GaussianNoise(config.noise, name="denoise")(image) if config.noise else image)
     for i, filters in enumerate(reversed(config.filters)):
         y = _conv_block(y, filters, f"dec{i}", transpose=True)
     y = layers.Conv2D(3, 3, padding="same", activation=config.output_activation, name="pixels")(y)

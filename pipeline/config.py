@@ -19,6 +19,8 @@ METRICS = ("cosine", "euclidean")
 class FitConfig:
     """Settings of one fit; stored in the artifacts' manifest.
 
+    ``pooling`` is how the encoder's code map becomes a vector (flatten it, or its global max or
+    average); with ``whiten`` that vector is PCA-whitened to at most ``latent_dim`` values.
     ``clusters`` and ``nprobe`` accept ``"auto"``: the number of clusters is then chosen from the
     number of images, and ``nprobe`` is the smallest that reaches ``target_recall`` against exact
     search on held-out queries.
@@ -34,7 +36,8 @@ class FitConfig:
     loss: str = "mse"
     output_activation: str = "sigmoid"
     noise: float = 0.1
-    pooling: str = "avg"
+    pooling: str = "flatten"
+    whiten: bool = True
     flip_augment: bool = True
     validation_split: float = 0.1
     patience: int = 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from .dataset import ImageCache, iter_batches, to_model_input
@@ -22,3 +23,23 @@ def embed_cache(encoder: keras.Model, cache: ImageCache, batch_size: int) -> np.
             vectors.append(np.asarray(encoder.predict_on_batch(batch), dtype=np.float32))
             progress.update(len(batch))
     return np.concatenate(vectors) if vectors else np.empty((0, encoder.output_shape[-1]), np.float32)
+
+
+def whitened_encoder(encoder: keras.Model, latents: np.ndarray, dims: int, seed: int = 0) -> keras.Model:
+    """The encoder followed by PCA whitening learned on ``latents`` (its outputs on the fitted images).
+
+    The whitening (centre, rotate onto the principal axes, scale each to unit variance, keep at
+    most ``dims``) is a fixed Dense layer inside the returned model, so a saved encoder applies it
+    to queries exactly as to the fitted images.
+    """
+    dims = min(dims, latents.shape[1], len(latents) - 1)
+    if dims < 1:
+        return encoder
+    pca = PCA(dims, whiten=True, random_state=seed).fit(latents)
+    scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
+    kernel = (pca.components_.T / scale).astype(np.float32)
+    bias = (-pca.mean_ @ kernel).astype(np.float32)
+    whiten = keras.layers.Dense(dims, name="whiten", trainable=False)
+    model = keras.Model(encoder.input, whiten(encoder.output), name="encoder")
+    whiten.set_weights([kernel, bias])
+    return model

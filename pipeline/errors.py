@@ -14,12 +14,18 @@ class InputError(PipelineError):
 
 
 class ImageError(InputError):
-    """One image (a file or a URL) could not be read or decoded; the message names it."""
+    """One image (a file or a URL) could not be read or decoded; the message names it.
 
-    def __init__(self, source: str, reason: str):
+    ``kind`` says which way it failed: ``"not_image"``, ``"too_large"``, ``"refused"`` (a URL
+    the fetcher will not visit), ``"unreachable"`` (a URL that could not be fetched) or
+    ``"invalid"`` (anything else: empty, missing, unreadable).
+    """
+
+    def __init__(self, source: str, reason: str, kind: str = "invalid"):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+        self.kind = kind
 
 
 class ArtifactError(PipelineError):

@@ -22,7 +22,7 @@ from .autoencoder import build_autoencoder, train_autoencoder
 from .cluster import choose_cluster_count, fit_kmeans
 from .config import FitConfig
 from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
-from .embed import embed_cache
+from .embed import embed_cache, whitened_encoder
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, find_images
 from .index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprobe
@@ -87,10 +87,13 @@ def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifac
                     config,
                     str(writer.path / "autoencoder.keras"),
                 )
-                encoder.save(writer.path / "encoder.keras")
 
             with _stage("embed", seconds):
                 embeddings = embed_cache(encoder, decoded.cache, config.batch_size)
+                if config.whiten:  # re-embed through the saved model itself, so queries match exactly
+                    encoder = whitened_encoder(encoder, embeddings, config.latent_dim, config.seed)
+                    embeddings = embed_cache(encoder, decoded.cache, config.batch_size)
+                encoder.save(writer.path / "encoder.keras")
 
         with _stage("cluster+index", seconds):
             index, nprobe, curve = index_embeddings(embeddings, config)

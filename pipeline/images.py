@@ -1,4 +1,4 @@
-"""Finding image files, decoding any real-world image to RGB uint8, and fetching a URL safely.
+"""Finding image files and decoding any real-world image to RGB uint8.
 
 Every image the pipeline sees, at fit time or at query time, goes through
 :func:`prepare_image`, so a query is preprocessed exactly as the training images were.
@@ -9,25 +9,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlparse
 
 import cv2
 import numpy as np
-import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 MAX_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
-URL_MAX_BYTES = 20 * 1024 * 1024
-URL_TIMEOUT_S = 10.0
-_NON_IMAGE_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def decode_image(data: bytes, source: str, min_size: int = 0) -> np.ndarray:
+def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to an upright RGB uint8 array of shape (height, width, 3).
 
     Handles EXIF orientation, grayscale, palette, CMYK, 16-bit, and transparency (composited on
@@ -74,10 +68,10 @@ def decode_image(data: bytes, source: str, min_size: int = 0) -> np.ndarray:
         raise ImageError(source, "empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is checked below
             with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise ImageError(source, f"too large ({image.width}x{image.height} pixels)")
+                if image.width * image.height > max_pixels:
+                    raise ImageError(source, f"too large ({image.width}x{image.height} pixels)", "too_large")
                 if min_size:
                     image.draft("RGB", (min_size, min_size))
                 image.load()
@@ -85,9 +79,11 @@ def decode_image(data: bytes, source: str, min_size: int = 0) -> np.ndarray:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(source, "not a decodable image") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageError(source, f"cannot decode image ({exc})") from None
+        raise ImageError(source, "not a decodable image", "not_image") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(source, f"too large ({exc})", "too_large") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(source, f"cannot decode image ({exc})", "not_image") from None
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -111,9 +107,18 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interpolation)
 
 
-def prepare_image(data: bytes, source: str, size: int) -> np.ndarray:
+def prepare_image(data: bytes, source: str, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike."""
-    return resize_square(decode_image(data, source, min_size=size), size)
+    return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
+
+
+def thumbnail_jpeg(path: str, size: int, quality: int = 85) -> bytes:
+    """The image at ``path`` shrunk to fit ``size`` x ``size``, as JPEG bytes (ImageError if unreadable)."""
+    image = decode_image(read_file(path), path, min_size=size)
+    scale = min(1.0, size / max(image.shape[:2]))
+    thumb = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
 def read_file(path: str | os.PathLike) -> bytes:
@@ -127,41 +132,3 @@ def read_file(path: str | os.PathLike) -> bytes:
         raise ImageError(str(path), "is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(str(path), f"cannot read ({exc.strerror})") from None
-
-
-def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYTES) -> bytes:
-    """Download an image over http(s) with a total time limit and a size limit.
-
-    Raises ImageError naming the URL for a bad scheme, a connection failure, an HTTP error status,
-    a non-image content type, a body over ``max_bytes``, or a download slower than ``timeout``.
-    """
-    scheme = urlparse(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ImageError(url, f"only http and https URLs are supported, not {scheme or 'a bare path'!r}")
-    deadline = time.monotonic() + timeout
-    try:
-        with requests.get(url, stream=True, timeout=timeout) as response:
-            if response.status_code >= 400:
-                raise ImageError(url, f"HTTP {response.status_code} {response.reason}".rstrip())
-            content_type = response.headers.get("Content-Type", "").lower()
-            if content_type.startswith(_NON_IMAGE_TYPES):
-                raise ImageError(url, f"not an image (content type {content_type.split(';')[0]})")
-            declared = int(response.headers.get("Content-Length") or 0)
-            if declared > max_bytes:
-                raise ImageError(url, f"too large ({declared} bytes, limit {max_bytes})")
-            body = bytearray()
-            for chunk in response.iter_content(chunk_size=64 * 1024):
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    raise ImageError(url, f"too large (over {max_bytes} bytes)")
-                if time.monotonic() > deadline:
-                    raise ImageError(url, f"timed out after {timeout:g} s")
-            return bytes(body)
-    except requests.Timeout:
-        raise ImageError(url, f"timed out after {timeout:g} s") from None
-    except requests.ConnectionError as exc:
-        if "timed out" in str(exc).lower():  # a read timeout inside the body arrives as a ConnectionError
-            raise ImageError(url, f"timed out after {timeout:g} s") from None
-        raise ImageError(url, "cannot connect") from None
-    except requests.RequestException as exc:
-        raise ImageError(url, f"request failed ({exc})") from None

@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from .artifacts import current_fit, load_catalog, load_index, load_model, read_manifest
 from .dataset import to_model_input
 from .errors import ImageError
-from .images import decode_image, prepare_image, read_file
+from .images import prepare_image, read_file, thumbnail_jpeg
 from .index import prepare_vectors
 from .plots import plt, reconstruction_figure, scatter_figure, training_curve_figure
 
@@ -148,14 +147,10 @@ def _figure_png(figure: plt.Figure) -> bytes:
 def _thumbnail_html(path: str, label: Optional[str]) -> str:
     title = html.escape(f"{path}" + (f" ({label})" if label else ""), quote=True)
     try:
-        image = decode_image(read_file(path), path, min_size=THUMBNAIL)
+        jpeg = thumbnail_jpeg(path, THUMBNAIL, quality=80)
     except ImageError:
         return f"<div class=missing title='{title}'>missing</div>"
-    scale = THUMBNAIL / max(image.shape[:2])
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    thumb = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
-    return f"<img title='{title}' src='data:image/jpeg;base64,{base64.b64encode(jpeg.tobytes()).decode()}'>"
+    return f"<img title='{title}' src='data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}'>"
 
 
 def _image(data: bytes, alt: str) -> str:

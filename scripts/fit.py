@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=DEFAULTS.noise, help="denoising input noise (0 = off)")
     parser.add_argument("--pooling", choices=("flatten", "max", "avg"), default=DEFAULTS.pooling,
                         help="how the latent vector is taken from the encoder")
+    parser.add_argument("--no-whiten", action="store_true", help="keep the raw latent vector (no PCA whitening)")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     parser.add_argument("--clusters", default="auto", help="number of KMeans clusters, or auto")
     parser.add_argument("--metric", choices=("cosine", "euclidean"), default=DEFAULTS.metric)
@@ -39,7 +40,7 @@ def main() -> None:
             image_size=args.image_size, latent_dim=args.latent_dim, filters=args.filters, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
             loss=args.loss, output_activation=args.output_activation, noise=args.noise, pooling=args.pooling,
-            flip_augment=not args.no_flip, clusters=parse_count_or_word(args.clusters, ("auto",)),
+            whiten=not args.no_whiten, flip_augment=not args.no_flip, clusters=parse_count_or_word(args.clusters, ("auto",)),
             metric=args.metric, nprobe=parse_count_or_word(args.nprobe, ("auto", "all")), seed=args.seed,
         )
         summary = fit(args.data_dir, args.artifacts, config)

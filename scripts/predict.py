@@ -24,7 +24,8 @@ def main() -> None:
         parser.error("-n must be at least 1")
 
     def run() -> None:
-        from pipeline.images import fetch_url, read_file
+        from pipeline.fetch import fetch_url
+        from pipeline.images import read_file
         from pipeline.search import Searcher  # imported late: TensorFlow takes seconds to load
 
         searcher = Searcher(args.artifacts)

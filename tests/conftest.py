@@ -57,9 +57,16 @@ def searcher(fitted):
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, plus /slow (answers after 3 s) and /page.html (an HTML page)."""
+    """Serves a folder, plus /slow (answers after 3 s), /page.html (an HTML page) and
+    /redirect/N (N redirects, then /photo.jpg)."""
 
     def do_GET(self):
+        if self.path.startswith("/redirect/"):
+            hops = int(self.path.rsplit("/", 1)[1])
+            self.send_response(302)
+            self.send_header("Location", f"/redirect/{hops - 1}" if hops > 1 else "/photo.jpg")
+            self.end_headers()
+            return
         if self.path == "/slow":
             time.sleep(3)
         if self.path == "/page.html":

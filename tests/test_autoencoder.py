@@ -17,7 +17,8 @@ def test_shapes_and_output_range(pooling, activation):
     reconstruction = autoencoder.predict_on_batch(images)
     assert reconstruction.shape == images.shape
     assert reconstruction.min() >= 0.0 and reconstruction.max() <= 1.0  # targets are in [0, 1] for tanh too
-    assert encoder.predict_on_batch(images).shape == (3, 12)
+    grid = 32 // 4  # two stride-2 blocks
+    assert encoder.predict_on_batch(images).shape == (3, grid * grid * 12 if pooling == "flatten" else 12)
 
 
 def test_encoder_shares_the_trained_weights():
@@ -49,3 +50,20 @@ def test_fit_at_512_pixels_with_the_default_architecture(tmp_path):
     photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=3)
     summary = fit(photos, tmp_path / "artifacts", FitConfig(image_size=512, epochs=1, batch_size=6))
     assert summary.images == 6 and summary.epochs_run == 1
+
+
+def test_whitening_is_part_of_the_saved_encoder(tmp_path):
+    import keras
+
+    from pipeline.embed import embed_images, whitened_encoder
+
+    _, encoder = build_autoencoder(tiny_config(pooling="flatten", latent_dim=4))
+    images = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    whitened = whitened_encoder(encoder, embed_images(encoder, images), dims=10)
+    vectors = embed_images(whitened, images)
+    assert vectors.shape == (40, 10)
+    np.testing.assert_allclose(vectors.mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(vectors, rowvar=False), np.eye(10), atol=0.05)  # unit variance, decorrelated
+    whitened.save(tmp_path / "encoder.keras")
+    reloaded = keras.models.load_model(tmp_path / "encoder.keras", compile=False)
+    np.testing.assert_allclose(embed_images(reloaded, images), vectors, atol=1e-5)

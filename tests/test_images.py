@@ -1,7 +1,6 @@
 """Finding, decoding and fetching images: real photos plus synthetic special cases."""
 
 import io
-import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from PIL import Image
 
 from conftest import SAMPLE
 from pipeline.errors import ImageError, InputError
-from pipeline.images import decode_image, fetch_url, find_images, prepare_image, read_file
+from pipeline.images import decode_image, find_images, prepare_image, read_file
 
 PHOTO = sorted((SAMPLE / "shoes").glob("*.jpg"))[0]
 
@@ -113,36 +112,3 @@ def test_prepare_image_is_deterministic_and_square():
     data = PHOTO.read_bytes()
     first, second = prepare_image(data, "a", 48), prepare_image(data, "b", 48)
     assert first.shape == (48, 48, 3) and np.array_equal(first, second)
-
-
-def test_fetch_url_returns_the_served_bytes(http_root, http_url):
-    shutil.copy(PHOTO, http_root / "photo.jpg")
-    assert fetch_url(f"{http_url}/photo.jpg") == PHOTO.read_bytes()
-
-
-@pytest.mark.parametrize(
-    "path, options, reason",
-    [
-        ("/missing.jpg", {}, "HTTP 404"),
-        ("/page.html", {}, "not an image .content type text/html"),
-        ("/slow", {"timeout": 0.5}, "timed out after 0.5 s"),
-        ("/photo.jpg", {"max_bytes": 1000}, "too large"),
-    ],
-    ids=["404", "html", "timeout", "too-large"],
-)
-def test_fetch_url_errors_are_clear(http_root, http_url, path, options, reason):
-    shutil.copy(PHOTO, http_root / "photo.jpg")
-    with pytest.raises(ImageError, match=reason) as caught:
-        fetch_url(http_url + path, **options)
-    assert caught.value.source == http_url + path
-
-
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/a.jpg", "just/a/path.jpg"])
-def test_fetch_url_refuses_other_schemes(url):
-    with pytest.raises(ImageError, match="only http and https"):
-        fetch_url(url)
-
-
-def test_fetch_url_connection_refused_is_clear():
-    with pytest.raises(ImageError, match="cannot connect"):
-        fetch_url("http://127.0.0.1:9/photo.jpg", timeout=2)

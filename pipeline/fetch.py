@@ -1,0 +1,140 @@
+"""Fetching an image URL safely: http(s) only, time and size limits, and optionally public hosts only.
+
+With ``allow_private=False`` (the server's default) a URL is refused when its host resolves to a
+loopback, private, link-local, reserved, multicast or unspecified address. The check runs before
+every redirect hop and again on the address each connection actually reached, so a DNS answer
+that changes between the check and the connection (rebinding) is caught too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from urllib.parse import urljoin, urlparse
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from .errors import ImageError
+
+URL_MAX_BYTES = 20 * 1024 * 1024
+URL_TIMEOUT_S = 10.0
+MAX_REDIRECTS = 5
+_NON_IMAGE_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
+
+
+def is_public_address(address: str) -> bool:
+    """True only for globally routable unicast addresses: False for loopback, private, shared
+    (carrier-grade NAT), link-local, reserved, multicast and unspecified ones."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class _NonPublicPeer(OSError):
+    """Raised inside a connection that reached a non-public address."""
+
+
+class _PublicOnlyHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        peer = self.sock.getpeername()[0]
+        if not is_public_address(peer):
+            self.sock.close()
+            raise _NonPublicPeer(f"connected to non-public address {peer}")
+
+
+class _PublicOnlyHTTPSConnection(_PublicOnlyHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _PublicOnlyAdapter(HTTPAdapter):
+    """A requests adapter whose connections refuse non-public peers."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("PublicHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": _PublicOnlyHTTPConnection}),
+            "https": type("PublicHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": _PublicOnlyHTTPSConnection}),
+        }
+
+
+def _resolve(host: str, port: int) -> set[str]:
+    return {info[4][0] for info in socket.getaddrinfo(host, port)}
+
+
+def _check_url(url: str, original: str, allow_private: bool) -> None:
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ImageError(original, f"only http and https URLs are supported, not {scheme or 'a bare path'!r}", "refused")
+    if not parsed.hostname:
+        raise ImageError(original, "the URL has no host", "refused")
+    if allow_private:
+        return
+    try:
+        addresses = _resolve(parsed.hostname, parsed.port or 80)
+    except socket.gaierror:
+        raise ImageError(original, f"cannot resolve host {parsed.hostname}", "unreachable") from None
+    blocked = sorted(a for a in addresses if not is_public_address(a))
+    if blocked:
+        raise ImageError(original, f"refused: {parsed.hostname} resolves to a non-public address ({blocked[0]})",
+                         "refused")
+
+
+def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYTES,
+              allow_private: bool = True) -> bytes:
+    """Download an image over http(s) with a total time limit and a size limit.
+
+    Raises ImageError naming the URL for a bad scheme, a refused host, a connection failure, an
+    HTTP error status, a non-image content type, a body over ``max_bytes``, or a download slower
+    than ``timeout`` seconds. Redirects are followed (at most MAX_REDIRECTS), each hop checked.
+    """
+    deadline = time.monotonic() + timeout
+    with requests.Session() as session:
+        if not allow_private:
+            session.mount("http://", _PublicOnlyAdapter())
+            session.mount("https://", _PublicOnlyAdapter())
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            _check_url(target, url, allow_private)
+            try:
+                with session.get(target, stream=True, timeout=timeout, allow_redirects=False) as response:
+                    if response.is_redirect:
+                        target = urljoin(target, response.headers["Location"])
+                        continue
+                    return _read_body(response, url, max_bytes, deadline, timeout)
+            except requests.Timeout:
+                raise ImageError(url, f"timed out after {timeout:g} s", "unreachable") from None
+            except requests.ConnectionError as exc:
+                if "_NonPublicPeer" in repr(exc) or "non-public address" in str(exc):
+                    raise ImageError(url, "refused: connected to a non-public address", "refused") from None
+                if "timed out" in str(exc).lower():  # a read timeout inside the body arrives as a ConnectionError
+                    raise ImageError(url, f"timed out after {timeout:g} s", "unreachable") from None
+                raise ImageError(url, "cannot connect", "unreachable") from None
+            except requests.RequestException as exc:
+                raise ImageError(url, f"request failed ({exc})", "unreachable") from None
+    raise ImageError(url, f"more than {MAX_REDIRECTS} redirects", "unreachable")
+
+
+def _read_body(response: requests.Response, url: str, max_bytes: int, deadline: float, timeout: float) -> bytes:
+    if response.status_code >= 400:
+        raise ImageError(url, f"HTTP {response.status_code} {response.reason}".rstrip(), "unreachable")
+    content_type = response.headers.get("Content-Type", "").lower()
+    if content_type.startswith(_NON_IMAGE_TYPES):
+        raise ImageError(url, f"not an image (content type {content_type.split(';')[0]})", "not_image")
+    declared = int(response.headers.get("Content-Length") or 0)
+    if declared > max_bytes:
+        raise ImageError(url, f"too large ({declared} bytes, limit {max_bytes})", "too_large")
+    body = bytearray()
+    for chunk in response.iter_content(chunk_size=64 * 1024):
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise ImageError(url, f"too large (over {max_bytes} bytes)", "too_large")
+        if time.monotonic() > deadline:
+            raise ImageError(url, f"timed out after {timeout:g} s", "unreachable")
+    return bytes(body)

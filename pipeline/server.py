@@ -1,0 +1,174 @@
+"""The search service: one process that loads the artifacts once, serving a web page and a JSON API.
+
+- ``GET /``: the page (upload, drop or paste a URL; click a result to search by it).
+- ``POST /api/search``: multipart upload (field ``image``), or JSON ``{"url": ...}`` or ``{"id": ...}``;
+  ``n`` and ``nprobe`` as form fields or JSON keys. Returns the ``predict.py --json`` object.
+- ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
+- ``GET /api/health``, ``GET /api/stats``.
+
+Errors are JSON ``{"error": message}`` with status 400, 404, 413, 415 or 422. Images are served
+only by catalog id, never by a path taken from the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import mimetypes
+import os
+from importlib import resources
+from typing import Any, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from .errors import ImageError, InputError
+from .fetch import fetch_url
+from .images import thumbnail_jpeg
+from .search import Searcher
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+MAX_RESULTS = 100
+THUMBNAIL = 256
+_STATUS_OF_KIND = {"too_large": 413, "not_image": 415}
+
+
+def create_app(
+    searcher: Searcher,
+    allow_private_urls: bool = False,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> FastAPI:
+    """The FastAPI application around one shared :class:`Searcher`.
+
+    URL queries may reach loopback and private addresses only with ``allow_private_urls``.
+    """
+    app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None)
+    page = resources.files("pipeline").joinpath("web/index.html").read_text()
+
+    @app.exception_handler(ImageError)
+    async def image_error(_: Request, exc: ImageError) -> JSONResponse:
+        return _error(_STATUS_OF_KIND.get(exc.kind, 400), str(exc))
+
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index_page() -> str:
+        return page
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "images": len(searcher.catalog)}
+
+    @app.get("/api/stats")
+    def stats() -> dict[str, Any]:
+        manifest = searcher.manifest
+        return {
+            "images": len(searcher.catalog),
+            "clusters": searcher.index.nlist,
+            "nprobe": searcher.default_nprobe,
+            "skipped": len(manifest["skipped"]),
+            "created": manifest["created"],
+            "data_dir": manifest["data_dir"],
+            "labels": sorted({label for label in searcher.catalog.labels if label is not None}),
+            "settings": manifest["settings"],
+        }
+
+    @app.post("/api/search")
+    async def search(request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "")
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > max_upload_bytes:
+            raise HTTPException(413, f"request of {declared} bytes is over the {max_upload_bytes}-byte limit")
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=4)
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(400, "the form needs a file field named 'image'")
+            data = await upload.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"upload over the {max_upload_bytes}-byte limit")
+            options = _options(form.get("n"), form.get("nprobe"))
+            result = await run_in_threadpool(searcher.search_bytes, data, upload.filename or "upload", **options)
+        elif content_type.startswith("application/json"):
+            body = await request.json()
+            if not isinstance(body, dict) or ("url" in body) == ("id" in body):
+                raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
+            options = _options(body.get("n"), body.get("nprobe"))
+            if "id" in body:
+                result = searcher.search_indexed(_image_id(str(body["id"]), searcher), **options)
+            else:
+                url = str(body["url"])
+                data = await run_in_threadpool(fetch_url, url, allow_private=allow_private_urls,
+                                               max_bytes=max_upload_bytes)
+                result = await run_in_threadpool(searcher.search_bytes, data, url, **options)
+        else:
+            raise HTTPException(415, "send multipart/form-data with an 'image' file, or JSON with a url or an id")
+        return result.to_dict()
+
+    @app.get("/api/images/{image_id}")
+    def thumbnail(image_id: str) -> Response:
+        return Response(_thumbnail(searcher, _image_id(image_id, searcher)), media_type="image/jpeg")
+
+    @app.get("/api/images/{image_id}/full")
+    def full_image(image_id: str) -> FileResponse:
+        path = searcher.catalog.paths[_image_id(image_id, searcher)]
+        if not os.path.isfile(path):
+            raise HTTPException(404, f"image {image_id} is no longer on disk")
+        return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
+
+    @app.api_route("/{path:path}", methods=["GET", "POST"], include_in_schema=False)
+    def not_found(path: str) -> None:
+        raise HTTPException(404, f"no such page: /{path}")
+
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _image_id(text: str, searcher: Searcher) -> int:
+    """An image id from a request: a decimal row number of the catalog, else 404."""
+    if not text.isdecimal() or int(text) >= len(searcher.catalog):
+        raise HTTPException(404, f"no image with id {text!r}")
+    return int(text)
+
+
+def _options(n: Optional[Any], nprobe: Optional[Any]) -> dict[str, Any]:
+    """Validate ``n`` (1..MAX_RESULTS, default 10) and ``nprobe`` (a count, "all", or empty for the default)."""
+    try:
+        count = 10 if n in (None, "") else int(n)
+    except (TypeError, ValueError):
+        raise InputError(f"n must be a whole number, got {n!r}") from None
+    if not 1 <= count <= MAX_RESULTS:
+        raise InputError(f"n must lie between 1 and {MAX_RESULTS}, got {count}")
+    if nprobe in (None, "", "auto"):
+        return {"n": count, "nprobe": None}
+    if str(nprobe) == "all":
+        return {"n": count, "nprobe": "all"}
+    if not str(nprobe).isdecimal() or int(nprobe) < 1:
+        raise InputError(f"nprobe must be a positive whole number, 'all' or 'auto', got {nprobe!r}")
+    return {"n": count, "nprobe": int(nprobe)}
+
+
+_cached_thumbnail = functools.lru_cache(maxsize=4096)(thumbnail_jpeg)
+
+
+def _thumbnail(searcher: Searcher, image_id: int) -> bytes:
+    try:
+        return _cached_thumbnail(searcher.catalog.paths[image_id], THUMBNAIL)
+    except ImageError:
+        raise HTTPException(404, f"image {image_id} is no longer readable") from None

@@ -1,0 +1,66 @@
+"""The search page in a real headless Chromium: upload, see results, click one, see them change."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from pipeline.server import create_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+SCREENSHOT_DIR = os.environ.get("SCREENSHOT_DIR")  # set it to keep the screenshots for a look
+
+
+@pytest.fixture(scope="module")
+def server_url(searcher):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_upload_then_click_a_result(server_url, searcher, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshots = SCREENSHOT_DIR or str(tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(server_url)
+        expect(page.locator("#stats")).to_contain_text("32 images")
+        page.fill("#n", "6")
+        page.set_input_files("#file", searcher.catalog.paths[0])
+        hits = page.locator("#results .hit")
+        expect(hits).to_have_count(6)
+        expect(hits.first).to_have_attribute("data-id", "0")  # the uploaded photo is indexed: it comes first
+        expect(page.locator("#results .hit img").first).to_have_js_property("complete", True)
+        page.screenshot(path=os.path.join(screenshots, "upload.png"), full_page=True)
+
+        clicked = hits.nth(3).get_attribute("data-id")
+        hits.nth(3).click()
+        expect(page).to_have_url(f"{server_url}/?id={clicked}&n=6")
+        expect(hits.first).to_have_attribute("data-id", clicked)  # now the clicked image is the query
+        expect(page.locator("#query")).to_contain_text(searcher.catalog.paths[int(clicked)])
+        page.screenshot(path=os.path.join(screenshots, "clicked.png"), full_page=True)
+
+        page.reload()  # the search lives in the URL: a reload shows the same results
+        expect(hits.first).to_have_attribute("data-id", clicked)
+        expect(hits).to_have_count(6)
+        browser.close()

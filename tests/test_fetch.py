@@ -1,0 +1,82 @@
+"""Fetching image URLs from a local HTTP server: limits, errors, redirects, and the public-only guard."""
+
+import shutil
+
+import pytest
+
+from conftest import SAMPLE
+from pipeline.errors import ImageError
+from pipeline.fetch import fetch_url, is_public_address
+
+PHOTO = sorted((SAMPLE / "shoes").glob("*.jpg"))[0]
+
+
+@pytest.fixture
+def served(http_root, http_url):
+    shutil.copy(PHOTO, http_root / "photo.jpg")
+    return http_url
+
+
+def test_returns_the_served_bytes(served):
+    assert fetch_url(f"{served}/photo.jpg") == PHOTO.read_bytes()
+
+
+def test_follows_redirects_up_to_the_limit(served):
+    assert fetch_url(f"{served}/redirect/3") == PHOTO.read_bytes()
+    with pytest.raises(ImageError, match="more than 5 redirects"):
+        fetch_url(f"{served}/redirect/9")
+
+
+@pytest.mark.parametrize(
+    "path, options, reason, kind",
+    [
+        ("/missing.jpg", {}, "HTTP 404", "unreachable"),
+        ("/page.html", {}, "not an image .content type text/html", "not_image"),
+        ("/slow", {"timeout": 0.5}, "timed out after 0.5 s", "unreachable"),
+        ("/photo.jpg", {"max_bytes": 1000}, "too large", "too_large"),
+    ],
+    ids=["404", "html", "timeout", "too-large"],
+)
+def test_errors_are_clear_and_typed(served, path, options, reason, kind):
+    with pytest.raises(ImageError, match=reason) as caught:
+        fetch_url(served + path, **options)
+    assert caught.value.source == served + path and caught.value.kind == kind
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/a.jpg", "just/a/path.jpg"])
+def test_refuses_other_schemes(url):
+    with pytest.raises(ImageError, match="only http and https") as caught:
+        fetch_url(url)
+    assert caught.value.kind == "refused"
+
+
+def test_connection_refused_is_clear():
+    with pytest.raises(ImageError, match="cannot connect"):
+        fetch_url("http://127.0.0.1:9/photo.jpg", timeout=2)
+
+
+def test_public_only_refuses_loopback_and_private_hosts(served):
+    for url in (f"{served}/photo.jpg", "http://localhost:9/x.jpg", "http://10.1.2.3/x.jpg", "http://[::1]/x.jpg",
+                "http://169.254.169.254/latest/meta-data"):
+        with pytest.raises(ImageError, match="refused: .* non-public address") as caught:
+            fetch_url(url, allow_private=False)
+        assert caught.value.kind == "refused"
+
+
+def test_public_only_checks_the_connected_peer_too(served, monkeypatch):
+    """A host that resolves to a public address at check time but connects to loopback (DNS rebinding)."""
+    import pipeline.fetch as fetch
+
+    monkeypatch.setattr(fetch, "_resolve", lambda host, port: {"93.184.216.34"})  # the check sees a public address
+    with pytest.raises(ImageError, match="refused: connected to a non-public address"):
+        fetch_url(f"{served}/photo.jpg", allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "address, public",
+    [("8.8.8.8", True), ("2606:4700::1111", True), ("127.0.0.1", False), ("10.0.0.1", False),
+     ("192.168.1.1", False), ("172.16.0.1", False), ("169.254.1.1", False), ("::1", False), ("fe80::1", False),
+     ("0.0.0.0", False), ("224.0.0.1", False), ("::ffff:127.0.0.1", False), ("100.64.0.1", False)],
+)
+def test_is_public_address(address, public):
+    assert is_public_address(address) is public

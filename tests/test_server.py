@@ -1,0 +1,125 @@
+"""The HTTP API on a real fit: every endpoint, every error status, the URL guard."""
+
+import io
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pipeline.server import create_app
+
+
+@pytest.fixture(scope="module")
+def client(searcher):
+    return TestClient(create_app(searcher, max_upload_bytes=2_000_000))
+
+
+@pytest.fixture(scope="module")
+def open_client(searcher):
+    """A server started with --allow-private-urls."""
+    return TestClient(create_app(searcher, allow_private_urls=True))
+
+
+def photo_of(searcher, image_id=0):
+    with open(searcher.catalog.paths[image_id], "rb") as handle:
+        return handle.read()
+
+
+def test_page_is_served_without_external_resources(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert 'id="search"' in response.text and "/api/search" in response.text
+    assert "http://" not in response.text.replace("http://host", "") and "cdn" not in response.text.lower()
+
+
+def test_health_and_stats(client, searcher):
+    assert client.get("/api/health").json() == {"status": "ok", "images": 32}
+    stats = client.get("/api/stats").json()
+    assert stats["images"] == 32 and stats["clusters"] == searcher.index.nlist and stats["nprobe"] == searcher.default_nprobe
+    assert stats["labels"] == ["dress", "hat", "pants", "shoes"] and stats["settings"]["image_size"] == 32
+
+
+def test_upload_search_matches_the_searcher(client, searcher):
+    data = photo_of(searcher, 5)
+    response = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"n": "4"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = searcher.search_bytes(data, "q.jpg", n=4)
+    assert [r["id"] for r in body["results"]] == [r.id for r in expected.results]
+    first = body["results"][0]
+    assert first["id"] == 5 and first["same_image"] and first["distance"] < 1e-5
+    assert set(first) >= {"rank", "id", "path", "distance", "cluster", "label"}
+    assert body["nprobe"] == searcher.default_nprobe and len(body["clusters"]) == body["nprobe"]
+
+
+def test_search_by_id_and_nprobe_all(client, searcher):
+    body = client.post("/api/search", json={"id": 7, "n": 3, "nprobe": "all"}).json()
+    assert body["query"] == searcher.catalog.paths[7] and body["nprobe"] == searcher.index.nlist
+    assert body["results"][0]["id"] == 7 and len(body["results"]) == 3
+
+
+def test_url_search_needs_allow_private_urls_for_a_local_server(client, open_client, searcher, http_root, http_url):
+    shutil.copy(searcher.catalog.paths[3], http_root / "local.jpg")
+    url = f"{http_url}/local.jpg"
+    refused = client.post("/api/search", json={"url": url})
+    assert refused.status_code == 400 and "non-public address" in refused.json()["error"]
+    allowed = open_client.post("/api/search", json={"url": url, "n": 2})
+    assert allowed.status_code == 200 and allowed.json()["results"][0]["id"] == 3
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, message",
+    [
+        (dict(json={"url": "file:///etc/passwd"}), 400, "only http and https"),
+        (dict(json={"n": 3}), 400, 'exactly one of "url" or "id"'),
+        (dict(json={"id": 99999}), 404, "no image with id"),
+        (dict(json={"id": 1, "n": 0}), 422, "n must lie between 1 and 100"),
+        (dict(json={"id": 1, "n": "ten"}), 422, "n must be a whole number"),
+        (dict(json={"id": 1, "nprobe": "-2"}), 422, "nprobe must be"),
+        (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "multipart/form-data"),
+        (dict(files={"image": ("a.txt", b"just text", "text/plain")}), 415, "not a decodable image"),
+        (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "file field named 'image'"),
+    ],
+    ids=["scheme", "neither", "unknown-id", "n-zero", "n-text", "nprobe", "content-type", "not-image", "no-field"],
+)
+def test_errors_are_json_with_the_right_status(client, request_kwargs, status, message):
+    response = client.post("/api/search", **request_kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_url_errors_map_to_statuses(open_client, http_url):
+    missing = open_client.post("/api/search", json={"url": f"{http_url}/missing.jpg"})
+    assert missing.status_code == 400 and "HTTP 404" in missing.json()["error"]
+    page = open_client.post("/api/search", json={"url": f"{http_url}/page.html"})
+    assert page.status_code == 415 and "not an image" in page.json()["error"]
+
+
+def test_oversized_upload_is_413(client):
+    big = b"\xff\xd8" + b"0" * 2_100_000
+    response = client.post("/api/search", files={"image": ("big.jpg", big, "image/jpeg")})
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+def test_too_many_pixels_is_413(searcher):
+    from pipeline.search import Searcher
+
+    small_limit = Searcher(searcher.folder.parent, max_pixels=100 * 100)
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 200), (10, 200, 30)).save(buffer, "PNG")
+    response = TestClient(create_app(small_limit)).post("/api/search", files={"image": ("px.png", buffer.getvalue())})
+    assert response.status_code == 413 and "200x200 pixels" in response.json()["error"]
+
+
+def test_images_are_served_by_id_only(client, searcher):
+    thumb = client.get("/api/images/2")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+    full = client.get("/api/images/2/full")
+    assert full.status_code == 200 and full.content == photo_of(searcher, 2)
+    for path in ("/api/images/32", "/api/images/-1", "/api/images/..%2F..%2Fetc%2Fpasswd",
+                 "/api/images/../../etc/passwd", "/api/images/%2Fetc%2Fpasswd/full", "/etc/passwd"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "error" in response.json() and "root:" not in response.text
