@@ -1,4 +1,4 @@
-"""KMeans over the latent vectors, and the choice of the number of clusters."""
+"""KMeans over the latent vectors, and the choice of the number of clusters (nlist)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,35 @@ import warnings
 from typing import Union
 
 import numpy as np
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.exceptions import ConvergenceWarning
+
+TRAINING_POINTS_PER_CLUSTER = 256  # as FAISS: KMeans learns from at most this many points per cluster
+MINIBATCH_FROM = 10_000  # training points from which MiniBatchKMeans is used (faster, as good here)
+MIN_CLUSTER_SIZE = 40  # average vectors per cluster that "auto" keeps at least
 
 
 def choose_cluster_count(n_images: int, requested: Union[int, str] = "auto") -> int:
-    """The number of clusters to fit: ``requested``, or about sqrt(n) with at least ~10 images
-    per cluster for ``"auto"``; never more clusters than images."""
+    """The number of clusters: ``requested``, or for ``"auto"`` about 4 sqrt(n) (the FAISS rule
+    of thumb for IVF indexes) with at least ~40 vectors per cluster; never more than the images."""
     if n_images < 1:
         raise ValueError("cannot cluster zero images")
     if requested == "auto":
-        return max(1, min(round(math.sqrt(n_images)), n_images // 10))
+        return max(1, min(round(4 * math.sqrt(n_images)), n_images // MIN_CLUSTER_SIZE))
     return max(1, min(int(requested), n_images))
 
 
-def fit_kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """KMeans centroids (float32) and each vector's cluster id.
-
-    Clusters left empty (possible when vectors repeat) are dropped and the ids renumbered, so
-    every returned cluster has at least one member.
-    """
-    with warnings.catch_warnings():  # "fewer distinct clusters than n_clusters": handled below
+def fit_kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """KMeans centroids (float32), learned on a random sample of at most
+    TRAINING_POINTS_PER_CLUSTER points per cluster (MiniBatchKMeans for large samples)."""
+    rng = np.random.default_rng(seed)
+    sample_size = min(len(vectors), TRAINING_POINTS_PER_CLUSTER * n_clusters)
+    sample = vectors if sample_size == len(vectors) else vectors[rng.choice(len(vectors), sample_size, replace=False)]
+    if sample_size >= MINIBATCH_FROM:
+        model = MiniBatchKMeans(n_clusters, batch_size=4096, n_init=3, random_state=seed)
+    else:
+        model = KMeans(n_clusters, n_init="auto", random_state=seed)
+    with warnings.catch_warnings():  # repeated vectors can leave clusters empty: the index drops those
         warnings.simplefilter("ignore", ConvergenceWarning)
-        kmeans = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed).fit(vectors)
-    used, assignments = np.unique(kmeans.labels_, return_inverse=True)
-    return kmeans.cluster_centers_[used].astype(np.float32), assignments.astype(np.int32)
+        model.fit(sample)
+    return model.cluster_centers_.astype(np.float32)

@@ -29,6 +29,7 @@ from .index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprob
 
 log = logging.getLogger(__name__)
 RECALL_QUERIES = 500  # indexed vectors used as queries to measure recall against exact search
+EXACT_SEARCH_BELOW = 2000  # "--nprobe auto" searches every cluster below this many images
 
 
 @dataclass
@@ -140,15 +141,21 @@ def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifac
 def index_embeddings(embeddings: np.ndarray, config: FitConfig) -> tuple[ClusteredIndex, int, dict[int, float]]:
     """Cluster the embeddings, index them, and pick nprobe: (index, nprobe, recall@10 curve).
 
-    The recall curve is measured on up to RECALL_QUERIES indexed vectors used as queries.
+    The recall curve is measured on up to RECALL_QUERIES indexed vectors used as queries. With
+    ``nprobe="auto"`` the smallest nprobe reaching ``target_recall`` is kept, or every cluster
+    (exact search) below EXACT_SEARCH_BELOW images, where routing cannot pay off.
     """
     vectors = prepare_vectors(embeddings, config.metric)
     n_clusters = choose_cluster_count(len(vectors), config.clusters)
-    centroids, assignments = fit_kmeans(vectors, n_clusters, config.seed)
-    index = ClusteredIndex(config.metric).fit(vectors, centroids, assignments)
+    index = ClusteredIndex(config.metric).fit(vectors, fit_kmeans(vectors, n_clusters, config.seed))
     sample = np.random.default_rng(config.seed).permutation(len(vectors))[:RECALL_QUERIES]
     curve = recall_curve(index, vectors[sample], sample)
-    nprobe = smallest_nprobe(curve, config.target_recall) if config.nprobe == "auto" else index.resolve_nprobe(config.nprobe)
+    if config.nprobe != "auto":
+        nprobe = index.resolve_nprobe(config.nprobe)
+    elif len(vectors) < EXACT_SEARCH_BELOW:
+        nprobe = index.nlist
+    else:
+        nprobe = smallest_nprobe(curve, config.target_recall)
     return index, nprobe, curve
 
 

@@ -1,4 +1,4 @@
-"""The routed KNN index: a KNN per KMeans cluster, searched in the ``nprobe`` nearest clusters.
+"""The routed KNN index: exact KNN within the ``nprobe`` KMeans clusters nearest each query.
 
 This is the idea of FAISS's IndexIVFFlat (``nlist`` clusters, ``nprobe`` probed per query):
 probing few clusters is fast but can miss neighbours that lie across a cluster border, so
@@ -7,11 +7,11 @@ probing few clusters is fast but can miss neighbours that lie across a cluster b
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import pairwise_distances
-from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import ThreadpoolController
 
 
 def prepare_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -36,12 +36,34 @@ class SearchHits:
     probed: np.ndarray  # (queries, nprobe) int, the clusters searched, nearest first
 
 
-class ClusteredIndex:
-    """A scikit-learn KNN per cluster, with queries routed to their nearest clusters.
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
 
-    Parameters: ``metric`` is ``"cosine"`` or ``"euclidean"``. Learned state after :meth:`fit`:
-    ``centroids_`` (nlist, dim), ``assignments_`` (cluster of each indexed vector),
-    ``members_`` (the vector ids of each cluster) and ``knn_`` (one NearestNeighbors per cluster).
+
+def pairwise(queries: np.ndarray, vectors: np.ndarray, metric: str, vector_norms: np.ndarray | None = None) -> np.ndarray:
+    """Distances between prepared queries and prepared vectors with one matrix product.
+
+    Cosine distance is ``1 - q.x`` (vectors are unit length); euclidean uses
+    ``|q|^2 - 2 q.x + |x|^2``, with ``vector_norms`` the precomputed ``|x|^2`` when given.
+    """
+    products = queries @ vectors.T
+    if metric == "cosine":
+        return 1.0 - products
+    norms = np.einsum("ij,ij->i", vectors, vectors) if vector_norms is None else vector_norms
+    squared = np.einsum("ij,ij->i", queries, queries)[:, None] - 2.0 * products + norms[None, :]
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+class ClusteredIndex:
+    """Vectors grouped by cluster, with queries routed to their ``nprobe`` nearest clusters.
+
+    Each cluster's vectors lie next to each other in one contiguous array, so a probed cluster
+    is scanned with one matrix product for every query of a batch that probes it (exact KNN
+    within the cluster). Parameters: ``metric`` is ``"cosine"`` or ``"euclidean"``. Learned
+    state after :meth:`fit`: ``centroids_`` (nlist, dim), ``assignments_`` (cluster of each
+    indexed vector), ``vectors_`` (the vectors sorted by cluster), ``ids_`` (their original
+    positions) and ``offsets_`` (cluster c is rows ``offsets_[c]:offsets_[c + 1]``).
     """
 
     def __init__(self, metric: str = "cosine"):
@@ -55,16 +77,28 @@ class ClusteredIndex:
     def size(self) -> int:
         return len(self.assignments_)
 
-    def fit(self, vectors: np.ndarray, centroids: np.ndarray, assignments: np.ndarray) -> "ClusteredIndex":
-        """Index ``vectors``, cluster ``assignments[i]`` holding vector i."""
+    @property
+    def members_(self) -> list[np.ndarray]:
+        """The original ids of the vectors of each cluster."""
+        return [self.ids_[start:stop] for start, stop in zip(self.offsets_[:-1], self.offsets_[1:])]
+
+    def fit(self, vectors: np.ndarray, centroids: np.ndarray) -> "ClusteredIndex":
+        """Index ``vectors``, each in the cluster a query equal to it would probe first.
+
+        Centroids that no vector is nearest to are dropped.
+        """
         vectors = prepare_vectors(vectors, self.metric)
         self.centroids_ = prepare_vectors(centroids, self.metric)
-        self.assignments_ = np.asarray(assignments, dtype=np.int32)
-        self.members_ = [np.flatnonzero(self.assignments_ == c) for c in range(len(self.centroids_))]
-        self.knn_ = [
-            NearestNeighbors(algorithm="brute", metric=self.metric).fit(vectors[members]) if len(members) else None
-            for members in self.members_
-        ]
+        nearest = np.concatenate([self.route(vectors[i : i + 8192], 1)[:, 0] for i in range(0, len(vectors), 8192)])
+        used, assignments = np.unique(nearest, return_inverse=True)
+        self.centroids_ = self.centroids_[used]
+        self.assignments_ = assignments.astype(np.int32)
+        order = np.argsort(self.assignments_, kind="stable")
+        self.ids_ = order.astype(np.int64)
+        self.vectors_ = np.ascontiguousarray(vectors[order])
+        self.norms_ = np.einsum("ij,ij->i", self.vectors_, self.vectors_)
+        sizes = np.bincount(self.assignments_, minlength=len(self.centroids_))
+        self.offsets_ = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         return self
 
     def resolve_nprobe(self, nprobe: int | str) -> int:
@@ -73,27 +107,38 @@ class ClusteredIndex:
 
     def route(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
         """The ``nprobe`` clusters nearest each (prepared) query, nearest first."""
-        distances = pairwise_distances(queries, self.centroids_, metric=self.metric)
+        distances = pairwise(queries, self.centroids_, self.metric)
         return np.argsort(distances, axis=1, kind="stable")[:, :nprobe]
 
     def search(self, queries: np.ndarray, n: int, nprobe: int | str = "all") -> SearchHits:
         """The ``n`` nearest indexed vectors of each query among its ``nprobe`` nearest clusters.
 
-        Queries are grouped by probed cluster, so each cluster is searched once per batch.
+        Queries are grouped by probed cluster, so each cluster is scanned once per batch.
         """
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
         nprobe = self.resolve_nprobe(nprobe)
         probed = self.route(queries, nprobe)
-        candidate_d = np.full((len(queries), nprobe * n), np.inf)
+        candidate_d = np.full((len(queries), nprobe * n), np.inf, dtype=np.float32)
         candidate_i = np.full((len(queries), nprobe * n), -1, dtype=np.int64)
-        for slot in range(nprobe):
-            for cluster in np.unique(probed[:, slot]):
-                rows = np.flatnonzero(probed[:, slot] == cluster)
-                k = min(n, len(self.members_[cluster]))
-                distances, local = self.knn_[cluster].kneighbors(queries[rows], n_neighbors=k)
-                columns = slice(slot * n, slot * n + k)
-                candidate_d[rows, columns] = distances
-                candidate_i[rows, columns] = self.members_[cluster][local]
+        rows, slots = np.divmod(np.arange(probed.size), nprobe)
+        clusters = probed.ravel()
+        order = np.argsort(clusters, kind="stable")
+        bounds = np.flatnonzero(np.diff(clusters[order])) + 1
+        with _blas_controller().limit(limits=1, user_api="blas"):  # small products: threads cost more than they give
+            for group in np.split(order, bounds):
+                cluster = clusters[group[0]]
+                start, stop = self.offsets_[cluster], self.offsets_[cluster + 1]
+                if start == stop:
+                    continue
+                distances = pairwise(queries[rows[group]], self.vectors_[start:stop], self.metric, self.norms_[start:stop])
+                k = min(n, stop - start)
+                if k < stop - start:
+                    nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
+                else:
+                    nearest = np.broadcast_to(np.arange(k), distances.shape)
+                target = (rows[group][:, None], slots[group][:, None] * n + np.arange(k))
+                candidate_d[target] = np.take_along_axis(distances, nearest, axis=1)
+                candidate_i[target] = self.ids_[start + nearest]
         best = np.lexsort((candidate_i, candidate_d), axis=1)[:, :n]  # by distance, then id
         distances = np.take_along_axis(candidate_d, best, axis=1)
         return SearchHits(np.maximum(distances, 0.0), np.take_along_axis(candidate_i, best, axis=1), probed)

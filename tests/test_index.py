@@ -15,9 +15,7 @@ def gaussian_mixture(n=3000, dim=16, centers=30, seed=0):
 
 
 def build(vectors, metric, nlist, seed=0):
-    prepared = prepare_vectors(vectors, metric)
-    centroids, assignments = fit_kmeans(prepared, nlist, seed)
-    return ClusteredIndex(metric).fit(vectors, centroids, assignments)
+    return ClusteredIndex(metric).fit(vectors, fit_kmeans(prepare_vectors(vectors, metric), nlist, seed))
 
 
 @pytest.mark.parametrize("metric, scipy_metric", [("cosine", "cosine"), ("euclidean", "euclidean")])
@@ -62,9 +60,8 @@ def test_results_are_sorted_and_padded_when_probed_clusters_are_small():
 
 def test_more_clusters_than_vectors_and_repeated_vectors_work():
     vectors = np.repeat(np.eye(3, dtype=np.float32), 2, axis=0)  # 6 vectors, 3 distinct
-    centroids, assignments = fit_kmeans(vectors, 6, seed=0)
-    assert len(centroids) == 3 and set(assignments) == {0, 1, 2}  # empty clusters dropped
-    index = ClusteredIndex("euclidean").fit(vectors, centroids, assignments)
+    index = ClusteredIndex("euclidean").fit(vectors, fit_kmeans(vectors, 6, seed=0))
+    assert index.nlist == 3 and set(index.assignments_) == {0, 1, 2}  # empty clusters dropped
     hits = index.search(vectors[:1], n=2, nprobe=1)
     assert set(hits.ids[0]) == {0, 1} and np.allclose(hits.distances[0], 0)
 
@@ -72,3 +69,12 @@ def test_more_clusters_than_vectors_and_repeated_vectors_work():
 def test_nprobe_is_clamped_to_the_number_of_clusters():
     index = build(gaussian_mixture(n=200), "cosine", nlist=5)
     assert index.resolve_nprobe(99) == 5 and index.resolve_nprobe("all") == 5 and index.resolve_nprobe(2) == 2
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_every_vector_lies_in_the_cluster_it_would_be_routed_to(metric):
+    vectors = gaussian_mixture(n=2000)
+    index = build(vectors, metric, nlist=16)
+    routed = index.route(prepare_vectors(vectors, metric), 1)[:, 0]
+    assert np.array_equal(index.assignments_, routed)
+    assert index.search(vectors[:50], n=1, nprobe=1).ids[:, 0].tolist() == list(range(50))  # itself, in one probe
