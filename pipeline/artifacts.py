@@ -33,7 +33,7 @@ import numpy as np
 from .errors import ArtifactError
 from .index import ClusteredIndex
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: contiguous per-cluster index (version 1 held a scikit-learn KNN per cluster)
 POINTER = "CURRENT"
 REQUIRED_FILES = (
     "manifest.json",

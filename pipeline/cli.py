@@ -22,3 +22,10 @@ def run(main: Callable[[], int | None]) -> None:
         print("error: interrupted", file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+def print_outcome(skipped: list, artifacts: object) -> None:
+    """The closing lines of a command that wrote artifacts: every skipped file, then where it went."""
+    for item in skipped:
+        print(f"skipped {item.path}: {item.reason}")
+    print(f"artifacts: {artifacts}")

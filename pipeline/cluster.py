@@ -10,8 +10,8 @@ import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.exceptions import ConvergenceWarning
 
-TRAINING_POINTS_PER_CLUSTER = 256  # as FAISS: KMeans learns from at most this many points per cluster
-MINIBATCH_FROM = 10_000  # training points from which MiniBatchKMeans is used (faster, as good here)
+TRAINING_POINTS_PER_CLUSTER = 64  # KMeans learns from at most this many points per cluster (FAISS warns below 39)
+MINIBATCH_FROM = 10_000  # training points from which MiniBatchKMeans with one random start is used
 MIN_CLUSTER_SIZE = 40  # average vectors per cluster that "auto" keeps at least
 
 
@@ -32,7 +32,8 @@ def fit_kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     sample_size = min(len(vectors), TRAINING_POINTS_PER_CLUSTER * n_clusters)
     sample = vectors if sample_size == len(vectors) else vectors[rng.choice(len(vectors), sample_size, replace=False)]
     if sample_size >= MINIBATCH_FROM:
-        model = MiniBatchKMeans(n_clusters, batch_size=4096, n_init=3, random_state=seed)
+        # k-means++ seeding costs 10x the whole fit here (61 s vs 6 s at 100,000 x 64, 1,265 clusters)
+        model = MiniBatchKMeans(n_clusters, init="random", n_init=1, batch_size=4096, random_state=seed)
     else:
         model = KMeans(n_clusters, n_init="auto", random_state=seed)
     with warnings.catch_warnings():  # repeated vectors can leave clusters empty: the index drops those

@@ -113,7 +113,7 @@ def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifac
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "data_dir": str(Path(data_dir).resolve()),
             "settings": config.to_dict(),
-            "versions": _library_versions(),
+            "versions": library_versions(),
             "images": len(decoded.records),
             "skipped": [{"path": s.path, "reason": s.reason} for s in decoded.skipped],
             "history": history,
@@ -139,27 +139,30 @@ def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifac
 
 
 def index_embeddings(embeddings: np.ndarray, config: FitConfig) -> tuple[ClusteredIndex, int, dict[int, float]]:
-    """Cluster the embeddings, index them, and pick nprobe: (index, nprobe, recall@10 curve).
-
-    The recall curve is measured on up to RECALL_QUERIES indexed vectors used as queries. With
-    ``nprobe="auto"`` the smallest nprobe reaching ``target_recall`` is kept, or every cluster
-    (exact search) below EXACT_SEARCH_BELOW images, where routing cannot pay off.
-    """
+    """Cluster the embeddings, index them, and pick nprobe: (index, nprobe, recall@10 curve)."""
     vectors = prepare_vectors(embeddings, config.metric)
     n_clusters = choose_cluster_count(len(vectors), config.clusters)
     index = ClusteredIndex(config.metric).fit(vectors, fit_kmeans(vectors, n_clusters, config.seed))
+    return (index, *choose_nprobe(index, vectors, config))
+
+
+def choose_nprobe(index: ClusteredIndex, vectors: np.ndarray, config: FitConfig) -> tuple[int, dict[int, float]]:
+    """The nprobe to search with, and the recall@10 curve it was chosen from.
+
+    The curve is measured on up to RECALL_QUERIES indexed vectors used as queries. With
+    ``nprobe="auto"`` the smallest nprobe reaching ``target_recall`` is kept, or every cluster
+    (exact search) below EXACT_SEARCH_BELOW images, where routing cannot pay off.
+    """
     sample = np.random.default_rng(config.seed).permutation(len(vectors))[:RECALL_QUERIES]
     curve = recall_curve(index, vectors[sample], sample)
     if config.nprobe != "auto":
-        nprobe = index.resolve_nprobe(config.nprobe)
-    elif len(vectors) < EXACT_SEARCH_BELOW:
-        nprobe = index.nlist
-    else:
-        nprobe = smallest_nprobe(curve, config.target_recall)
-    return index, nprobe, curve
+        return index.resolve_nprobe(config.nprobe), curve
+    if len(vectors) < EXACT_SEARCH_BELOW:
+        return index.nlist, curve
+    return smallest_nprobe(curve, config.target_recall), curve
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import cv2
     import PIL
     import tensorflow as tf

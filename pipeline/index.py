@@ -8,6 +8,8 @@ probing few clusters is fast but can miss neighbours that lie across a cluster b
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +38,17 @@ class SearchHits:
     probed: np.ndarray  # (queries, nprobe) int, the clusters searched, nearest first
 
 
+_WORKERS = min(4, os.cpu_count() or 1)
+
+
 @functools.cache
 def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_WORKERS, thread_name_prefix="index-scan")
 
 
 def pairwise(queries: np.ndarray, vectors: np.ndarray, metric: str, vector_norms: np.ndarray | None = None) -> np.ndarray:
@@ -89,17 +99,32 @@ class ClusteredIndex:
         """
         vectors = prepare_vectors(vectors, self.metric)
         self.centroids_ = prepare_vectors(centroids, self.metric)
-        nearest = np.concatenate([self.route(vectors[i : i + 8192], 1)[:, 0] for i in range(0, len(vectors), 8192)])
-        used, assignments = np.unique(nearest, return_inverse=True)
+        used, assignments = np.unique(self._nearest_cluster(vectors), return_inverse=True)
         self.centroids_ = self.centroids_[used]
-        self.assignments_ = assignments.astype(np.int32)
+        self._lay_out(vectors, assignments)
+        return self
+
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Index more vectors, each in its nearest cluster (no re-clustering); return their ids."""
+        vectors = prepare_vectors(vectors, self.metric)
+        old = np.empty_like(self.vectors_)
+        old[self.ids_] = self.vectors_  # back to insertion order
+        self._lay_out(np.concatenate([old, vectors]),
+                      np.concatenate([self.assignments_, self._nearest_cluster(vectors)]))
+        return np.arange(len(old), len(old) + len(vectors))
+
+    def _nearest_cluster(self, vectors: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        return np.concatenate([self.route(vectors[i : i + chunk], 1)[:, 0] for i in range(0, len(vectors), chunk)])
+
+    def _lay_out(self, vectors: np.ndarray, assignments: np.ndarray) -> None:
+        """Store prepared vectors sorted by cluster, with the offsets of each cluster."""
+        self.assignments_ = np.asarray(assignments, dtype=np.int32)
         order = np.argsort(self.assignments_, kind="stable")
         self.ids_ = order.astype(np.int64)
         self.vectors_ = np.ascontiguousarray(vectors[order])
         self.norms_ = np.einsum("ij,ij->i", self.vectors_, self.vectors_)
         sizes = np.bincount(self.assignments_, minlength=len(self.centroids_))
         self.offsets_ = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        return self
 
     def resolve_nprobe(self, nprobe: int | str) -> int:
         """An nprobe setting ("all" or a count) as a count between 1 and nlist."""
@@ -108,40 +133,59 @@ class ClusteredIndex:
     def route(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
         """The ``nprobe`` clusters nearest each (prepared) query, nearest first."""
         distances = pairwise(queries, self.centroids_, self.metric)
-        return np.argsort(distances, axis=1, kind="stable")[:, :nprobe]
+        if nprobe == 1:
+            return distances.argmin(axis=1)[:, None]
+        if nprobe >= self.nlist:
+            return np.argsort(distances, axis=1, kind="stable")
+        nearest = np.argpartition(distances, nprobe - 1, axis=1)[:, :nprobe]
+        order = np.take_along_axis(distances, nearest, axis=1).argsort(axis=1, kind="stable")
+        return np.take_along_axis(nearest, order, axis=1)
 
     def search(self, queries: np.ndarray, n: int, nprobe: int | str = "all") -> SearchHits:
         """The ``n`` nearest indexed vectors of each query among its ``nprobe`` nearest clusters.
 
-        Queries are grouped by probed cluster, so each cluster is scanned once per batch.
+        Queries are grouped by probed cluster, so each cluster is scanned once per batch with one
+        matrix product; large batches are scanned on one thread per CPU core.
         """
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
         nprobe = self.resolve_nprobe(nprobe)
         probed = self.route(queries, nprobe)
-        candidate_d = np.full((len(queries), nprobe * n), np.inf, dtype=np.float32)
-        candidate_i = np.full((len(queries), nprobe * n), -1, dtype=np.int64)
+        # candidates: the n best of each probed cluster, per query; scores rank like distances
+        scores = np.full((len(queries), nprobe * n), np.inf, dtype=np.float32)
+        ids = np.full((len(queries), nprobe * n), -1, dtype=np.int64)
         rows, slots = np.divmod(np.arange(probed.size), nprobe)
         clusters = probed.ravel()
         order = np.argsort(clusters, kind="stable")
-        bounds = np.flatnonzero(np.diff(clusters[order])) + 1
-        with _blas_controller().limit(limits=1, user_api="blas"):  # small products: threads cost more than they give
-            for group in np.split(order, bounds):
-                cluster = clusters[group[0]]
-                start, stop = self.offsets_[cluster], self.offsets_[cluster + 1]
+        groups = np.split(order, np.flatnonzero(np.diff(clusters[order])) + 1)
+
+        def scan(part: list[np.ndarray]) -> None:
+            for group in part:
+                start, stop = self.offsets_[clusters[group[0]]], self.offsets_[clusters[group[0]] + 1]
                 if start == stop:
                     continue
-                distances = pairwise(queries[rows[group]], self.vectors_[start:stop], self.metric, self.norms_[start:stop])
+                products = queries[rows[group]] @ self.vectors_[start:stop].T
+                score = -products if self.metric == "cosine" else self.norms_[start:stop] - 2.0 * products
                 k = min(n, stop - start)
-                if k < stop - start:
-                    nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
-                else:
-                    nearest = np.broadcast_to(np.arange(k), distances.shape)
+                nearest = (np.argpartition(score, k - 1, axis=1)[:, :k] if k < stop - start
+                           else np.broadcast_to(np.arange(k), score.shape))
                 target = (rows[group][:, None], slots[group][:, None] * n + np.arange(k))
-                candidate_d[target] = np.take_along_axis(distances, nearest, axis=1)
-                candidate_i[target] = self.ids_[start + nearest]
-        best = np.lexsort((candidate_i, candidate_d), axis=1)[:, :n]  # by distance, then id
-        distances = np.take_along_axis(candidate_d, best, axis=1)
-        return SearchHits(np.maximum(distances, 0.0), np.take_along_axis(candidate_i, best, axis=1), probed)
+                scores[target] = np.take_along_axis(score, nearest, axis=1)
+                ids[target] = self.ids_[start + nearest]
+
+        with _blas_controller().limit(limits=1, user_api="blas"):  # small products: threads cost more than they give
+            if len(groups) >= 64 and _WORKERS > 1:  # each (query, slot) cell is written by one group only
+                list(_pool().map(scan, [groups[i::_WORKERS] for i in range(_WORKERS)]))
+            else:
+                scan(groups)
+        best = np.lexsort((ids, scores), axis=1)[:, :n]  # by distance, then id
+        return SearchHits(self._distances(np.take_along_axis(scores, best, axis=1), queries),
+                          np.take_along_axis(ids, best, axis=1), probed)
+
+    def _distances(self, scores: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Ranking scores to distances: ``-q.x`` to cosine distance, ``|x|^2 - 2 q.x`` to euclidean."""
+        if self.metric == "cosine":
+            return np.maximum(1.0 + scores, 0.0)
+        return np.sqrt(np.maximum(scores + np.einsum("ij,ij->i", queries, queries)[:, None], 0.0))
 
 
 def recall_curve(

@@ -48,9 +48,7 @@ def main() -> None:
         print(f"fitted {summary.images} images ({len(summary.skipped)} skipped) in {summary.seconds:.1f}s: {stages}")
         print(f"{summary.epochs_run} epochs, {summary.clusters} clusters, nprobe {summary.nprobe} "
               f"(recall@10 vs exact search {summary.recall_at_10:.3f})")
-        for skipped in summary.skipped:
-            print(f"skipped {skipped.path}: {skipped.reason}")
-        print(f"artifacts: {summary.artifacts}")
+        cli.print_outcome(summary.skipped, summary.artifacts)
 
     cli.run(run)
 

@@ -78,3 +78,17 @@ def test_every_vector_lies_in_the_cluster_it_would_be_routed_to(metric):
     routed = index.route(prepare_vectors(vectors, metric), 1)[:, 0]
     assert np.array_equal(index.assignments_, routed)
     assert index.search(vectors[:50], n=1, nprobe=1).ids[:, 0].tolist() == list(range(50))  # itself, in one probe
+
+
+def test_add_places_new_vectors_where_routing_finds_them_and_keeps_the_old():
+    vectors = gaussian_mixture(n=3000)
+    index = build(vectors[:2500], "cosine", nlist=16)
+    before = index.search(vectors[:20], n=5, nprobe="all")
+    ids = index.add(vectors[2500:])
+    assert ids.tolist() == list(range(2500, 3000)) and index.size == 3000
+    found = index.search(vectors[2500:2600], n=1, nprobe=1).ids[:, 0]
+    assert found.tolist() == list(range(2500, 2600))  # each new vector finds itself in one probe
+    again = index.search(vectors[:20], n=5, nprobe="all")
+    assert (again.ids[:, 0] == before.ids[:, 0]).all()  # old vectors still find themselves first
+    fresh = ClusteredIndex("cosine").fit(vectors, index.centroids_)
+    assert np.array_equal(fresh.assignments_, index.assignments_)  # same as indexing everything at once
