@@ -1,5 +1,6 @@
 """Incremental add on a real fit: new images are found at once, old ones keep their results."""
 
+import shutil
 import subprocess
 import sys
 
@@ -26,8 +27,11 @@ def base(tmp_path_factory):
     return old, new, artifacts
 
 
-def test_added_images_are_found_and_old_results_are_kept(base):
-    old, new, artifacts = base
+def test_added_images_are_found_and_old_results_are_kept(base, tmp_path):
+    old, new, fitted = base
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted, artifacts)  # its own copy: the other tests add to the shared one
+    assert len(load_catalog(current_fit(artifacts))) == 16
     before_fit = current_fit(artifacts)
     before = Searcher(artifacts)
     old_query = sorted((old / "hat").glob("*.jpg"))[2]
@@ -51,10 +55,16 @@ def test_added_images_are_found_and_old_results_are_kept(base):
                                                      "reason": "not a decodable image"}]
 
 
-def test_adding_the_same_folder_again_changes_nothing(base):
+def added_once(base):
+    """The fixture's bundle after the new folder was added once, whichever test runs first."""
     _, new, artifacts = base
     if len(load_catalog(current_fit(artifacts))) == 16:
         add_images(new, artifacts)
+    return new, artifacts
+
+
+def test_adding_the_same_folder_again_changes_nothing(base):
+    new, artifacts = added_once(base)
     before = current_fit(artifacts)
     summary = add_images(new, artifacts)
     assert summary.added == 0 and summary.already_indexed == 10
@@ -62,7 +72,7 @@ def test_adding_the_same_folder_again_changes_nothing(base):
 
 
 def test_add_script_and_its_errors(base, tmp_path):
-    _, new, artifacts = base
+    new, artifacts = added_once(base)
     process = subprocess.run([sys.executable, str(ROOT / "scripts" / "add.py"), str(new), "--artifacts", str(artifacts)],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert process.returncode == 0, process.stderr
