@@ -20,7 +20,8 @@ class FitConfig:
     """Settings of one fit; stored in the artifacts' manifest.
 
     ``pooling`` is how the encoder's code map becomes a vector (flatten it, or its global max or
-    average); with ``whiten`` that vector is PCA-whitened to at most ``latent_dim`` values.
+    average); a PCA layer then projects it to at most ``latent_dim`` values, scaling each axis by
+    variance ** (-whitening / 2): 0 keeps PCA's scale, 1 whitens fully (see docs/QUALITY.md).
     ``clusters`` and ``nprobe`` accept ``"auto"``: the number of clusters is then chosen from the
     number of images, and ``nprobe`` is the smallest that reaches ``target_recall`` against exact
     search on held-out queries.
@@ -37,7 +38,7 @@ class FitConfig:
     output_activation: str = "sigmoid"
     noise: float = 0.1
     pooling: str = "flatten"
-    whiten: bool = True
+    whitening: float = 0.5
     flip_augment: bool = True
     validation_split: float = 0.1
     patience: int = 3
@@ -76,6 +77,8 @@ class FitConfig:
         for name in ("latent_dim", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.whitening <= 1.0:
+            raise InputError(f"whitening must lie in [0, 1], got {self.whitening}")
         if not 0.0 <= self.noise < 1.0:
             raise InputError(f"noise must lie in [0, 1), got {self.noise}")
         if not 0.0 <= self.validation_split < 0.5:

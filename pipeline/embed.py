@@ -25,18 +25,20 @@ def embed_cache(encoder: keras.Model, cache: ImageCache, batch_size: int) -> np.
     return np.concatenate(vectors) if vectors else np.empty((0, encoder.output_shape[-1]), np.float32)
 
 
-def whitened_encoder(encoder: keras.Model, latents: np.ndarray, dims: int, seed: int = 0) -> keras.Model:
-    """The encoder followed by PCA whitening learned on ``latents`` (its outputs on the fitted images).
+def whitened_encoder(encoder: keras.Model, latents: np.ndarray, dims: int, whitening: float,
+                     seed: int = 0) -> keras.Model:
+    """The encoder followed by a PCA layer learned on ``latents`` (its outputs on the fitted images).
 
-    The whitening (centre, rotate onto the principal axes, scale each to unit variance, keep at
-    most ``dims``) is a fixed Dense layer inside the returned model, so a saved encoder applies it
-    to queries exactly as to the fitted images.
+    The layer centres, rotates onto the principal axes, keeps at most ``dims`` of them and divides
+    each by its variance ** (whitening / 2): 1 gives unit variance on every axis (full whitening),
+    0 keeps PCA's scale. It is a fixed Dense layer inside the returned model, so a saved encoder
+    applies it to queries exactly as to the fitted images.
     """
     dims = min(dims, latents.shape[1], len(latents) - 1)
     if dims < 1:
         return encoder
-    pca = PCA(dims, whiten=True, random_state=seed).fit(latents)
-    scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
+    pca = PCA(dims, random_state=seed).fit(latents)
+    scale = np.maximum(pca.explained_variance_, 1e-12) ** (whitening / 2)
     kernel = (pca.components_.T / scale).astype(np.float32)
     bias = (-pca.mean_ @ kernel).astype(np.float32)
     whiten = keras.layers.Dense(dims, name="whiten", trainable=False)

@@ -91,9 +91,8 @@ def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifac
 
             with _stage("embed", seconds):
                 embeddings = embed_cache(encoder, decoded.cache, config.batch_size)
-                if config.whiten:  # re-embed through the saved model itself, so queries match exactly
-                    encoder = whitened_encoder(encoder, embeddings, config.latent_dim, config.seed)
-                    embeddings = embed_cache(encoder, decoded.cache, config.batch_size)
+                encoder = whitened_encoder(encoder, embeddings, config.latent_dim, config.whitening, config.seed)
+                embeddings = embed_cache(encoder, decoded.cache, config.batch_size)  # through the saved model itself
                 encoder.save(writer.path / "encoder.keras")
 
         with _stage("cluster+index", seconds):

@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=DEFAULTS.noise, help="denoising input noise (0 = off)")
     parser.add_argument("--pooling", choices=("flatten", "max", "avg"), default=DEFAULTS.pooling,
                         help="how the latent vector is taken from the encoder")
-    parser.add_argument("--no-whiten", action="store_true", help="keep the raw latent vector (no PCA whitening)")
+    parser.add_argument("--whitening", type=float, default=DEFAULTS.whitening,
+                        help="PCA whitening strength of the latent vector: 0 none, 1 full (default 0.5)")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     parser.add_argument("--clusters", default="auto", help="number of KMeans clusters, or auto")
     parser.add_argument("--metric", choices=("cosine", "euclidean"), default=DEFAULTS.metric)
@@ -40,7 +41,7 @@ def main() -> None:
             image_size=args.image_size, latent_dim=args.latent_dim, filters=args.filters, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
             loss=args.loss, output_activation=args.output_activation, noise=args.noise, pooling=args.pooling,
-            whiten=not args.no_whiten, flip_augment=not args.no_flip, clusters=parse_count_or_word(args.clusters, ("auto",)),
+            whitening=args.whitening, flip_augment=not args.no_flip, clusters=parse_count_or_word(args.clusters, ("auto",)),
             metric=args.metric, nprobe=parse_count_or_word(args.nprobe, ("auto", "all")), seed=args.seed,
         )
         summary = fit(args.data_dir, args.artifacts, config)

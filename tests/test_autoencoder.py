@@ -35,6 +35,7 @@ def test_encoder_shares_the_trained_weights():
         (dict(pooling="median"), "pooling must be one of"),
         (dict(optimizer="sgd"), "optimizer must be one of"),
         (dict(noise=1.5), "noise must lie"),
+        (dict(whitening=2.0), "whitening must lie"),
         (dict(clusters=0), "clusters must be"),
     ],
 )
@@ -59,11 +60,16 @@ def test_whitening_is_part_of_the_saved_encoder(tmp_path):
 
     _, encoder = build_autoencoder(tiny_config(pooling="flatten", latent_dim=4))
     images = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
-    whitened = whitened_encoder(encoder, embed_images(encoder, images), dims=10)
+    latents = embed_images(encoder, images)
+    whitened = whitened_encoder(encoder, latents, dims=10, whitening=1.0)
     vectors = embed_images(whitened, images)
     assert vectors.shape == (40, 10)
     np.testing.assert_allclose(vectors.mean(axis=0), 0, atol=1e-3)
     np.testing.assert_allclose(np.cov(vectors, rowvar=False), np.eye(10), atol=0.05)  # unit variance, decorrelated
+    half = np.cov(embed_images(whitened_encoder(encoder, latents, dims=10, whitening=0.5), images), rowvar=False)
+    plain = np.cov(embed_images(whitened_encoder(encoder, latents, dims=10, whitening=0.0), images), rowvar=False)
+    np.testing.assert_allclose(np.diag(half), np.sqrt(np.diag(plain)), rtol=0.05)  # half whitening: std ** 0.5
+    np.testing.assert_allclose(half - np.diag(np.diag(half)), 0, atol=1e-3 * np.abs(half).max())  # decorrelated
     whitened.save(tmp_path / "encoder.keras")
     reloaded = keras.models.load_model(tmp_path / "encoder.keras", compile=False)
     np.testing.assert_allclose(embed_images(reloaded, images), vectors, atol=1e-5)
