@@ -50,7 +50,9 @@ class FitSummary:
         return sum(self.stage_seconds.values())
 
 
-def fit(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", config: FitConfig | None = None) -> FitSummary:
+def fit(
+    data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", config: FitConfig | None = None
+) -> FitSummary:
     """Train the autoencoder on every image under ``data_dir`` and write a searchable bundle.
 
     Raises InputError when the folder is missing or holds no decodable image. The previous

@@ -51,17 +51,16 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(_WORKERS, thread_name_prefix="index-scan")
 
 
-def pairwise(queries: np.ndarray, vectors: np.ndarray, metric: str, vector_norms: np.ndarray | None = None) -> np.ndarray:
+def pairwise(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
     """Distances between prepared queries and prepared vectors with one matrix product.
 
-    Cosine distance is ``1 - q.x`` (vectors are unit length); euclidean uses
-    ``|q|^2 - 2 q.x + |x|^2``, with ``vector_norms`` the precomputed ``|x|^2`` when given.
+    Cosine distance is ``1 - q.x`` (vectors are unit length); euclidean ``sqrt(|q|^2 - 2 q.x + |x|^2)``.
     """
     products = queries @ vectors.T
     if metric == "cosine":
         return 1.0 - products
-    norms = np.einsum("ij,ij->i", vectors, vectors) if vector_norms is None else vector_norms
-    squared = np.einsum("ij,ij->i", queries, queries)[:, None] - 2.0 * products + norms[None, :]
+    squared = (np.einsum("ij,ij->i", queries, queries)[:, None] - 2.0 * products
+               + np.einsum("ij,ij->i", vectors, vectors)[None, :])
     return np.sqrt(np.maximum(squared, 0.0))
 
 

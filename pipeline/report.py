@@ -80,8 +80,8 @@ def build_report(
     if labelled:
         figures["tsne_labels"] = scatter_figure(points, labels[sample].tolist(), "t-SNE, by label")
     figures["training_curves"] = training_curve_figure(manifest["history"])
-    nearest = {c: _nearest_to_centroid(vectors, index, c, thumbnails_per_cluster) for c in range(index.nlist)}
     shown = sorted(range(index.nlist), key=lambda c: -len(index.members_[c]))[:max_clusters]
+    nearest = {c: _nearest_to_centroid(vectors, index, c, thumbnails_per_cluster) for c in shown}
     figures["reconstructions"] = _reconstructions(folder, catalog.paths, [nearest[c][0] for c in shown[:RECONSTRUCTIONS]],
                                                   int(manifest["settings"]["image_size"]))
 

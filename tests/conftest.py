@@ -58,9 +58,14 @@ def searcher(fitted):
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder, plus /slow (answers after 3 s), /page.html (an HTML page) and
-    /redirect/N (N redirects, then /photo.jpg)."""
+    /redirect/N (N redirects, then /photo.jpg) and /redirect-to-file (to a file:// URL)."""
 
     def do_GET(self):
+        if self.path == "/redirect-to-file":
+            self.send_response(302)
+            self.send_header("Location", "file:///etc/passwd")
+            self.end_headers()
+            return
         if self.path.startswith("/redirect/"):
             hops = int(self.path.rsplit("/", 1)[1])
             self.send_response(302)

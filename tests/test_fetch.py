@@ -21,6 +21,21 @@ def test_returns_the_served_bytes(served):
     assert fetch_url(f"{served}/photo.jpg") == PHOTO.read_bytes()
 
 
+def test_every_redirect_hop_is_checked(served, monkeypatch):
+    import pipeline.fetch as fetch
+
+    checked = []
+    original = fetch._check_url
+    monkeypatch.setattr(fetch, "_check_url", lambda url, *args: (checked.append(url), original(url, *args)))
+    assert fetch_url(f"{served}/redirect/2") == PHOTO.read_bytes()
+    assert checked == [f"{served}/redirect/2", f"{served}/redirect/1", f"{served}/photo.jpg"]
+
+
+def test_a_redirect_to_another_scheme_is_refused(served, http_root):
+    with pytest.raises(ImageError, match="only http and https"):
+        fetch_url(f"{served}/redirect-to-file")
+
+
 def test_follows_redirects_up_to_the_limit(served):
     assert fetch_url(f"{served}/redirect/3") == PHOTO.read_bytes()
     with pytest.raises(ImageError, match="more than 5 redirects"):
