@@ -7,13 +7,15 @@ probing few clusters is fast but can miss neighbours that lie across a cluster b
 
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from threadpoolctl import ThreadpoolController
+
+# Numba's default threading layer must not launch parallel kernels from two threads at once;
+# the kernels are parallel inside, so callers (a server's request threads) take turns.
+_KERNEL_LOCK = threading.Lock()
 
 
 def prepare_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -38,17 +40,50 @@ class SearchHits:
     probed: np.ndarray  # (queries, nprobe) int, the clusters searched, nearest first
 
 
-_WORKERS = min(4, os.cpu_count() or 1)
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _scan(queries, probed, vectors, norms, offsets, ids, n, cosine, out_scores, out_ids):  # pragma: no cover
+    """For each query (in parallel), the ``n`` best (score, id) pairs among its probed clusters.
+
+    Scores rank like distances: ``-q.x`` for cosine, ``|x|^2 - 2 q.x`` for euclidean. Ties go
+    to the smaller id, so the result is the same whatever order the clusters are scanned in.
+    """
+    for q in numba.prange(queries.shape[0]):
+        best_s, best_i = out_scores[q], out_ids[q]
+        worst = 0  # slot of the worst kept pair
+        for p in range(probed.shape[1]):
+            cluster = probed[q, p]
+            for row in range(offsets[cluster], offsets[cluster + 1]):
+                dot = np.float32(0.0)
+                for j in range(queries.shape[1]):
+                    dot += queries[q, j] * vectors[row, j]
+                score = -dot if cosine else norms[row] - 2 * dot
+                if score < best_s[worst] or (score == best_s[worst] and ids[row] < best_i[worst]):
+                    best_s[worst], best_i[worst] = score, ids[row]
+                    for t in range(n):
+                        if best_s[t] > best_s[worst] or (best_s[t] == best_s[worst] and best_i[t] > best_i[worst]):
+                            worst = t
 
 
-@functools.cache
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(_WORKERS, thread_name_prefix="index-scan")
+@numba.njit(parallel=True, cache=True)
+def _smallest(matrix, k):  # pragma: no cover
+    """Column indices of the ``k`` smallest values of each row, smallest first (ties: lower index)."""
+    out = np.empty((matrix.shape[0], k), dtype=np.int64)
+    for r in numba.prange(matrix.shape[0]):
+        if k * 8 >= matrix.shape[1]:  # a large share of the row: sort it
+            out[r] = np.argsort(matrix[r], kind="mergesort")[:k]
+            continue
+        best = np.full(k, np.inf)  # else keep the k best by insertion, one pass over the row
+        best_i = np.full(k, -1, dtype=np.int64)
+        for c in range(matrix.shape[1]):
+            value = matrix[r, c]
+            if value < best[k - 1]:
+                t = k - 1
+                while t > 0 and best[t - 1] > value:
+                    best[t], best_i[t] = best[t - 1], best_i[t - 1]
+                    t -= 1
+                best[t], best_i[t] = value, c
+        out[r] = best_i
+    return out
 
 
 def pairwise(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -134,51 +169,25 @@ class ClusteredIndex:
         distances = pairwise(queries, self.centroids_, self.metric)
         if nprobe == 1:
             return distances.argmin(axis=1)[:, None]
-        if nprobe >= self.nlist:
-            return np.argsort(distances, axis=1, kind="stable")
-        nearest = np.argpartition(distances, nprobe - 1, axis=1)[:, :nprobe]
-        order = np.take_along_axis(distances, nearest, axis=1).argsort(axis=1, kind="stable")
-        return np.take_along_axis(nearest, order, axis=1)
+        with _KERNEL_LOCK:
+            return _smallest(distances, nprobe)
 
     def search(self, queries: np.ndarray, n: int, nprobe: int | str = "all") -> SearchHits:
         """The ``n`` nearest indexed vectors of each query among its ``nprobe`` nearest clusters.
 
-        Queries are grouped by probed cluster, so each cluster is scanned once per batch with one
-        matrix product; large batches are scanned on one thread per CPU core.
+        Queries are scanned in parallel, each over its probed clusters' contiguous vectors.
         """
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
-        nprobe = self.resolve_nprobe(nprobe)
-        probed = self.route(queries, nprobe)
-        # candidates: the n best of each probed cluster, per query; scores rank like distances
-        scores = np.full((len(queries), nprobe * n), np.inf, dtype=np.float32)
-        ids = np.full((len(queries), nprobe * n), -1, dtype=np.int64)
-        rows, slots = np.divmod(np.arange(probed.size), nprobe)
-        clusters = probed.ravel()
-        order = np.argsort(clusters, kind="stable")
-        groups = np.split(order, np.flatnonzero(np.diff(clusters[order])) + 1)
-
-        def scan(part: list[np.ndarray]) -> None:
-            for group in part:
-                start, stop = self.offsets_[clusters[group[0]]], self.offsets_[clusters[group[0]] + 1]
-                if start == stop:
-                    continue
-                products = queries[rows[group]] @ self.vectors_[start:stop].T
-                score = -products if self.metric == "cosine" else self.norms_[start:stop] - 2.0 * products
-                k = min(n, stop - start)
-                nearest = (np.argpartition(score, k - 1, axis=1)[:, :k] if k < stop - start
-                           else np.broadcast_to(np.arange(k), score.shape))
-                target = (rows[group][:, None], slots[group][:, None] * n + np.arange(k))
-                scores[target] = np.take_along_axis(score, nearest, axis=1)
-                ids[target] = self.ids_[start + nearest]
-
-        with _blas_controller().limit(limits=1, user_api="blas"):  # small products: threads cost more than they give
-            if len(groups) >= 64 and _WORKERS > 1:  # each (query, slot) cell is written by one group only
-                list(_pool().map(scan, [groups[i::_WORKERS] for i in range(_WORKERS)]))
-            else:
-                scan(groups)
-        best = np.lexsort((ids, scores), axis=1)[:, :n]  # by distance, then id
-        return SearchHits(self._distances(np.take_along_axis(scores, best, axis=1), queries),
-                          np.take_along_axis(ids, best, axis=1), probed)
+        probed = self.route(queries, self.resolve_nprobe(nprobe))
+        scores = np.full((len(queries), n), np.inf, dtype=np.float32)
+        ids = np.full((len(queries), n), np.iinfo(np.int64).max, dtype=np.int64)
+        with _KERNEL_LOCK:
+            _scan(queries, probed, self.vectors_, self.norms_, self.offsets_, self.ids_, n, self.metric == "cosine",
+                  scores, ids)
+        order = np.lexsort((ids, scores), axis=1)
+        scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        ids[~np.isfinite(scores)] = -1  # fewer than n vectors in the probed clusters
+        return SearchHits(self._distances(scores, queries), ids, probed)
 
     def _distances(self, scores: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Ranking scores to distances: ``-q.x`` to cosine distance, ``|x|^2 - 2 q.x`` to euclidean."""

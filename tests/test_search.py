@@ -70,3 +70,14 @@ def test_grayscale_and_rgba_queries_work(searcher, photos):
         photo.convert(mode).save(buffer, fmt)
         result = searcher.search_bytes(buffer.getvalue(), f"query.{mode}.{fmt}", n=3)
         assert len(result.results) == 3 and not result.results[0].same_image
+
+
+def test_concurrent_searches_match_sequential_ones(searcher, photos):
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = sorted(photos.rglob("*.jpg"))[:12]
+    expected = [[h.id for h in searcher.search_file(q, n=5, nprobe=2).results] for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            found = list(pool.map(lambda q: [h.id for h in searcher.search_file(q, n=5, nprobe=2).results], queries))
+            assert found == expected
