@@ -103,12 +103,15 @@ def create_app(
             options = _options(form.get("n"), form.get("nprobe"))
             result = await run_in_threadpool(searcher.search_bytes, data, upload.filename or "upload", **options)
         elif content_type.startswith("application/json"):
-            body = await request.json()
+            try:
+                body = await request.json()
+            except ValueError:
+                raise HTTPException(400, "the request body is not valid JSON") from None
             if not isinstance(body, dict) or ("url" in body) == ("id" in body):
                 raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
             options = _options(body.get("n"), body.get("nprobe"))
             if "id" in body:
-                result = searcher.search_indexed(_image_id(str(body["id"]), searcher), **options)
+                result = await run_in_threadpool(searcher.search_indexed, _image_id(str(body["id"]), searcher), **options)
             else:
                 url = str(body["url"])
                 data = await run_in_threadpool(fetch_url, url, allow_private=allow_private_urls,

@@ -59,8 +59,11 @@ def test_upload_then_click_a_result(server_url, searcher, tmp_path):
         expect(hits.first).to_have_attribute("data-id", clicked)  # now the clicked image is the query
         expect(page.locator("#query")).to_contain_text(searcher.catalog.paths[int(clicked)])
         page.screenshot(path=os.path.join(screenshots, "clicked.png"), full_page=True)
+        after_click = [hits.nth(i).get_attribute("data-id") for i in range(6)]
+        assert after_click == [str(h.id) for h in searcher.search_indexed(int(clicked), n=6).results]
 
         page.reload()  # the search lives in the URL: a reload shows the same results
         expect(hits.first).to_have_attribute("data-id", clicked)
         expect(hits).to_have_count(6)
+        assert [hits.nth(i).get_attribute("data-id") for i in range(6)] == after_click
         browser.close()

@@ -73,6 +73,8 @@ def test_url_search_needs_allow_private_urls_for_a_local_server(client, open_cli
     [
         (dict(json={"url": "file:///etc/passwd"}), 400, "only http and https"),
         (dict(json={"n": 3}), 400, 'exactly one of "url" or "id"'),
+        (dict(content=b'{"id": 1', headers={"content-type": "application/json"}), 400, "not valid JSON"),
+        (dict(json=[1, 2]), 400, 'exactly one of "url" or "id"'),
         (dict(json={"id": 99999}), 404, "no image with id"),
         (dict(json={"id": 1, "n": 0}), 422, "n must lie between 1 and 100"),
         (dict(json={"id": 1, "n": "ten"}), 422, "n must be a whole number"),
@@ -81,7 +83,7 @@ def test_url_search_needs_allow_private_urls_for_a_local_server(client, open_cli
         (dict(files={"image": ("a.txt", b"just text", "text/plain")}), 415, "not a decodable image"),
         (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "file field named 'image'"),
     ],
-    ids=["scheme", "neither", "unknown-id", "n-zero", "n-text", "nprobe", "content-type", "not-image", "no-field"],
+    ids=["scheme", "neither", "bad-json", "json-list", "unknown-id", "n-zero", "n-text", "nprobe", "content-type", "not-image", "no-field"],
 )
 def test_errors_are_json_with_the_right_status(client, request_kwargs, status, message):
     response = client.post("/api/search", **request_kwargs)
