@@ -119,7 +119,7 @@ def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "ar
 
     with tempfile.TemporaryDirectory() as scratch:
         if fitted:
-            vectors, index, nprobe = np.load(searcher.folder / "embeddings.npy"), searcher.index, searcher.default_nprobe
+            vectors, index, nprobe = np.asarray(searcher.embeddings), searcher.index, searcher.default_nprobe
         else:
             decoded = decode_to_cache(records, os.path.join(scratch, "model.u8"), searcher.image_size)
             records = decoded.records
