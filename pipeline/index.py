@@ -93,19 +93,6 @@ def _smallest(matrix, k):  # pragma: no cover
     return out
 
 
-def pairwise(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
-    """Distances between prepared queries and prepared vectors with one matrix product.
-
-    Cosine distance is ``1 - q.x`` (vectors are unit length); euclidean ``sqrt(|q|^2 - 2 q.x + |x|^2)``.
-    """
-    products = queries @ vectors.T
-    if metric == "cosine":
-        return 1.0 - products
-    squared = (np.einsum("ij,ij->i", queries, queries)[:, None] - 2.0 * products
-               + np.einsum("ij,ij->i", vectors, vectors)[None, :])
-    return np.sqrt(np.maximum(squared, 0.0))
-
-
 class ClusteredIndex:
     """Vectors grouped by cluster, with queries routed to their ``nprobe`` nearest clusters.
 
@@ -175,11 +162,16 @@ class ClusteredIndex:
         """The ``nprobe`` clusters nearest each (prepared) query, nearest first."""
         # One BLAS thread: idle OpenBLAS threads spinning beside Numba's workers halved search throughput.
         with _blas().limit(limits=1, user_api="blas"):
-            distances = pairwise(queries, self.centroids_, self.metric)
+            products = queries @ self.centroids_.T
+        # ranks like the distance: -q.c for cosine, |c|^2 - 2 q.c for euclidean
+        if self.metric == "cosine":
+            scores = -products
+        else:
+            scores = np.einsum("ij,ij->i", self.centroids_, self.centroids_) - 2 * products
         if nprobe == 1:
-            return distances.argmin(axis=1)[:, None]
+            return scores.argmin(axis=1)[:, None]
         with _KERNEL_LOCK:
-            return _smallest(distances, nprobe)
+            return _smallest(scores, nprobe)
 
     def search(self, queries: np.ndarray, n: int, nprobe: int | str = "all") -> SearchHits:
         """The ``n`` nearest indexed vectors of each query among its ``nprobe`` nearest clusters.
