@@ -174,8 +174,10 @@ def main() -> None:
         sections.append(f"### {name} ({metric}, nlist {rows[1]['nlist']}, {len(queries):,} queries)\n\n"
                         "| method | nprobe | recall@10 | batch qps | p50 ms | p99 ms | build s | memory MiB |\n"
                         f"|---|---|---|---|---|---|---|---|\n{table}\n\n{summary(rows, vectors.nbytes)}\n")
+    command = f"python benchmarks/bench_index.py --n {args.n} --dim {args.dim} --queries {args.queries}" + (
+        f" --embeddings {args.embeddings}" if args.embeddings else "")
     write_section("bench_index", f"""
-## Routed index beside exact search and FAISS (`python benchmarks/bench_index.py --n {args.n} --dim {args.dim} --queries {args.queries}`)
+## Routed index beside exact search and FAISS (`{command}`)
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}, in one run; FAISS {__import__('faiss').__version__} with 2 threads.
 Batch qps: one batch of all queries, median of {BATCH_REPEATS} runs. p50/p99: {SINGLE_QUERIES} single-query calls. Exact search is brute force with
