@@ -80,10 +80,13 @@ def build_report(
     if labelled:
         figures["tsne_labels"] = scatter_figure(points, labels[sample].tolist(), "t-SNE, by label")
     figures["training_curves"] = training_curve_figure(manifest["history"])
-    shown = sorted(range(index.nlist), key=lambda c: -len(index.members_[c]))[:max_clusters]
-    nearest = {c: _nearest_to_centroid(vectors, index, c, thumbnails_per_cluster) for c in shown}
-    figures["reconstructions"] = _reconstructions(folder, catalog.paths, [nearest[c][0] for c in shown[:RECONSTRUCTIONS]],
-                                                  int(manifest["settings"]["image_size"]))
+    members = index.members_  # built once: the property slices every cluster
+    shown = sorted(range(index.nlist), key=lambda c: -len(members[c]))[:max_clusters]
+    nearest = {c: _nearest_to_centroid(vectors, members[c], index.centroids_[c], thumbnails_per_cluster) for c in shown}
+    reconstructions = _reconstructions(folder, catalog.paths, [nearest[c][0] for c in shown[:RECONSTRUCTIONS]],
+                                       int(manifest["settings"]["image_size"]))
+    if reconstructions is not None:
+        figures["reconstructions"] = reconstructions
 
     encoded = {name: _figure_png(figure) for name, figure in figures.items()}
     if png_dir is not None:
@@ -93,15 +96,14 @@ def build_report(
 
     galleries = []
     for cluster in tqdm(shown, desc="galleries", unit="cluster"):
-        members = index.members_[cluster]
         thumbs = "".join(_thumbnail_html(catalog.paths[i], catalog.labels[i]) for i in nearest[cluster])
         mix = ""
         if labelled:
-            counted = Counter(labels[members]).most_common()
+            counted = Counter(labels[members[cluster]]).most_common()
             mix = "<p class=mix>" + ", ".join(f"{html.escape(name)} {n}" for name, n in counted) + (
-                f" &middot; purity {counted[0][1] / len(members):.0%}</p>"
+                f" &middot; purity {counted[0][1] / len(members[cluster]):.0%}</p>"
             )
-        galleries.append(f"<div class=cluster><h3>cluster {cluster} &middot; {len(members)} images</h3>{mix}"
+        galleries.append(f"<div class=cluster><h3>cluster {cluster} &middot; {len(members[cluster])} images</h3>{mix}"
                          f"<div class=thumbs>{thumbs}</div></div>")
 
     out_path = Path(out_path)
@@ -119,22 +121,23 @@ def _tsne(vectors: np.ndarray, seed: int) -> np.ndarray:
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
 
 
-def _nearest_to_centroid(vectors: np.ndarray, index, cluster: int, count: int) -> list[int]:
-    members = index.members_[cluster]
-    offsets = np.asarray(vectors[members]) - index.centroids_[cluster]
+def _nearest_to_centroid(vectors: np.ndarray, members: np.ndarray, centroid: np.ndarray, count: int) -> list[int]:
+    offsets = np.asarray(vectors[members]) - centroid
     return members[np.argsort(np.einsum("ij,ij->i", offsets, offsets))[:count]].tolist()
 
 
-def _reconstructions(folder: Path, paths: list[str], rows: list[int], image_size: int) -> plt.Figure:
-    autoencoder = load_model(folder, "autoencoder.keras")
+def _reconstructions(folder: Path, paths: list[str], rows: list[int], image_size: int) -> Optional[plt.Figure]:
+    """Originals above their reconstructions, or None when none of the images can be read any more."""
     images = []
     for row in rows:
         try:
             images.append(prepare_image(read_file(paths[row]), paths[row], image_size))
         except ImageError as exc:  # moved or deleted since the fit
             log.warning("reconstructions: %s", exc)
+    if not images:
+        return None
     originals = to_model_input(np.stack(images))
-    return reconstruction_figure(originals, autoencoder.predict_on_batch(originals))
+    return reconstruction_figure(originals, load_model(folder, "autoencoder.keras").predict_on_batch(originals))
 
 
 def _figure_png(figure: plt.Figure) -> bytes:
@@ -171,6 +174,8 @@ def _page(manifest, raw_labels, clusters, labels, figures, galleries, sampled, n
         facts += [f"cluster purity {majority / known.sum():.1%}",
                   f"adjusted Rand index {adjusted_rand_score(labels[known], clusters[known]):.3f}"]
     label_map = (f"<figure>{_image(figures['tsne_labels'], 't-SNE by label')}</figure>" if labels is not None else "")
+    reconstructions = (_image(figures["reconstructions"], "reconstructions") if "reconstructions" in figures
+                       else "<p>None of the sampled images can be read any more.</p>")
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>Fit report: {html.escape(manifest['data_dir'])}</title>
 <style>
@@ -193,7 +198,7 @@ table {{ border-collapse: collapse; font-size: 0.85rem; }} th, td {{ text-align:
 <div class=maps><figure>{_image(figures['tsne_clusters'], 't-SNE by cluster')}</figure>{label_map}</div></section>
 <section id=clusters><h2>Clusters</h2><p>The images nearest each centroid; {shown} of {nlist} clusters, largest first.</p>
 {''.join(galleries)}</section>
-<section id=reconstructions><h2>Reconstructions</h2>{_image(figures['reconstructions'], 'reconstructions')}</section>
+<section id=reconstructions><h2>Reconstructions</h2>{reconstructions}</section>
 <section id=training><h2>Training curves</h2>{_image(figures['training_curves'], 'training curves')}</section>
 </body></html>
 """

@@ -93,3 +93,16 @@ def test_report_without_a_fit_is_a_clear_error(tmp_path):
 
     with pytest.raises(ArtifactError, match="no fitted artifacts"):
         build_report(tmp_path / "none", tmp_path / "r.html")
+
+
+def test_report_when_the_photos_have_moved_since_the_fit(tmp_path):
+    from conftest import copy_subset, tiny_config
+    from pipeline.fit import fit
+
+    photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=4)
+    fit(photos, tmp_path / "artifacts", tiny_config(epochs=1))
+    shutil.rmtree(photos)
+    page, text = parse(build_report(tmp_path / "artifacts", tmp_path / "moved.html"))
+    assert "None of the sampled images can be read any more." in text and "missing" in text
+    assert not [img for img in page.images if img["src"].startswith("data:image/jpeg")]
+    assert {"summary", "tsne", "clusters", "reconstructions", "training"} <= page.ids
