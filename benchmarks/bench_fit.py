@@ -104,8 +104,9 @@ def main() -> None:
 ## Fit: {images:,} images of 512x512 (`python benchmarks/bench_fit.py --images {args.images}`)
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}, CPU only. Images: real clothing10 photos, cropped and resized to
-512x512 JPEG. Default settings (model input {settings['image_size']} px, latent {settings['latent_dim']},
-up to {settings['epochs']} epochs with early stopping: {figures['epochs_run']} ran).
+512x512 JPEG. Default settings (model input {settings['image_size']} px, autoencoder
+{settings['autoencoder_size']} px, latent {settings['latent_dim']}, epochs {settings['epochs']} with early stopping:
+{figures['epochs_run']} ran; each training image is read as two random views).
 
 | figure | measured | target |
 |---|---|---|

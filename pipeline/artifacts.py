@@ -6,7 +6,7 @@ Layout of an artifacts folder::
       CURRENT              name of the fit folder in use (replaced atomically)
       fit-20261123T120501-3f2a/
         manifest.json      settings, versions, counts, skipped files, training history, recall
-        encoder.keras      image -> latent vector
+        encoder.keras      image -> latent vector (with its PCA layers)
         autoencoder.keras  the full model (reconstructions for the report)
         index.joblib       the routed KNN index (centroids, per-cluster KNNs)
         catalog.json       path, label, content hash and cluster of every indexed image
@@ -169,6 +169,8 @@ def load_index(folder: Path) -> ClusteredIndex:
 def load_model(folder: Path, name: str = "encoder.keras"):
     """Load a saved Keras model of the fit (the encoder, or ``autoencoder.keras``)."""
     import keras
+
+    from . import orientations  # noqa: F401  (registers the custom layer that encoders hold)
 
     try:
         return keras.models.load_model(folder / name, compile=False)

@@ -13,35 +13,57 @@ OPTIMIZERS = ("adam", "adadelta")
 LOSSES = ("mse", "bce")
 POOLINGS = ("flatten", "max", "avg")
 METRICS = ("cosine", "euclidean")
+ORIENTATION_CELLS = 8  # the orientation histogram's grid is 8 x 8 cells
+TRAINING_IMAGES = 100_000  # images (each as two views) that an "auto" training sees in all
+MAX_AUTO_EPOCHS = 60
 
 
 @dataclass
 class FitConfig:
     """Settings of one fit; stored in the artifacts' manifest.
 
-    ``pooling`` is how the encoder's code map becomes a vector (flatten it, or its global max or
-    average); a PCA layer then projects it to at most ``latent_dim`` values, scaling each axis by
-    variance ** (-whitening / 2): 0 keeps PCA's scale, 1 whitens fully (see docs/QUALITY.md).
+    ``image_size`` is the model's input; the conv autoencoder works on it area-downscaled to
+    ``autoencoder_size`` (or at full size when that is not smaller), and the orientation histogram
+    is taken at full size. Training adds ``consistency`` times a view-consistency term between two
+    random views of each image (crops of at least ``min_crop`` of the area, mirroring when
+    ``flip_augment``, ``color_jitter``); 0 trains on reconstruction alone. ``epochs="auto"`` trains
+    on about TRAINING_IMAGES images in all, whatever the folder's size.
+
+    The descriptor: ``pooling`` is how the code map becomes the learned latent (flatten it, or its
+    global max or average). Each block (the learned latent, and the orientation histogram when
+    ``orientation_weight`` > 0) is PCA-projected to at most ``latent_dim`` values, each axis scaled
+    by variance ** (-whitening / 2) (0 keeps PCA's scale, 1 whitens fully), and given unit length;
+    the blocks are weighted ``1 - orientation_weight`` and ``orientation_weight`` and concatenated.
+    A search averages the query with its ``query_expansion`` nearest neighbours and searches again
+    (0: a single search). See docs/QUALITY.md.
+
     ``clusters`` and ``nprobe`` accept ``"auto"``: the number of clusters is then chosen from the
     number of images, and ``nprobe`` is the smallest that reaches ``target_recall`` against exact
     search on held-out queries.
     """
 
     image_size: int = 64
+    autoencoder_size: int = 32
     latent_dim: int = 128
     filters: tuple[int, ...] = (32, 64, 128, 256)
-    epochs: int = 15
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    epochs: Union[int, str] = "auto"
+    batch_size: int = 128
+    learning_rate: float = 2e-3
     optimizer: str = "adam"
     loss: str = "mse"
     output_activation: str = "sigmoid"
-    noise: float = 0.1
+    noise: float = 0.0
+    consistency: float = 1.0
+    temperature: float = 0.2
+    min_crop: float = 0.25
+    color_jitter: float = 0.4
+    flip_augment: bool = True
     pooling: str = "flatten"
     whitening: float = 0.5
-    flip_augment: bool = True
+    orientation_weight: float = 0.67
+    query_expansion: int = 3
     validation_split: float = 0.1
-    patience: int = 3
+    patience: int = 5
     clusters: Union[int, str] = "auto"
     metric: str = "cosine"
     nprobe: Union[int, str] = "auto"
@@ -52,6 +74,17 @@ class FitConfig:
     def __post_init__(self) -> None:
         self.filters = tuple(int(f) for f in self.filters)
         self.validate()
+
+    @property
+    def learned_size(self) -> int:
+        """The size at which the conv autoencoder sees the image."""
+        return min(self.autoencoder_size, self.image_size)
+
+    def training_epochs(self, train_images: int) -> int:
+        """The number of epochs to train for ``train_images`` images (resolves ``"auto"``)."""
+        if self.epochs != "auto":
+            return int(self.epochs)
+        return max(1, min(MAX_AUTO_EPOCHS, round(TRAINING_IMAGES / max(train_images, 1))))
 
     def validate(self) -> None:
         """Raise InputError naming the first setting that is out of range."""
@@ -68,17 +101,37 @@ class FitConfig:
         if not self.filters:
             raise InputError("filters must name at least one convolution block")
         stride = 2 ** len(self.filters)
-        if self.image_size < stride or self.image_size % stride:
+        if self.learned_size < stride or self.learned_size % stride:
+            name = "autoencoder_size" if self.autoencoder_size < self.image_size else "image_size"
             raise InputError(
-                f"image_size must be a multiple of {stride} (2 ** number of filter blocks), got {self.image_size}"
+                f"{name} must be a multiple of {stride} (2 ** number of filter blocks), got {self.learned_size}"
             )
+        if self.image_size % self.learned_size:
+            raise InputError(f"image_size ({self.image_size}) must be a multiple of autoencoder_size "
+                             f"({self.autoencoder_size})")
+        if self.orientation_weight > 0 and self.image_size % ORIENTATION_CELLS:
+            raise InputError(f"image_size must be a multiple of {ORIENTATION_CELLS} for the orientation histogram "
+                             f"(or orientation_weight 0), got {self.image_size}")
         if self.loss == "bce" and self.output_activation != "sigmoid":
             raise InputError("loss 'bce' needs output_activation 'sigmoid' (targets lie in [0, 1])")
-        for name in ("latent_dim", "epochs", "batch_size"):
+        for name in ("latent_dim", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.whitening <= 1.0:
-            raise InputError(f"whitening must lie in [0, 1], got {self.whitening}")
+        if self.epochs != "auto" and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise InputError(f"epochs must be a positive integer or 'auto', got {self.epochs!r}")
+        for name in ("whitening", "orientation_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.orientation_weight == 1.0:
+            raise InputError("orientation_weight must be below 1 (the learned latent needs some weight)")
+        if not 0.0 < self.min_crop <= 1.0:
+            raise InputError(f"min_crop must lie in (0, 1], got {self.min_crop}")
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise InputError(f"color_jitter must lie in [0, 1), got {self.color_jitter}")
+        if self.consistency < 0 or self.temperature <= 0:
+            raise InputError("consistency must be at least 0 and temperature above 0")
+        if not isinstance(self.query_expansion, int) or self.query_expansion < 0:
+            raise InputError(f"query_expansion must be a non-negative integer, got {self.query_expansion!r}")
         if not 0.0 <= self.noise < 1.0:
             raise InputError(f"noise must lie in [0, 1), got {self.noise}")
         if not 0.0 <= self.validation_split < 0.5:

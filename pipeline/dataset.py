@@ -124,31 +124,25 @@ def iter_batches(cache: ImageCache, batch_size: int) -> Iterator[np.ndarray]:
 
 
 class TrainingBatches(keras.utils.PyDataset):
-    """(input, target) batches for the autoencoder, reshuffled each epoch, optionally mirrored.
+    """Model-input batches of some cache rows, reshuffled each epoch.
 
-    The target is the input itself; denoising noise is added inside the model, so the target
-    stays clean.
+    Batches hold the images alone: the trainer makes its random views and targets from them.
     """
 
-    def __init__(self, cache: ImageCache, indices: np.ndarray, batch_size: int, seed: int, flip: bool):
+    def __init__(self, cache: ImageCache, indices: np.ndarray, batch_size: int, seed: int):
         super().__init__()
         self.cache = cache
         self.indices = np.asarray(indices)
         self.batch_size = batch_size
-        self.flip = flip
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(self.indices)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
-    def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, batch: int) -> np.ndarray:
         rows = np.sort(self.order[batch * self.batch_size : (batch + 1) * self.batch_size])
-        images = to_model_input(self.cache.read(rows))
-        if self.flip:
-            mirrored = self.rng.random(len(images)) < 0.5
-            images[mirrored] = images[mirrored, :, ::-1]
-        return images, images
+        return to_model_input(self.cache.read(rows))
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(self.indices)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import keras
 import numpy as np
 from sklearn.decomposition import PCA
@@ -16,32 +18,44 @@ def embed_images(encoder: keras.Model, images: np.ndarray) -> np.ndarray:
 
 
 def embed_cache(encoder: keras.Model, cache: ImageCache, batch_size: int) -> np.ndarray:
-    """Latent vectors of every image in a cache, in row order, streamed batch by batch."""
-    vectors = []
+    """Latent vectors of every image in a cache, in row order (a descriptor encoder: one output)."""
+    return embed_cache_blocks(encoder, cache, batch_size)[0]
+
+
+def embed_cache_blocks(encoder: keras.Model, cache: ImageCache, batch_size: int) -> list[np.ndarray]:
+    """Each output of ``encoder`` for every image in a cache, in row order, streamed batch by batch."""
+    blocks: list[list[np.ndarray]] = [[] for _ in encoder.outputs]
     with tqdm(total=cache.count, desc="embed", unit="img") as progress:
         for batch in iter_batches(cache, batch_size):
-            vectors.append(np.asarray(encoder.predict_on_batch(batch), dtype=np.float32))
+            outputs = encoder.predict_on_batch(batch)
+            for slot, output in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+                blocks[slot].append(np.asarray(output, dtype=np.float32))
             progress.update(len(batch))
-    return np.concatenate(vectors) if vectors else np.empty((0, encoder.output_shape[-1]), np.float32)
+    return [np.concatenate(parts) if parts else np.empty((0, output.shape[-1]), np.float32)
+            for parts, output in zip(blocks, encoder.outputs)]
 
 
-def whitened_encoder(encoder: keras.Model, latents: np.ndarray, dims: int, whitening: float,
-                     seed: int = 0) -> keras.Model:
-    """The encoder followed by a PCA layer learned on ``latents`` (its outputs on the fitted images).
+def descriptor_encoder(encoder: keras.Model, blocks: Sequence[np.ndarray], weights: Sequence[float], dims: int,
+                       whitening: float, seed: int = 0) -> keras.Model:
+    """The encoder followed by one PCA layer per output block, learned on ``blocks`` (its outputs on
+    the fitted images), giving one vector: the blocks, each of unit length times its weight, side by side.
 
-    The layer centres, rotates onto the principal axes, keeps at most ``dims`` of them and divides
-    each by its variance ** (whitening / 2): 1 gives unit variance on every axis (full whitening),
-    0 keeps PCA's scale. It is a fixed Dense layer inside the returned model, so a saved encoder
-    applies it to queries exactly as to the fitted images.
+    Each PCA layer centres, rotates onto the principal axes, keeps at most ``dims`` of them and
+    divides each by its variance ** (whitening / 2): 1 gives unit variance on every axis (full
+    whitening), 0 keeps PCA's scale. These are fixed layers inside the returned model, so a saved
+    encoder applies them to queries exactly as to the fitted images.
     """
-    dims = min(dims, latents.shape[1], len(latents) - 1)
-    if dims < 1:
-        return encoder
-    pca = PCA(dims, random_state=seed).fit(latents)
-    scale = np.maximum(pca.explained_variance_, 1e-12) ** (whitening / 2)
-    kernel = (pca.components_.T / scale).astype(np.float32)
-    bias = (-pca.mean_ @ kernel).astype(np.float32)
-    whiten = keras.layers.Dense(dims, name="whiten", trainable=False)
-    model = keras.Model(encoder.input, whiten(encoder.output), name="encoder")
-    whiten.set_weights([kernel, bias])
-    return model
+    outputs = []
+    for slot, (output, latents, weight) in enumerate(zip(encoder.outputs, blocks, weights)):
+        block_dims = min(dims, latents.shape[1], len(latents) - 1)
+        if block_dims >= 1:
+            pca = PCA(block_dims, random_state=seed).fit(latents)
+            scale = np.maximum(pca.explained_variance_, 1e-12) ** (whitening / 2)
+            kernel = (pca.components_.T / scale).astype(np.float32)
+            project = keras.layers.Dense(block_dims, name=f"whiten_{slot}", trainable=False)
+            output = project(output)
+            project.set_weights([kernel, (-pca.mean_ @ kernel).astype(np.float32)])
+        output = keras.layers.UnitNormalization(name=f"unit_{slot}")(output)
+        outputs.append(keras.layers.Rescaling(float(weight), name=f"weight_{slot}")(output))
+    vector = keras.layers.Concatenate(name="descriptor")(outputs) if len(outputs) > 1 else outputs[0]
+    return keras.Model(encoder.input, vector, name="encoder")

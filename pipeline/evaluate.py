@@ -22,13 +22,14 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from .config import FitConfig
-from .dataset import decode_to_cache
+from .config import ORIENTATION_CELLS, FitConfig
+from .dataset import DecodedImages, ImageCache, decode_to_cache, iter_batches
 from .embed import embed_cache
 from .errors import InputError
 from .fit import index_embeddings
 from .images import ImageRecord, find_images
 from .index import ClusteredIndex
+from .orientations import OrientationHistogram
 from .search import Searcher
 
 BASELINE_SIZE = 32
@@ -81,6 +82,15 @@ def hsv_histogram_features(images: np.ndarray, bins: int = 8) -> np.ndarray:
     return np.asarray(histograms, dtype=np.float32)
 
 
+def orientation_histogram_features(cache: ImageCache, dims: int = 128) -> np.ndarray:
+    """The pipeline's orientation-histogram block on its own: histograms at the model's input size,
+    PCA-projected to ``dims`` with half whitening (as in the fitted descriptor's defaults)."""
+    layer = OrientationHistogram(ORIENTATION_CELLS)
+    histograms = np.concatenate([np.asarray(layer(batch)) for batch in iter_batches(cache, 256)])
+    pca = PCA(min(dims, *histograms.shape), random_state=0).fit(histograms)
+    return pca.transform(histograms) / np.maximum(pca.explained_variance_, 1e-12) ** 0.25
+
+
 BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "raw_pixels": raw_pixel_features,
     "pca_whitened": pca_whitened_features,
@@ -102,9 +112,11 @@ class _LabelledSet:
 
 
 def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", k: int = 10) -> dict[str, Any]:
-    """precision@k and mAP@k of the fitted pipeline (routed, with its nprobe) and of the baselines.
+    """precision@k and mAP@k of the fitted pipeline (routed, with its nprobe and query expansion)
+    and of the baselines: raw pixels, PCA-whitened pixels and an HSV histogram at 32 px, and the
+    pipeline's own orientation-histogram block alone (what the learned latents add to it).
 
-    Also recall@k of routed against exact search, and mean single-query times of both. When
+    Also recall@k of routed against exact search (same expansion), and mean single-query times of both. When
     ``data_dir`` is the fitted folder, the stored embeddings and index are used; otherwise
     ``data_dir`` is embedded with the fitted encoder and indexed the way a fit would index it.
     """
@@ -118,24 +130,26 @@ def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "ar
         raise InputError(f"{data_dir}: evaluation needs at least two images, all in class folders (the label)")
 
     with tempfile.TemporaryDirectory() as scratch:
+        decoded = decode_to_cache(records, os.path.join(scratch, "model.u8"), searcher.image_size)
         if fitted:
+            _check_all_decoded(decoded)
             vectors, index, nprobe = np.asarray(searcher.embeddings), searcher.index, searcher.default_nprobe
         else:
-            decoded = decode_to_cache(records, os.path.join(scratch, "model.u8"), searcher.image_size)
             records = decoded.records
             vectors = embed_cache(searcher.encoder, decoded.cache, batch_size=64)
             index, nprobe, _ = index_embeddings(vectors, FitConfig.from_dict(searcher.manifest["settings"]))
+        orientations = orientation_histogram_features(decoded.cache)
         small = decode_to_cache(records, os.path.join(scratch, "small.u8"), BASELINE_SIZE)
-        if small.skipped:
-            raise InputError(f"{small.skipped[0].path}: {small.skipped[0].reason} (indexed at fit time; fit again)")
+        _check_all_decoded(small)
         baseline_images = small.cache.read_range(0, small.cache.count)
 
     labels = np.array([r.label for r in records])
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     scored = _LabelledSet(labels, counts[inverse] - 1)
     k = min(k, len(labels) - 1)
-    routed, routed_ms = _timed_search(index, vectors, k, nprobe)
-    exact, exact_ms = _timed_search(index, vectors, k, index.nlist)
+    expansion = searcher.default_expansion
+    routed, routed_ms = _timed_search(index, vectors, k, nprobe, expansion)
+    exact, exact_ms = _timed_search(index, vectors, k, index.nlist, expansion)
     recall = np.mean([len(np.intersect1d(r, e)) / k for r, e in zip(routed, exact)])
     return {
         "pipeline": {
@@ -145,8 +159,12 @@ def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "ar
             "exact_query_ms": round(exact_ms, 3),
             "nprobe": nprobe,
             "clusters": index.nlist,
+            "query_expansion": expansion,
         },
-        "baselines": {name: scored.score(exact_neighbours(make(baseline_images), k)) for name, make in BASELINES.items()},
+        "baselines": {
+            **{name: scored.score(exact_neighbours(make(baseline_images), k)) for name, make in BASELINES.items()},
+            "orientation_histogram": scored.score(exact_neighbours(orientations, k)),
+        },
         "k": k,
         "images": len(labels),
         "data_dir": str(data_dir),
@@ -154,11 +172,24 @@ def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "ar
     }
 
 
-def _timed_search(index: ClusteredIndex, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, float]:
-    """Leave-one-out neighbour ids of every query, and the mean time of a single-query search."""
-    ids = _without_self(index.search(queries, k + 1, nprobe).ids, k)
-    sample = queries[:: max(1, len(queries) // 200)]
+def _timed_search(
+    index: ClusteredIndex, queries: np.ndarray, k: int, nprobe: int, expansion: int
+) -> tuple[np.ndarray, float]:
+    """Leave-one-out neighbour ids of every query, and the mean time of a single-query search.
+
+    Searches as the Searcher does (``expansion`` first neighbours averaged into the query), each
+    query's own id left out of its expansion and of its results.
+    """
+    own = np.arange(len(queries))[:, None]
+    ids = _without_self(index.search(queries, k + 1, nprobe, expansion, own).ids, k)
+    step = max(1, len(queries) // 200)
     start = time.perf_counter()
-    for query in sample:
-        index.search(query[None], k + 1, nprobe)
-    return ids, (time.perf_counter() - start) * 1000 / len(sample)
+    for query_id in range(0, len(queries), step):
+        index.search(queries[query_id][None], k + 1, nprobe, expansion, own[query_id][None])
+    return ids, (time.perf_counter() - start) * 1000 / len(range(0, len(queries), step))
+
+
+def _check_all_decoded(decoded: DecodedImages) -> None:
+    if decoded.skipped:
+        first = decoded.skipped[0]
+        raise InputError(f"{first.path}: {first.reason} (indexed at fit time; fit again)")

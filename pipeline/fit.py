@@ -22,7 +22,7 @@ from .autoencoder import build_autoencoder, train_autoencoder
 from .cluster import choose_cluster_count, fit_kmeans
 from .config import FitConfig
 from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
-from .embed import embed_cache, whitened_encoder
+from .embed import descriptor_encoder, embed_cache, embed_cache_blocks
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, find_images
 from .index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprobe
@@ -80,20 +80,26 @@ def fit(
                 log.warning("skipped %d unreadable files (listed in the manifest)", len(decoded.skipped))
 
             with _stage("train", seconds):
-                autoencoder, encoder = build_autoencoder(config)
+                autoencoder = build_autoencoder(config)
                 train_rows, val_rows = split_indices(decoded.cache.count, config.validation_split, config.seed)
+                epochs = config.training_epochs(len(train_rows))
+                log.info("training on %d images (%d for validation), up to %d epochs", len(train_rows),
+                         len(val_rows), epochs)
                 batches = dict(batch_size=config.batch_size, seed=config.seed)
                 history = train_autoencoder(
                     autoencoder,
-                    TrainingBatches(decoded.cache, train_rows, flip=config.flip_augment, **batches),
-                    TrainingBatches(decoded.cache, val_rows, flip=False, **batches) if len(val_rows) else None,
+                    TrainingBatches(decoded.cache, train_rows, **batches),
+                    TrainingBatches(decoded.cache, val_rows, **batches) if len(val_rows) else None,
                     config,
-                    str(writer.path / "autoencoder.keras"),
+                    epochs,
                 )
+                autoencoder.model.save(writer.path / "autoencoder.keras")
 
             with _stage("embed", seconds):
-                embeddings = embed_cache(encoder, decoded.cache, config.batch_size)
-                encoder = whitened_encoder(encoder, embeddings, config.latent_dim, config.whitening, config.seed)
+                blocks = embed_cache_blocks(autoencoder.encoder, decoded.cache, config.batch_size)
+                weights = [1 - config.orientation_weight, config.orientation_weight][: len(blocks)]
+                encoder = descriptor_encoder(autoencoder.encoder, blocks, weights, config.latent_dim,
+                                             config.whitening, config.seed)
                 embeddings = embed_cache(encoder, decoded.cache, config.batch_size)  # through the saved model itself
                 encoder.save(writer.path / "encoder.keras")
 

@@ -101,11 +101,18 @@ class ClusteredIndex:
     within the cluster). Parameters: ``metric`` is ``"cosine"`` or ``"euclidean"``. Learned
     state after :meth:`fit`: ``centroids_`` (nlist, dim), ``assignments_`` (cluster of each
     indexed vector), ``vectors_`` (the vectors sorted by cluster), ``ids_`` (their original
-    positions) and ``offsets_`` (cluster c is rows ``offsets_[c]:offsets_[c + 1]``).
+    positions), ``rows_`` (the row of ``vectors_`` holding each id) and ``offsets_`` (cluster c is
+    rows ``offsets_[c]:offsets_[c + 1]``).
     """
 
     def __init__(self, metric: str = "cosine"):
         self.metric = metric
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "ids_" in state and "rows_" not in state:  # pickled before rows_ existed
+            self.rows_ = np.empty_like(self.ids_)
+            self.rows_[self.ids_] = np.arange(len(self.ids_))
 
     @property
     def nlist(self) -> int:
@@ -149,6 +156,8 @@ class ClusteredIndex:
         self.assignments_ = np.asarray(assignments, dtype=np.int32)
         order = np.argsort(self.assignments_, kind="stable")
         self.ids_ = order.astype(np.int64)
+        self.rows_ = np.empty_like(self.ids_)
+        self.rows_[self.ids_] = np.arange(len(self.ids_))
         self.vectors_ = np.ascontiguousarray(vectors[order])
         self.norms_ = np.einsum("ij,ij->i", self.vectors_, self.vectors_)
         sizes = np.bincount(self.assignments_, minlength=len(self.centroids_))
@@ -173,13 +182,31 @@ class ClusteredIndex:
         with _KERNEL_LOCK:
             return _smallest(scores, nprobe)
 
-    def search(self, queries: np.ndarray, n: int, nprobe: int | str = "all") -> SearchHits:
+    def search(
+        self,
+        queries: np.ndarray,
+        n: int,
+        nprobe: int | str = "all",
+        expansion: int = 0,
+        exclude: np.ndarray | None = None,
+    ) -> SearchHits:
         """The ``n`` nearest indexed vectors of each query among its ``nprobe`` nearest clusters.
 
-        Queries are scanned in parallel, each over its probed clusters' contiguous vectors.
+        With ``expansion`` > 0 (average query expansion), each query is first averaged with its
+        ``expansion`` nearest indexed vectors, leaving out the ids in its row of ``exclude``
+        (queries, m; -1 pads); the neighbours are ranked by their distance to that average, and the
+        distances returned are still to the query itself. Queries are scanned in parallel, each
+        over its probed clusters' contiguous vectors.
         """
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
-        probed = self.route(queries, self.resolve_nprobe(nprobe))
+        nprobe = self.resolve_nprobe(nprobe)
+        if not expansion:
+            return self._search_prepared(queries, n, nprobe)
+        hits = self._search_prepared(self._expand(queries, expansion, nprobe, exclude), n, nprobe)
+        return SearchHits(self.distances_to(queries, hits.ids), hits.ids, hits.probed)
+
+    def _search_prepared(self, queries: np.ndarray, n: int, nprobe: int) -> SearchHits:
+        probed = self.route(queries, nprobe)
         scores = np.full((len(queries), n), np.inf, dtype=np.float32)
         ids = np.full((len(queries), n), np.iinfo(np.int64).max, dtype=np.int64)
         with _KERNEL_LOCK:
@@ -189,6 +216,26 @@ class ClusteredIndex:
         scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
         ids[~np.isfinite(scores)] = -1  # fewer than n vectors in the probed clusters
         return SearchHits(self._distances(scores, queries), ids, probed)
+
+    def distances_to(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Distances (queries, m) from each query to the indexed vectors ``ids[i]`` (inf where -1)."""
+        queries = prepare_vectors(np.atleast_2d(queries), self.metric)
+        ids = np.atleast_2d(ids)
+        vectors = self.vectors_[self.rows_[np.maximum(ids, 0)]]
+        if self.metric == "cosine":
+            distances = np.maximum(1.0 - np.einsum("qmd,qd->qm", vectors, queries), 0.0)
+        else:
+            distances = np.linalg.norm(vectors - queries[:, None], axis=2)
+        return np.where(ids >= 0, distances, np.inf).astype(np.float32)
+
+    def _expand(self, queries: np.ndarray, expansion: int, nprobe: int, exclude: np.ndarray | None) -> np.ndarray:
+        """Each (prepared) query averaged with its ``expansion`` nearest indexed vectors not in ``exclude``."""
+        exclude = np.full((len(queries), 0), -1) if exclude is None else np.atleast_2d(exclude)
+        first = self._search_prepared(queries, expansion + exclude.shape[1], nprobe).ids
+        usable = (first >= 0) & ~(first[:, :, None] == exclude[:, None, :]).any(axis=2)
+        used = usable & (np.cumsum(usable, axis=1) <= expansion)
+        neighbours = self.vectors_[self.rows_[np.maximum(first, 0)]] * used[:, :, None]
+        return prepare_vectors((queries + neighbours.sum(axis=1)) / (1 + used.sum(axis=1, keepdims=True)), self.metric)
 
     def _distances(self, scores: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Ranking scores to distances: ``-q.x`` to cosine distance, ``|x|^2 - 2 q.x`` to euclidean."""

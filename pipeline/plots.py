@@ -74,14 +74,15 @@ def reconstruction_figure(originals: np.ndarray, reconstructions: np.ndarray) ->
 
 
 def training_curve_figure(history: dict[str, list[float]]) -> plt.Figure:
-    """Loss and validation loss per epoch."""
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    for name, values in history.items():
-        if "loss" in name:
-            axis.plot(range(1, len(values) + 1), values, marker="o", label=name)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("loss")
-    axis.legend()
-    axis.grid(alpha=0.3)
+    """One panel per loss term (the total, reconstruction, consistency), training and validation."""
+    terms = [name for name in history if not name.startswith("val_")]
+    figure, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.3), squeeze=False)
+    for axis, name in zip(axes[0], terms):
+        for key, label in ((name, "training"), (f"val_{name}", "validation")):
+            if key in history:
+                axis.plot(range(1, len(history[key]) + 1), history[key], marker="o", markersize=3, label=label)
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=8)
     figure.tight_layout()
     return figure

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import Counter
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
@@ -35,6 +35,7 @@ class SearchResult:
     nprobe: int
     clusters: list[int]  # the clusters probed, nearest first
     results: list[Neighbor]
+    expansion: int = 0  # first neighbours averaged into the query to rank the others
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,12 +52,15 @@ class Searcher:
         self.manifest = read_manifest(self.folder)
         self.image_size = int(self.manifest["settings"]["image_size"])
         self.default_nprobe = int(self.manifest["nprobe"])
+        self.default_expansion = int(self.manifest["settings"].get("query_expansion", 0))  # 0 before it existed
         self.max_pixels = max_pixels
         self.encoder = load_model(self.folder)
         self.index = load_index(self.folder)
         self.catalog = load_catalog(self.folder)
         self.embeddings = np.load(self.folder / "embeddings.npy", mmap_mode="r")
-        self._copies = Counter(self.catalog.hashes)
+        self._copies: dict[str, list[int]] = defaultdict(list)  # content hash -> ids of the indexed copies
+        for image_id, content in enumerate(self.catalog.hashes):
+            self._copies[content].append(image_id)
         self._encoder_lock = threading.Lock()
 
     def search_file(self, path: Union[str, os.PathLike], **options) -> SearchResult:
@@ -86,32 +90,35 @@ class Searcher:
         n: int = 10,
         nprobe: Union[int, str, None] = None,
         exclude_self: bool = False,
+        expansion: Optional[int] = None,
     ) -> SearchResult:
-        """The ``n`` nearest indexed images to a query vector, nearest first.
+        """The ``n`` indexed images most like a query vector, best first.
 
         ``nprobe`` is the number of clusters searched (``"all"`` = exact search; default: the
-        value tuned at fit time). An indexed copy of the query (same content hash) is reported
-        with ``same_image=True``, or left out with ``exclude_self``.
+        value tuned at fit time). ``expansion`` is the number of first neighbours averaged into
+        the query to rank the rest (default: the fit's ``query_expansion``; 0 = rank by distance);
+        ``distance`` is always to the query itself. Indexed copies of the query (same content
+        hash) come first, with ``same_image=True``, or are left out with ``exclude_self``; they
+        are never used for the expansion.
         """
-        extra = self._copies.get(query_hash, 0) if exclude_self else 0
+        copies = self._copies.get(query_hash, [])
         nprobe = self.index.resolve_nprobe(self.default_nprobe if nprobe is None else nprobe)
-        hits = self.index.search(vector[None], n + extra, nprobe)
-        results = []
-        for distance, image_id in zip(hits.distances[0], hits.ids[0]):
-            if image_id < 0 or len(results) == n:
-                break
-            same = self.catalog.hashes[image_id] == query_hash
-            if same and exclude_self:
-                continue
-            results.append(
-                Neighbor(
-                    rank=len(results) + 1,
-                    id=int(image_id),
-                    path=self.catalog.paths[image_id],
-                    distance=float(distance),
-                    cluster=int(self.catalog.clusters[image_id]),
-                    label=self.catalog.labels[image_id],
-                    same_image=same,
-                )
+        expansion = self.default_expansion if expansion is None else expansion
+        hits = self.index.search(vector[None], n + len(copies), nprobe, expansion, np.array([copies or [-1]]))
+        others = [int(i) for i in hits.ids[0] if i >= 0 and i not in copies]
+        ids = (others if exclude_self else copies + others)[:n]
+        distances = self.index.distances_to(vector[None], np.array([ids], dtype=np.int64))[0] if ids else []
+        results = [
+            Neighbor(
+                rank=rank,
+                id=image_id,
+                path=self.catalog.paths[image_id],
+                distance=float(distance),
+                cluster=int(self.catalog.clusters[image_id]),
+                label=self.catalog.labels[image_id],
+                same_image=image_id in copies,
             )
-        return SearchResult(query=source, nprobe=nprobe, clusters=hits.probed[0].tolist(), results=results)
+            for rank, (image_id, distance) in enumerate(zip(ids, distances), start=1)
+        ]
+        return SearchResult(query=source, nprobe=nprobe, clusters=hits.probed[0].tolist(), results=results,
+                            expansion=expansion)

@@ -25,10 +25,11 @@ def main() -> None:
             return
         k, ours = report["k"], report["pipeline"]
         print(f"{report['images']} images in {report['data_dir']}, each a query against all the others (k={k})")
-        print(f"{'method':<28} {'precision@' + str(k):>13} {'mAP@' + str(k):>8}")
-        print(f"{'pipeline (nprobe ' + str(ours['nprobe']) + ')':<28} {ours['precision_at_k']:>13.4f} {ours['map_at_k']:>8.4f}")
+        print(f"{'method':<36} {'precision@' + str(k):>13} {'mAP@' + str(k):>8}")
+        pipeline = f"pipeline (nprobe {ours['nprobe']}, expansion {ours['query_expansion']})"
+        print(f"{pipeline:<36} {ours['precision_at_k']:>13.4f} {ours['map_at_k']:>8.4f}")
         for name, scores in report["baselines"].items():
-            print(f"{name:<28} {scores['precision_at_k']:>13.4f} {scores['map_at_k']:>8.4f}")
+            print(f"{name:<36} {scores['precision_at_k']:>13.4f} {scores['map_at_k']:>8.4f}")
         print(f"recall@{k} of routed vs exact search: {ours['recall_vs_exact']:.4f}; "
               f"mean query {ours['query_ms']:.2f} ms routed, {ours['exact_query_ms']:.2f} ms exact "
               f"({ours['clusters']} clusters)")

@@ -1,10 +1,10 @@
-"""Model shapes for every latent choice, and a real fit at 512 px."""
+"""Model shapes, the view-consistency loss, the descriptor encoder, training, and a real fit at 512 px."""
 
 import numpy as np
 import pytest
 
 from conftest import copy_subset, tiny_config
-from pipeline.autoencoder import build_autoencoder
+from pipeline.autoencoder import build_autoencoder, nt_xent
 from pipeline.errors import InputError
 
 
@@ -12,30 +12,69 @@ from pipeline.errors import InputError
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
 def test_shapes_and_output_range(pooling, activation):
     config = tiny_config(pooling=pooling, output_activation=activation, latent_dim=12)
-    autoencoder, encoder = build_autoencoder(config)
+    autoencoder = build_autoencoder(config)
     images = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
-    reconstruction = autoencoder.predict_on_batch(images)
+    reconstruction = autoencoder.model.predict_on_batch(images)
     assert reconstruction.shape == images.shape
     assert reconstruction.min() >= 0.0 and reconstruction.max() <= 1.0  # targets are in [0, 1] for tanh too
+    latent, histogram = autoencoder.encoder.predict_on_batch(images)
     grid = 32 // 4  # two stride-2 blocks
-    assert encoder.predict_on_batch(images).shape == (3, grid * grid * 12 if pooling == "flatten" else 12)
+    assert latent.shape == (3, grid * grid * 12 if pooling == "flatten" else 12)
+    assert histogram.shape == (3, 8 * 8 * 9)
+
+
+def test_the_autoencoder_works_downscaled_and_the_histogram_at_full_size():
+    autoencoder = build_autoencoder(tiny_config(image_size=64, autoencoder_size=32))
+    images = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
+    assert autoencoder.model.predict_on_batch(images).shape == (2, 32, 32, 3)
+    assert autoencoder.maps.input_shape == (None, 32, 32, 3)
+    latent, histogram = autoencoder.encoder.predict_on_batch(images)
+    assert latent.shape == (2, 8 * 8 * 16) and histogram.shape == (2, 8 * 8 * 9)
+
+
+def test_without_orientation_weight_the_encoder_has_one_block():
+    encoder = build_autoencoder(tiny_config(orientation_weight=0.0)).encoder
+    assert len(encoder.outputs) == 1
 
 
 def test_encoder_shares_the_trained_weights():
-    autoencoder, encoder = build_autoencoder(tiny_config())
-    shared = {id(w) for w in encoder.weights}
-    assert shared and shared <= {id(w) for w in autoencoder.weights}
+    autoencoder = build_autoencoder(tiny_config())
+    shared = {id(w) for w in autoencoder.encoder.weights}
+    assert shared and shared <= {id(w) for w in autoencoder.model.weights}
+
+
+def test_nt_xent_matches_a_computation_by_hand():
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+    z = np.concatenate([first, second])
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    logits = z @ z.T / 0.5
+    np.fill_diagonal(logits, -np.inf)
+    partner = np.r_[np.arange(4, 8), np.arange(4)]
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -log_softmax[np.arange(8), partner].mean()
+    assert float(nt_xent(first, second, 0.5)) == pytest.approx(expected, rel=1e-5)
+    assert float(nt_xent(first, first, 0.1)) < float(nt_xent(first, second, 0.1))  # identical views: lower loss
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
         (dict(image_size=30), "multiple of 4"),
+        (dict(image_size=64, autoencoder_size=30), "autoencoder_size must be a multiple of 4"),
+        (dict(image_size=48, autoencoder_size=32), "multiple of autoencoder_size"),
+        (dict(image_size=36, autoencoder_size=36), "multiple of 8 for the orientation histogram"),
         (dict(loss="bce", output_activation="tanh"), "needs output_activation 'sigmoid'"),
         (dict(pooling="median"), "pooling must be one of"),
         (dict(optimizer="sgd"), "optimizer must be one of"),
         (dict(noise=1.5), "noise must lie"),
         (dict(whitening=2.0), "whitening must lie"),
+        (dict(orientation_weight=1.0), "orientation_weight must be below 1"),
+        (dict(min_crop=0.0), "min_crop must lie"),
+        (dict(color_jitter=1.0), "color_jitter must lie"),
+        (dict(temperature=0.0), "temperature above 0"),
+        (dict(query_expansion=-1), "query_expansion must be"),
+        (dict(epochs=0), "epochs must be"),
         (dict(clusters=0), "clusters must be"),
     ],
 )
@@ -44,32 +83,70 @@ def test_bad_settings_are_input_errors(overrides, message):
         tiny_config(**overrides)
 
 
+def test_auto_epochs_keep_the_training_budget_whatever_the_folder_size():
+    from pipeline.config import MAX_AUTO_EPOCHS, TRAINING_IMAGES, FitConfig
+
+    config = FitConfig()
+    assert config.training_epochs(TRAINING_IMAGES // 20) == 20
+    assert config.training_epochs(10) == MAX_AUTO_EPOCHS and config.training_epochs(10 * TRAINING_IMAGES) == 1
+    assert FitConfig(epochs=7).training_epochs(10) == 7
+
+
+def test_training_lowers_both_loss_terms_and_records_them(photos, tmp_path):
+    from pipeline.autoencoder import train_autoencoder
+    from pipeline.dataset import TrainingBatches, decode_to_cache
+    from pipeline.images import find_images
+
+    config = tiny_config(patience=50)
+    decoded = decode_to_cache(find_images(photos), str(tmp_path / "cache.u8"), config.image_size)
+    rows = np.arange(decoded.cache.count)
+    history = train_autoencoder(build_autoencoder(config), TrainingBatches(decoded.cache, rows[:24], 8, 0),
+                                TrainingBatches(decoded.cache, rows[24:], 8, 0), config, epochs=6)
+    assert set(history) == {"loss", "reconstruction", "consistency", "val_loss", "val_reconstruction",
+                            "val_consistency"}
+    assert all(len(values) == 6 for values in history.values())
+    assert history["reconstruction"][-1] < history["reconstruction"][0]
+    assert history["consistency"][-1] < history["consistency"][0]
+
+
 def test_fit_at_512_pixels_with_the_default_architecture(tmp_path):
     from pipeline.config import FitConfig
     from pipeline.fit import fit
 
     photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=3)
-    summary = fit(photos, tmp_path / "artifacts", FitConfig(image_size=512, epochs=1, batch_size=6))
+    config = FitConfig(image_size=512, autoencoder_size=512, epochs=1, batch_size=6)
+    summary = fit(photos, tmp_path / "artifacts", config)
     assert summary.images == 6 and summary.epochs_run == 1
 
 
-def test_whitening_is_part_of_the_saved_encoder(tmp_path):
+def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tmp_path):
     import keras
 
-    from pipeline.embed import embed_images, whitened_encoder
+    from pipeline.embed import descriptor_encoder, embed_images
 
-    _, encoder = build_autoencoder(tiny_config(pooling="flatten", latent_dim=4))
+    encoder = build_autoencoder(tiny_config(pooling="flatten", latent_dim=4)).encoder
     images = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
-    latents = embed_images(encoder, images)
-    whitened = whitened_encoder(encoder, latents, dims=10, whitening=1.0)
-    vectors = embed_images(whitened, images)
-    assert vectors.shape == (40, 10)
-    np.testing.assert_allclose(vectors.mean(axis=0), 0, atol=1e-3)
-    np.testing.assert_allclose(np.cov(vectors, rowvar=False), np.eye(10), atol=0.05)  # unit variance, decorrelated
-    half = np.cov(embed_images(whitened_encoder(encoder, latents, dims=10, whitening=0.5), images), rowvar=False)
-    plain = np.cov(embed_images(whitened_encoder(encoder, latents, dims=10, whitening=0.0), images), rowvar=False)
+    blocks = encoder.predict_on_batch(images.astype(np.float32) / 255)
+
+    def whitened_block(whitening):
+        model = descriptor_encoder(encoder, blocks, [0.25, 0.75], dims=10, whitening=whitening)
+        return model, keras.Model(model.input, model.get_layer("whiten_0").output).predict_on_batch(
+            images.astype(np.float32) / 255)
+
+    model, full = whitened_block(1.0)
+    np.testing.assert_allclose(full.mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(full, rowvar=False), np.eye(10), atol=0.05)  # unit variance, decorrelated
+    half = np.cov(whitened_block(0.5)[1], rowvar=False)
+    plain = np.cov(whitened_block(0.0)[1], rowvar=False)
     np.testing.assert_allclose(np.diag(half), np.sqrt(np.diag(plain)), rtol=0.05)  # half whitening: std ** 0.5
     np.testing.assert_allclose(half - np.diag(np.diag(half)), 0, atol=1e-3 * np.abs(half).max())  # decorrelated
-    whitened.save(tmp_path / "encoder.keras")
-    reloaded = keras.models.load_model(tmp_path / "encoder.keras", compile=False)
+
+    vectors = embed_images(model, images)
+    assert vectors.shape == (40, 20)  # two blocks of 10
+    np.testing.assert_allclose(np.linalg.norm(vectors[:, :10], axis=1), 0.25, rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(vectors[:, 10:], axis=1), 0.75, rtol=1e-4)
+    model.save(tmp_path / "encoder.keras")
+    from pipeline.artifacts import load_model
+
+    reloaded = load_model(tmp_path)
     np.testing.assert_allclose(embed_images(reloaded, images), vectors, atol=1e-5)

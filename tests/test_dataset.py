@@ -31,17 +31,23 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert len(split_indices(5, 0.2, seed=3)[1]) == 0  # too few images for a validation set
 
 
-def test_training_batches_cover_the_rows_with_targets_equal_to_inputs(photos, tmp_path):
+def test_training_batches_cover_every_row_once_per_epoch_and_reshuffle(photos, tmp_path):
     decoded = decode_to_cache(find_images(photos)[:10], str(tmp_path / "cache.u8"), 16)
-    batches = TrainingBatches(decoded.cache, np.arange(10), batch_size=4, seed=0, flip=True)
+    batches = TrainingBatches(decoded.cache, np.arange(10), batch_size=4, seed=0)
     assert len(batches) == 3
-    seen = []
-    for i in range(len(batches)):
-        x, y = batches[i]
-        assert x.dtype == np.float32 and x.shape[1:] == (16, 16, 3) and np.array_equal(x, y)
-        seen.append(x)
     images = to_model_input(decoded.cache.read(range(10)))
-    stacked = np.concatenate(seen)
-    assert len(stacked) == 10
-    for image in images:  # each image appears once, as itself or mirrored
-        assert any(np.array_equal(image, s) or np.array_equal(image[:, ::-1], s) for s in stacked)
+
+    def epoch():
+        """The rows in each batch of one epoch."""
+        rows = []
+        for i in range(len(batches)):
+            batch = batches[i]
+            assert batch.dtype == np.float32 and batch.shape[1:] == (16, 16, 3)
+            rows.append({next(j for j, image in enumerate(images) if np.array_equal(image, b)) for b in batch})
+        return rows
+
+    first = epoch()
+    assert [len(rows) for rows in first] == [4, 4, 2] and set().union(*first) == set(range(10))  # each row once
+    batches.on_epoch_end()
+    second = epoch()
+    assert set().union(*second) == set(range(10)) and second != first  # reshuffled

@@ -47,7 +47,8 @@ def test_evaluate_the_fitted_folder(fitted, photos):
     assert 0 <= ours["precision_at_k"] <= 1 and 0 <= ours["map_at_k"] <= 1
     assert ours["recall_vs_exact"] >= 0.9 and ours["nprobe"] == summary.nprobe
     assert ours["query_ms"] > 0 and ours["exact_query_ms"] > 0
-    assert set(report["baselines"]) == {"raw_pixels", "pca_whitened", "hsv_histogram"}
+    assert set(report["baselines"]) == {"raw_pixels", "pca_whitened", "hsv_histogram", "orientation_histogram"}
+    assert ours["query_expansion"] == 3
     assert report["pipeline"]["precision_at_k"] > 0.25  # four balanced classes: chance is 0.25
 
 

@@ -92,3 +92,43 @@ def test_add_places_new_vectors_where_routing_finds_them_and_keeps_the_old():
     assert (again.ids[:, 0] == before.ids[:, 0]).all()  # old vectors still find themselves first
     fresh = ClusteredIndex("cosine").fit(vectors, index.centroids_)
     assert np.array_equal(fresh.assignments_, index.assignments_)  # same as indexing everything at once
+
+
+@pytest.mark.parametrize("metric, scipy_metric", [("cosine", "cosine"), ("euclidean", "euclidean")])
+def test_query_expansion_equals_a_brute_force_computed_by_hand(metric, scipy_metric):
+    vectors = gaussian_mixture(n=500)
+    queries = gaussian_mixture(n=20, seed=1)
+    index = build(vectors, metric, nlist=10)
+    prepared_vectors, prepared_queries = prepare_vectors(vectors, metric), prepare_vectors(queries, metric)
+    exact = cdist(prepared_queries.astype(np.float64), prepared_vectors.astype(np.float64), scipy_metric)
+    excluded = np.argsort(exact, axis=1, kind="stable")[:, :1]  # each query's nearest vector is left out
+    first = np.argsort(exact, axis=1, kind="stable")[:, 1:4]  # so its next three are averaged in
+    expanded = (prepared_queries + prepared_vectors[first].sum(axis=1)) / 4
+    by_expanded = cdist(prepare_vectors(expanded, metric).astype(np.float64), prepared_vectors, scipy_metric)
+    expected = np.argsort(by_expanded, axis=1, kind="stable")[:, :10]
+
+    hits = index.search(queries, n=10, nprobe="all", expansion=3, exclude=excluded)
+    assert (hits.ids == expected).mean() > 0.99  # only float ties may swap places
+    np.testing.assert_allclose(hits.distances, np.take_along_axis(exact, hits.ids, 1), atol=1e-4)  # to the query
+
+
+def test_distances_to_named_vectors_and_padding():
+    vectors = gaussian_mixture(n=300)
+    index = build(vectors, "euclidean", nlist=6)
+    ids = np.array([[5, 17, -1], [0, 299, 42]])
+    distances = index.distances_to(vectors[:2], ids)
+    np.testing.assert_allclose(distances[0, :2], np.linalg.norm(vectors[[5, 17]] - vectors[0], axis=1), rtol=1e-5)
+    np.testing.assert_allclose(distances[1], np.linalg.norm(vectors[[0, 299, 42]] - vectors[1], axis=1), atol=1e-4)
+    assert np.isinf(distances[0, 2])
+
+
+def test_an_index_pickled_before_rows_existed_still_searches(tmp_path):
+    import joblib
+
+    vectors = gaussian_mixture(n=300)
+    index = build(vectors, "cosine", nlist=6)
+    del index.rows_  # as saved by an earlier version
+    joblib.dump(index, tmp_path / "index.joblib")
+    loaded = joblib.load(tmp_path / "index.joblib")
+    hits = loaded.search(vectors[:5], n=4, nprobe="all", expansion=2)
+    assert hits.ids[:, 0].tolist() == list(range(5)) and np.allclose(hits.distances[:, 0], 0, atol=1e-5)

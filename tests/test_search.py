@@ -25,13 +25,31 @@ def test_fit_summary_and_manifest(fitted, photos):
 
 def test_an_indexed_image_finds_itself_first_at_distance_zero(searcher, photos):
     query = sorted((photos / "hat").glob("*.jpg"))[2]
-    result = searcher.search_file(query, n=5)
-    assert len(result.results) == 5
+    result = searcher.search_file(query, n=5, expansion=0)
+    assert len(result.results) == 5 and result.expansion == 0
     first = result.results[0]
     assert first.path == str(query) and first.same_image and first.distance < 1e-5
     distances = [hit.distance for hit in result.results]
     assert distances == sorted(distances) and [hit.rank for hit in result.results] == [1, 2, 3, 4, 5]
     assert first.cluster == result.clusters[0]  # the query's own cluster is probed first
+
+
+def test_query_expansion_ranks_by_the_expanded_query_and_keeps_the_copy_first(searcher, photos):
+    embeddings = np.load(searcher.folder / "embeddings.npy").astype(np.float64)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    query = sorted((photos / "pants").glob("*.jpg"))[1]
+    row = searcher.catalog.paths.index(str(query))
+    assert searcher.default_expansion == 3  # the default setting, stored in the manifest
+    result = searcher.search_file(query, n=8, nprobe="all")
+    by_distance = [i for i in np.argsort(cdist(unit[row : row + 1], unit, "cosine")[0], kind="stable") if i != row]
+    expanded = unit[row] + unit[by_distance[:3]].sum(axis=0)  # the query and its 3 nearest others
+    by_expanded = [i for i in np.argsort(cdist(expanded[None], unit, "cosine")[0], kind="stable") if i != row]
+    assert result.expansion == 3 and result.results[0].id == row and result.results[0].same_image
+    assert [hit.id for hit in result.results[1:]] == by_expanded[:7]
+    np.testing.assert_allclose([hit.distance for hit in result.results],
+                               cdist(unit[row : row + 1], unit[[h.id for h in result.results]], "cosine")[0],
+                               atol=1e-4)  # distances are to the query itself
+    assert [h.id for h in searcher.search_file(query, n=8, nprobe="all", exclude_self=True).results] == by_expanded[:8]
 
 
 def test_exclude_self_drops_the_query_and_still_returns_n(searcher, photos):
@@ -54,7 +72,7 @@ def test_url_query_gives_the_same_result_as_the_file(searcher, photos, http_root
 def test_nprobe_all_equals_brute_force_over_the_stored_embeddings(searcher, photos):
     embeddings = np.load(searcher.folder / "embeddings.npy")
     query = sorted((photos / "pants").glob("*.jpg"))[3]
-    result = searcher.search_file(query, n=10, nprobe="all")
+    result = searcher.search_file(query, n=10, nprobe="all", expansion=0)
     assert result.nprobe == searcher.index.nlist
     row = searcher.catalog.paths.index(str(query))
     exact = cdist(embeddings[row : row + 1].astype(np.float64), embeddings.astype(np.float64), "cosine")[0]
