@@ -35,12 +35,14 @@ class Autoencoder:
     - ``model``: image (image_size) -> reconstruction (autoencoder_size), saved for the report.
     - ``encoder``: image -> its descriptor blocks: the learned latent (the code map flattened, or
       its global max or average) and, when ``orientation_weight`` > 0, the orientation histogram.
+    - ``downscale``: image -> the image at autoencoder size (area average; identity at equal size).
     - ``maps``: autoencoder-size image -> (deepest conv map, code map); what training works on.
     - ``decoder``: code map -> reconstruction.
     """
 
     model: keras.Model
     encoder: keras.Model
+    downscale: keras.Model
     maps: keras.Model
     decoder: keras.Model
 
@@ -62,7 +64,10 @@ def build_autoencoder(config: FitConfig) -> Autoencoder:
     """
     size, small = config.image_size, config.learned_size
     image = keras.Input((size, size, 3), name="image")
-    downscaled = layers.AveragePooling2D(size // small, name="downscale")(image) if small < size else image
+    downscale = keras.Model(
+        image, layers.AveragePooling2D(size // small, name="area_average")(image) if small < size else image,
+        name="downscale",
+    )
 
     small_image = keras.Input((small, small, 3), name="small_image")
     features = small_image
@@ -80,14 +85,14 @@ def build_autoencoder(config: FitConfig) -> Autoencoder:
         y = layers.Rescaling(0.5, offset=0.5, name="to_unit_range")(y)  # targets lie in [0, 1]
     decoder = keras.Model(code_input, y, name="decoder")
 
-    code_map = maps(downscaled)[1]
+    code_map = maps(downscale(image))[1]
     read_out = {"flatten": layers.Flatten, "max": layers.GlobalMaxPooling2D, "avg": layers.GlobalAveragePooling2D}
     blocks = [read_out[config.pooling](name="latent")(code_map)]
     if config.orientation_weight > 0:
         blocks.append(OrientationHistogram(ORIENTATION_CELLS, name="orientations")(image))
     encoder = keras.Model(image, blocks, name="encoder")
     autoencoder = keras.Model(image, decoder(code_map), name="autoencoder")
-    return Autoencoder(autoencoder, encoder, maps, decoder)
+    return Autoencoder(autoencoder, encoder, downscale, maps, decoder)
 
 
 def nt_xent(first: tf.Tensor, second: tf.Tensor, temperature: float) -> tf.Tensor:
@@ -103,19 +108,20 @@ class ViewConsistencyTrainer(keras.Model):
     """Trains an :class:`Autoencoder` on two random views of each batch image.
 
     loss = reconstruction(view 1) + consistency * NT-Xent(head(view 1), head(view 2)), where the
-    head is a small MLP on the globally pooled deepest conv map, used only during training.
+    head is a small MLP on the globally pooled deepest conv map, used only during training (and
+    not built when ``consistency`` is 0).
     """
 
     def __init__(self, autoencoder: Autoencoder, config: FitConfig):
         super().__init__(name="view_consistency_trainer")
-        self.small_size = config.learned_size
+        self.downscale = autoencoder.downscale
         self.maps = autoencoder.maps
         self.decoder = autoencoder.decoder
         self.head = keras.Sequential(
             [keras.Input(self.maps.outputs[0].shape[1:]), layers.GlobalAveragePooling2D(),
              layers.Dense(256, activation="relu"), layers.Dense(PROJECTION_DIM)],
             name="projection_head",
-        )
+        ) if config.consistency else None
         self.views = ViewAugmentation(config.min_crop, config.flip_augment, config.color_jitter)
         self.validation_seed = config.seed + 1
         self.train_rng = tf.random.Generator.from_seed(config.seed)
@@ -131,11 +137,7 @@ class ViewConsistencyTrainer(keras.Model):
         return list(self.trackers.values())
 
     def call(self, images, training=False):
-        return self.decoder(self.maps(self._downscale(images), training=training)[1], training=training)
-
-    def _downscale(self, images: tf.Tensor) -> tf.Tensor:
-        factor = images.shape[1] // self.small_size
-        return tf.nn.avg_pool2d(images, factor, factor, "VALID") if factor > 1 else images
+        return self.decoder(self.maps(self.downscale(images), training=training)[1], training=training)
 
     def reset_validation_views(self) -> None:
         """Make the next validation pass see the same views as every other (a comparable loss)."""
@@ -143,7 +145,7 @@ class ViewConsistencyTrainer(keras.Model):
 
     def _loss_terms(self, images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
         rng = self.train_rng if training else self.validation_rng
-        small = self._downscale(images)
+        small = self.downscale(images)
         first = self.views(small, rng)
         encoder_input = self.noise(first, training=training) if self.noise else first
         deep, code = self.maps(encoder_input, training=training)
@@ -162,16 +164,14 @@ class ViewConsistencyTrainer(keras.Model):
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-    def train_step(self, data):
-        images = data[0] if isinstance(data, tuple) else data
+    def train_step(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             losses = self._loss_terms(images, training=True)
         gradients = tape.gradient(losses["loss"], self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._report(losses)
 
-    def test_step(self, data):
-        images = data[0] if isinstance(data, tuple) else data
+    def test_step(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._report(self._loss_terms(images, training=False))
 
 

@@ -82,13 +82,13 @@ def hsv_histogram_features(images: np.ndarray, bins: int = 8) -> np.ndarray:
     return np.asarray(histograms, dtype=np.float32)
 
 
-def orientation_histogram_features(cache: ImageCache, dims: int = 128) -> np.ndarray:
-    """The pipeline's orientation-histogram block on its own: histograms at the model's input size,
-    PCA-projected to ``dims`` with half whitening (as in the fitted descriptor's defaults)."""
+def orientation_histogram_features(cache: ImageCache, dims: int, whitening: float) -> np.ndarray:
+    """The pipeline's orientation-histogram block on its own, as a fit makes it: histograms at the
+    model's input size, PCA-projected to ``dims`` with each axis divided by variance ** (whitening / 2)."""
     layer = OrientationHistogram(ORIENTATION_CELLS)
     histograms = np.concatenate([np.asarray(layer(batch)) for batch in iter_batches(cache, 256)])
     pca = PCA(min(dims, *histograms.shape), random_state=0).fit(histograms)
-    return pca.transform(histograms) / np.maximum(pca.explained_variance_, 1e-12) ** 0.25
+    return pca.transform(histograms) / np.maximum(pca.explained_variance_, 1e-12) ** (whitening / 2)
 
 
 BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -138,7 +138,8 @@ def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "ar
             records = decoded.records
             vectors = embed_cache(searcher.encoder, decoded.cache, batch_size=64)
             index, nprobe, _ = index_embeddings(vectors, FitConfig.from_dict(searcher.manifest["settings"]))
-        orientations = orientation_histogram_features(decoded.cache)
+        settings = searcher.manifest["settings"]
+        orientations = orientation_histogram_features(decoded.cache, settings["latent_dim"], settings["whitening"])
         small = decode_to_cache(records, os.path.join(scratch, "small.u8"), BASELINE_SIZE)
         _check_all_decoded(small)
         baseline_images = small.cache.read_range(0, small.cache.count)

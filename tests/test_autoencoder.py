@@ -109,6 +109,21 @@ def test_training_lowers_both_loss_terms_and_records_them(photos, tmp_path):
     assert history["consistency"][-1] < history["consistency"][0]
 
 
+def test_consistency_zero_trains_on_reconstruction_alone(photos, tmp_path):
+    from pipeline.autoencoder import ViewConsistencyTrainer, train_autoencoder
+    from pipeline.dataset import TrainingBatches, decode_to_cache
+    from pipeline.images import find_images
+
+    config = tiny_config(consistency=0.0, patience=50)
+    autoencoder = build_autoencoder(config)
+    assert ViewConsistencyTrainer(autoencoder, config).head is None
+    decoded = decode_to_cache(find_images(photos), str(tmp_path / "cache.u8"), config.image_size)
+    history = train_autoencoder(autoencoder, TrainingBatches(decoded.cache, np.arange(32), 8, 0), None, config,
+                                epochs=4)
+    assert set(history) == {"loss", "reconstruction", "consistency"} and history["consistency"] == [0.0] * 4
+    assert history["loss"] == history["reconstruction"] and history["loss"][-1] < history["loss"][0]
+
+
 def test_fit_at_512_pixels_with_the_default_architecture(tmp_path):
     from pipeline.config import FitConfig
     from pipeline.fit import fit
