@@ -19,13 +19,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from sklearn.decomposition import PCA
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.artifacts import current_fit, load_model, read_manifest  # noqa: E402
 from pipeline.dataset import decode_to_cache  # noqa: E402
-from pipeline.embed import embed_cache_blocks  # noqa: E402
+from pipeline.embed import embed_cache_blocks, fit_whitening  # noqa: E402
 from pipeline.evaluate import precision_at_k  # noqa: E402
 from pipeline.images import find_images  # noqa: E402
 
@@ -33,9 +32,9 @@ K = 10
 
 
 def whitened_unit(block: np.ndarray, dims: int, whitening: float) -> np.ndarray:
-    """A block as a fit treats it: PCA to ``dims``, axes scaled by variance ** (-whitening / 2), unit length."""
-    pca = PCA(min(dims, *block.shape), random_state=0).fit(block)
-    projected = pca.transform(block) / np.maximum(pca.explained_variance_, 1e-12) ** (whitening / 2)
+    """A block as a fit treats it: PCA-whitened (:func:`fit_whitening`), then unit length."""
+    kernel, bias = fit_whitening(block, dims, whitening)
+    projected = block @ kernel + bias
     return projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
 
 

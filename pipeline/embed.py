@@ -35,26 +35,32 @@ def embed_cache_blocks(encoder: keras.Model, cache: ImageCache, batch_size: int)
             for parts, output in zip(blocks, encoder.outputs)]
 
 
+def fit_whitening(latents: np.ndarray, dims: int, whitening: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A PCA whitening learned on ``latents`` as an affine map: ``latents @ kernel + bias``.
+
+    It centres, rotates onto the principal axes, keeps at most ``dims`` of them and divides each by
+    its variance ** (whitening / 2): 1 gives unit variance on every axis (full whitening), 0 keeps
+    PCA's scale.
+    """
+    pca = PCA(min(dims, latents.shape[1], len(latents) - 1), random_state=seed).fit(latents)
+    kernel = (pca.components_.T / np.maximum(pca.explained_variance_, 1e-12) ** (whitening / 2)).astype(np.float32)
+    return kernel, (-pca.mean_ @ kernel).astype(np.float32)
+
+
 def descriptor_encoder(encoder: keras.Model, blocks: Sequence[np.ndarray], weights: Sequence[float], dims: int,
                        whitening: float, seed: int = 0) -> keras.Model:
-    """The encoder followed by one PCA layer per output block, learned on ``blocks`` (its outputs on
-    the fitted images), giving one vector: the blocks, each of unit length times its weight, side by side.
-
-    Each PCA layer centres, rotates onto the principal axes, keeps at most ``dims`` of them and
-    divides each by its variance ** (whitening / 2): 1 gives unit variance on every axis (full
-    whitening), 0 keeps PCA's scale. These are fixed layers inside the returned model, so a saved
-    encoder applies them to queries exactly as to the fitted images.
+    """The encoder followed by one PCA whitening layer per output block (:func:`fit_whitening`,
+    learned on ``blocks``, its outputs on the fitted images), giving one vector: the blocks, each of
+    unit length times its weight, side by side. These are fixed layers inside the returned model,
+    so a saved encoder applies them to queries exactly as to the fitted images.
     """
     outputs = []
     for slot, (output, latents, weight) in enumerate(zip(encoder.outputs, blocks, weights)):
-        block_dims = min(dims, latents.shape[1], len(latents) - 1)
-        if block_dims >= 1:
-            pca = PCA(block_dims, random_state=seed).fit(latents)
-            scale = np.maximum(pca.explained_variance_, 1e-12) ** (whitening / 2)
-            kernel = (pca.components_.T / scale).astype(np.float32)
-            project = keras.layers.Dense(block_dims, name=f"whiten_{slot}", trainable=False)
+        if min(latents.shape[1], len(latents) - 1) >= 1:
+            kernel, bias = fit_whitening(latents, dims, whitening, seed)
+            project = keras.layers.Dense(kernel.shape[1], name=f"whiten_{slot}", trainable=False)
             output = project(output)
-            project.set_weights([kernel, (-pca.mean_ @ kernel).astype(np.float32)])
+            project.set_weights([kernel, bias])
         output = keras.layers.UnitNormalization(name=f"unit_{slot}")(output)
         outputs.append(keras.layers.Rescaling(float(weight), name=f"weight_{slot}")(output))
     vector = keras.layers.Concatenate(name="descriptor")(outputs) if len(outputs) > 1 else outputs[0]

@@ -24,7 +24,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from .config import ORIENTATION_CELLS, FitConfig
 from .dataset import DecodedImages, ImageCache, decode_to_cache, iter_batches
-from .embed import embed_cache
+from .embed import embed_cache, fit_whitening
 from .errors import InputError
 from .fit import index_embeddings
 from .images import ImageRecord, find_images
@@ -87,8 +87,8 @@ def orientation_histogram_features(cache: ImageCache, dims: int, whitening: floa
     model's input size, PCA-projected to ``dims`` with each axis divided by variance ** (whitening / 2)."""
     layer = OrientationHistogram(ORIENTATION_CELLS)
     histograms = np.concatenate([np.asarray(layer(batch)) for batch in iter_batches(cache, 256)])
-    pca = PCA(min(dims, *histograms.shape), random_state=0).fit(histograms)
-    return pca.transform(histograms) / np.maximum(pca.explained_variance_, 1e-12) ** (whitening / 2)
+    kernel, bias = fit_whitening(histograms, dims, whitening)
+    return histograms @ kernel + bias
 
 
 BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {

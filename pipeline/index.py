@@ -221,12 +221,16 @@ class ClusteredIndex:
         """Distances (queries, m) from each query to the indexed vectors ``ids[i]`` (inf where -1)."""
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
         ids = np.atleast_2d(ids)
-        vectors = self.vectors_[self.rows_[np.maximum(ids, 0)]]
+        vectors = self._stored(ids)
         if self.metric == "cosine":
             distances = np.maximum(1.0 - np.einsum("qmd,qd->qm", vectors, queries), 0.0)
         else:
             distances = np.linalg.norm(vectors - queries[:, None], axis=2)
         return np.where(ids >= 0, distances, np.inf).astype(np.float32)
+
+    def _stored(self, ids: np.ndarray) -> np.ndarray:
+        """The stored (prepared) vectors of ``ids``, any shape; -1 gives some vector, to be masked."""
+        return self.vectors_[self.rows_[np.maximum(ids, 0)]]
 
     def _expand(self, queries: np.ndarray, expansion: int, nprobe: int, exclude: np.ndarray | None) -> np.ndarray:
         """Each (prepared) query averaged with its ``expansion`` nearest indexed vectors not in ``exclude``."""
@@ -234,7 +238,7 @@ class ClusteredIndex:
         first = self._search_prepared(queries, expansion + exclude.shape[1], nprobe).ids
         usable = (first >= 0) & ~(first[:, :, None] == exclude[:, None, :]).any(axis=2)
         used = usable & (np.cumsum(usable, axis=1) <= expansion)
-        neighbours = self.vectors_[self.rows_[np.maximum(first, 0)]] * used[:, :, None]
+        neighbours = self._stored(first) * used[:, :, None]
         return prepare_vectors((queries + neighbours.sum(axis=1)) / (1 + used.sum(axis=1, keepdims=True)), self.metric)
 
     def _distances(self, scores: np.ndarray, queries: np.ndarray) -> np.ndarray:
