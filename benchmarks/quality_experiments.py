@@ -3,9 +3,9 @@
     python scripts/fit.py DATA_DIR --artifacts DIR [fit flags]
     python benchmarks/quality_experiments.py DATA_DIR --artifacts DIR
 
-Reads the two blocks of the fitted encoder (the learned latent and the orientation histogram),
-whitens each like a fit does, and scores each block alone and the two mixed at several weights,
-with and without query expansion. Every variant is scored like evaluate.py: leave-one-out, cosine,
+Reads the blocks of the fitted encoder (the learned latent, and the orientation and colour
+histograms when the fit has them), whitens each like a fit does, and scores each block alone and
+the blocks mixed at several weights, with and without query expansion. Every variant is scored like evaluate.py: leave-one-out, cosine,
 precision@10 with the class folder as the label, exact search (routing is measured by evaluate.py).
 """
 
@@ -17,14 +17,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import keras
+import itertools
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.artifacts import current_fit, load_model, read_manifest  # noqa: E402
 from pipeline.dataset import decode_to_cache  # noqa: E402
-from pipeline.embed import embed_cache_blocks, fit_whitening  # noqa: E402
+from pipeline.embed import blocks_of, embed_cache_blocks, fit_whitening  # noqa: E402
 from pipeline.evaluate import precision_at_k  # noqa: E402
 from pipeline.images import find_images  # noqa: E402
 
@@ -56,27 +57,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data_dir", help="the fitted folder (class folders are the labels)")
     parser.add_argument("--artifacts", default="artifacts")
-    parser.add_argument("--weights", default="0,0.35,0.5,0.67,0.75,1",
-                        help="orientation-histogram weights to try (1 - weight for the learned latent)")
+    parser.add_argument("--orientation-weights", default="0,0.2,0.33,0.5,0.67",
+                        help="orientation-histogram weights to try (when the fit has that block)")
+    parser.add_argument("--color-weights", default="0,0.1,0.2,0.3",
+                        help="colour-histogram weights to try (when the fit has that block)")
     args = parser.parse_args()
 
     folder = current_fit(args.artifacts)
     settings = read_manifest(folder)["settings"]
-    encoder = load_model(folder)
-    blocks_model = keras.Model(encoder.input, [encoder.get_layer("latent").output,
-                                               encoder.get_layer("orientations").output])
     records = find_images(args.data_dir)
     labels = np.array([r.label for r in records])
     with tempfile.TemporaryDirectory() as scratch:
         decoded = decode_to_cache(records, f"{scratch}/images.u8", settings["image_size"])
-        learned, histogram = embed_cache_blocks(blocks_model, decoded.cache, 256)
-    learned = whitened_unit(learned, settings["latent_dim"], settings["whitening"])
-    histogram = whitened_unit(histogram, settings["latent_dim"], settings["whitening"])
+        blocks = embed_cache_blocks(blocks_of(load_model(folder)), decoded.cache, 32)
+    blocks = {name: whitened_unit(block, settings["latent_dim"], settings["whitening"]) for name, block in blocks.items()}
 
-    results = {}
-    for weight in (float(w) for w in args.weights.split(",")):
-        vectors = np.hstack([(1 - weight) * learned, weight * histogram])
-        results[f"orientation weight {weight:g}"] = {f"expansion {e}": precision(vectors, labels, e) for e in (0, 3, 5)}
+    results = {f"{name} alone": {f"expansion {e}": precision(block, labels, e) for e in (0, 3)}
+               for name, block in blocks.items()}
+    grids = {"orientations": args.orientation_weights, "colors": args.color_weights}
+    grids = {name: [float(w) for w in grid.split(",")] for name, grid in grids.items() if name in blocks}
+    for combination in itertools.product(*grids.values()):
+        weights = dict(zip(grids, combination))
+        latent_weight = 1 - sum(weights.values())
+        if latent_weight <= 0:
+            continue
+        vectors = np.hstack([latent_weight * blocks["latent"]] + [w * blocks[name] for name, w in weights.items()])
+        key = ", ".join(f"{name} {w:g}" for name, w in weights.items()) or "latent alone"
+        results[key] = {f"expansion {e}": precision(vectors, labels, e) for e in (0, 3)}
     print(json.dumps({"data_dir": args.data_dir, "images": len(labels), "artifacts": str(folder),
                       "settings": settings, "precision_at_10": results}, indent=2))
 

@@ -1,3 +1,3 @@
-"""Image-similarity search: a convolutional autoencoder's latents, clustered and indexed for routed KNN."""
+"""Image-similarity search: an autoencoder over a pretrained network's features, clustered and indexed for routed KNN."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -61,7 +61,7 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
                                       config.decode_workers)
             new_rows = [row for row, (record, digest) in enumerate(zip(decoded.records, decoded.hashes))
                         if (record.path, digest) not in indexed]
-            vectors = embed_cache(encoder, decoded.cache, config.batch_size)[new_rows] if new_rows else None
+            vectors = embed_cache(encoder, decoded.cache, config.embedding_batch_size)[new_rows] if new_rows else None
         summary = AddSummary(len(new_rows), len(decoded.records) - len(new_rows), decoded.skipped,
                              len(catalog) + len(new_rows), int(manifest["nprobe"]), folder, 0.0)
         if not new_rows:

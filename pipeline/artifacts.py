@@ -33,7 +33,7 @@ import numpy as np
 from .errors import ArtifactError
 from .index import ClusteredIndex
 
-FORMAT_VERSION = 2  # 2: contiguous per-cluster index (version 1 held a scikit-learn KNN per cluster)
+FORMAT_VERSION = 3  # 3: encoder = blocks + descriptor head (2: no backbone; 1: a scikit-learn KNN per cluster)
 POINTER = "CURRENT"
 REQUIRED_FILES = (
     "manifest.json",
@@ -170,7 +170,7 @@ def load_model(folder: Path, name: str = "encoder.keras"):
     """Load a saved Keras model of the fit (the encoder, or ``autoencoder.keras``)."""
     import keras
 
-    from . import orientations  # noqa: F401  (registers the custom layer that encoders hold)
+    from . import color, orientations  # noqa: F401  (register the custom layers that encoders hold)
 
     try:
         return keras.models.load_model(folder / name, compile=False)

@@ -1,6 +1,12 @@
-"""The convolutional autoencoder (Keras) and its training on pairs of random views.
+"""The convolutional autoencoders (Keras) and their training.
 
-Training minimises reconstruction error plus, weighted by ``consistency``, a view-consistency term
+Over a backbone (the default), :func:`build_feature_autoencoder` learns a bottleneck over the
+frozen backbone's feature map: its encoder convolves the map and pools it into the latent, and its
+decoder reconstructs the map's channel profile (the map averaged over positions) from the latent.
+So the latent keeps what is in the picture, not where: reconstructing the whole map's layout
+scored lower (docs/QUALITY.md).
+
+From pixels (``backbone="none"``), :func:`build_autoencoder`'s training minimises reconstruction error plus, weighted by ``consistency``, a view-consistency term
 (NT-Xent, as in SimCLR) that asks two random views of one photo (crop, mirror, colour jitter; see
 :mod:`pipeline.augment`) to have similar latents and different photos to have different ones. A
 plain reconstruction loss spends the latents on what varies most in pixels (background, colour);
@@ -21,11 +27,11 @@ from keras import layers  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .augment import ViewAugmentation  # noqa: E402
-from .config import ORIENTATION_CELLS, FitConfig  # noqa: E402
-from .orientations import OrientationHistogram  # noqa: E402
+from .config import FitConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
 PROJECTION_DIM = 128  # width of the head that the consistency term compares (not part of the encoder)
+FEATURE_WIDTH = 512  # channels of the feature autoencoder's hidden layers
 
 
 @dataclass
@@ -33,8 +39,7 @@ class Autoencoder:
     """The models of one autoencoder; they share their layers.
 
     - ``model``: image (image_size) -> reconstruction (autoencoder_size), saved for the report.
-    - ``encoder``: image -> its descriptor blocks: the learned latent (the code map flattened, or
-      its global max or average) and, when ``orientation_weight`` > 0, the orientation histogram.
+    - ``encoder``: image -> the learned latent (the code map flattened, or its global max or average).
     - ``downscale``: image -> the image at autoencoder size (area average; identity at equal size).
     - ``maps``: autoencoder-size image -> (deepest conv map, code map); what training works on.
     - ``decoder``: code map -> reconstruction.
@@ -59,8 +64,7 @@ def build_autoencoder(config: FitConfig) -> Autoencoder:
 
     Shapes with the defaults (input 64 px, autoencoder 32 px, filters 32-64-128-256, latent 128):
     image (64, 64, 3) -> area-downscaled to (32, 32, 3) -> 4 stride-2 conv blocks -> (2, 2, 256)
-    -> 1x1 conv -> code (2, 2, 128), from which the decoder upsamples back to (32, 32, 3). The
-    orientation histogram is taken from the full-size image: (64, 64, 3) -> 8 x 8 cells x 9 bins.
+    -> 1x1 conv -> code (2, 2, 128), from which the decoder upsamples back to (32, 32, 3).
     """
     size, small = config.image_size, config.learned_size
     image = keras.Input((size, size, 3), name="image")
@@ -87,12 +91,71 @@ def build_autoencoder(config: FitConfig) -> Autoencoder:
 
     code_map = maps(downscale(image))[1]
     read_out = {"flatten": layers.Flatten, "max": layers.GlobalMaxPooling2D, "avg": layers.GlobalAveragePooling2D}
-    blocks = [read_out[config.pooling](name="latent")(code_map)]
-    if config.orientation_weight > 0:
-        blocks.append(OrientationHistogram(ORIENTATION_CELLS, name="orientations")(image))
-    encoder = keras.Model(image, blocks, name="encoder")
+    encoder = keras.Model(image, read_out[config.pooling](name="latent")(code_map), name="latent_encoder")
     autoencoder = keras.Model(image, decoder(code_map), name="autoencoder")
     return Autoencoder(autoencoder, encoder, downscale, maps, decoder)
+
+
+@dataclass
+class FeatureAutoencoder:
+    """The models of an autoencoder over a backbone's feature map; they share their layers.
+
+    - ``model``: feature map -> reconstructed channel profile, saved with the fit.
+    - ``encoder``: feature map -> the learned latent.
+    - ``decoder``: latent -> channel profile.
+    """
+
+    model: keras.Model
+    encoder: keras.Model
+    decoder: keras.Model
+
+
+def build_feature_autoencoder(map_shape: tuple[int, int, int], latent_dim: int) -> FeatureAutoencoder:
+    """The autoencoder over a feature map of ``map_shape``.
+
+    Shapes at 224 px input (EfficientNet-Lite0's 7 x 7 x 1280 map, latent 128):
+    map (7, 7, 1280) -> 1x1 conv + batch norm + ReLU (7, 7, 512) -> global average (512)
+    -> dense (128) latent -> dense + ReLU (512) -> dense (1280), the map's channel profile.
+    """
+    feature_map = keras.Input(map_shape, name="feature_map")
+    x = layers.Conv2D(FEATURE_WIDTH, 1, use_bias=False, name="enc_conv")(feature_map)
+    x = layers.ReLU(name="enc_relu")(layers.BatchNormalization(name="enc_bn")(x))
+    latent = layers.Dense(latent_dim, name="latent")(layers.GlobalAveragePooling2D(name="enc_pool")(x))
+    encoder = keras.Model(feature_map, latent, name="latent_encoder")
+
+    code = keras.Input((latent_dim,), name="code")
+    y = layers.Dense(FEATURE_WIDTH, activation="relu", name="dec_hidden")(code)
+    decoder = keras.Model(code, layers.Dense(map_shape[-1], name="profile")(y), name="decoder")
+    return FeatureAutoencoder(keras.Model(feature_map, decoder(latent), name="feature_autoencoder"), encoder, decoder)
+
+
+class ProfileTrainer(keras.Model):
+    """Trains a :class:`FeatureAutoencoder`: mean squared error between the decoded latent and the
+    feature map averaged over positions."""
+
+    def __init__(self, autoencoder: FeatureAutoencoder):
+        super().__init__(name="profile_trainer")
+        self.autoencoder = autoencoder.model
+        self.trackers = {"loss": keras.metrics.Mean(name="loss")}
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.trackers.values())
+
+    def _loss(self, maps: tf.Tensor, training: bool) -> tf.Tensor:
+        profile = tf.reduce_mean(maps, axis=[1, 2])
+        return tf.reduce_mean(tf.square(self.autoencoder(maps, training=training) - profile))
+
+    def train_step(self, maps: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss = self._loss(maps, training=True)
+        self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+        self.trackers["loss"].update_state(loss)
+        return {"loss": self.trackers["loss"].result()}
+
+    def test_step(self, maps: tf.Tensor) -> dict[str, tf.Tensor]:
+        self.trackers["loss"].update_state(self._loss(maps, training=False))
+        return {"loss": self.trackers["loss"].result()}
 
 
 def nt_xent(first: tf.Tensor, second: tf.Tensor, temperature: float) -> tf.Tensor:
@@ -176,25 +239,27 @@ class ViewConsistencyTrainer(keras.Model):
 
 
 def train_autoencoder(
-    autoencoder: Autoencoder,
+    autoencoder: Autoencoder | FeatureAutoencoder,
     train_data: keras.utils.PyDataset,
     validation_data: keras.utils.PyDataset | None,
     config: FitConfig,
     epochs: int,
 ) -> dict[str, list[float]]:
-    """Train on pairs of views for up to ``epochs`` epochs; keeps the best epoch's weights.
+    """Train for up to ``epochs`` epochs (pixels: on pairs of views; feature maps: on their
+    profiles); keeps the best epoch's weights.
 
     Stops early when the validation loss (the training loss without a validation set) has not
-    improved for ``config.patience`` epochs. Returns the per-epoch history: loss, reconstruction,
-    consistency and their ``val_`` twins. (A plain loop of compiled steps: Keras's ``fit`` costs
-    about a fifth more time per image here.)
+    improved for ``config.patience`` epochs. Returns the per-epoch history: loss (for pixels also
+    reconstruction and consistency) and their ``val_`` twins. (A plain loop of compiled steps:
+    Keras's ``fit`` costs about a fifth more time per image here.)
     """
     optimizer = (
         keras.optimizers.Adam(config.learning_rate)
         if config.optimizer == "adam"
         else keras.optimizers.Adadelta(config.learning_rate)
     )
-    trainer = ViewConsistencyTrainer(autoencoder, config)
+    trainer = (ProfileTrainer(autoencoder) if isinstance(autoencoder, FeatureAutoencoder)
+               else ViewConsistencyTrainer(autoencoder, config))
     trainer.compile(optimizer=optimizer, jit_compile=False)  # XLA cannot compile crop_and_resize
     optimizer.build(trainer.trainable_variables)
     train_step = tf.function(trainer.train_step, reduce_retracing=True)
@@ -204,7 +269,8 @@ def train_autoencoder(
     for epoch in tqdm(range(1, epochs + 1), desc="train", unit="epoch"):
         logs = _run_epoch(trainer, train_step, train_data)
         if validation_data is not None:
-            trainer.reset_validation_views()
+            if isinstance(trainer, ViewConsistencyTrainer):
+                trainer.reset_validation_views()
             logs.update({f"val_{name}": value for name, value in _run_epoch(trainer, test_step, validation_data).items()})
         for name, value in logs.items():
             history.setdefault(name, []).append(value)
@@ -222,7 +288,7 @@ def train_autoencoder(
     return history
 
 
-def _run_epoch(trainer: ViewConsistencyTrainer, step, batches: keras.utils.PyDataset) -> dict[str, float]:
+def _run_epoch(trainer: keras.Model, step, batches: keras.utils.PyDataset) -> dict[str, float]:
     """One pass of ``step`` over ``batches``; the mean of each loss term."""
     for tracker in trainer.metrics:
         tracker.reset_state()

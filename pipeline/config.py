@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from .errors import InputError
 
@@ -13,27 +13,46 @@ OPTIMIZERS = ("adam", "adadelta")
 LOSSES = ("mse", "bce")
 POOLINGS = ("flatten", "max", "avg")
 METRICS = ("cosine", "euclidean")
+BACKBONES = ("efficientnet-lite0", "none")
 ORIENTATION_CELLS = 8  # the orientation histogram's grid is 8 x 8 cells
-TRAINING_IMAGES = 100_000  # images (each as two views) that an "auto" training sees in all
+DESCRIPTOR_BLOCK_SIZE = 64  # the orientation histogram is taken at this size at most (area-downscaled)
+TRAINING_IMAGES = {"none": 100_000, "efficientnet-lite0": 20_000}  # images an "auto" training sees in all
 MAX_AUTO_EPOCHS = 60
+MIN_BACKBONE_SIZE = 32  # the backbone downsamples 32 times
+BACKBONE_BATCH_SIZE = 32  # images per backbone call: its activations at 224 px take about 5 MB an image
+# Settings whose default depends on the backbone (None in FitConfig means "the backbone's default");
+# chosen on the four dev sets together, see docs/QUALITY.md.
+BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "efficientnet-lite0": dict(image_size=224, whitening=0.0, orientation_weight=0.33, color_weight=0.0),
+    "none": dict(image_size=64, whitening=0.5, orientation_weight=0.67, color_weight=0.0),
+}
 
 
 @dataclass
 class FitConfig:
     """Settings of one fit; stored in the artifacts' manifest.
 
-    ``image_size`` is the model's input; the conv autoencoder works on it area-downscaled to
-    ``autoencoder_size`` (or at full size when that is not smaller), and the orientation histogram
-    is taken at full size. Training adds ``consistency`` times a view-consistency term between two
-    random views of each image (crops of at least ``min_crop`` of the area, mirroring when
-    ``flip_augment``, ``color_jitter``); 0 trains on reconstruction alone. ``epochs="auto"`` trains
-    on about TRAINING_IMAGES images in all, whatever the folder's size.
+    ``backbone`` is the frozen pretrained network the autoencoder learns over
+    (``"efficientnet-lite0"``), or ``"none"`` to learn from pixels alone. ``image_size`` is the
+    model's input (the backbone's input, or the pixel autoencoder's). Settings left at None take
+    the backbone's default (BACKBONE_DEFAULTS).
 
-    The descriptor: ``pooling`` is how the code map becomes the learned latent (flatten it, or its
-    global max or average). Each block (the learned latent, and the orientation histogram when
-    ``orientation_weight`` > 0) is PCA-projected to at most ``latent_dim`` values, each axis scaled
-    by variance ** (-whitening / 2) (0 keeps PCA's scale, 1 whitens fully), and given unit length;
-    the blocks are weighted ``1 - orientation_weight`` and ``orientation_weight`` and concatenated.
+    Over a backbone, the autoencoder reads the backbone's feature map and reconstructs its channel
+    profile through a ``latent_dim`` bottleneck (see :mod:`pipeline.autoencoder`). From pixels
+    (``backbone="none"``), the conv autoencoder works on the image area-downscaled to
+    ``autoencoder_size`` (or at full size when that is not smaller) with ``filters``; training adds
+    ``consistency`` times a view-consistency term between two random views of each image (crops of
+    at least ``min_crop`` of the area, mirroring when ``flip_augment``, ``color_jitter``); 0 trains
+    on reconstruction alone; ``pooling`` is how its code map becomes the latent (flatten it, or its
+    global max or average). ``epochs="auto"`` trains on about TRAINING_IMAGES images in all,
+    whatever the folder's size.
+
+    The descriptor: the learned latent, the orientation histogram (when ``orientation_weight`` > 0)
+    and the colour histogram (when ``color_weight`` > 0), each PCA-projected to at most
+    ``latent_dim`` values, each axis scaled by variance ** (-whitening / 2) (0 keeps PCA's scale,
+    1 whitens fully), and given unit length; the blocks are weighted
+    ``1 - orientation_weight - color_weight``, ``orientation_weight`` and ``color_weight`` and
+    concatenated.
     A search averages the query with its ``query_expansion`` nearest neighbours and searches again
     (0: a single search). See docs/QUALITY.md.
 
@@ -42,7 +61,8 @@ class FitConfig:
     search on held-out queries.
     """
 
-    image_size: int = 64
+    backbone: str = "efficientnet-lite0"
+    image_size: Optional[int] = None
     autoencoder_size: int = 32
     latent_dim: int = 128
     filters: tuple[int, ...] = (32, 64, 128, 256)
@@ -59,8 +79,9 @@ class FitConfig:
     color_jitter: float = 0.4
     flip_augment: bool = True
     pooling: str = "flatten"
-    whitening: float = 0.5
-    orientation_weight: float = 0.67
+    whitening: Optional[float] = None
+    orientation_weight: Optional[float] = None
+    color_weight: Optional[float] = None
     query_expansion: int = 3
     validation_split: float = 0.1
     patience: int = 5
@@ -73,7 +94,21 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         self.filters = tuple(int(f) for f in self.filters)
+        if self.backbone not in BACKBONES:
+            raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        for name, default in BACKBONE_DEFAULTS[self.backbone].items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         self.validate()
+
+    @property
+    def uses_backbone(self) -> bool:
+        return self.backbone != "none"
+
+    @property
+    def embedding_batch_size(self) -> int:
+        """Images per encoder call when embedding (bounded memory through the backbone)."""
+        return min(self.batch_size, BACKBONE_BATCH_SIZE) if self.uses_backbone else self.batch_size
 
     @property
     def learned_size(self) -> int:
@@ -84,7 +119,7 @@ class FitConfig:
         """The number of epochs to train for ``train_images`` images (resolves ``"auto"``)."""
         if self.epochs != "auto":
             return int(self.epochs)
-        return max(1, min(MAX_AUTO_EPOCHS, round(TRAINING_IMAGES / max(train_images, 1))))
+        return max(1, min(MAX_AUTO_EPOCHS, round(TRAINING_IMAGES[self.backbone] / max(train_images, 1))))
 
     def validate(self) -> None:
         """Raise InputError naming the first setting that is out of range."""
@@ -98,18 +133,12 @@ class FitConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not self.filters:
-            raise InputError("filters must name at least one convolution block")
-        stride = 2 ** len(self.filters)
-        if self.learned_size < stride or self.learned_size % stride:
-            name = "autoencoder_size" if self.autoencoder_size < self.image_size else "image_size"
-            raise InputError(
-                f"{name} must be a multiple of {stride} (2 ** number of filter blocks), got {self.learned_size}"
-            )
-        if self.image_size % self.learned_size:
-            raise InputError(f"image_size ({self.image_size}) must be a multiple of autoencoder_size "
-                             f"({self.autoencoder_size})")
-        if self.orientation_weight > 0 and self.image_size % ORIENTATION_CELLS:
+        if self.uses_backbone:
+            if self.image_size < MIN_BACKBONE_SIZE:
+                raise InputError(f"image_size must be at least {MIN_BACKBONE_SIZE} with a backbone, got {self.image_size}")
+        else:
+            self._validate_pixel_autoencoder()
+        if self.orientation_weight > 0 and min(self.image_size, DESCRIPTOR_BLOCK_SIZE) % ORIENTATION_CELLS:
             raise InputError(f"image_size must be a multiple of {ORIENTATION_CELLS} for the orientation histogram "
                              f"(or orientation_weight 0), got {self.image_size}")
         if self.loss == "bce" and self.output_activation != "sigmoid":
@@ -119,11 +148,11 @@ class FitConfig:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs != "auto" and (not isinstance(self.epochs, int) or self.epochs < 1):
             raise InputError(f"epochs must be a positive integer or 'auto', got {self.epochs!r}")
-        for name in ("whitening", "orientation_weight"):
+        for name in ("whitening", "orientation_weight", "color_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.orientation_weight == 1.0:
-            raise InputError("orientation_weight must be below 1 (the learned latent needs some weight)")
+        if self.orientation_weight + self.color_weight >= 1.0:
+            raise InputError("orientation_weight + color_weight must be below 1 (the learned latent needs some weight)")
         if not 0.0 < self.min_crop <= 1.0:
             raise InputError(f"min_crop must lie in (0, 1], got {self.min_crop}")
         if not 0.0 <= self.color_jitter < 1.0:
@@ -142,6 +171,19 @@ class FitConfig:
             raise InputError(f"clusters must be a positive integer or 'auto', got {self.clusters!r}")
         if self.nprobe not in ("auto", "all") and (not isinstance(self.nprobe, int) or self.nprobe < 1):
             raise InputError(f"nprobe must be a positive integer, 'auto' or 'all', got {self.nprobe!r}")
+
+    def _validate_pixel_autoencoder(self) -> None:
+        if not self.filters:
+            raise InputError("filters must name at least one convolution block")
+        stride = 2 ** len(self.filters)
+        if self.learned_size < stride or self.learned_size % stride:
+            name = "autoencoder_size" if self.autoencoder_size < self.image_size else "image_size"
+            raise InputError(
+                f"{name} must be a multiple of {stride} (2 ** number of filter blocks), got {self.learned_size}"
+            )
+        if self.image_size % self.learned_size:
+            raise InputError(f"image_size ({self.image_size}) must be a multiple of autoencoder_size "
+                             f"({self.autoencoder_size})")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -32,19 +32,28 @@ class SkippedImage:
     reason: str
 
 
-class ImageCache:
-    """Resized RGB uint8 images stored row after row in one file; read back by row index."""
+class RowCache:
+    """Arrays of one shape and dtype stored row after row in one file; read back by row index.
 
-    def __init__(self, path: str, image_size: int, count: int):
+    The decode pass writes RGB uint8 images (``row_shape`` (size, size, 3)); a backbone fit also
+    writes its feature maps (float16) this way.
+    """
+
+    def __init__(self, path: str, row_shape: tuple[int, ...], count: int, dtype: np.dtype = np.uint8):
         self.path = path
-        self.image_size = image_size
+        self.row_shape = tuple(row_shape)
+        self.dtype = np.dtype(dtype)
         self.count = count
-        self.row_bytes = image_size * image_size * 3
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+
+    @property
+    def image_size(self) -> int:
+        return self.row_shape[0]
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
-        """Rows ``indices`` as an array of shape (len(indices), size, size, 3)."""
-        out = np.empty((len(indices), self.image_size, self.image_size, 3), dtype=np.uint8)
-        flat = out.reshape(len(indices), self.row_bytes)
+        """Rows ``indices`` as an array of shape (len(indices), *row_shape)."""
+        out = np.empty((len(indices), *self.row_shape), dtype=self.dtype)
+        flat = out.reshape(len(indices), -1).view(np.uint8)
         with open(self.path, "rb", buffering=0) as handle:
             for slot, index in enumerate(indices):
                 handle.seek(int(index) * self.row_bytes)
@@ -53,11 +62,10 @@ class ImageCache:
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start`` to ``stop`` (exclusive) in one read."""
-        count = stop - start
-        out = np.empty((count, self.image_size, self.image_size, 3), dtype=np.uint8)
+        out = np.empty((stop - start, *self.row_shape), dtype=self.dtype)
         with open(self.path, "rb", buffering=0) as handle:
             handle.seek(start * self.row_bytes)
-            handle.readinto(memoryview(out.reshape(-1)))
+            handle.readinto(memoryview(out.reshape(-1).view(np.uint8)))
         return out
 
 
@@ -65,7 +73,7 @@ class ImageCache:
 class DecodedImages:
     """The outcome of the decode pass: the cache of usable images and what was skipped."""
 
-    cache: ImageCache
+    cache: RowCache
     records: list[ImageRecord]  # row i of the cache is records[i]
     hashes: list[str]
     skipped: list[SkippedImage]
@@ -102,7 +110,7 @@ def decode_to_cache(
                     hashes.append(result[1])
             progress.update(len(chunk))
         progress.close()
-    return DecodedImages(ImageCache(cache_path, image_size, len(kept)), kept, hashes, skipped)
+    return DecodedImages(RowCache(cache_path, (image_size, image_size, 3), len(kept)), kept, hashes, skipped)
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
@@ -117,19 +125,24 @@ def split_indices(count: int, validation_split: float, seed: int) -> tuple[np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def iter_batches(cache: ImageCache, batch_size: int) -> Iterator[np.ndarray]:
+def _as_input(rows: np.ndarray) -> np.ndarray:
+    """Cache rows as float32 model input: images scaled to [0, 1], feature maps as they are."""
+    return to_model_input(rows) if rows.dtype == np.uint8 else rows.astype(np.float32)
+
+
+def iter_batches(cache: RowCache, batch_size: int) -> Iterator[np.ndarray]:
     """Model-input batches of the whole cache, in row order."""
     for start in range(0, cache.count, batch_size):
-        yield to_model_input(cache.read_range(start, min(start + batch_size, cache.count)))
+        yield _as_input(cache.read_range(start, min(start + batch_size, cache.count)))
 
 
 class TrainingBatches(keras.utils.PyDataset):
-    """Model-input batches of some cache rows, reshuffled each epoch.
+    """Model-input batches of some cache rows (images or feature maps), reshuffled each epoch.
 
-    Batches hold the images alone: the trainer makes its random views and targets from them.
+    Batches hold the rows alone: the trainer makes its random views and targets from them.
     """
 
-    def __init__(self, cache: ImageCache, indices: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, cache: RowCache, indices: np.ndarray, batch_size: int, seed: int):
         super().__init__()
         self.cache = cache
         self.indices = np.asarray(indices)
@@ -142,7 +155,7 @@ class TrainingBatches(keras.utils.PyDataset):
 
     def __getitem__(self, batch: int) -> np.ndarray:
         rows = np.sort(self.order[batch * self.batch_size : (batch + 1) * self.batch_size])
-        return to_model_input(self.cache.read(rows))
+        return _as_input(self.cache.read(rows))
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(self.indices)

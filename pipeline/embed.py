@@ -1,4 +1,9 @@
-"""The encoder turns model-input images into latent vectors, the same way at fit and query time."""
+"""The encoder turns model-input images into descriptors, the same way at fit and query time.
+
+A descriptor is made of blocks: the learned latent, and optionally the orientation histogram
+(:mod:`pipeline.orientations`) and the colour histogram (:mod:`pipeline.color`). The saved
+encoder is ``descriptor_head(block_encoder(image))``: every step is a layer of one Keras model.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import numpy as np
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
-from .dataset import ImageCache, iter_batches, to_model_input
+from .color import ColorHistogram
+from .config import DESCRIPTOR_BLOCK_SIZE, ORIENTATION_CELLS, FitConfig
+from .dataset import RowCache, iter_batches, to_model_input
+from .orientations import OrientationHistogram
 
 
 def embed_images(encoder: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -17,22 +25,35 @@ def embed_images(encoder: keras.Model, images: np.ndarray) -> np.ndarray:
     return np.asarray(encoder.predict_on_batch(to_model_input(images)), dtype=np.float32)
 
 
-def embed_cache(encoder: keras.Model, cache: ImageCache, batch_size: int) -> np.ndarray:
-    """Latent vectors of every image in a cache, in row order (a descriptor encoder: one output)."""
-    return embed_cache_blocks(encoder, cache, batch_size)[0]
-
-
-def embed_cache_blocks(encoder: keras.Model, cache: ImageCache, batch_size: int) -> list[np.ndarray]:
-    """Each output of ``encoder`` for every image in a cache, in row order, streamed batch by batch."""
-    blocks: list[list[np.ndarray]] = [[] for _ in encoder.outputs]
+def embed_cache(encoder: keras.Model, cache: RowCache, batch_size: int) -> np.ndarray:
+    """Descriptors of every image in a cache, in row order, streamed batch by batch."""
+    parts = []
     with tqdm(total=cache.count, desc="embed", unit="img") as progress:
         for batch in iter_batches(cache, batch_size):
-            outputs = encoder.predict_on_batch(batch)
-            for slot, output in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
-                blocks[slot].append(np.asarray(output, dtype=np.float32))
+            parts.append(np.asarray(encoder.predict_on_batch(batch), dtype=np.float32))
             progress.update(len(batch))
-    return [np.concatenate(parts) if parts else np.empty((0, output.shape[-1]), np.float32)
-            for parts, output in zip(blocks, encoder.outputs)]
+    return np.concatenate(parts) if parts else np.empty((0, encoder.output_shape[-1]), np.float32)
+
+
+def embed_cache_blocks(encoder: keras.Model, cache: RowCache, batch_size: int) -> dict[str, np.ndarray]:
+    """Each output of a blocks model (a dict of named outputs) for every image in a cache, in row
+    order, streamed batch by batch."""
+    parts: dict[str, list[np.ndarray]] = {}
+    with tqdm(total=cache.count, desc="embed", unit="img") as progress:
+        for batch in iter_batches(cache, batch_size):
+            for name, output in encoder.predict_on_batch(batch).items():
+                parts.setdefault(name, []).append(np.asarray(output, dtype=np.float32))
+            progress.update(len(batch))
+    return {name: np.concatenate(blocks) for name, blocks in parts.items()}
+
+
+def embed_to_cache(model: keras.Model, cache: RowCache, path: str, batch_size: int) -> RowCache:
+    """``model``'s output for every image in a cache, written row after row (float16) to a new cache at ``path``."""
+    with open(path, "wb") as out, tqdm(total=cache.count, desc="features", unit="img") as progress:
+        for batch in iter_batches(cache, batch_size):
+            out.write(np.asarray(model.predict_on_batch(batch), dtype=np.float16).tobytes())
+            progress.update(len(batch))
+    return RowCache(path, model.output_shape[1:], cache.count, np.float16)
 
 
 def fit_whitening(latents: np.ndarray, dims: int, whitening: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,21 +68,85 @@ def fit_whitening(latents: np.ndarray, dims: int, whitening: float, seed: int = 
     return kernel, (-pca.mean_ @ kernel).astype(np.float32)
 
 
-def descriptor_encoder(encoder: keras.Model, blocks: Sequence[np.ndarray], weights: Sequence[float], dims: int,
-                       whitening: float, seed: int = 0) -> keras.Model:
-    """The encoder followed by one PCA whitening layer per output block (:func:`fit_whitening`,
-    learned on ``blocks``, its outputs on the fitted images), giving one vector: the blocks, each of
-    unit length times its weight, side by side. These are fixed layers inside the returned model,
-    so a saved encoder applies them to queries exactly as to the fitted images.
+def block_encoder(latent_encoder: keras.Model, config: FitConfig) -> keras.Model:
+    """image -> the descriptor's blocks, by name: the learned latent of ``latent_encoder``, then
+    the orientation histogram (at DESCRIPTOR_BLOCK_SIZE px at most, area-downscaled) and the
+    colour histogram, each when its weight in ``config`` is above 0."""
+    image = keras.Input(latent_encoder.input_shape[1:], name="image")
+    blocks = {"latent": latent_encoder(image)}
+    if config.orientation_weight > 0:
+        size = min(config.image_size, DESCRIPTOR_BLOCK_SIZE)
+        small = (keras.layers.Resizing(size, size, interpolation="area", name="orientation_size")(image)
+                 if size < config.image_size else image)
+        blocks["orientations"] = OrientationHistogram(ORIENTATION_CELLS, name="orientations")(small)
+    if config.color_weight > 0:
+        blocks["colors"] = ColorHistogram(name="colors")(image)
+    return keras.Model(image, blocks, name="blocks")
+
+
+def block_weights(config: FitConfig) -> dict[str, float]:
+    """The weight of each block that :func:`block_encoder` makes for ``config``."""
+    weights = {"latent": 1 - config.orientation_weight - config.color_weight,
+               "orientations": config.orientation_weight, "colors": config.color_weight}
+    return {name: weight for name, weight in weights.items() if name == "latent" or weight > 0}
+
+
+class DescriptorHead:
+    """The descriptor from its blocks: each block through a PCA whitening layer
+    (:func:`fit_whitening`, learned on the blocks of the fitted images), given unit length times
+    its weight, and the blocks side by side. Fixed layers, shared by :meth:`model` (blocks in) and
+    :meth:`encoder` (images in): a saved encoder applies them to queries exactly as to the fitted
+    images, and its layer ``whiten_NAME`` (or ``unit_NAME``) reads block NAME.
     """
-    outputs = []
-    for slot, (output, latents, weight) in enumerate(zip(encoder.outputs, blocks, weights)):
-        if min(latents.shape[1], len(latents) - 1) >= 1:
-            kernel, bias = fit_whitening(latents, dims, whitening, seed)
-            project = keras.layers.Dense(kernel.shape[1], name=f"whiten_{slot}", trainable=False)
-            output = project(output)
-            project.set_weights([kernel, bias])
-        output = keras.layers.UnitNormalization(name=f"unit_{slot}")(output)
-        outputs.append(keras.layers.Rescaling(float(weight), name=f"weight_{slot}")(output))
-    vector = keras.layers.Concatenate(name="descriptor")(outputs) if len(outputs) > 1 else outputs[0]
-    return keras.Model(encoder.input, vector, name="encoder")
+
+    def __init__(self, blocks: dict[str, np.ndarray], weights: dict[str, float], dims: int, whitening: float,
+                 seed: int = 0):
+        self.names = list(blocks)
+        self.widths = {name: block.shape[1] for name, block in blocks.items()}
+        self.steps: dict[str, list[keras.layers.Layer]] = {}
+        for name, latents in blocks.items():
+            steps = []
+            if min(latents.shape[1], len(latents) - 1) >= 1:
+                kernel, bias = fit_whitening(latents, dims, whitening, seed)
+                project = keras.layers.Dense(kernel.shape[1], name=f"whiten_{name}", trainable=False)
+                project.build((None, latents.shape[1]))
+                project.set_weights([kernel, bias])
+                steps.append(project)
+            steps += [keras.layers.UnitNormalization(name=f"unit_{name}"),
+                      keras.layers.Rescaling(float(weights[name]), name=f"weight_{name}")]
+            self.steps[name] = steps
+        self.concatenate = keras.layers.Concatenate(name="descriptor") if len(blocks) > 1 else None
+
+    def __call__(self, tensors: dict) -> keras.KerasTensor:
+        outputs = []
+        for name in self.names:
+            x = tensors[name]
+            for step in self.steps[name]:
+                x = step(x)
+            outputs.append(x)
+        return self.concatenate(outputs) if self.concatenate else outputs[0]
+
+    def model(self) -> keras.Model:
+        """blocks (a dict of arrays) -> descriptors."""
+        inputs = {name: keras.Input((width,), name=name) for name, width in self.widths.items()}
+        return keras.Model(inputs, self(inputs), name="descriptor_head")
+
+    def encoder(self, blocks: keras.Model) -> keras.Model:
+        """image -> descriptor: the saved encoder."""
+        return keras.Model(blocks.input, self(blocks.output), name="encoder")
+
+
+def blocks_of(encoder: keras.Model) -> keras.Model:
+    """A saved encoder's blocks before its head: image -> {name: block}."""
+    names = [layer.name[len("unit_"):] for layer in encoder.layers if layer.name.startswith("unit_")]
+    first = {name: encoder.get_layer(f"whiten_{name}" if f"whiten_{name}" in {l.name for l in encoder.layers}
+                                     else f"unit_{name}") for name in names}
+    return keras.Model(encoder.input, {name: layer.input for name, layer in first.items()})
+
+
+def apply_head(head: keras.Model, blocks: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+    """The descriptors of precomputed blocks (row i of each block is image i)."""
+    count = len(next(iter(blocks.values())))
+    parts = [np.asarray(head.predict_on_batch({name: b[start : start + batch_size] for name, b in blocks.items()}),
+                        dtype=np.float32) for start in range(0, count, batch_size)]
+    return np.concatenate(parts) if parts else np.empty((0, head.output_shape[-1]), np.float32)

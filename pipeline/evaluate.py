@@ -15,24 +15,26 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cv2
+import keras
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
+from tqdm import tqdm
 
-from .config import ORIENTATION_CELLS, FitConfig
-from .dataset import DecodedImages, ImageCache, decode_to_cache, iter_batches
-from .embed import embed_cache, fit_whitening
+from .config import BACKBONE_BATCH_SIZE, FitConfig
+from .dataset import DecodedImages, RowCache, decode_to_cache
+from .embed import blocks_of, embed_cache, embed_cache_blocks, fit_whitening
 from .errors import InputError
 from .fit import index_embeddings
-from .images import ImageRecord, find_images
+from .images import ImageRecord, decode_image, find_images, read_file
 from .index import ClusteredIndex
-from .orientations import OrientationHistogram
 from .search import Searcher
 
-BASELINE_SIZE = 32
+BASELINE_SIZE = 32  # the reference baselines' pixels: 32 x 32
+HSV_SIZE = 64  # the reference HSV histogram is taken at 64 x 64
+PCA_COMPONENTS = 64
 
 
 def precision_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> float:
@@ -50,12 +52,27 @@ def map_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, relevant_co
     return float(ap.mean())
 
 
-def exact_neighbours(features: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
-    """Ids of the k nearest other rows of ``features`` (leave-one-out, brute force)."""
-    ids = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric=metric).fit(features).kneighbors(
-        return_distance=False
-    )
-    return ids[:, :k]
+def exact_neighbours(features: np.ndarray, k: int, metric: str = "cosine", block: int = 2048) -> np.ndarray:
+    """Ids of the k nearest other rows of ``features`` (leave-one-out, brute force, in row blocks).
+
+    Computed as ``shared/tools/baseline.py`` does: cosine as the dot product of unit vectors, L2
+    as |a|^2 + |b|^2 - 2 a.b in float32, the query's own row excluded; nearest first.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    if metric == "cosine":
+        features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    squares = np.einsum("ij,ij->i", features, features)
+    k = min(k, len(features) - 1)
+    ids = np.empty((len(features), k), dtype=np.int64)
+    for start in range(0, len(features), block):
+        rows = slice(start, min(start + block, len(features)))
+        products = features[rows] @ features.T
+        distances = -products if metric == "cosine" else squares[rows, None] + squares[None, :] - 2 * products
+        distances[np.arange(distances.shape[0]), np.arange(rows.start, rows.stop)] = np.inf
+        nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(distances, nearest, axis=1), axis=1, kind="stable")
+        ids[rows] = np.take_along_axis(nearest, order, axis=1)
+    return ids
 
 
 def _without_self(ids: np.ndarray, k: int) -> np.ndarray:
@@ -63,39 +80,52 @@ def _without_self(ids: np.ndarray, k: int) -> np.ndarray:
     return np.array([row[row != q][:k] for row, q in zip(ids, query_ids)])
 
 
-def raw_pixel_features(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+def read_baseline_image(path: str) -> np.ndarray:
+    """A photo as the reference baselines read it: OpenCV ``imread`` in colour (BGR); files that
+    OpenCV cannot read are decoded by the pipeline's own decoder instead."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        image = cv2.cvtColor(decode_image(read_file(path), path), cv2.COLOR_RGB2BGR)
+    return image
 
 
-def pca_whitened_features(images: np.ndarray, components: int = 64, seed: int = 0) -> np.ndarray:
-    pixels = raw_pixel_features(images)
-    components = min(components, *pixels.shape)
-    return PCA(components, whiten=True, random_state=seed).fit_transform(pixels)
+def reference_baselines(paths: Sequence[str], labels_of: Callable[[np.ndarray], dict[str, float]], k: int,
+                        seed: int = 0) -> dict[str, dict[str, float]]:
+    """The reference baselines of ``shared/data/README.md``, scored by ``labels_of(neighbour ids)``.
+
+    - raw pixels: the BGR image resized to 32x32 (INTER_AREA), / 255; L2 and cosine.
+    - PCA-64 whitened: those 3,072 values, ``PCA(64, whiten=True, random_state=0)``, cosine.
+    - HSV histogram: the image resized to 64x64 (INTER_AREA), BGR -> HSV, 8x8x8 bins over
+      H [0, 180) S [0, 256) V [0, 256), normalised to sum 1, square-rooted, cosine.
+    """
+    pixels, histograms = [], []
+    for path in tqdm(paths, desc="baselines", unit="img"):
+        image = read_baseline_image(path)
+        pixels.append(cv2.resize(image, (BASELINE_SIZE, BASELINE_SIZE), interpolation=cv2.INTER_AREA).ravel())
+        hsv = cv2.cvtColor(cv2.resize(image, (HSV_SIZE, HSV_SIZE), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2HSV)
+        histogram = cv2.calcHist([hsv], [0, 1, 2], None, [8, 8, 8], [0, 180, 0, 256, 0, 256]).ravel()
+        histograms.append(np.sqrt(histogram / max(histogram.sum(), 1.0)))
+    raw = np.asarray(pixels, dtype=np.float32) / 255.0
+    components = min(PCA_COMPONENTS, *raw.shape)
+    return {
+        "raw_pixels_l2": labels_of(exact_neighbours(raw, k, "euclidean")),
+        "raw_pixels": labels_of(exact_neighbours(raw, k)),
+        "pca_whitened": labels_of(exact_neighbours(
+            PCA(components, whiten=True, random_state=seed).fit_transform(raw), k)),
+        "hsv_histogram": labels_of(exact_neighbours(np.asarray(histograms, dtype=np.float32), k)),
+    }
 
 
-def hsv_histogram_features(images: np.ndarray, bins: int = 8) -> np.ndarray:
-    histograms = []
-    for rgb in images:
-        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-        hist = cv2.calcHist([hsv], [0, 1, 2], None, [bins] * 3, [0, 180, 0, 256, 0, 256]).ravel()
-        histograms.append(hist / max(hist.sum(), 1.0))
-    return np.asarray(histograms, dtype=np.float32)
+def backbone_pooled_features(cache: RowCache) -> np.ndarray:
+    """The frozen backbone's feature map averaged over positions (1280 values) for every image of
+    a cache: what a retrieval system built straight on the pretrained network would compare."""
+    import keras
 
+    from .backbone import build_backbone
 
-def orientation_histogram_features(cache: ImageCache, dims: int, whitening: float) -> np.ndarray:
-    """The pipeline's orientation-histogram block on its own, as a fit makes it: histograms at the
-    model's input size, PCA-projected to ``dims`` with each axis divided by variance ** (whitening / 2)."""
-    layer = OrientationHistogram(ORIENTATION_CELLS)
-    histograms = np.concatenate([np.asarray(layer(batch)) for batch in iter_batches(cache, 256)])
-    kernel, bias = fit_whitening(histograms, dims, whitening)
-    return histograms @ kernel + bias
-
-
-BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "raw_pixels": raw_pixel_features,
-    "pca_whitened": pca_whitened_features,
-    "hsv_histogram": hsv_histogram_features,
-}
+    backbone = build_backbone(cache.image_size)
+    pooled = keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output))
+    return embed_cache(pooled, cache, BACKBONE_BATCH_SIZE)
 
 
 @dataclass
@@ -113,8 +143,9 @@ class _LabelledSet:
 
 def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", k: int = 10) -> dict[str, Any]:
     """precision@k and mAP@k of the fitted pipeline (routed, with its nprobe and query expansion)
-    and of the baselines: raw pixels, PCA-whitened pixels and an HSV histogram at 32 px, and the
-    pipeline's own orientation-histogram block alone (what the learned latents add to it).
+    and of the baselines: the reference baselines (:func:`reference_baselines`), the frozen
+    backbone's pooled features, and each block of the pipeline's descriptor alone (PCA-projected
+    as the fit does it, exact search, no expansion).
 
     Also recall@k of routed against exact search (same expansion), and mean single-query times of both. When
     ``data_dir`` is the fitted folder, the stored embeddings and index are used; otherwise
@@ -128,21 +159,23 @@ def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "ar
         records = find_images(data_dir)
     if len(records) < 2 or any(r.label is None for r in records):
         raise InputError(f"{data_dir}: evaluation needs at least two images, all in class folders (the label)")
+    config = FitConfig.from_dict(searcher.manifest["settings"])
 
     with tempfile.TemporaryDirectory() as scratch:
         decoded = decode_to_cache(records, os.path.join(scratch, "model.u8"), searcher.image_size)
         if fitted:
             _check_all_decoded(decoded)
-            vectors, index, nprobe = np.asarray(searcher.embeddings), searcher.index, searcher.default_nprobe
-        else:
-            records = decoded.records
-            vectors = embed_cache(searcher.encoder, decoded.cache, batch_size=64)
-            index, nprobe, _ = index_embeddings(vectors, FitConfig.from_dict(searcher.manifest["settings"]))
-        settings = searcher.manifest["settings"]
-        orientations = orientation_histogram_features(decoded.cache, settings["latent_dim"], settings["whitening"])
-        small = decode_to_cache(records, os.path.join(scratch, "small.u8"), BASELINE_SIZE)
-        _check_all_decoded(small)
-        baseline_images = small.cache.read_range(0, small.cache.count)
+        records = decoded.records
+        blocks_model = blocks_of(searcher.encoder)
+        both = keras.Model(searcher.encoder.input, {"descriptor": searcher.encoder.output, **blocks_model.output})
+        outputs = embed_cache_blocks(both, decoded.cache, config.embedding_batch_size)
+        pooled = backbone_pooled_features(decoded.cache)
+    if fitted:
+        vectors, index, nprobe = np.asarray(searcher.embeddings), searcher.index, searcher.default_nprobe
+    else:
+        vectors = outputs.pop("descriptor")
+        index, nprobe, _ = index_embeddings(vectors, config)
+    outputs.pop("descriptor", None)
 
     labels = np.array([r.label for r in records])
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
@@ -152,6 +185,9 @@ def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "ar
     routed, routed_ms = _timed_search(index, vectors, k, nprobe, expansion)
     exact, exact_ms = _timed_search(index, vectors, k, index.nlist, expansion)
     recall = np.mean([len(np.intersect1d(r, e)) / k for r, e in zip(routed, exact)])
+    blocks = {f"{name}_block": scored.score(exact_neighbours(block @ kernel + bias, k))
+              for name, block in outputs.items()
+              for kernel, bias in [fit_whitening(block, config.latent_dim, config.whitening, config.seed)]}
     return {
         "pipeline": {
             **scored.score(routed),
@@ -163,8 +199,9 @@ def evaluate(data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "ar
             "query_expansion": expansion,
         },
         "baselines": {
-            **{name: scored.score(exact_neighbours(make(baseline_images), k)) for name, make in BASELINES.items()},
-            "orientation_histogram": scored.score(exact_neighbours(orientations, k)),
+            **reference_baselines([r.path for r in records], scored.score, k),
+            "backbone_pooled": scored.score(exact_neighbours(pooled, k)),
+            **blocks,
         },
         "k": k,
         "images": len(labels),

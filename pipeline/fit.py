@@ -18,11 +18,12 @@ import sklearn
 
 from . import __version__
 from .artifacts import ArtifactWriter, Catalog, save_catalog, save_index
-from .autoencoder import build_autoencoder, train_autoencoder
+from .autoencoder import build_autoencoder, build_feature_autoencoder, train_autoencoder
+from .backbone import build_backbone
 from .cluster import choose_cluster_count, fit_kmeans
 from .config import FitConfig
 from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
-from .embed import descriptor_encoder, embed_cache, embed_cache_blocks
+from .embed import DescriptorHead, apply_head, block_encoder, block_weights, embed_cache_blocks, embed_to_cache
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, find_images
 from .index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprobe
@@ -55,6 +56,10 @@ def fit(
 ) -> FitSummary:
     """Train the autoencoder on every image under ``data_dir`` and write a searchable bundle.
 
+    With a backbone: decode -> backbone feature maps (a disk cache) -> train the feature
+    autoencoder -> descriptors; with ``backbone="none"``: decode -> train the pixel autoencoder ->
+    descriptors. Then cluster and index.
+
     Raises InputError when the folder is missing or holds no decodable image. The previous
     artifacts in ``artifacts_dir`` stay in place unless the whole fit succeeds.
     """
@@ -79,29 +84,39 @@ def fit(
             if decoded.skipped:
                 log.warning("skipped %d unreadable files (listed in the manifest)", len(decoded.skipped))
 
-            with _stage("train", seconds):
+            train_rows, val_rows = split_indices(decoded.cache.count, config.validation_split, config.seed)
+            if config.uses_backbone:
+                with _stage("features", seconds):
+                    backbone = build_backbone(config.image_size)
+                    training_rows = embed_to_cache(backbone, decoded.cache, os.path.join(scratch, "maps.f16"),
+                                                   config.embedding_batch_size)
+                autoencoder = build_feature_autoencoder(training_rows.row_shape, config.latent_dim)
+                latent_encoder = keras.Model(backbone.input, autoencoder.encoder(backbone.output), name="latent")
+            else:
+                training_rows = decoded.cache
                 autoencoder = build_autoencoder(config)
-                train_rows, val_rows = split_indices(decoded.cache.count, config.validation_split, config.seed)
+                latent_encoder = autoencoder.encoder
+
+            with _stage("train", seconds):
                 epochs = config.training_epochs(len(train_rows))
                 log.info("training on %d images (%d for validation), up to %d epochs", len(train_rows),
                          len(val_rows), epochs)
                 batches = dict(batch_size=config.batch_size, seed=config.seed)
                 history = train_autoencoder(
                     autoencoder,
-                    TrainingBatches(decoded.cache, train_rows, **batches),
-                    TrainingBatches(decoded.cache, val_rows, **batches) if len(val_rows) else None,
+                    TrainingBatches(training_rows, train_rows, **batches),
+                    TrainingBatches(training_rows, val_rows, **batches) if len(val_rows) else None,
                     config,
                     epochs,
                 )
                 autoencoder.model.save(writer.path / "autoencoder.keras")
 
             with _stage("embed", seconds):
-                blocks = embed_cache_blocks(autoencoder.encoder, decoded.cache, config.batch_size)
-                weights = [1 - config.orientation_weight, config.orientation_weight][: len(blocks)]
-                encoder = descriptor_encoder(autoencoder.encoder, blocks, weights, config.latent_dim,
-                                             config.whitening, config.seed)
-                embeddings = embed_cache(encoder, decoded.cache, config.batch_size)  # through the saved model itself
-                encoder.save(writer.path / "encoder.keras")
+                blocks_model = block_encoder(latent_encoder, config)
+                blocks = embed_cache_blocks(blocks_model, decoded.cache, config.embedding_batch_size)
+                head = DescriptorHead(blocks, block_weights(config), config.latent_dim, config.whitening, config.seed)
+                embeddings = apply_head(head.model(), blocks)
+                head.encoder(blocks_model).save(writer.path / "encoder.keras")
 
         with _stage("cluster+index", seconds):
             index, nprobe, curve = index_embeddings(embeddings, config)

@@ -108,12 +108,6 @@ class ClusteredIndex:
     def __init__(self, metric: str = "cosine"):
         self.metric = metric
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if "ids_" in state and "rows_" not in state:  # pickled before rows_ existed
-            self.rows_ = np.empty_like(self.ids_)
-            self.rows_[self.ids_] = np.arange(len(self.ids_))
-
     @property
     def nlist(self) -> int:
         return len(self.centroids_)
@@ -194,16 +188,15 @@ class ClusteredIndex:
 
         With ``expansion`` > 0 (average query expansion), each query is first averaged with its
         ``expansion`` nearest indexed vectors, leaving out the ids in its row of ``exclude``
-        (queries, m; -1 pads); the neighbours are ranked by their distance to that average, and the
-        distances returned are still to the query itself. Queries are scanned in parallel, each
-        over its probed clusters' contiguous vectors.
+        (queries, m; -1 pads), and the neighbours are ranked by their distance to that average:
+        the distances returned are the ones ranked by, so they never decrease along a row.
+        Queries are scanned in parallel, each over its probed clusters' contiguous vectors.
         """
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
         nprobe = self.resolve_nprobe(nprobe)
-        if not expansion:
-            return self._search_prepared(queries, n, nprobe)
-        hits = self._search_prepared(self._expand(queries, expansion, nprobe, exclude), n, nprobe)
-        return SearchHits(self.distances_to(queries, hits.ids), hits.ids, hits.probed)
+        if expansion:
+            queries = self._expand(queries, expansion, nprobe, exclude)
+        return self._search_prepared(queries, n, nprobe)
 
     def _search_prepared(self, queries: np.ndarray, n: int, nprobe: int) -> SearchHits:
         probed = self.route(queries, nprobe)

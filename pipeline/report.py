@@ -83,10 +83,11 @@ def build_report(
     members = index.members_  # built once: the property slices every cluster
     shown = sorted(range(index.nlist), key=lambda c: -len(members[c]))[:max_clusters]
     nearest = {c: _nearest_to_centroid(vectors, members[c], index.centroids_[c], thumbnails_per_cluster) for c in shown}
-    reconstructions = _reconstructions(folder, catalog.paths, [nearest[c][0] for c in shown[:RECONSTRUCTIONS]],
-                                       int(manifest["settings"]["image_size"]))
-    if reconstructions is not None:
-        figures["reconstructions"] = reconstructions
+    if manifest["settings"]["backbone"] == "none":  # over a backbone, what is reconstructed is no picture
+        reconstructions = _reconstructions(folder, catalog.paths, [nearest[c][0] for c in shown[:RECONSTRUCTIONS]],
+                                           int(manifest["settings"]["image_size"]))
+        if reconstructions is not None:
+            figures["reconstructions"] = reconstructions
 
     encoded = {name: _figure_png(figure) for name, figure in figures.items()}
     if png_dir is not None:
@@ -140,6 +141,10 @@ def _reconstructions(folder: Path, paths: list[str], rows: list[int], image_size
     return reconstruction_figure(originals, load_model(folder, "autoencoder.keras").predict_on_batch(originals))
 
 
+def _last(history: dict[str, list[float]], name: str) -> str:
+    return f"{history[name][-1]:.4f}" if history.get(name) else "not measured"
+
+
 def _figure_png(figure: plt.Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -174,8 +179,14 @@ def _page(manifest, raw_labels, clusters, labels, figures, galleries, sampled, n
         facts += [f"cluster purity {majority / known.sum():.1%}",
                   f"adjusted Rand index {adjusted_rand_score(labels[known], clusters[known]):.3f}"]
     label_map = (f"<figure>{_image(figures['tsne_labels'], 't-SNE by label')}</figure>" if labels is not None else "")
-    reconstructions = (_image(figures["reconstructions"], "reconstructions") if "reconstructions" in figures
-                       else "<p>None of the sampled images can be read any more.</p>")
+    if "reconstructions" in figures:
+        reconstructions = _image(figures["reconstructions"], "reconstructions")
+    elif manifest["settings"]["backbone"] == "none":
+        reconstructions = "<p>None of the sampled images can be read any more.</p>"
+    else:
+        reconstructions = (f"<p>The autoencoder learned over the {html.escape(manifest['settings']['backbone'])} "
+                           f"backbone's features, not pixels: it reconstructs what the backbone sees, which is no "
+                           f"picture. Final validation loss: {_last(manifest['history'], 'val_loss')}.</p>")
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>Fit report: {html.escape(manifest['data_dir'])}</title>
 <style>

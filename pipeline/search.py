@@ -23,7 +23,8 @@ class Neighbor:
     rank: int
     id: int  # the image's row in the catalog: how the server names it
     path: str
-    distance: float
+    distance: float  # what the results are ranked by: to the expanded query (to the query itself without expansion)
+    query_distance: float  # to the query itself
     cluster: int
     label: Optional[str]
     same_image: bool  # byte-identical to the query (the query itself, when it is indexed)
@@ -96,29 +97,34 @@ class Searcher:
 
         ``nprobe`` is the number of clusters searched (``"all"`` = exact search; default: the
         value tuned at fit time). ``expansion`` is the number of first neighbours averaged into
-        the query to rank the rest (default: the fit's ``query_expansion``; 0 = rank by distance);
-        ``distance`` is always to the query itself. Indexed copies of the query (same content
-        hash) come first, with ``same_image=True``, or are left out with ``exclude_self``; they
-        are never used for the expansion.
+        the query to rank the rest (default: the fit's ``query_expansion``; 0 = rank by distance).
+        Each result's ``distance`` is the number it was ranked by (to the expanded query), so the
+        list is sorted by it; ``query_distance`` is to the query itself. Indexed copies of the query
+        (same content hash) come first at distance 0, with ``same_image=True``, or are left out
+        with ``exclude_self``; they are never used for the expansion.
         """
         copies = self._copies.get(query_hash, [])
         nprobe = self.index.resolve_nprobe(self.default_nprobe if nprobe is None else nprobe)
         expansion = self.default_expansion if expansion is None else expansion
         hits = self.index.search(vector[None], n + len(copies), nprobe, expansion, np.array([copies or [-1]]))
-        others = [int(i) for i in hits.ids[0] if i >= 0 and i not in copies]
-        ids = (others if exclude_self else copies + others)[:n]
-        distances = self.index.distances_to(vector[None], np.array([ids], dtype=np.int64))[0] if ids else []
+        ranked = [(int(i), float(d)) for i, d in zip(hits.ids[0], hits.distances[0]) if i >= 0 and i not in copies]
+        if not exclude_self:
+            ranked = [(image_id, 0.0) for image_id in copies] + ranked  # identical images: ranked first, at 0
+        ranked = ranked[:n]
+        ids = np.array([[image_id for image_id, _ in ranked]], dtype=np.int64)
+        query_distances = self.index.distances_to(vector[None], ids)[0] if ranked else []
         results = [
             Neighbor(
                 rank=rank,
                 id=image_id,
                 path=self.catalog.paths[image_id],
-                distance=float(distance),
+                distance=distance,
+                query_distance=0.0 if image_id in copies else float(query_distance),
                 cluster=int(self.catalog.clusters[image_id]),
                 label=self.catalog.labels[image_id],
                 same_image=image_id in copies,
             )
-            for rank, (image_id, distance) in enumerate(zip(ids, distances), start=1)
+            for rank, ((image_id, distance), query_distance) in enumerate(zip(ranked, query_distances), start=1)
         ]
         return SearchResult(query=source, nprobe=nprobe, clusters=hits.probed[0].tolist(), results=results,
                             expansion=expansion)

@@ -3,7 +3,7 @@
 import argparse
 
 from pipeline import cli
-from pipeline.config import FitConfig, parse_count_or_word
+from pipeline.config import BACKBONES, FitConfig, parse_count_or_word
 
 DEFAULTS = FitConfig()
 
@@ -12,7 +12,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Train the autoencoder on a folder of images and index them.")
     parser.add_argument("data_dir", help="folder of images; first-level subfolder names are labels")
     parser.add_argument("--artifacts", default="artifacts", help="output folder (default: artifacts/)")
-    parser.add_argument("--image-size", type=int, default=DEFAULTS.image_size, help="model input size in pixels")
+    parser.add_argument("--backbone", choices=BACKBONES, default=DEFAULTS.backbone,
+                        help="frozen ImageNet network the autoencoder learns over, or none to learn from pixels "
+                             "alone (default %(default)s)")
+    parser.add_argument("--image-size", type=int,
+                        help="model input size in pixels (default: 224 with the backbone, 64 with none)")
     parser.add_argument("--autoencoder-size", type=int, default=DEFAULTS.autoencoder_size,
                         help="size the conv autoencoder works at (the input is area-downscaled to it)")
     parser.add_argument("--latent-dim", type=int, default=DEFAULTS.latent_dim)
@@ -36,10 +40,15 @@ def main() -> None:
                         help="colour jitter strength of the training views (0 = none)")
     parser.add_argument("--pooling", choices=("flatten", "max", "avg"), default=DEFAULTS.pooling,
                         help="how the latent vector is taken from the encoder")
-    parser.add_argument("--whitening", type=float, default=DEFAULTS.whitening,
-                        help="PCA whitening strength of each descriptor block: 0 none, 1 full (default 0.5)")
-    parser.add_argument("--orientation-weight", type=float, default=DEFAULTS.orientation_weight,
-                        help="share of the orientation histogram in the descriptor (0 = learned latent alone)")
+    parser.add_argument("--whitening", type=float,
+                        help="PCA whitening strength of each descriptor block: 0 none, 1 full "
+                             "(default: 0 with the backbone, 0.5 with none)")
+    parser.add_argument("--orientation-weight", type=float,
+                        help="share of the orientation histogram in the descriptor, 0 = none "
+                             "(default: 0.33 with the backbone, 0.67 with none)")
+    parser.add_argument("--color-weight", type=float,
+                        help="share of the colour histogram in the descriptor, 0 = none "
+                             "(default: 0 with the backbone, 0.2 with none)")
     parser.add_argument("--query-expansion", type=int, default=DEFAULTS.query_expansion,
                         help="nearest neighbours averaged into each query before ranking (0 = none)")
     parser.add_argument("--no-flip", action="store_true", help="no mirrored training views")
@@ -53,7 +62,7 @@ def main() -> None:
         from pipeline.fit import fit  # imported late: TensorFlow takes seconds to load
 
         config = FitConfig(
-            image_size=args.image_size, autoencoder_size=args.autoencoder_size, latent_dim=args.latent_dim,
+            backbone=args.backbone, image_size=args.image_size, color_weight=args.color_weight, autoencoder_size=args.autoencoder_size, latent_dim=args.latent_dim,
             filters=args.filters, epochs=parse_count_or_word(str(args.epochs), ("auto",)),
             batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
             loss=args.loss, output_activation=args.output_activation, noise=args.noise,

@@ -14,11 +14,15 @@ from pipeline.config import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
+SHARED = ROOT.parent / "shared"  # the team's real photo sets and tools, beside the project
+SHARED_SAMPLES = SHARED / "data" / "package-samples"
 CLASSES = ("dress", "hat", "pants", "shoes")
 PER_CLASS = 8
 
-# Small and fast, but every stage real: 32 px images, two conv blocks, two epochs.
-TINY = dict(image_size=32, filters=(16, 32), latent_dim=16, epochs=2, batch_size=16, seed=1)
+# Small and fast, but every stage real: the pretrained backbone at 64 px (a 2 x 2 feature map), two epochs.
+TINY = dict(image_size=64, latent_dim=16, epochs=2, batch_size=16, seed=1)
+# The from-scratch path (--backbone none): 32 px images, two conv blocks.
+PIXELS = dict(backbone="none", image_size=32, filters=(16, 32))
 
 
 def tiny_config(**overrides) -> FitConfig:

@@ -1,44 +1,74 @@
-"""Model shapes, the view-consistency loss, the descriptor encoder, training, and a real fit at 512 px."""
+"""Model shapes, the view-consistency loss, the descriptor encoder, training of both autoencoders, and a real
+fit at 512 px."""
 
 import numpy as np
 import pytest
 
-from conftest import copy_subset, tiny_config
-from pipeline.autoencoder import build_autoencoder, nt_xent
+from conftest import PIXELS, copy_subset, tiny_config
+from pipeline.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
+from pipeline.embed import block_encoder
 from pipeline.errors import InputError
+
+
+def pixel_config(**overrides):
+    return tiny_config(**{**PIXELS, **overrides})
 
 
 @pytest.mark.parametrize("pooling", ["flatten", "max", "avg"])
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
 def test_shapes_and_output_range(pooling, activation):
-    config = tiny_config(pooling=pooling, output_activation=activation, latent_dim=12)
+    config = pixel_config(pooling=pooling, output_activation=activation, latent_dim=12, color_weight=0.2)
     autoencoder = build_autoencoder(config)
     images = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
     reconstruction = autoencoder.model.predict_on_batch(images)
     assert reconstruction.shape == images.shape
     assert reconstruction.min() >= 0.0 and reconstruction.max() <= 1.0  # targets are in [0, 1] for tanh too
-    latent, histogram = autoencoder.encoder.predict_on_batch(images)
+    blocks = block_encoder(autoencoder.encoder, config).predict_on_batch(images)
     grid = 32 // 4  # two stride-2 blocks
-    assert latent.shape == (3, grid * grid * 12 if pooling == "flatten" else 12)
-    assert histogram.shape == (3, 8 * 8 * 9)
+    assert blocks["latent"].shape == (3, grid * grid * 12 if pooling == "flatten" else 12)
+    assert blocks["orientations"].shape == (3, 8 * 8 * 9) and blocks["colors"].shape == (3, 2 * 8**3)
 
 
 def test_the_autoencoder_works_downscaled_and_the_histogram_at_full_size():
-    autoencoder = build_autoencoder(tiny_config(image_size=64, autoencoder_size=32))
+    config = pixel_config(image_size=64, autoencoder_size=32)
+    autoencoder = build_autoencoder(config)
     images = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
     assert autoencoder.model.predict_on_batch(images).shape == (2, 32, 32, 3)
     assert autoencoder.maps.input_shape == (None, 32, 32, 3)
-    latent, histogram = autoencoder.encoder.predict_on_batch(images)
-    assert latent.shape == (2, 8 * 8 * 16) and histogram.shape == (2, 8 * 8 * 9)
+    blocks = block_encoder(autoencoder.encoder, config).predict_on_batch(images)
+    assert blocks["latent"].shape == (2, 8 * 8 * 16) and blocks["orientations"].shape == (2, 8 * 8 * 9)
 
 
-def test_without_orientation_weight_the_encoder_has_one_block():
-    encoder = build_autoencoder(tiny_config(orientation_weight=0.0)).encoder
-    assert len(encoder.outputs) == 1
+def test_without_orientation_and_colour_weight_the_encoder_has_one_block():
+    config = pixel_config(orientation_weight=0.0, color_weight=0.0)
+    assert list(block_encoder(build_autoencoder(config).encoder, config).output) == ["latent"]
+
+
+def test_feature_autoencoder_shapes_and_shared_weights():
+    autoencoder = build_feature_autoencoder((2, 2, 1280), latent_dim=16)
+    maps = np.random.default_rng(0).random((3, 2, 2, 1280)).astype(np.float32)
+    assert autoencoder.encoder.predict_on_batch(maps).shape == (3, 16)
+    assert autoencoder.model.predict_on_batch(maps).shape == (3, 1280)  # the map's channel profile
+    assert {id(w) for w in autoencoder.encoder.weights} <= {id(w) for w in autoencoder.model.weights}
+
+
+def test_feature_autoencoder_training_lowers_the_loss(tmp_path):
+    from pipeline.autoencoder import train_autoencoder
+    from pipeline.dataset import RowCache, TrainingBatches
+
+    rng = np.random.default_rng(0)
+    profiles = rng.random((8, 64)).astype(np.float32)  # eight kinds of picture, seen at random positions
+    maps = profiles[rng.integers(0, 8, 96)][:, None, None, :] * rng.random((96, 3, 3, 1)).astype(np.float32)
+    (tmp_path / "maps.f16").write_bytes(maps.astype(np.float16).tobytes())
+    cache = RowCache(str(tmp_path / "maps.f16"), (3, 3, 64), 96, np.float16)
+    history = train_autoencoder(build_feature_autoencoder((3, 3, 64), 8), TrainingBatches(cache, np.arange(80), 16, 0),
+                                TrainingBatches(cache, np.arange(80, 96), 16, 0), tiny_config(patience=50), epochs=8)
+    assert set(history) == {"loss", "val_loss"} and len(history["loss"]) == 8
+    assert history["loss"][-1] < history["loss"][0] / 2
 
 
 def test_encoder_shares_the_trained_weights():
-    autoencoder = build_autoencoder(tiny_config())
+    autoencoder = build_autoencoder(pixel_config())
     shared = {id(w) for w in autoencoder.encoder.weights}
     assert shared and shared <= {id(w) for w in autoencoder.model.weights}
 
@@ -60,16 +90,20 @@ def test_nt_xent_matches_a_computation_by_hand():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(image_size=30), "multiple of 4"),
-        (dict(image_size=64, autoencoder_size=30), "autoencoder_size must be a multiple of 4"),
-        (dict(image_size=48, autoencoder_size=32), "multiple of autoencoder_size"),
-        (dict(image_size=36, autoencoder_size=36), "multiple of 8 for the orientation histogram"),
+        (dict(PIXELS, image_size=30), "multiple of 4"),
+        (dict(PIXELS, image_size=64, autoencoder_size=30), "autoencoder_size must be a multiple of 4"),
+        (dict(PIXELS, image_size=48, autoencoder_size=32), "multiple of autoencoder_size"),
+        (dict(PIXELS, image_size=36, autoencoder_size=36), "multiple of 8 for the orientation histogram"),
+        (dict(backbone="resnet"), "backbone must be one of"),
+        (dict(image_size=16), "at least 32 with a backbone"),
+        (dict(orientation_weight=0.6, color_weight=0.4), "must be below 1"),
         (dict(loss="bce", output_activation="tanh"), "needs output_activation 'sigmoid'"),
         (dict(pooling="median"), "pooling must be one of"),
         (dict(optimizer="sgd"), "optimizer must be one of"),
         (dict(noise=1.5), "noise must lie"),
         (dict(whitening=2.0), "whitening must lie"),
-        (dict(orientation_weight=1.0), "orientation_weight must be below 1"),
+        (dict(orientation_weight=1.0), "orientation_weight \\+ color_weight must be below 1"),
+        (dict(color_weight=-0.1), "color_weight must lie"),
         (dict(min_crop=0.0), "min_crop must lie"),
         (dict(color_jitter=1.0), "color_jitter must lie"),
         (dict(temperature=0.0), "temperature above 0"),
@@ -86,9 +120,10 @@ def test_bad_settings_are_input_errors(overrides, message):
 def test_auto_epochs_keep_the_training_budget_whatever_the_folder_size():
     from pipeline.config import MAX_AUTO_EPOCHS, TRAINING_IMAGES, FitConfig
 
-    config = FitConfig()
-    assert config.training_epochs(TRAINING_IMAGES // 20) == 20
-    assert config.training_epochs(10) == MAX_AUTO_EPOCHS and config.training_epochs(10 * TRAINING_IMAGES) == 1
+    for backbone, budget in TRAINING_IMAGES.items():
+        config = FitConfig(backbone=backbone)
+        assert config.training_epochs(budget // 20) == 20
+        assert config.training_epochs(10) == MAX_AUTO_EPOCHS and config.training_epochs(10 * budget) == 1
     assert FitConfig(epochs=7).training_epochs(10) == 7
 
 
@@ -97,7 +132,7 @@ def test_training_lowers_both_loss_terms_and_records_them(photos, tmp_path):
     from pipeline.dataset import TrainingBatches, decode_to_cache
     from pipeline.images import find_images
 
-    config = tiny_config(patience=50)
+    config = pixel_config(patience=50)
     decoded = decode_to_cache(find_images(photos), str(tmp_path / "cache.u8"), config.image_size)
     rows = np.arange(decoded.cache.count)
     history = train_autoencoder(build_autoencoder(config), TrainingBatches(decoded.cache, rows[:24], 8, 0),
@@ -114,7 +149,7 @@ def test_consistency_zero_trains_on_reconstruction_alone(photos, tmp_path):
     from pipeline.dataset import TrainingBatches, decode_to_cache
     from pipeline.images import find_images
 
-    config = tiny_config(consistency=0.0, patience=50)
+    config = pixel_config(consistency=0.0, patience=50)
     autoencoder = build_autoencoder(config)
     assert ViewConsistencyTrainer(autoencoder, config).head is None
     decoded = decode_to_cache(find_images(photos), str(tmp_path / "cache.u8"), config.image_size)
@@ -129,7 +164,7 @@ def test_fit_at_512_pixels_with_the_default_architecture(tmp_path):
     from pipeline.fit import fit
 
     photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=3)
-    config = FitConfig(image_size=512, autoencoder_size=512, epochs=1, batch_size=6)
+    config = FitConfig(backbone="none", image_size=512, autoencoder_size=512, epochs=1, batch_size=6)
     summary = fit(photos, tmp_path / "artifacts", config)
     assert summary.images == 6 and summary.epochs_run == 1
 
@@ -137,22 +172,23 @@ def test_fit_at_512_pixels_with_the_default_architecture(tmp_path):
 def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tmp_path):
     import keras
 
-    from pipeline.embed import descriptor_encoder, embed_images
+    from pipeline.embed import DescriptorHead, blocks_of, embed_images
 
-    encoder = build_autoencoder(tiny_config(pooling="flatten", latent_dim=4)).encoder
+    config = pixel_config(pooling="flatten", latent_dim=4, orientation_weight=0.75)
+    blocks_model = block_encoder(build_autoencoder(config).encoder, config)
     images = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
-    blocks = encoder.predict_on_batch(images.astype(np.float32) / 255)
+    blocks = blocks_model.predict_on_batch(images.astype(np.float32) / 255)
 
-    def whitened_block(whitening):
-        model = descriptor_encoder(encoder, blocks, [0.25, 0.75], dims=10, whitening=whitening)
-        return model, keras.Model(model.input, model.get_layer("whiten_0").output).predict_on_batch(
+    def whitened_latent(whitening):
+        model = DescriptorHead(blocks, {"latent": 0.25, "orientations": 0.75}, 10, whitening).encoder(blocks_model)
+        return model, keras.Model(model.input, model.get_layer("whiten_latent").output).predict_on_batch(
             images.astype(np.float32) / 255)
 
-    model, full = whitened_block(1.0)
+    model, full = whitened_latent(1.0)
     np.testing.assert_allclose(full.mean(axis=0), 0, atol=1e-3)
     np.testing.assert_allclose(np.cov(full, rowvar=False), np.eye(10), atol=0.05)  # unit variance, decorrelated
-    half = np.cov(whitened_block(0.5)[1], rowvar=False)
-    plain = np.cov(whitened_block(0.0)[1], rowvar=False)
+    half = np.cov(whitened_latent(0.5)[1], rowvar=False)
+    plain = np.cov(whitened_latent(0.0)[1], rowvar=False)
     np.testing.assert_allclose(np.diag(half), np.sqrt(np.diag(plain)), rtol=0.05)  # half whitening: std ** 0.5
     np.testing.assert_allclose(half - np.diag(np.diag(half)), 0, atol=1e-3 * np.abs(half).max())  # decorrelated
 
@@ -165,3 +201,6 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
 
     reloaded = load_model(tmp_path)
     np.testing.assert_allclose(embed_images(reloaded, images), vectors, atol=1e-5)
+    read_back = blocks_of(reloaded).predict_on_batch(images.astype(np.float32) / 255)
+    assert set(read_back) == {"latent", "orientations"}
+    np.testing.assert_allclose(read_back["orientations"], blocks["orientations"], atol=1e-5)

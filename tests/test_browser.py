@@ -51,6 +51,8 @@ def test_upload_then_click_a_result(server_url, searcher, tmp_path):
         expect(hits).to_have_count(6)
         expect(hits.first).to_have_attribute("data-id", "0")  # the uploaded photo is indexed: it comes first
         expect(page.locator("#results .hit img").first).to_have_js_property("complete", True)
+        shown = [float(text[2:]) for text in page.locator("#results .hit .distance").all_inner_texts()]
+        assert len(shown) == 6 and shown == sorted(shown)  # sorted by the number shown
         page.screenshot(path=os.path.join(screenshots, "upload.png"), full_page=True)
 
         clicked = hits.nth(3).get_attribute("data-id")

@@ -1,14 +1,15 @@
 """Retrieval metrics on hand-computed cases, and evaluate.py end to end on a real fit."""
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_subset
-from pipeline.evaluate import evaluate, exact_neighbours, map_at_k, precision_at_k
+from conftest import ROOT, SHARED, copy_subset
+from pipeline.evaluate import evaluate, exact_neighbours, map_at_k, precision_at_k, reference_baselines
 
 
 def test_precision_at_k_by_hand():
@@ -39,6 +40,27 @@ def test_exact_neighbours_leave_the_query_out():
     assert exact_neighbours(features, 1).ravel().tolist() == [1, 0, 3, 2]
 
 
+def test_exact_neighbours_in_euclidean_and_in_blocks():
+    features = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    distances = np.linalg.norm(features[:, None] - features[None], axis=2) + np.diag([np.inf] * 50)
+    expected = np.argsort(distances, axis=1)[:, :4]
+    assert np.array_equal(exact_neighbours(features, 4, "euclidean", block=7), expected)
+
+
+def test_reference_baselines_equal_the_reference_tool(tmp_path):
+    tool = SHARED / "tools" / "baseline.py"
+    data = copy_subset(tmp_path / "data", classes=("dress", "hat", "pants", "shoes", "skirt"), per_class=20)
+    process = subprocess.run([sys.executable, str(tool), str(data)], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    reference = [float(value) for value in re.findall(r"P@10=([0-9.]+)(?: cos=([0-9.]+))?", process.stdout)[0] if value]
+    reference += [float(value) for value in re.findall(r"(?:whiten cos|HSV hist 512 cos) P@10=([0-9.]+)", process.stdout)]
+    paths = sorted(str(p) for p in data.rglob("*.jpg"))
+    labels = np.array([p.split("/")[-2] for p in paths])
+    ours = reference_baselines(paths, lambda ids: precision_at_k(labels[ids], labels), k=10)
+    measured = [ours[name] for name in ("raw_pixels_l2", "raw_pixels", "pca_whitened", "hsv_histogram")]
+    np.testing.assert_allclose(measured, reference, atol=0.0005 + 1e-9)  # the tool prints 3 decimals
+
+
 def test_evaluate_the_fitted_folder(fitted, photos):
     artifacts, summary = fitted
     report = evaluate(photos, artifacts, k=5)
@@ -47,7 +69,8 @@ def test_evaluate_the_fitted_folder(fitted, photos):
     assert 0 <= ours["precision_at_k"] <= 1 and 0 <= ours["map_at_k"] <= 1
     assert ours["recall_vs_exact"] >= 0.9 and ours["nprobe"] == summary.nprobe
     assert ours["query_ms"] > 0 and ours["exact_query_ms"] > 0
-    assert set(report["baselines"]) == {"raw_pixels", "pca_whitened", "hsv_histogram", "orientation_histogram"}
+    assert set(report["baselines"]) == {"raw_pixels_l2", "raw_pixels", "pca_whitened", "hsv_histogram",
+                                        "backbone_pooled", "latent_block", "orientations_block"}
     assert ours["query_expansion"] == 3
     assert report["pipeline"]["precision_at_k"] > 0.25  # four balanced classes: chance is 0.25
 
@@ -61,7 +84,7 @@ def test_evaluate_script_on_another_folder_json(fitted, tmp_path):
     )
     assert process.returncode == 0, process.stderr
     report = json.loads(process.stdout)
-    assert report["images"] == 36 and report["k"] == 5 and report["settings"]["image_size"] == 32
+    assert report["images"] == 36 and report["k"] == 5 and report["settings"]["image_size"] == 64
     assert {"precision_at_k", "map_at_k", "recall_vs_exact", "query_ms", "exact_query_ms"} <= set(report["pipeline"])
     for scores in report["baselines"].values():
         assert set(scores) == {"precision_at_k", "map_at_k"}

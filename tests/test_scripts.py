@@ -21,7 +21,7 @@ def run_script(name, *args, timeout=300):
 
 def tiny_flags(**overrides):
     settings = {"image-size": TINY["image_size"], "latent-dim": TINY["latent_dim"], "epochs": TINY["epochs"],
-                "batch-size": TINY["batch_size"], "filters": ",".join(map(str, TINY["filters"])), **overrides}
+                "batch-size": TINY["batch_size"], **overrides}
     return [part for key, value in settings.items() for part in (f"--{key}", value)]
 
 
@@ -65,8 +65,18 @@ def test_predict_json_by_file(messy_fit):
     results = output["results"]
     assert len(results) == 4 and results[0]["path"] == str(query) and results[0]["distance"] < 1e-5
     assert [r["rank"] for r in results] == [1, 2, 3, 4]
-    assert all({"rank", "path", "distance", "cluster", "label"} <= set(r) for r in results)
+    assert all({"rank", "path", "distance", "query_distance", "cluster", "label"} <= set(r) for r in results)
     assert [r["distance"] for r in results] == sorted(r["distance"] for r in results)
+
+
+def test_predict_results_are_sorted_by_the_number_shown_with_expansion(messy_fit):
+    data, artifacts, _ = messy_fit
+    query = sorted((data / "shoes").glob("*.jpg"))[2]
+    process = run_script("predict.py", "--file", query, "-n", 8, "--artifacts", artifacts, "--expansion", 3)
+    assert process.returncode == 0, process.stderr
+    rows = [line.split() for line in process.stdout.splitlines() if line.strip()[:1].isdigit()]
+    shown = [float(row[1]) for row in rows]
+    assert len(rows) == 8 and shown == sorted(shown) and shown[0] == 0.0
 
 
 def test_predict_table_and_plot(messy_fit, tmp_path):

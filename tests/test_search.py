@@ -15,12 +15,23 @@ def test_fit_summary_and_manifest(fitted, photos):
     artifacts, summary = fitted
     assert summary.images == 32 and not summary.skipped and summary.epochs_run == 2
     manifest = json.loads((current_fit(artifacts) / "manifest.json").read_text())
-    assert manifest["images"] == 32 and manifest["settings"]["image_size"] == 32
+    assert manifest["images"] == 32 and manifest["settings"]["image_size"] == 64
+    assert manifest["settings"]["backbone"] == "efficientnet-lite0"
     assert len(manifest["history"]["loss"]) == 2 and len(manifest["history"]["val_loss"]) == 2
     assert {"tensorflow", "keras", "scikit-learn", "numpy"} <= set(manifest["versions"])
     assert manifest["nprobe"] == summary.nprobe and manifest["recall_at_10"][str(summary.nprobe)] >= 0.95
     catalog = load_catalog(current_fit(artifacts))
     assert sorted(set(catalog.labels)) == ["dress", "hat", "pants", "shoes"]
+
+
+def test_the_saved_encoder_gives_the_stored_embedding_for_the_same_file(searcher, photos):
+    from pipeline.embed import embed_images
+    from pipeline.images import prepare_image, read_file
+
+    for path in sorted(photos.rglob("*.jpg"))[::7]:
+        row = searcher.catalog.paths.index(str(path))
+        vector = embed_images(searcher.encoder, prepare_image(read_file(path), str(path), searcher.image_size)[None])
+        np.testing.assert_allclose(vector[0], searcher.embeddings[row], atol=1e-5)
 
 
 def test_an_indexed_image_finds_itself_first_at_distance_zero(searcher, photos):
@@ -46,9 +57,13 @@ def test_query_expansion_ranks_by_the_expanded_query_and_keeps_the_copy_first(se
     by_expanded = [i for i in np.argsort(cdist(expanded[None], unit, "cosine")[0], kind="stable") if i != row]
     assert result.expansion == 3 and result.results[0].id == row and result.results[0].same_image
     assert [hit.id for hit in result.results[1:]] == by_expanded[:7]
-    np.testing.assert_allclose([hit.distance for hit in result.results],
-                               cdist(unit[row : row + 1], unit[[h.id for h in result.results]], "cosine")[0],
-                               atol=1e-4)  # distances are to the query itself
+    ids = [h.id for h in result.results]
+    expected = cdist(expanded[None], unit[ids], "cosine")[0]
+    expected[0] = 0.0  # the query's own copy is ranked first, at 0
+    np.testing.assert_allclose([hit.distance for hit in result.results], expected, atol=1e-4)  # what was ranked by
+    assert [hit.distance for hit in result.results] == sorted(hit.distance for hit in result.results)
+    np.testing.assert_allclose([hit.query_distance for hit in result.results],
+                               cdist(unit[row : row + 1], unit[ids], "cosine")[0], atol=1e-4)
     assert [h.id for h in searcher.search_file(query, n=8, nprobe="all", exclude_self=True).results] == by_expanded[:8]
 
 

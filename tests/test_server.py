@@ -37,7 +37,7 @@ def test_health_and_stats(client, searcher):
     assert client.get("/api/health").json() == {"status": "ok", "images": 32}
     stats = client.get("/api/stats").json()
     assert stats["images"] == 32 and stats["clusters"] == searcher.index.nlist and stats["nprobe"] == searcher.default_nprobe
-    assert stats["labels"] == ["dress", "hat", "pants", "shoes"] and stats["settings"]["image_size"] == 32
+    assert stats["labels"] == ["dress", "hat", "pants", "shoes"] and stats["settings"]["image_size"] == 64
 
 
 def test_upload_search_matches_the_searcher(client, searcher):

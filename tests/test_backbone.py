@@ -1,0 +1,83 @@
+"""The pretrained backbone: the restricted weights loader, and the Keras port classifying real photos."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_SAMPLES
+from pipeline.backbone import build_backbone, load_weights, weights_path
+from pipeline.errors import ArtifactError
+from pipeline.images import prepare_image, read_file
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: what a crafted weights file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _legacy_file(state_dict_pickle: bytes) -> bytes:
+    """A file in PyTorch's legacy layout around a given state-dict pickle, with no storages."""
+    header = b"".join(pickle.dumps(value, protocol=2) for value in (0x1950A86A20F9469CFC6C, 1001, {}))
+    return header + state_dict_pickle + pickle.dumps([], protocol=2)
+
+
+def test_the_installed_weights_load_as_arrays():
+    weights = load_weights()
+    assert weights["_conv_stem.weight"].shape == (32, 3, 3, 3) and weights["_fc.weight"].shape == (1000, 1280)
+    assert weights["_bn0.num_batches_tracked"].dtype == np.int64
+    assert all(isinstance(value, np.ndarray) for value in weights.values()) and len(weights) == 296
+
+
+def test_a_crafted_weights_file_cannot_run_code(tmp_path):
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.pth"
+    crafted.write_bytes(_legacy_file(pickle.dumps({"_conv_stem.weight": _RunsCode(marker)}, protocol=2)))
+    with pytest.raises(ArtifactError, match=r"crafted.pth: not a readable weights file \(refused to load (io|builtins).open"):
+        load_weights(crafted, expected_sha256=None)
+    assert not marker.exists()
+
+
+def test_a_changed_missing_or_truncated_file_is_a_clear_error(tmp_path):
+    changed = tmp_path / "changed.pth"
+    original = weights_path().read_bytes()
+    changed.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped
+    with pytest.raises(ArtifactError, match="changed.pth: not the expected EfficientNet-Lite0 weights"):
+        load_weights(changed)
+    with pytest.raises(ArtifactError, match="missing.pth: cannot read the backbone's weights"):
+        load_weights(tmp_path / "missing.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(original[:5_000_000])
+    with pytest.raises(ArtifactError, match="truncated.pth: not a readable weights file"):
+        load_weights(truncated, expected_sha256=None)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return build_backbone(224, classifier=True)
+
+
+@pytest.mark.parametrize(
+    "name, classes",
+    [
+        ("scikit-image/chelsea.png", range(281, 286)),  # a cat: tabby, tiger, Persian, Siamese or Egyptian cat
+        ("scikit-image/coffee.png", (967, 968, 504)),  # espresso, cup, coffee mug
+        ("scikit-image/motorcycle_left.png", (665, 670)),  # moped, motor scooter
+        ("matplotlib/grace_hopper.jpg", (652, 457, 834, 906)),  # military uniform, bow tie, suit, Windsor tie
+    ],
+)
+def test_the_port_classifies_real_photos(classifier, name, classes):
+    path = SHARED_SAMPLES / name
+    image = prepare_image(read_file(path), str(path), 224)[None].astype(np.float32) / 255
+    logits = classifier.predict_on_batch(image)[0]
+    assert int(np.argmax(logits)) in classes
+
+
+def test_the_feature_map_is_frozen_and_shaped():
+    backbone = build_backbone(64)
+    assert backbone.output_shape == (None, 2, 2, 1280) and not backbone.trainable_weights
