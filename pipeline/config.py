@@ -24,7 +24,7 @@ BACKBONE_BATCH_SIZE = 32  # images per backbone call: its activations at 224 px 
 # chosen on the four dev sets together, see docs/QUALITY.md.
 BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
     "efficientnet-lite0": dict(image_size=224, whitening=0.0, orientation_weight=0.33, color_weight=0.0),
-    "none": dict(image_size=64, whitening=0.5, orientation_weight=0.67, color_weight=0.0),
+    "none": dict(image_size=64, whitening=0.5, orientation_weight=0.5, color_weight=0.3),
 }
 
 

@@ -45,10 +45,10 @@ def main() -> None:
                              "(default: 0 with the backbone, 0.5 with none)")
     parser.add_argument("--orientation-weight", type=float,
                         help="share of the orientation histogram in the descriptor, 0 = none "
-                             "(default: 0.33 with the backbone, 0.67 with none)")
+                             "(default: 0.33 with the backbone, 0.5 with none)")
     parser.add_argument("--color-weight", type=float,
                         help="share of the colour histogram in the descriptor, 0 = none "
-                             "(default: 0 with the backbone, 0.2 with none)")
+                             "(default: 0 with the backbone, 0.3 with none)")
     parser.add_argument("--query-expansion", type=int, default=DEFAULTS.query_expansion,
                         help="nearest neighbours averaged into each query before ranking (0 = none)")
     parser.add_argument("--no-flip", action="store_true", help="no mirrored training views")
