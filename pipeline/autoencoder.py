@@ -16,18 +16,15 @@ the consistency term spends them on what survives those changes. See docs/QUALIT
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import tensorflow as tf
+from keras import layers
+from tqdm import tqdm
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import layers  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from .augment import ViewAugmentation  # noqa: E402
-from .config import FitConfig  # noqa: E402
+from .augment import ViewAugmentation
+from .config import FitConfig
 
 log = logging.getLogger(__name__)
 PROJECTION_DIM = 128  # width of the head that the consistency term compares (not part of the encoder)

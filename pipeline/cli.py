@@ -13,6 +13,7 @@ def run(main: Callable[[], int | None]) -> None:
     """Run a script's main function and exit: 0 ok, 2 bad input, 1 anything else."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("pipeline").setLevel(logging.INFO)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. retracing notices: not the user's concern
     try:
         code = main() or 0
     except PipelineError as exc:

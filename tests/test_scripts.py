@@ -114,6 +114,14 @@ def test_predict_bad_input_is_one_line_and_exit_2(messy_fit, http_url, args, mes
     assert "Traceback" not in process.stderr
 
 
+@pytest.mark.parametrize("query", ["--file={data}/nope.jpg", "--url={url}/missing.jpg"], ids=["missing-file", "url-404"])
+def test_predict_errors_are_exactly_one_line_on_stderr(messy_fit, http_url, query):
+    data, artifacts, _ = messy_fit
+    process = run_script("predict.py", query.format(data=data, url=http_url), "--artifacts", artifacts)
+    assert process.returncode == 2 and process.stdout == ""
+    assert len(process.stderr.splitlines()) == 1 and process.stderr.startswith("error: ")  # no TensorFlow lines
+
+
 def test_predict_without_artifacts_is_a_clear_error(tmp_path):
     process = run_script("predict.py", "--file", ROOT / "data" / "sample" / "hat" / "x.jpg", "--artifacts", tmp_path / "none")
     assert process.returncode == 2
