@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import (ArtifactWriter, Catalog, current_fit, load_catalog, read_manifest,  # noqa: E402
-                                save_catalog, save_index)
+from pipeline.artifacts import (ArtifactWriter, Catalog, current_fit, load_catalog, load_embeddings,  # noqa: E402
+                                read_manifest, save_catalog, save_index)
 from pipeline.config import FitConfig  # noqa: E402
 from pipeline.fit import index_embeddings  # noqa: E402
 
@@ -32,7 +32,7 @@ from pipeline.fit import index_embeddings  # noqa: E402
 def build_bundle(source: Path, target: Path, rows: int) -> None:
     folder = current_fit(source)
     manifest, catalog = read_manifest(folder), load_catalog(folder)
-    real = np.load(folder / "embeddings.npy")
+    real = np.asarray(load_embeddings(folder))
     picks = np.arange(rows) % len(real)
     rng = np.random.default_rng(0)
     embeddings = (real[picks] + rng.normal(0, 0.3, (rows, real.shape[1])) * real.std(axis=0)).astype(np.float32)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import (ArtifactWriter, Catalog, current_fit, load_catalog, load_index, load_model, read_manifest,
-                        save_catalog, save_index)
+from .artifacts import (ArtifactWriter, Catalog, current_fit, load_catalog, load_embeddings, load_index, load_model,
+                        read_manifest, save_catalog, save_index)
 from .config import FitConfig
 from .dataset import SkippedImage, decode_to_cache
 from .embed import embed_cache
@@ -49,7 +49,8 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
     folder = current_fit(artifacts_dir)
     manifest = read_manifest(folder)
     config = FitConfig.from_dict(manifest["settings"])
-    catalog, index, encoder = load_catalog(folder), load_index(folder), load_model(folder)
+    stored = load_embeddings(folder)
+    catalog, index, encoder = load_catalog(folder), load_index(folder, stored), load_model(folder)
     records = find_images(new_dir)
     if not records:
         raise InputError(f"{new_dir}: no image files found")
@@ -69,7 +70,7 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
             summary.seconds = time.perf_counter() - start
             return summary
 
-        embeddings = np.concatenate([np.load(folder / "embeddings.npy"), vectors])
+        embeddings = np.concatenate([stored, vectors])
         new_ids = index.add(vectors)
         clusters = index.assignments_[new_ids]
         summary.nprobe, curve = choose_nprobe(index, prepare_vectors(embeddings, config.metric), config)

@@ -8,12 +8,13 @@ Layout of an artifacts folder::
         manifest.json      settings, versions, counts, skipped files, training history, recall
         encoder.keras      image -> latent vector (with its PCA layers)
         autoencoder.keras  the full model (reconstructions for the report)
-        index.joblib       the routed KNN index (centroids, per-cluster KNNs)
+        index.npz          the routed KNN index's learned state: metric, centroids, cluster of each vector
         catalog.json       path, label, content hash and cluster of every indexed image
         embeddings.npy     the latent vectors, row i = catalog entry i
 
 A fit writes into a hidden staging folder and only then points CURRENT at it, so a fit that
-fails or is interrupted leaves the previous fit loadable.
+fails or is interrupted leaves the previous fit loadable. Nothing in a bundle is a pickle: arrays
+are read with ``allow_pickle=False``, so loading a bundle from someone else runs no code of theirs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import joblib
 import numpy as np
 
 from .errors import ArtifactError
@@ -39,7 +39,7 @@ REQUIRED_FILES = (
     "manifest.json",
     "encoder.keras",
     "autoencoder.keras",
-    "index.joblib",
+    "index.npz",
     "catalog.json",
     "embeddings.npy",
 )
@@ -155,15 +155,26 @@ def load_catalog(folder: Path) -> Catalog:
 
 
 def save_index(folder: Path, index: ClusteredIndex, embeddings: np.ndarray) -> None:
-    joblib.dump(index, folder / "index.joblib")
+    np.savez(folder / "index.npz", metric=np.array(index.metric), **index.to_arrays())
     np.save(folder / "embeddings.npy", embeddings.astype(np.float32))
 
 
-def load_index(folder: Path) -> ClusteredIndex:
+def load_embeddings(folder: Path) -> np.ndarray:
+    """The fit's embeddings, memory-mapped (no pickle)."""
     try:
-        return joblib.load(folder / "index.joblib")
-    except Exception as exc:  # a pickle from another library version can fail in many ways
-        raise ArtifactError(f"{folder / 'index.joblib'}: cannot load the index ({exc})") from None
+        return np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{folder / 'embeddings.npy'}: cannot load the embeddings ({exc})") from None
+
+
+def load_index(folder: Path, embeddings: np.ndarray) -> ClusteredIndex:
+    """The index over ``embeddings`` (the fit's, in catalog order), from its stored arrays (no pickle)."""
+    try:
+        with np.load(folder / "index.npz", allow_pickle=False) as arrays:
+            return ClusteredIndex.from_arrays(str(arrays["metric"]), arrays["centroids"], arrays["assignments"],
+                                              embeddings)
+    except (OSError, ValueError, KeyError) as exc:  # missing, truncated, an object array, or not fitting
+        raise ArtifactError(f"{folder / 'index.npz'}: cannot load the index ({exc})") from None
 
 
 def load_model(folder: Path, name: str = "encoder.keras"):

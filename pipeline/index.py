@@ -133,6 +133,28 @@ class ClusteredIndex:
         self._lay_out(vectors, assignments)
         return self
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The learned state beside the indexed vectors, as plain arrays: what a bundle stores."""
+        return {"centroids": self.centroids_, "assignments": self.assignments_}
+
+    @classmethod
+    def from_arrays(cls, metric: str, centroids: np.ndarray, assignments: np.ndarray,
+                    vectors: np.ndarray) -> "ClusteredIndex":
+        """An index rebuilt from :meth:`to_arrays` and the indexed vectors (in insertion order).
+
+        Raises ValueError when they do not fit together.
+        """
+        centroids, assignments = np.asarray(centroids, dtype=np.float32), np.asarray(assignments)
+        if centroids.ndim != 2 or np.shape(vectors)[1:] != centroids.shape[1:] or len(assignments) != len(vectors):
+            raise ValueError(f"{len(assignments)} cluster assignments and centroids of shape {centroids.shape} "
+                             f"do not fit {np.shape(vectors)} vectors")
+        if len(assignments) and (assignments.min() < 0 or assignments.max() >= len(centroids)):
+            raise ValueError("cluster assignments out of range")
+        index = cls(metric)
+        index.centroids_ = centroids
+        index._lay_out(prepare_vectors(vectors, metric), assignments)
+        return index
+
     def add(self, vectors: np.ndarray) -> np.ndarray:
         """Index more vectors, each in its nearest cluster (no re-clustering); return their ids."""
         vectors = prepare_vectors(vectors, self.metric)

@@ -22,7 +22,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score
 from tqdm import tqdm
 
-from .artifacts import current_fit, load_catalog, load_index, load_model, read_manifest
+from .artifacts import current_fit, load_catalog, load_embeddings, load_index, load_model, read_manifest
 from .dataset import to_model_input
 from .errors import ImageError
 from .images import prepare_image, read_file, thumbnail_jpeg
@@ -66,9 +66,10 @@ def build_report(
     ``max_clusters`` largest clusters. With ``png_dir``, every figure is also saved as a PNG.
     """
     folder = current_fit(artifacts_dir)
-    manifest, catalog, index = read_manifest(folder), load_catalog(folder), load_index(folder)
+    embeddings = load_embeddings(folder)
+    manifest, catalog, index = read_manifest(folder), load_catalog(folder), load_index(folder, embeddings)
     clusters = np.asarray(catalog.clusters)
-    vectors = prepare_vectors(np.load(folder / "embeddings.npy", mmap_mode="r"), index.metric)
+    vectors = prepare_vectors(embeddings, index.metric)
     labelled = any(label is not None for label in catalog.labels)
     labels = np.array([label if label is not None else "(none)" for label in catalog.labels])
     figures: dict[str, plt.Figure] = {}

@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .artifacts import current_fit, load_catalog, load_model, load_index, read_manifest
+from .artifacts import current_fit, load_catalog, load_embeddings, load_index, load_model, read_manifest
 from .embed import embed_images
 from .fetch import fetch_url
 from .images import MAX_PIXELS, content_hash, prepare_image, read_file
@@ -56,9 +56,9 @@ class Searcher:
         self.default_expansion = int(self.manifest["settings"].get("query_expansion", 0))  # 0 before it existed
         self.max_pixels = max_pixels
         self.encoder = load_model(self.folder)
-        self.index = load_index(self.folder)
+        self.embeddings = load_embeddings(self.folder)
+        self.index = load_index(self.folder, self.embeddings)
         self.catalog = load_catalog(self.folder)
-        self.embeddings = np.load(self.folder / "embeddings.npy", mmap_mode="r")
         self._copies: dict[str, list[int]] = defaultdict(list)  # content hash -> ids of the indexed copies
         for image_id, content in enumerate(self.catalog.hashes):
             self._copies[content].append(image_id)

@@ -3,10 +3,23 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
-from pipeline.artifacts import FORMAT_VERSION, REQUIRED_FILES, ArtifactWriter, current_fit
+from pipeline.artifacts import (FORMAT_VERSION, REQUIRED_FILES, ArtifactWriter, current_fit, load_embeddings,
+                                load_index, save_index)
 from pipeline.errors import ArtifactError
+from pipeline.index import ClusteredIndex
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: what a crafted bundle file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
 
 
 def stage_fit(writer, marker):
@@ -53,13 +66,43 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_partial_and_foreign_artifacts_are_clear_errors(tmp_path):
     with ArtifactWriter(tmp_path) as writer:
         fit_dir = stage_fit(writer, "x")
-    os.remove(fit_dir / "index.joblib")
-    with pytest.raises(ArtifactError, match="incomplete artifacts, missing index.joblib"):
+    os.remove(fit_dir / "index.npz")
+    with pytest.raises(ArtifactError, match="incomplete artifacts, missing index.npz"):
         current_fit(tmp_path)
-    (fit_dir / "index.joblib").write_text("x")
+    (fit_dir / "index.npz").write_text("x")
     (fit_dir / "manifest.json").write_text(json.dumps({"format_version": 99}))
     with pytest.raises(ArtifactError, match="format version 99"):
         current_fit(tmp_path)
     (fit_dir / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="unreadable manifest"):
         current_fit(tmp_path)
+
+
+def test_the_index_round_trips_through_plain_arrays(tmp_path):
+    vectors = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    index = ClusteredIndex("cosine").fit(vectors, vectors[:5])
+    save_index(tmp_path, index, vectors)
+    loaded = load_index(tmp_path, load_embeddings(tmp_path))
+    assert loaded.nlist == index.nlist and np.array_equal(loaded.assignments_, index.assignments_)
+    hits, again = index.search(vectors[:7], 5, 2), loaded.search(vectors[:7], 5, 2)
+    assert np.array_equal(hits.ids, again.ids) and np.allclose(hits.distances, again.distances)
+
+
+def test_a_crafted_bundle_file_cannot_run_code(tmp_path):
+    marker = tmp_path / "ran"
+    vectors = np.zeros((3, 2), np.float32)
+    np.savez(tmp_path / "index.npz", metric=np.array("cosine"), centroids=np.ones((1, 2), np.float32),
+             assignments=np.array([_RunsCode(marker)] * 3, dtype=object))
+    with pytest.raises(ArtifactError, match="index.npz: cannot load the index .*allow_pickle"):
+        load_index(tmp_path, vectors)
+    np.save(tmp_path / "embeddings.npy", np.array([_RunsCode(marker)], dtype=object))
+    with pytest.raises(ArtifactError, match="embeddings.npy: cannot load the embeddings"):
+        load_embeddings(tmp_path)
+    assert not marker.exists()
+
+
+def test_an_index_that_does_not_fit_its_embeddings_is_a_clear_error(tmp_path):
+    vectors = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    save_index(tmp_path, ClusteredIndex("cosine").fit(vectors, vectors[:3]), vectors)
+    with pytest.raises(ArtifactError, match="index.npz: cannot load the index .*do not fit"):
+        load_index(tmp_path, vectors[:15])  # a catalog shorter than the index
