@@ -1,21 +1,37 @@
-"""What every script shares: logging set-up, and typed errors turned into one line and an exit code."""
+"""The command line: one console command, ``imgsim``, with a subcommand per operation.
+
+    imgsim fit DATA_DIR [--artifacts DIR] [a flag for every FitConfig setting]
+    imgsim predict (--file PATH | --url URL) [-n N] [--json] ...
+    imgsim add NEW_DIR | evaluate DATA_DIR | report | serve
+
+``scripts/*.py`` run the same subcommands. A command holds no logic beyond flags and printing;
+typed errors become one line on stderr and an exit code (0 ok, 2 bad input, 1 anything else).
+TensorFlow is imported inside the commands, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import logging
 import sys
-from typing import Callable
+import typing
+from typing import Callable, Optional, Sequence
 
+from .config import BACKBONE_DEFAULTS, CHOICES, SETTING_HELP, WORDS, FitConfig, parse_count_or_word
 from .errors import PipelineError
 
+ARTIFACTS_HELP = "fitted artifacts folder"
 
-def run(main: Callable[[], int | None]) -> None:
-    """Run a script's main function and exit: 0 ok, 2 bad input, 1 anything else."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("pipeline").setLevel(logging.INFO)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. retracing notices: not the user's concern
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Parse ``argv`` (default: the process's arguments), run the subcommand, exit with its code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
     try:
-        code = main() or 0
+        code = args.command(args) or 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = exc.exit_code
@@ -25,8 +41,254 @@ def run(main: Callable[[], int | None]) -> None:
     sys.exit(code)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the command line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it has one worth showing and its help does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="imgsim", description="Image-similarity search on your own photos.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    for name, add_flags, command, summary in (
+        ("fit", _fit_flags, _fit, "train on a folder of images and index them"),
+        ("predict", _predict_flags, _predict, "rank the fitted images by similarity to a query image"),
+        ("add", _add_flags, _add, "embed new images with the fitted encoder and add them to the index"),
+        ("evaluate", _evaluate_flags, _evaluate, "precision@k and mAP@k of the fit and of the reference baselines"),
+        ("report", _report_flags, _report, "a self-contained HTML report of what the model learned"),
+        ("serve", _serve_flags, _serve, "serve a web page at / and a JSON API at /api"),
+    ):
+        sub = commands.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
+                                  formatter_class=_HelpFormatter)
+        sub.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+        add_flags(sub)
+        sub.set_defaults(command=command)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("pipeline").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # TensorFlow's Python notices (e.g. retracing) are not the user's concern unless asked for
+    logging.getLogger("tensorflow").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
 def print_outcome(skipped: list, artifacts: object) -> None:
     """The closing lines of a command that wrote artifacts: every skipped file, then where it went."""
     for item in skipped:
         print(f"skipped {item.path}: {item.reason}")
     print(f"artifacts: {artifacts}")
+
+
+# fit: one flag per FitConfig field
+
+
+def _fit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data_dir", help="folder of images; first-level subfolder names are labels")
+    parser.add_argument("--artifacts", default="artifacts", help="output folder")
+    hints = typing.get_type_hints(FitConfig)
+    for field in dataclasses.fields(FitConfig):
+        flag, kind = "--" + field.name.replace("_", "-"), hints[field.name]
+        options: dict = {"help": SETTING_HELP[field.name], "default": field.default}
+        if field.default is None:  # the backbone's default
+            per_backbone = ", ".join(f"{defaults[field.name]} with {name}" for name, defaults in BACKBONE_DEFAULTS.items())
+            options["help"] += f" (default: {per_backbone})"
+            options["default"] = argparse.SUPPRESS
+        if field.name in CHOICES:
+            options["choices"] = CHOICES[field.name]
+        elif field.name in WORDS:
+            options["type"] = _count_or_word(WORDS[field.name])
+        elif kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif field.name == "filters":
+            options["type"] = _int_list
+            options["default"] = ",".join(map(str, field.default))  # argparse parses a string default too
+        else:
+            options["type"] = next(t for t in (int, float, str) if t in typing.get_args(kind) + (kind,))
+        if "choices" not in options and kind is not bool:
+            options["metavar"] = field.name.upper()
+        parser.add_argument(flag, dest=f"setting_{field.name}", **options)
+
+
+def _count_or_word(words: tuple[str, ...]) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        try:
+            return parse_count_or_word(text, words)
+        except PipelineError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _fit(args: argparse.Namespace) -> None:
+    from .fit import fit  # TensorFlow takes seconds to load
+
+    settings = {name[len("setting_"):]: value for name, value in vars(args).items() if name.startswith("setting_")}
+    summary = fit(args.data_dir, args.artifacts, FitConfig(**settings))
+    stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.stage_seconds.items())
+    print(f"fitted {summary.images} images ({len(summary.skipped)} skipped) in {summary.seconds:.1f}s: {stages}")
+    print(f"{summary.epochs_run} epochs, {summary.clusters} clusters, nprobe {summary.nprobe} "
+          f"(recall@10 vs exact search {summary.recall_at_10:.3f})")
+    print_outcome(summary.skipped, summary.artifacts)
+
+
+# predict
+
+
+def _predict_flags(parser: argparse.ArgumentParser) -> None:
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--file", help="query image file")
+    query.add_argument("--url", help="query image URL (http or https)")
+    parser.add_argument("-n", type=_positive, default=10, help="number of results")
+    parser.add_argument("--nprobe", type=_count_or_word(("all",)),
+                        help="clusters to search: a count, or all for exact search (default: tuned at fit)")
+    parser.add_argument("--expansion", type=_non_negative,
+                        help="nearest neighbours averaged into the query to rank the others; 0 ranks by distance "
+                             "to the query alone (default: the fit's --query-expansion)")
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--plot", metavar="PNG", help="save a montage of the query and its neighbours")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds allowed to download --url")
+    parser.add_argument("--exclude-self", action="store_true", help="leave out indexed copies of the query image")
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .fetch import fetch_url
+    from .images import read_file
+    from .search import Searcher  # TensorFlow takes seconds to load
+
+    searcher = Searcher(args.artifacts)
+    data, source = (read_file(args.file), args.file) if args.file else (fetch_url(args.url, args.timeout), args.url)
+    result = searcher.search_bytes(data, source, n=args.n, nprobe=args.nprobe, exclude_self=args.exclude_self,
+                                   expansion=args.expansion)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"query {result.query}: nprobe {result.nprobe}, clusters {result.clusters}, expansion {result.expansion}")
+        print(f"{'rank':>4}  {'distance':>8}  {'cluster':>7}  {'label':<12}  path")
+        for hit in result.results:
+            marker = "  (same image as the query)" if hit.same_image else ""
+            print(f"{hit.rank:>4}  {hit.distance:>8.4f}  {hit.cluster:>7}  {hit.label or '-':<12}  {hit.path}{marker}")
+    if args.plot:
+        from .images import decode_image
+        from .plots import save_montage
+
+        save_montage(decode_image(data, source), result, args.plot)
+        print(f"montage: {args.plot}")
+
+
+# add, evaluate, report, serve
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("new_dir", help="folder of new images; first-level subfolder names are labels")
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+
+
+def _add(args: argparse.Namespace) -> None:
+    from .add import add_images  # TensorFlow takes seconds to load
+
+    summary = add_images(args.new_dir, args.artifacts)
+    print(f"added {summary.added} images ({summary.already_indexed} already indexed, {len(summary.skipped)} "
+          f"skipped) in {summary.seconds:.1f}s; {summary.images} indexed, nprobe {summary.nprobe}")
+    print_outcome(summary.skipped, summary.artifacts)
+
+
+def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data_dir", help="folder of images in class folders (the folder name is the label)")
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    parser.add_argument("-k", type=_positive, default=10, help="neighbours per query")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate  # TensorFlow takes seconds to load
+
+    report = evaluate(args.data_dir, args.artifacts, args.k)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    k, ours = report["k"], report["pipeline"]
+    print(f"{report['images']} images in {report['data_dir']}, each a query against all the others (k={k})")
+    print(f"{'method':<36} {'precision@' + str(k):>13} {'mAP@' + str(k):>8}")
+    pipeline = f"pipeline (nprobe {ours['nprobe']}, expansion {ours['query_expansion']})"
+    print(f"{pipeline:<36} {ours['precision_at_k']:>13.4f} {ours['map_at_k']:>8.4f}")
+    for name, scores in report["baselines"].items():
+        print(f"{name:<36} {scores['precision_at_k']:>13.4f} {scores['map_at_k']:>8.4f}")
+    print(f"recall@{k} of routed vs exact search: {ours['recall_vs_exact']:.4f}; "
+          f"mean query {ours['query_ms']:.2f} ms routed, {ours['exact_query_ms']:.2f} ms exact "
+          f"({ours['clusters']} clusters)")
+
+
+def _report_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    parser.add_argument("--out", default="report.html", help="HTML file to write")
+    parser.add_argument("--png", metavar="DIR", help="also save each figure as a PNG in DIR")
+    parser.add_argument("--max-points", type=_positive, default=3000, help="t-SNE sample size")
+    parser.add_argument("--thumbnails", type=_positive, default=8, help="images shown per cluster")
+    parser.add_argument("--max-clusters", type=_positive, default=60, help="clusters shown, largest first")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import build_report  # TensorFlow takes seconds to load
+
+    path = build_report(args.artifacts, args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
+                        max_clusters=args.max_clusters, png_dir=args.png)
+    print(f"report: {path}" + (f" (figures in {args.png})" if args.png else ""))
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--allow-private-urls", action="store_true",
+                        help="let URL queries reach loopback and private-network addresses")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .search import Searcher  # TensorFlow takes seconds to load
+    from .server import MAX_PIXELS, create_app
+
+    app = create_app(Searcher(args.artifacts, max_pixels=MAX_PIXELS), allow_private_urls=args.allow_private_urls)
+    print(f"serving {args.artifacts} on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

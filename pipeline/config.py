@@ -28,6 +28,44 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+CHOICES = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "loss": LOSSES, "output_activation": OUTPUT_ACTIVATIONS,
+           "pooling": POOLINGS, "metric": METRICS}
+WORDS = {"epochs": ("auto",), "clusters": ("auto",), "nprobe": ("auto", "all")}  # words a count setting accepts
+# One line of help per setting: the command line's flags are made from FitConfig's fields and these.
+SETTING_HELP = {
+    "backbone": "frozen ImageNet network the autoencoder learns over, or none to learn from pixels alone",
+    "image_size": "model input size in pixels",
+    "autoencoder_size": "from pixels (--backbone none): size the pixel autoencoder works at: the input is area-downscaled to it",
+    "latent_dim": "size of the learned latent and of each descriptor block after PCA",
+    "filters": "from pixels (--backbone none): channels of each stride-2 conv block, comma-separated",
+    "epochs": "maximum epochs (early stopping), or auto: a fixed number of training images in all",
+    "batch_size": "training batch size",
+    "learning_rate": "optimizer learning rate",
+    "optimizer": "training optimizer",
+    "loss": "from pixels (--backbone none): reconstruction loss",
+    "output_activation": "from pixels (--backbone none): activation of the reconstruction",
+    "noise": "from pixels (--backbone none): denoising input noise, 0 = off",
+    "consistency": "from pixels (--backbone none): weight of the view-consistency term, 0 = reconstruction alone",
+    "temperature": "from pixels (--backbone none): temperature of the view-consistency term",
+    "min_crop": "from pixels (--backbone none): smallest crop of a training view, as a share of the image area (1 = no crops)",
+    "color_jitter": "from pixels (--backbone none): colour jitter strength of the training views, 0 = none",
+    "flip_augment": "from pixels (--backbone none): mirrored training views",
+    "pooling": "from pixels (--backbone none): how the latent is taken from the code map",
+    "whitening": "PCA whitening strength of each descriptor block: 0 none, 1 full",
+    "orientation_weight": "share of the orientation histogram in the descriptor, 0 = none",
+    "color_weight": "share of the colour histogram in the descriptor, 0 = none",
+    "query_expansion": "nearest neighbours averaged into each query before ranking, 0 = none",
+    "validation_split": "share of the images held out for early stopping",
+    "patience": "epochs without a better validation loss before training stops",
+    "clusters": "number of KMeans clusters, or auto",
+    "metric": "distance between descriptors",
+    "nprobe": "clusters searched per query: a count, all, or auto (the smallest reaching target_recall)",
+    "target_recall": "recall@10 against exact search that nprobe auto must reach",
+    "seed": "random seed of training, clustering and sampling",
+    "decode_workers": "threads that decode images, 0 = one per CPU core",
+}
+
+
 @dataclass
 class FitConfig:
     """Settings of one fit; stored in the artifacts' manifest.
