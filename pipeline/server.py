@@ -1,6 +1,8 @@
 """The search service: one process that loads the artifacts once, serving a web page and a JSON API.
 
-- ``GET /``: the page (upload, drop or paste a URL; click a result to search by it).
+- ``GET /``: the page (upload, drop or paste a URL; click a result to search by it), with its
+  ``/page.js`` and ``/page.css``. Every response carries a strict Content-Security-Policy: no inline
+  script or style, scripts and styles from this server only.
 - ``POST /api/search``: multipart upload (field ``image``), or JSON ``{"url": ...}`` or ``{"id": ...}``;
   ``n`` and ``nprobe`` as form fields or JSON keys. Returns the ``predict.py --json`` object.
 - ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
@@ -20,7 +22,7 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -34,6 +36,11 @@ MAX_PIXELS = 40_000_000
 MAX_RESULTS = 100
 THUMBNAIL = 256
 _STATUS_OF_KIND = {"too_large": 413, "not_image": 415}
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                           "img-src 'self' blob: data: http: https:; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+_PAGE_FILES = {"index.html": "text/html; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
+               "page.css": "text/css; charset=utf-8"}
 
 
 def create_app(
@@ -46,7 +53,14 @@ def create_app(
     URL queries may reach loopback and private addresses only with ``allow_private_urls``.
     """
     app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None)
-    page = resources.files("pipeline").joinpath("web/index.html").read_text()
+    web = {name: resources.files("pipeline").joinpath(f"web/{name}").read_bytes() for name in _PAGE_FILES}
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @app.exception_handler(ImageError)
     async def image_error(_: Request, exc: ImageError) -> JSONResponse:
@@ -64,9 +78,17 @@ def create_app(
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
 
-    @app.get("/", response_class=HTMLResponse)
-    def index_page() -> str:
-        return page
+    @app.get("/")
+    def index_page() -> Response:
+        return Response(web["index.html"], media_type=_PAGE_FILES["index.html"])
+
+    @app.get("/page.js")
+    def page_script() -> Response:
+        return Response(web["page.js"], media_type=_PAGE_FILES["page.js"])
+
+    @app.get("/page.css")
+    def page_style() -> Response:
+        return Response(web["page.css"], media_type=_PAGE_FILES["page.css"])
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:

@@ -26,11 +26,19 @@ def photo_of(searcher, image_id=0):
         return handle.read()
 
 
-def test_page_is_served_without_external_resources(client):
+def test_page_is_served_without_external_resources_under_a_strict_policy(client):
     response = client.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
-    assert 'id="search"' in response.text and "/api/search" in response.text
-    assert "http://" not in response.text.replace("http://host", "") and "cdn" not in response.text.lower()
+    assert 'id="search"' in response.text and '<script src="/page.js">' in response.text
+    script, style = client.get("/page.js"), client.get("/page.css")
+    assert script.headers["content-type"].startswith("text/javascript") and "/api/search" in script.text
+    assert style.headers["content-type"].startswith("text/css")
+    for text in (response.text, script.text, style.text):
+        assert "http://" not in text and "https://" not in text.replace("https://…", "") and "cdn" not in text.lower()
+    assert "innerHTML" not in script.text and "<script>" not in response.text and "style=" not in response.text
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy and "unsafe-inline" not in policy
+    assert client.get("/api/health").headers["content-security-policy"] == policy  # on every response
 
 
 def test_health_and_stats(client, searcher):

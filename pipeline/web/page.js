@@ -1,0 +1,103 @@
+const $ = (id) => document.getElementById(id);
+const status = (text, isError) => { $("status").textContent = text; $("status").className = isError ? "error" : ""; };
+
+function options() {
+  const params = {n: $("n").value || "12"};
+  if ($("nprobe").value && $("nprobe").value !== "auto") params.nprobe = $("nprobe").value;
+  return params;
+}
+
+function render(data, querySrc) {
+  const img = document.createElement("img");
+  img.src = querySrc;
+  img.alt = "query";
+  const caption = document.createElement("div");
+  caption.textContent = `query: ${data.query} · searched ${data.nprobe} cluster(s): ${data.clusters.join(", ")}`;
+  $("query").replaceChildren(img, caption);
+  $("results").replaceChildren(...data.results.map(hitElement));
+  status(`${data.results.length} results`);
+}
+
+// One result, built from text nodes only: labels and paths come from folder names, never markup.
+function hitElement(hit) {
+  const a = document.createElement("a");
+  a.className = "hit" + (hit.same_image ? " same" : "");
+  a.href = "?" + new URLSearchParams({id: hit.id, ...options()});
+  a.dataset.id = hit.id;
+  a.title = hit.path;
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.alt = `result ${hit.rank}`;
+  img.src = `/api/images/${hit.id}`;
+  const distance = document.createElement("span");
+  distance.className = "distance";
+  distance.title = "cosine distance to the query, averaged with its nearest images when the search expands it: " +
+    "what the results are ranked by";
+  distance.textContent = `d=${hit.distance.toFixed(4)}`;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  meta.append(`#${hit.rank} · `, distance, document.createElement("br"),
+              `cluster ${hit.cluster}` + (hit.label ? ` · ${hit.label}` : ""));
+  if (hit.same_image) meta.append(document.createElement("br"), "same image");
+  a.append(img, meta);
+  a.addEventListener("click", (event) => { event.preventDefault(); searchBy({id: hit.id}, true); });
+  return a;
+}
+
+async function post(body, isForm) {
+  const response = await fetch("/api/search", isForm ? {method: "POST", body}
+    : {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+async function searchBy(query, remember) {
+  const params = {...query, ...options()};
+  if (remember) history.pushState(params, "", "?" + new URLSearchParams(params));
+  status("searching…");
+  try {
+    const data = await post({...params, n: Number(params.n), ...(query.id !== undefined ? {id: Number(query.id)} : {})});
+    render(data, query.id !== undefined ? `/api/images/${query.id}` : query.url);
+  } catch (error) { status(error.message, true); }
+}
+
+async function searchFile(file) {
+  const form = new FormData();
+  form.append("image", file);
+  for (const [key, value] of Object.entries(options())) form.append(key, value);
+  history.pushState(options(), "", "?" + new URLSearchParams(options()));
+  status("searching…");
+  try { render(await post(form, true), URL.createObjectURL(file)); } catch (error) { status(error.message, true); }
+}
+
+function fromLocation() {
+  const params = new URLSearchParams(location.search);
+  if (params.get("n")) $("n").value = params.get("n");
+  $("nprobe").value = params.get("nprobe") || "auto";
+  if (params.get("id") !== null) searchBy({id: params.get("id")}, false);
+  else if (params.get("url")) { $("url").value = params.get("url"); searchBy({url: params.get("url")}, false); }
+}
+
+$("search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if ($("url").value) searchBy({url: $("url").value}, true);
+  else if ($("file").files.length) searchFile($("file").files[0]);
+  else status("choose an image or paste a URL first", true);
+});
+$("file").addEventListener("change", () => { if ($("file").files.length) searchFile($("file").files[0]); });
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  if (event.dataTransfer.files.length) searchFile(event.dataTransfer.files[0]);
+});
+window.addEventListener("popstate", fromLocation);
+fetch("/api/stats").then((r) => r.json()).then((s) => {
+  const plural = (count, word) => `${count} ${word}${count === 1 ? "" : "s"}`;
+  $("stats").textContent = `${plural(s.images, "image")} · ${plural(s.clusters, "cluster")} · nprobe ${s.nprobe} by default` +
+    (s.labels.length ? ` · labels: ${s.labels.join(", ")}` : "");
+});
+fromLocation();
