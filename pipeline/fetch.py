@@ -26,12 +26,24 @@ MAX_REDIRECTS = 5
 _NON_IMAGE_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 
 
+# IPv6 prefixes whose last 32 bits carry an IPv4 address that the packets end up at (or may):
+# NAT64 (well-known and local-use), IPv4-compatible, and SIIT's IPv4-translated addresses.
+_IPV4_IN_LAST_32_BITS = tuple(ipaddress.ip_network(prefix) for prefix in
+                              ("64:ff9b::/96", "64:ff9b:1::/48", "::/96", "::ffff:0:0:0/96"))
+
+
 def is_public_address(address: str) -> bool:
     """True only for globally routable unicast addresses: False for loopback, private, shared
-    (carrier-grade NAT), link-local, reserved, multicast and unspecified ones."""
+    (carrier-grade NAT), link-local, reserved, multicast and unspecified ones. An IPv6 address
+    that embeds an IPv4 one (mapped, NAT64, 6to4, Teredo, IPv4-compatible or -translated) is
+    judged by that IPv4 address."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and any(ip in network for network in _IPV4_IN_LAST_32_BITS) and int(ip) & 0xFFFFFFFF:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
     return ip.is_global and not ip.is_multicast
 
 

@@ -91,7 +91,12 @@ def test_public_only_checks_the_connected_peer_too(served, monkeypatch):
     "address, public",
     [("8.8.8.8", True), ("2606:4700::1111", True), ("127.0.0.1", False), ("10.0.0.1", False),
      ("192.168.1.1", False), ("172.16.0.1", False), ("169.254.1.1", False), ("::1", False), ("fe80::1", False),
-     ("0.0.0.0", False), ("224.0.0.1", False), ("::ffff:127.0.0.1", False), ("100.64.0.1", False)],
+     ("0.0.0.0", False), ("224.0.0.1", False), ("::ffff:127.0.0.1", False), ("100.64.0.1", False),
+     # IPv6 forms that carry an IPv4 address: judged by it
+     ("64:ff9b::7f00:1", False), ("64:ff9b::a00:1", False), ("64:ff9b::808:808", True), ("64:ff9b:1::a9fe:a9fe", False),
+     ("2002:7f00:1::", False), ("2002:c0a8:101::1", False), ("2002:808:808::", True), ("::127.0.0.1", False),
+     ("::8.8.8.8", True), ("::ffff:0:7f00:1", False), ("::ffff:0:a9fe:a9fe", False),
+     ("2001:0:4136:e378:8000:63bf:80ff:fffe", False), ("::", False)],
 )
 def test_is_public_address(address, public):
     assert is_public_address(address) is public
