@@ -59,7 +59,7 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
     with ArtifactWriter(artifacts_dir) as writer:
         with tempfile.TemporaryDirectory(dir=writer.path) as scratch:
             decoded = decode_to_cache(records, os.path.join(scratch, "images.u8"), config.image_size,
-                                      config.decode_workers)
+                                      config.decode_workers, config.max_file_bytes)
             new_rows = [row for row, (record, digest) in enumerate(zip(decoded.records, decoded.hashes))
                         if (record.path, digest) not in indexed]
             vectors = embed_cache(encoder, decoded.cache, config.embedding_batch_size)[new_rows] if new_rows else None

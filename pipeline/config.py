@@ -63,6 +63,7 @@ SETTING_HELP = {
     "target_recall": "recall@10 against exact search that nprobe auto must reach",
     "seed": "random seed of training, clustering and sampling",
     "decode_workers": "threads that decode images, 0 = one per CPU core",
+    "max_file_mb": "image files larger than this many MB are skipped without being read",
 }
 
 
@@ -129,6 +130,7 @@ class FitConfig:
     target_recall: float = 0.95
     seed: int = 0
     decode_workers: int = 0  # threads that decode images; 0 = one per CPU core
+    max_file_mb: int = 256  # image files larger than this are skipped unread
 
     def __post_init__(self) -> None:
         self.filters = tuple(int(f) for f in self.filters)
@@ -147,6 +149,10 @@ class FitConfig:
     def embedding_batch_size(self) -> int:
         """Images per encoder call when embedding (bounded memory through the backbone)."""
         return min(self.batch_size, BACKBONE_BATCH_SIZE) if self.uses_backbone else self.batch_size
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mb * 2**20
 
     @property
     def learned_size(self) -> int:
@@ -181,7 +187,7 @@ class FitConfig:
                              f"(or orientation_weight 0), got {self.image_size}")
         if self.loss == "bce" and self.output_activation != "sigmoid":
             raise InputError("loss 'bce' needs output_activation 'sigmoid' (targets lie in [0, 1])")
-        for name in ("latent_dim", "batch_size"):
+        for name in ("latent_dim", "batch_size", "max_file_mb"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs != "auto" and (not isinstance(self.epochs, int) or self.epochs < 1):

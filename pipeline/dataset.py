@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import ImageError
-from .images import ImageRecord, content_hash, prepare_image, read_file
+from .images import MAX_FILE_BYTES, ImageRecord, content_hash, prepare_image, read_file
 
 log = logging.getLogger(__name__)
 _DECODE_CHUNK = 256
@@ -79,20 +79,22 @@ class DecodedImages:
     skipped: list[SkippedImage]
 
 
-def _load_one(record: ImageRecord, image_size: int) -> tuple[np.ndarray, str] | SkippedImage:
+def _load_one(record: ImageRecord, image_size: int, max_bytes: int) -> tuple[np.ndarray, str] | SkippedImage:
     try:
-        data = read_file(record.path)
+        data = read_file(record.path, max_bytes)
         return prepare_image(data, record.path, image_size), content_hash(data)
     except ImageError as exc:
         return SkippedImage(record.path, exc.reason)
 
 
 def decode_to_cache(
-    records: Sequence[ImageRecord], cache_path: str, image_size: int, workers: int = 0
+    records: Sequence[ImageRecord], cache_path: str, image_size: int, workers: int = 0,
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> DecodedImages:
     """Decode and resize every image in parallel threads into a cache file at ``cache_path``.
 
-    Unreadable, truncated, empty and non-image files are skipped with a warning, never fatal.
+    Unreadable, truncated, empty, non-image and non-regular files and files over ``max_bytes``
+    are skipped with a warning, never fatal.
     """
     workers = workers or os.cpu_count() or 1
     kept, hashes, skipped = [], [], []
@@ -100,7 +102,7 @@ def decode_to_cache(
         progress = tqdm(total=len(records), desc="decode", unit="img")
         for start in range(0, len(records), _DECODE_CHUNK):
             chunk = records[start : start + _DECODE_CHUNK]
-            for record, result in zip(chunk, pool.map(lambda r: _load_one(r, image_size), chunk)):
+            for record, result in zip(chunk, pool.map(lambda r: _load_one(r, image_size, max_bytes), chunk)):
                 if isinstance(result, SkippedImage):
                     log.warning("skipped %s: %s", result.path, result.reason)
                     skipped.append(result)

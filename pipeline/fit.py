@@ -77,7 +77,8 @@ def fit(
         with tempfile.TemporaryDirectory(dir=writer.path) as scratch:  # the decoded-image cache
             with _stage("decode", seconds):
                 decoded = decode_to_cache(
-                    records, os.path.join(scratch, "images.u8"), config.image_size, config.decode_workers
+                    records, os.path.join(scratch, "images.u8"), config.image_size, config.decode_workers,
+                    config.max_file_bytes,
                 )
             if not decoded.records:
                 raise InputError(f"{data_dir}: none of the {len(records)} image files could be decoded")

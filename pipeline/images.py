@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from .errors import ImageError, InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 MAX_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
+MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
 
 
 @dataclass(frozen=True)
@@ -121,14 +123,32 @@ def thumbnail_jpeg(path: str, size: int, quality: int = 85) -> bytes:
     return cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """Read a file's bytes, turning OS errors into an ImageError that names the file."""
+def read_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a regular file's bytes, at most ``max_bytes`` of them; ImageError naming the file otherwise.
+
+    The file is opened without blocking and checked on the opened descriptor, so a FIFO, a device
+    (a link to /dev/zero) or a folder is refused at once, and a file over ``max_bytes`` is refused
+    by its size before anything is read.
+    """
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ImageError(str(path), "no such file") from None
-    except IsADirectoryError:
-        raise ImageError(str(path), "is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(str(path), f"cannot read ({exc.strerror})") from None
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode) or status.st_size > max_bytes:
+        os.close(descriptor)
+        if stat.S_ISDIR(status.st_mode):
+            raise ImageError(str(path), "is a folder, not an image file")
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageError(str(path), "not a regular file (a pipe, device or socket)")
+        raise ImageError(str(path), f"too large ({status.st_size:,} bytes, the limit is {max_bytes:,})", "too_large")
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(str(path), f"cannot read ({exc.strerror})") from None
+        if len(data) > max_bytes:  # it grew while being read
+            raise ImageError(str(path), f"too large (over {max_bytes:,} bytes)", "too_large")
+        return data

@@ -1,6 +1,7 @@
 """Finding, decoding and fetching images: real photos plus synthetic special cases."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -106,6 +107,38 @@ def test_read_file_errors_name_the_path(tmp_path):
         read_file(tmp_path / "missing.jpg")
     with pytest.raises(ImageError, match="is a folder"):
         read_file(tmp_path)
+
+
+def test_only_regular_files_of_bounded_size_are_read(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it for reading would wait for a writer forever
+    with pytest.raises(ImageError, match="pipe.jpg: not a regular file"):
+        read_file(tmp_path / "pipe.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")  # endless
+    with pytest.raises(ImageError, match="zero.jpg: not a regular file"):
+        read_file(tmp_path / "zero.jpg")
+    with open(tmp_path / "sparse.jpg", "wb") as handle:  # 3 GB on paper, nothing on disk
+        handle.truncate(3 * 2**30)
+    with pytest.raises(ImageError, match=r"sparse.jpg: too large \(3,221,225,472 bytes") as caught:
+        read_file(tmp_path / "sparse.jpg")
+    assert caught.value.kind == "too_large"
+    assert read_file(PHOTO, max_bytes=PHOTO.stat().st_size) == PHOTO.read_bytes()
+    with pytest.raises(ImageError, match="too large"):
+        read_file(PHOTO, max_bytes=PHOTO.stat().st_size - 1)
+
+
+def test_a_fit_skips_and_lists_a_fifo_a_device_link_and_an_oversized_file(tmp_path):
+    from conftest import copy_subset, tiny_config
+    from pipeline.fit import fit
+
+    data = copy_subset(tmp_path / "data", classes=("hat", "shoes"), per_class=3)
+    os.mkfifo(data / "hat" / "pipe.jpg")
+    (data / "hat" / "zero.jpg").symlink_to("/dev/zero")
+    with open(data / "shoes" / "huge.jpg", "wb") as handle:
+        handle.truncate(2 * 2**20)
+    summary = fit(data, tmp_path / "artifacts", tiny_config(max_file_mb=1))
+    assert summary.images == 6
+    assert {os.path.basename(s.path): s.reason.split(" (")[0] for s in summary.skipped} == {
+        "pipe.jpg": "not a regular file", "zero.jpg": "not a regular file", "huge.jpg": "too large"}
 
 
 def test_prepare_image_is_deterministic_and_square():
