@@ -12,6 +12,7 @@ import numpy as np
 
 from .artifacts import current_fit, load_catalog, load_embeddings, load_index, load_model, read_manifest
 from .embed import embed_images
+from .errors import InputError
 from .fetch import fetch_url
 from .images import MAX_PIXELS, content_hash, prepare_image, read_file
 
@@ -103,9 +104,12 @@ class Searcher:
         (same content hash) come first at distance 0, with ``same_image=True``, or are left out
         with ``exclude_self``; they are never used for the expansion.
         """
+        if n < 1 or (expansion is not None and expansion < 0):
+            raise InputError(f"n must be at least 1 and expansion at least 0, got {n} and {expansion}")
+        n = min(n, len(self.catalog))  # never more results than images: no huge allocation for a huge n
         copies = self._copies.get(query_hash, [])
         nprobe = self.index.resolve_nprobe(self.default_nprobe if nprobe is None else nprobe)
-        expansion = self.default_expansion if expansion is None else expansion
+        expansion = min(self.default_expansion if expansion is None else expansion, len(self.catalog))
         hits = self.index.search(vector[None], n + len(copies), nprobe, expansion, np.array([copies or [-1]]))
         ranked = [(int(i), float(d)) for i, d in zip(hits.ids[0], hits.distances[0]) if i >= 0 and i not in copies]
         if not exclude_self:

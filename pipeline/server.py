@@ -111,8 +111,10 @@ def create_app(
     @app.post("/api/search")
     async def search(request: Request) -> dict[str, Any]:
         content_type = request.headers.get("content-type", "")
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > max_upload_bytes:
+        declared = request.headers.get("content-length") or "0"
+        if not declared.isdecimal():
+            raise HTTPException(400, f"Content-Length must be a whole number of bytes, got {declared!r}")
+        if len(declared) > 15 or int(declared) > max_upload_bytes:
             raise HTTPException(413, f"request of {declared} bytes is over the {max_upload_bytes}-byte limit")
         if content_type.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=4)
@@ -127,7 +129,7 @@ def create_app(
         elif content_type.startswith("application/json"):
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
                 raise HTTPException(400, "the request body is not valid JSON") from None
             if not isinstance(body, dict) or ("url" in body) == ("id" in body):
                 raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
@@ -167,7 +169,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def _image_id(text: str, searcher: Searcher) -> int:
     """An image id from a request: a decimal row number of the catalog, else 404."""
-    if not text.isdecimal() or int(text) >= len(searcher.catalog):
+    if not text.isdecimal() or len(text) > 18 or int(text) >= len(searcher.catalog):
         raise HTTPException(404, f"no image with id {text!r}")
     return int(text)
 
@@ -184,7 +186,7 @@ def _options(n: Optional[Any], nprobe: Optional[Any]) -> dict[str, Any]:
         return {"n": count, "nprobe": None}
     if str(nprobe) == "all":
         return {"n": count, "nprobe": "all"}
-    if not str(nprobe).isdecimal() or int(nprobe) < 1:
+    if not str(nprobe).isdecimal() or len(str(nprobe)) > 9 or int(nprobe) < 1:
         raise InputError(f"nprobe must be a positive whole number, 'all' or 'auto', got {nprobe!r}")
     return {"n": count, "nprobe": int(nprobe)}
 

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pipeline.errors import InputError
 from pipeline.server import create_app
 
 
@@ -133,3 +134,23 @@ def test_images_are_served_by_id_only(client, searcher):
         response = client.get(path)
         assert response.status_code == 404, path
         assert "error" in response.json() and "root:" not in response.text
+
+
+def test_hostile_numbers_and_bodies_are_clean_errors_not_500s(client):
+    huge = "9" * 5000  # past Python's limit for turning digits into an int
+    assert client.get(f"/api/images/{huge}").status_code == 404
+    assert client.post("/api/search", json={"id": huge}).status_code == 404
+    response = client.post("/api/search", json={"id": 1, "nprobe": huge})
+    assert response.status_code == 422 and "nprobe" in response.json()["error"]
+    nested = client.post("/api/search", content=b"[" * 100_000, headers={"Content-Type": "application/json"})
+    assert nested.status_code == 400 and "not valid JSON" in nested.json()["error"]
+    length = client.post("/api/search", content=b"{}", headers={"Content-Type": "application/json",
+                                                                "Content-Length": "abc"})
+    assert length.status_code == 400 and "Content-Length" in length.json()["error"]
+
+
+def test_a_huge_n_or_expansion_from_python_is_bounded_by_the_collection(searcher):
+    result = searcher.search_indexed(3, n=10**12, expansion=10**12)
+    assert len(result.results) == len(searcher.catalog) and result.expansion == len(searcher.catalog)
+    with pytest.raises(InputError, match="n must be at least 1"):
+        searcher.search_indexed(3, n=0)
