@@ -139,11 +139,12 @@ def _read_body(response: requests.Response, url: str, max_bytes: int, deadline: 
     content_type = response.headers.get("Content-Type", "").lower()
     if content_type.startswith(_NON_IMAGE_TYPES):
         raise ImageError(url, f"not an image (content type {content_type.split(';')[0]})", "not_image")
-    declared = int(response.headers.get("Content-Length") or 0)
-    if declared > max_bytes:
+    declared = response.headers.get("Content-Length") or "0"
+    if declared.isdecimal() and (len(declared) > 15 or int(declared) > max_bytes):
         raise ImageError(url, f"too large ({declared} bytes, limit {max_bytes})", "too_large")
     body = bytearray()
-    for chunk in response.iter_content(chunk_size=64 * 1024):
+    # read1 returns what has arrived (at least a byte), so a server that drips bytes still meets the deadline
+    while chunk := response.raw.read1(64 * 1024, decode_content=True):
         body.extend(chunk)
         if len(body) > max_bytes:
             raise ImageError(url, f"too large (over {max_bytes} bytes)", "too_large")

@@ -61,7 +61,7 @@ def searcher(fitted):
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, plus /slow (answers after 3 s), /page.html (an HTML page) and
+    """Serves a folder, plus /slow (answers after 3 s), /drip (a byte every 0.1 s), /page.html (an HTML page) and
     /redirect/N (N redirects, then /photo.jpg) and /redirect-to-file (to a file:// URL)."""
 
     def do_GET(self):
@@ -78,6 +78,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return
         if self.path == "/slow":
             time.sleep(3)
+        if self.path == "/drip":  # an image header, then one byte every 0.1 s for 6 s
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            try:
+                for _ in range(60):
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up, as it should
+                pass
+            return
         if self.path == "/page.html":
             body = b"<html><body>not an image</body></html>"
             self.send_response(200)

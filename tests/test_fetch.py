@@ -1,6 +1,7 @@
 """Fetching image URLs from a local HTTP server: limits, errors, redirects, and the public-only guard."""
 
 import shutil
+import time
 
 import pytest
 
@@ -100,3 +101,10 @@ def test_public_only_checks_the_connected_peer_too(served, monkeypatch):
 )
 def test_is_public_address(address, public):
     assert is_public_address(address) is public
+
+
+def test_a_server_that_drips_bytes_meets_the_total_time_limit(served):
+    start = time.monotonic()
+    with pytest.raises(ImageError, match="timed out after 1 s") as caught:
+        fetch_url(served + "/drip", timeout=1)
+    assert time.monotonic() - start < 2.5 and caught.value.kind == "unreachable"  # not the 6 s of the drip
