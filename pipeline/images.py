@@ -38,11 +38,12 @@ def find_images(root: str | os.PathLike) -> list[ImageRecord]:
     """Every image file under ``root`` (recursively, sorted, hidden entries skipped).
 
     The label of ``root/cat/x.jpg`` and of ``root/cat/sub/y.png`` is ``"cat"``; files directly in
-    ``root`` have no label. Paths keep the form of ``root`` as given (relative stays relative).
+    ``root`` have no label. Paths are absolute, so a bundle's catalog finds its photos from any
+    working folder.
     """
-    root = Path(root)
-    if not root.is_dir():
+    if not Path(root).is_dir():
         raise InputError(f"{root}: not a folder")
+    root = Path(os.path.abspath(root))
     records = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))

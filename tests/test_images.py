@@ -34,6 +34,13 @@ def test_find_images_recurses_labels_by_first_folder_and_skips_hidden_and_other_
     }
 
 
+def test_find_images_gives_absolute_paths_for_a_relative_folder(tmp_path, monkeypatch):
+    (tmp_path / "photos" / "dogs").mkdir(parents=True)
+    (tmp_path / "photos" / "dogs" / "a.jpg").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert [r.path for r in find_images("photos")] == [str(tmp_path / "photos" / "dogs" / "a.jpg")]
+
+
 def test_find_images_on_a_missing_folder_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         find_images(tmp_path / "absent")
