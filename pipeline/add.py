@@ -46,17 +46,18 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
     new, nothing is written.
     """
     start = time.perf_counter()
-    folder = current_fit(artifacts_dir)
-    manifest = read_manifest(folder)
-    config = FitConfig.from_dict(manifest["settings"])
-    stored = load_embeddings(folder)
-    catalog, index, encoder = load_catalog(folder), load_index(folder, stored), load_model(folder)
+    current_fit(artifacts_dir)  # a clear error before anything else when there is no fit
     records = find_images(new_dir)
     if not records:
         raise InputError(f"{new_dir}: no image files found")
-    indexed = set(zip(catalog.paths, catalog.hashes))
 
-    with ArtifactWriter(artifacts_dir) as writer:
+    with ArtifactWriter(artifacts_dir) as writer:  # the fit is read under the writer's lock: no lost update
+        folder = current_fit(artifacts_dir)
+        manifest = read_manifest(folder)
+        config = FitConfig.from_dict(manifest["settings"])
+        stored = load_embeddings(folder)
+        catalog, index, encoder = load_catalog(folder), load_index(folder, stored), load_model(folder)
+        indexed = set(zip(catalog.paths, catalog.hashes))
         with tempfile.TemporaryDirectory(dir=writer.path) as scratch:
             decoded = decode_to_cache(records, os.path.join(scratch, "images.u8"), config.image_size,
                                       config.decode_workers, config.max_file_bytes)

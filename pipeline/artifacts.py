@@ -19,6 +19,7 @@ are read with ``allow_pickle=False``, so loading a bundle from someone else runs
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -35,6 +36,7 @@ from .index import ClusteredIndex
 
 FORMAT_VERSION = 3  # 3: encoder = blocks + descriptor head (2: no backbone; 1: a scikit-learn KNN per cluster)
 POINTER = "CURRENT"
+LOCK = ".lock"
 REQUIRED_FILES = (
     "manifest.json",
     "encoder.keras",
@@ -60,19 +62,34 @@ class Catalog:
 
 
 class ArtifactWriter:
-    """Context manager that stages a new fit and commits it atomically.
+    """Context manager that stages a new fit and commits it atomically, as the folder's only writer.
 
-    Files are written under ``writer.path``; :meth:`commit` makes them the current fit. Leaving
-    the block without a commit (an exception, an interrupt) deletes the staging folder and keeps
-    the previous fit.
+    Entering takes an exclusive lock on the artifacts folder (``.lock``, released when the process
+    ends, however it ends); a second writer (a fit, an add) fails at once with ArtifactError
+    instead of silently overwriting the first one's work. A writer that updates the current fit
+    reads it inside the block. Files are written under ``writer.path``; :meth:`commit` makes them
+    the current fit. Leaving the block without a commit (an exception, an interrupt) deletes the
+    staging folder and keeps the previous fit.
     """
 
     def __init__(self, artifacts_dir: str | os.PathLike):
         self.root = Path(artifacts_dir)
         self.path: Path | None = None
+        self._lock: Optional[int] = None
 
     def __enter__(self) -> "ArtifactWriter":
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._lock)
+            self._lock = None
+            raise ArtifactError(f"{self.root}: another fit or add is writing to it (process {holder}); "
+                                f"try again when it has finished") from None
+        os.ftruncate(self._lock, 0)
+        os.pwrite(self._lock, f"{os.getpid()}\n".encode(), 0)
         _remove_abandoned_staging(self.root)
         self.path = self.root / f"{_STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.path.mkdir()
@@ -81,6 +98,9 @@ class ArtifactWriter:
     def __exit__(self, *exc_info) -> None:
         if self.path is not None and self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         """Write the manifest, move the staged fit into place, point CURRENT at it, drop old fits."""

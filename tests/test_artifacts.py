@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.artifacts import (FORMAT_VERSION, REQUIRED_FILES, ArtifactWriter, current_fit, load_embeddings,
-                                load_index, save_index)
+from pipeline.artifacts import (FORMAT_VERSION, LOCK, REQUIRED_FILES, ArtifactWriter, current_fit,
+                                load_embeddings, load_index, save_index)
 from pipeline.errors import ArtifactError
 from pipeline.index import ClusteredIndex
 
@@ -45,7 +45,7 @@ def test_a_failed_fit_keeps_the_previous_one_and_leaves_no_staging(tmp_path):
             (writer.path / "encoder.keras").write_text("half written")
             raise RuntimeError("training blew up")
     assert current_fit(tmp_path) == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["CURRENT", good.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["CURRENT", LOCK, good.name])
 
 
 def test_staging_left_by_a_killed_fit_is_cleaned_by_the_next(tmp_path):
@@ -106,3 +106,33 @@ def test_an_index_that_does_not_fit_its_embeddings_is_a_clear_error(tmp_path):
     save_index(tmp_path, ClusteredIndex("cosine").fit(vectors, vectors[:3]), vectors)
     with pytest.raises(ArtifactError, match="index.npz: cannot load the index .*do not fit"):
         load_index(tmp_path, vectors[:15])  # a catalog shorter than the index
+
+
+def test_a_second_writer_fails_at_once_and_the_first_one_wins(tmp_path):
+    with ArtifactWriter(tmp_path) as first:
+        with pytest.raises(ArtifactError, match=rf"another fit or add is writing to it \(process {os.getpid()}\)"):
+            with ArtifactWriter(tmp_path):
+                pass
+        committed = stage_fit(first, "first")
+    assert current_fit(tmp_path) == committed
+    with ArtifactWriter(tmp_path) as again:  # the lock is released with the first writer
+        assert stage_fit(again, "again") == current_fit(tmp_path)
+
+
+def test_a_writer_in_another_process_blocks_this_one(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipeline.artifacts import ArtifactWriter\n"
+                               f"with ArtifactWriter({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ArtifactError, match=f"process {holder.pid}"):
+            ArtifactWriter(tmp_path).__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    with ArtifactWriter(tmp_path) as writer:  # a killed holder leaves no lock behind
+        stage_fit(writer, "after")
