@@ -116,6 +116,7 @@ def create_app(
             raise HTTPException(400, f"Content-Length must be a whole number of bytes, got {declared!r}")
         if len(declared) > 15 or int(declared) > max_upload_bytes:
             raise HTTPException(413, f"request of {declared} bytes is over the {max_upload_bytes}-byte limit")
+        request = await _with_capped_body(request, max_upload_bytes)  # chunked bodies declare no length
         if content_type.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=4)
             upload = form.get("image")
@@ -161,6 +162,21 @@ def create_app(
         raise HTTPException(404, f"no such page: /{path}")
 
     return app
+
+
+async def _with_capped_body(request: Request, limit: int) -> Request:
+    """The request with its body read into memory, refused (413) as soon as it passes ``limit``
+    bytes, whatever its Content-Length said; parsing then works on that bounded copy."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise HTTPException(413, f"request body over the {limit}-byte limit")
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    return Request(request.scope, replay)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -113,6 +113,17 @@ def test_oversized_upload_is_413(client):
     assert response.status_code == 413 and "limit" in response.json()["error"]
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "multipart/form-data; boundary=x"])
+def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit(client, content_type):
+    def chunks():  # 3 MB against the 2 MB limit, with no Content-Length: sent chunked
+        for _ in range(48):
+            yield b"[" + b" " * 65_535 if content_type == "application/json" else b"x" * 65_536
+
+    response = client.post("/api/search", content=chunks(), headers={"Content-Type": content_type})
+    assert response.status_code == 413 and "over the 2000000-byte limit" in response.json()["error"]
+    assert "content-length" not in {key.lower() for key in response.request.headers}
+
+
 def test_too_many_pixels_is_413(searcher):
     from pipeline.search import Searcher
 
