@@ -80,7 +80,13 @@ def _resolve(host: str, port: int) -> set[str]:
 
 
 def _check_url(url: str, original: str, allow_private: bool) -> None:
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        if parsed.hostname and not parsed.hostname.startswith("["):
+            parsed.hostname.encode("idna")  # every label 1 to 63 characters
+        port = parsed.port  # a port out of range raises here
+    except (ValueError, UnicodeError) as exc:
+        raise ImageError(original, f"not a valid URL ({exc})", "invalid") from None
     scheme = parsed.scheme.lower()
     if scheme not in ("http", "https"):
         raise ImageError(original, f"only http and https URLs are supported, not {scheme or 'a bare path'!r}", "refused")
@@ -89,7 +95,7 @@ def _check_url(url: str, original: str, allow_private: bool) -> None:
     if allow_private:
         return
     try:
-        addresses = _resolve(parsed.hostname, parsed.port or 80)
+        addresses = _resolve(parsed.hostname, port or 80)
     except socket.gaierror:
         raise ImageError(original, f"cannot resolve host {parsed.hostname}", "unreachable") from None
     blocked = sorted(a for a in addresses if not is_public_address(a))

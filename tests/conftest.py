@@ -62,9 +62,14 @@ def searcher(fitted):
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder, plus /slow (answers after 3 s), /drip (a byte every 0.1 s), /page.html (an HTML page) and
-    /redirect/N (N redirects, then /photo.jpg) and /redirect-to-file (to a file:// URL)."""
+    /redirect/N (N redirects, then /photo.jpg), /redirect-to-file (to a file:// URL) and /redirect-to-bad-port."""
 
     def do_GET(self):
+        if self.path == "/redirect-to-bad-port":
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:99999/photo.jpg")
+            self.end_headers()
+            return
         if self.path == "/redirect-to-file":
             self.send_response(302)
             self.send_header("Location", "file:///etc/passwd")

@@ -108,3 +108,17 @@ def test_a_server_that_drips_bytes_meets_the_total_time_limit(served):
     with pytest.raises(ImageError, match="timed out after 1 s") as caught:
         fetch_url(served + "/drip", timeout=1)
     assert time.monotonic() - start < 2.5 and caught.value.kind == "unreachable"  # not the 6 s of the drip
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://example.com:99999/x.jpg", "http://" + "a" * 300 + ".com/x.jpg",
+                                 "http://a..b/x.jpg", "http://[zz::1]/x.jpg"])
+@pytest.mark.parametrize("allow_private", [True, False])
+def test_malformed_urls_are_clean_errors(url, allow_private):
+    with pytest.raises(ImageError, match="not a valid URL") as caught:
+        fetch_url(url, timeout=2, allow_private=allow_private)
+    assert caught.value.kind == "invalid" and str(caught.value).startswith(url)
+
+
+def test_a_redirect_to_a_malformed_url_is_a_clean_error(served, http_root):
+    with pytest.raises(ImageError, match="not a valid URL"):
+        fetch_url(served + "/redirect-to-bad-port")
