@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import (ArtifactWriter, Catalog, current_fit, load_catalog, load_embeddings, load_index, load_model,
-                        read_manifest, save_catalog, save_index)
-from .config import FitConfig
+from .artifacts import (ArtifactWriter, Catalog, check_consistent, current_fit, load_catalog, load_embeddings,
+                        load_index, load_model, read_manifest, save_catalog, save_index)
 from .dataset import SkippedImage, decode_to_cache
 from .embed import embed_cache
 from .errors import InputError
@@ -53,10 +52,9 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
 
     with ArtifactWriter(artifacts_dir) as writer:  # the fit is read under the writer's lock: no lost update
         folder = current_fit(artifacts_dir)
-        manifest = read_manifest(folder)
-        config = FitConfig.from_dict(manifest["settings"])
-        stored = load_embeddings(folder)
-        catalog, index, encoder = load_catalog(folder), load_index(folder, stored), load_model(folder)
+        manifest, stored, catalog = read_manifest(folder), load_embeddings(folder), load_catalog(folder)
+        config = check_consistent(folder, manifest, catalog, stored)
+        index, encoder = load_index(folder, stored), load_model(folder)
         indexed = set(zip(catalog.paths, catalog.hashes))
         with tempfile.TemporaryDirectory(dir=writer.path) as scratch:
             decoded = decode_to_cache(records, os.path.join(scratch, "images.u8"), config.image_size,

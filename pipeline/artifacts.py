@@ -25,13 +25,15 @@ import os
 import secrets
 import shutil
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from .errors import ArtifactError
+from .config import FitConfig
+from .errors import ArtifactError, PipelineError
 from .index import ClusteredIndex
 
 FORMAT_VERSION = 3  # 3: encoder = blocks + descriptor head (2: no backbone; 1: a scikit-learn KNN per cluster)
@@ -159,11 +161,19 @@ def current_fit(artifacts_dir: str | os.PathLike) -> Path:
     return folder
 
 
+MANIFEST_FIELDS = {"settings": dict, "images": int, "nprobe": int, "clusters": int}  # what a search relies on
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest, checked to be a JSON object (ArtifactError naming the file if not)."""
+    path = folder / "manifest.json"
     try:
-        return json.loads((folder / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{folder / 'manifest.json'}: unreadable manifest ({exc})") from None
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: not a manifest (a JSON object), got {type(manifest).__name__}")
+    return manifest
 
 
 def save_catalog(folder: Path, catalog: Catalog) -> None:
@@ -171,7 +181,33 @@ def save_catalog(folder: Path, catalog: Catalog) -> None:
 
 
 def load_catalog(folder: Path) -> Catalog:
-    return Catalog(**json.loads((folder / "catalog.json").read_text()))
+    """The catalog, checked to be four lists of one length (ArtifactError naming the file if not)."""
+    path = folder / "catalog.json"
+    try:
+        catalog = Catalog(**json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError) as exc:
+        raise ArtifactError(f"{path}: unreadable catalog ({exc}); fit again") from None
+    columns = asdict(catalog)
+    if not all(isinstance(column, list) for column in columns.values()) or len({len(c) for c in columns.values()}) > 1:
+        raise ArtifactError(f"{path}: corrupt catalog (its columns differ in length or are not lists); fit again")
+    return catalog
+
+
+def check_consistent(folder: Path, manifest: dict[str, Any], catalog: Catalog, embeddings: np.ndarray) -> FitConfig:
+    """The fit's settings; ArtifactError unless the manifest has what a search relies on and it,
+    the catalog and the embeddings describe the same images."""
+    wrong = [name for name, kind in MANIFEST_FIELDS.items() if not isinstance(manifest.get(name), kind)]
+    if wrong:
+        raise ArtifactError(f"{folder / 'manifest.json'}: corrupt manifest, {', '.join(wrong)} missing or of the "
+                            f"wrong type; fit again")
+    counts = {"manifest": manifest["images"], "catalog.json": len(catalog), "embeddings.npy": len(embeddings)}
+    if len(set(counts.values())) > 1 or embeddings.ndim != 2:
+        described = ", ".join(f"{name} {count}" for name, count in counts.items())
+        raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
+    try:
+        return FitConfig.from_dict(manifest["settings"])
+    except (PipelineError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{folder / 'manifest.json'}: corrupt settings ({exc}); fit again") from None
 
 
 def save_index(folder: Path, index: ClusteredIndex, embeddings: np.ndarray) -> None:
@@ -193,7 +229,7 @@ def load_index(folder: Path, embeddings: np.ndarray) -> ClusteredIndex:
         with np.load(folder / "index.npz", allow_pickle=False) as arrays:
             return ClusteredIndex.from_arrays(str(arrays["metric"]), arrays["centroids"], arrays["assignments"],
                                               embeddings)
-    except (OSError, ValueError, KeyError) as exc:  # missing, truncated, an object array, or not fitting
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # missing, truncated, an object array, unfit
         raise ArtifactError(f"{folder / 'index.npz'}: cannot load the index ({exc})") from None
 
 

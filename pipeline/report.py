@@ -22,7 +22,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score
 from tqdm import tqdm
 
-from .artifacts import current_fit, load_catalog, load_embeddings, load_index, load_model, read_manifest
+from .artifacts import check_consistent, current_fit, load_catalog, load_embeddings, load_index, load_model, read_manifest
 from .dataset import to_model_input
 from .errors import ImageError
 from .images import prepare_image, read_file, thumbnail_jpeg
@@ -66,8 +66,9 @@ def build_report(
     ``max_clusters`` largest clusters. With ``png_dir``, every figure is also saved as a PNG.
     """
     folder = current_fit(artifacts_dir)
-    embeddings = load_embeddings(folder)
-    manifest, catalog, index = read_manifest(folder), load_catalog(folder), load_index(folder, embeddings)
+    manifest, embeddings, catalog = read_manifest(folder), load_embeddings(folder), load_catalog(folder)
+    check_consistent(folder, manifest, catalog, embeddings)
+    index = load_index(folder, embeddings)
     clusters = np.asarray(catalog.clusters)
     vectors = prepare_vectors(embeddings, index.metric)
     labelled = any(label is not None for label in catalog.labels)

@@ -10,7 +10,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .artifacts import current_fit, load_catalog, load_embeddings, load_index, load_model, read_manifest
+from .artifacts import (check_consistent, current_fit, load_catalog, load_embeddings, load_index, load_model,
+                        read_manifest)
 from .embed import embed_images
 from .errors import InputError
 from .fetch import fetch_url
@@ -52,14 +53,15 @@ class Searcher:
     def __init__(self, artifacts_dir: Union[str, os.PathLike] = "artifacts", max_pixels: int = MAX_PIXELS):
         self.folder = current_fit(artifacts_dir)
         self.manifest = read_manifest(self.folder)
-        self.image_size = int(self.manifest["settings"]["image_size"])
-        self.default_nprobe = int(self.manifest["nprobe"])
-        self.default_expansion = int(self.manifest["settings"].get("query_expansion", 0))  # 0 before it existed
+        self.embeddings = load_embeddings(self.folder)
+        self.catalog = load_catalog(self.folder)
+        settings = check_consistent(self.folder, self.manifest, self.catalog, self.embeddings)
+        self.image_size = settings.image_size
+        self.default_nprobe = self.manifest["nprobe"]
+        self.default_expansion = settings.query_expansion
         self.max_pixels = max_pixels
         self.encoder = load_model(self.folder)
-        self.embeddings = load_embeddings(self.folder)
         self.index = load_index(self.folder, self.embeddings)
-        self.catalog = load_catalog(self.folder)
         self._copies: dict[str, list[int]] = defaultdict(list)  # content hash -> ids of the indexed copies
         for image_id, content in enumerate(self.catalog.hashes):
             self._copies[content].append(image_id)

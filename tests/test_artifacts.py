@@ -136,3 +136,55 @@ def test_a_writer_in_another_process_blocks_this_one(tmp_path):
         holder.wait()
     with ArtifactWriter(tmp_path) as writer:  # a killed holder leaves no lock behind
         stage_fit(writer, "after")
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_json(name, change):
+    def corrupt(folder):
+        path = folder / name
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return corrupt
+
+
+def _shorter_index(folder):
+    with np.load(folder / "index.npz") as arrays:
+        np.savez(folder / "index.npz", metric=arrays["metric"], centroids=arrays["centroids"],
+                 assignments=arrays["assignments"][:-1])
+
+
+CORRUPTIONS = {
+    "manifest-a-list": (lambda folder: (folder / "manifest.json").write_text("[]"), "not a manifest"),
+    "manifest-truncated": (lambda folder: _truncate(folder / "manifest.json"), "unreadable manifest"),
+    "manifest-without-nprobe": (_edit_json("manifest.json", lambda m: {k: v for k, v in m.items() if k != "nprobe"}),
+                                "corrupt manifest, nprobe missing"),
+    "settings-corrupt": (_edit_json("manifest.json", lambda m: {**m, "settings": {**m["settings"], "image_size": "x"}}),
+                         "corrupt settings"),
+    "catalog-truncated": (lambda folder: _truncate(folder / "catalog.json"), "unreadable catalog"),
+    "catalog-wrong-shape": (_edit_json("catalog.json", lambda c: {**c, "paths": 1}), "corrupt catalog"),
+    "catalog-shorter-than-the-index": (_edit_json("catalog.json", lambda c: {k: v[:-1] for k, v in c.items()}),
+                                       "corrupt catalog|image counts differ"),
+    "embeddings-truncated": (lambda folder: _truncate(folder / "embeddings.npy"), "cannot load the embeddings"),
+    "embeddings-a-pickle": (lambda folder: np.save(folder / "embeddings.npy", np.array([{}], dtype=object)),
+                            "cannot load the embeddings"),
+    "index-truncated": (lambda folder: _truncate(folder / "index.npz"), "cannot load the index"),
+    "index-shorter-than-the-catalog": (_shorter_index, "cannot load the index"),
+    "encoder-truncated": (lambda folder: _truncate(folder / "encoder.keras"), "cannot load the model"),
+    "current-points-nowhere": (lambda folder: (folder.parent / "CURRENT").write_text("fit-gone\n"), "incomplete artifacts"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_a_corrupt_bundle_is_one_clear_error(fitted, tmp_path, kind):
+    import shutil
+
+    from pipeline.search import Searcher
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    corrupt, message = CORRUPTIONS[kind]
+    corrupt(current_fit(artifacts))
+    with pytest.raises(ArtifactError, match=message):
+        Searcher(artifacts)
