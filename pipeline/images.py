@@ -10,10 +10,12 @@ import hashlib
 import io
 import os
 import stat
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import cv2
 import numpy as np
@@ -24,6 +26,47 @@ from .errors import ImageError, InputError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 MAX_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
 MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
+DECODE_BUDGET_PIXELS = 64_000_000  # pixels being decoded at once in this process, all threads together
+
+
+class PixelBudget:
+    """A counting semaphore in pixels: at most ``capacity`` pixels decoded at once, process-wide.
+
+    A decoded image takes about 10 bytes a pixel at its peak (the RGB array and its copies), and
+    a small compressed file can hold a huge image, so many threads decoding at once (a fit's
+    decode pool, a server's request threads) are bounded in memory by this budget, not by their
+    number. An image larger than the whole budget waits until it can run alone.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
+DECODE_BUDGET = PixelBudget(DECODE_BUDGET_PIXELS)
+
+
+def _pixels(data: bytes) -> int:
+    """The pixel count an image's header declares (0 when it cannot be read: decoding will say why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width * image.height
+    except Exception:  # any failure here is reported by the decode itself
+        return 0
 
 
 @dataclass(frozen=True)
@@ -111,16 +154,22 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare_image(data: bytes, source: str, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike."""
-    return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
+    """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike.
+
+    The full-size decode and the resize run within the process's :data:`DECODE_BUDGET`.
+    """
+    with DECODE_BUDGET.hold(_pixels(data)):
+        return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
 
 
 def thumbnail_jpeg(path: str, size: int, quality: int = 85) -> bytes:
     """The image at ``path`` shrunk to fit ``size`` x ``size``, as JPEG bytes (ImageError if unreadable)."""
-    image = decode_image(read_file(path), path, min_size=size)
-    scale = min(1.0, size / max(image.shape[:2]))
-    thumb = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                       interpolation=cv2.INTER_AREA)
+    data = read_file(path)
+    with DECODE_BUDGET.hold(_pixels(data)):
+        image = decode_image(data, path, min_size=size)
+        scale = min(1.0, size / max(image.shape[:2]))
+        thumb = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
     return cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 

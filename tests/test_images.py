@@ -152,3 +152,47 @@ def test_prepare_image_is_deterministic_and_square():
     data = PHOTO.read_bytes()
     first, second = prepare_image(data, "a", 48), prepare_image(data, "b", 48)
     assert first.shape == (48, 48, 3) and np.array_equal(first, second)
+
+
+def test_the_pixel_budget_lets_no_more_than_its_capacity_decode_at_once():
+    import threading
+    import time
+
+    from pipeline.images import PixelBudget
+
+    budget, peak, lock = PixelBudget(100), [0], threading.Lock()
+
+    def decode(pixels):
+        with budget.hold(pixels):
+            with lock:
+                peak[0] = max(peak[0], budget.in_use)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=decode, args=(pixels,)) for pixels in (60, 60, 30, 500, 10, 45)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert peak[0] <= 100 and budget.in_use == 0  # 500 pixels took the whole budget, alone
+
+
+def test_large_images_decoded_from_many_threads_stay_within_the_budget(monkeypatch):
+    import concurrent.futures
+
+    import pipeline.images as images
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1500, 1000), (200, 30, 30)).save(buffer, "PNG")  # small file, 1.5 MP decoded
+    budget, peak = images.PixelBudget(3_000_000), []
+    monkeypatch.setattr(images, "DECODE_BUDGET", budget)
+    original = images.decode_image
+
+    def watched(*args, **kwargs):
+        peak.append(budget.in_use)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(images, "decode_image", watched)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: prepare_image(buffer.getvalue(), "big.png", 32), range(16)))
+    assert all(r.shape == (32, 32, 3) for r in results) and budget.in_use == 0
+    assert 1_500_000 <= max(peak) <= 3_000_000  # every decode ran holding its pixels, never more than the budget
