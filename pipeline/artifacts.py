@@ -80,8 +80,11 @@ class ArtifactWriter:
         self._lock: Optional[int] = None
 
     def __enter__(self) -> "ArtifactWriter":
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror})") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -97,12 +100,15 @@ class ArtifactWriter:
         self.path.mkdir()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         if self.path is not None and self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
         if self._lock is not None:
             os.close(self._lock)  # releases the lock
             self._lock = None
+        if isinstance(exc, OSError):  # a full disk, a folder turned read-only: one clear error, nothing half-written
+            raise ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror or exc}); the previous "
+                                f"fit is unchanged") from None
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         """Write the manifest, move the staged fit into place, point CURRENT at it, drop old fits."""

@@ -264,24 +264,26 @@ def train_autoencoder(
     test_step = tf.function(trainer.test_step, reduce_retracing=True)
     history: dict[str, list[float]] = {}
     best, best_weights, waited = float("inf"), trainer.get_weights(), 0
-    for epoch in tqdm(range(1, epochs + 1), desc="train", unit="epoch"):
-        logs = _run_epoch(trainer, train_step, train_data)
-        if validation_data is not None:
-            if isinstance(trainer, ViewConsistencyTrainer):
-                trainer.reset_validation_views()
-            logs.update({f"val_{name}": value for name, value in _run_epoch(trainer, test_step, validation_data).items()})
-        for name, value in logs.items():
-            history.setdefault(name, []).append(value)
-        log.info("epoch %d/%d: %s", epoch, epochs, ", ".join(f"{name} {value:.4f}" for name, value in logs.items()))
-        monitored = logs["val_loss" if validation_data is not None else "loss"]
-        if monitored < best:
-            best, best_weights, waited = monitored, trainer.get_weights(), 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                log.info("early stop: no better loss for %d epochs; keeping epoch %d", waited, epoch - waited)
-                break
-        train_data.on_epoch_end()
+    with tqdm(range(1, epochs + 1), desc="train", unit="epoch") as epoch_bar:  # ends its line on errors too
+        for epoch in epoch_bar:
+            logs = _run_epoch(trainer, train_step, train_data)
+            if validation_data is not None:
+                if isinstance(trainer, ViewConsistencyTrainer):
+                    trainer.reset_validation_views()
+                validation = _run_epoch(trainer, test_step, validation_data)
+                logs.update({f"val_{name}": value for name, value in validation.items()})
+            for name, value in logs.items():
+                history.setdefault(name, []).append(value)
+            log.info("epoch %d/%d: %s", epoch, epochs, ", ".join(f"{name} {value:.4f}" for name, value in logs.items()))
+            monitored = logs["val_loss" if validation_data is not None else "loss"]
+            if monitored < best:
+                best, best_weights, waited = monitored, trainer.get_weights(), 0
+            else:
+                waited += 1
+                if waited >= config.patience:
+                    log.info("early stop: no better loss for %d epochs; keeping epoch %d", waited, epoch - waited)
+                    break
+            train_data.on_epoch_end()
     trainer.set_weights(best_weights)
     return history
 

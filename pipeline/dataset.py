@@ -98,8 +98,8 @@ def decode_to_cache(
     """
     workers = workers or os.cpu_count() or 1
     kept, hashes, skipped = [], [], []
-    with open(cache_path, "wb") as out, ThreadPoolExecutor(workers) as pool:
-        progress = tqdm(total=len(records), desc="decode", unit="img")
+    with (open(cache_path, "wb") as out, ThreadPoolExecutor(workers) as pool,
+          tqdm(total=len(records), desc="decode", unit="img") as progress):  # the bar ends its line on errors too
         for start in range(0, len(records), _DECODE_CHUNK):
             chunk = records[start : start + _DECODE_CHUNK]
             for record, result in zip(chunk, pool.map(lambda r: _load_one(r, image_size, max_bytes), chunk)):
@@ -111,7 +111,6 @@ def decode_to_cache(
                     kept.append(record)
                     hashes.append(result[1])
             progress.update(len(chunk))
-        progress.close()
     return DecodedImages(RowCache(cache_path, (image_size, image_size, 3), len(kept)), kept, hashes, skipped)
 
 

@@ -66,3 +66,27 @@ def test_the_scripts_run_the_same_commands_from_any_folder(script, tmp_path):
     process = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True,
                              text=True, cwd=tmp_path, timeout=60)
     assert process.returncode == 0 and process.stdout.startswith(f"usage: imgsim {script[:-3]} ")
+
+
+def test_a_full_disk_during_a_fit_is_one_line_and_keeps_the_previous_fit(fitted, tmp_path):
+    import resource
+    import shutil
+    import signal
+
+    from pipeline.artifacts import current_fit
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    before = current_fit(artifacts)
+    data = copy_subset(tmp_path / "photos", classes=("hat",), per_class=4)
+
+    def small_disk():  # writes past 100 KB fail as on a full disk (EFBIG instead of a signal)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    process = subprocess.run([str(IMGSIM), "fit", str(data), "--artifacts", str(artifacts), "--epochs", "1"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=300, preexec_fn=small_disk)
+    assert process.returncode == 2
+    errors = [line for line in process.stderr.replace("\r", "\n").splitlines() if line.startswith("error")]
+    assert errors == [f"error: {artifacts}: cannot write artifacts there (File too large); the previous fit is unchanged"]
+    assert "Traceback" not in process.stderr and current_fit(artifacts) == before
