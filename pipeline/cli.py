@@ -280,6 +280,8 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--allow-private-urls", action="store_true",
                         help="let URL queries reach loopback and private-network addresses")
+    parser.add_argument("--batch-window-ms", type=float, default=5.0,
+                        help="queries arriving within this many ms of each other are encoded in one call (0: each alone)")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -288,7 +290,8 @@ def _serve(args: argparse.Namespace) -> None:
     from .search import Searcher  # TensorFlow takes seconds to load
     from .server import MAX_PIXELS, create_app
 
-    app = create_app(Searcher(args.artifacts, max_pixels=MAX_PIXELS), allow_private_urls=args.allow_private_urls)
+    searcher = Searcher(args.artifacts, max_pixels=MAX_PIXELS, batch_window_ms=args.batch_window_ms)
+    app = create_app(searcher, allow_private_urls=args.allow_private_urls)
     print(f"serving {args.artifacts} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

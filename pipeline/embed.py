@@ -7,7 +7,10 @@ encoder is ``descriptor_head(block_encoder(image))``: every step is a layer of o
 
 from __future__ import annotations
 
-from typing import Sequence
+import queue
+import threading
+import time
+from concurrent.futures import Future
 
 import keras
 import numpy as np
@@ -23,6 +26,63 @@ from .orientations import OrientationHistogram
 def embed_images(encoder: keras.Model, images: np.ndarray) -> np.ndarray:
     """Latent vectors (float32) of uint8 images shaped (count, size, size, 3)."""
     return np.asarray(encoder.predict_on_batch(to_model_input(images)), dtype=np.float32)
+
+
+class BatchingEncoder:
+    """Encodes single images from many threads, running one encoder call for the queries that
+    arrive within ``window_ms`` of the first (at most ``max_batch``), first come first served.
+
+    Under load, one call for many images costs far less than a call for each (the backbone's work
+    is better spread over the cores, and the per-call overhead is paid once), and a FIFO queue
+    serves every waiting request in turn instead of whoever wins a lock. Batches are padded to a
+    power of two so that the model compiles for a handful of shapes only. ``window_ms=0`` encodes
+    each image alone, in the calling thread.
+    """
+
+    def __init__(self, encoder: keras.Model, window_ms: float = 5.0, max_batch: int = 16):
+        self.encoder = encoder
+        self.window_s = window_ms / 1000
+        self.max_batch = max_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        if self.window_s > 0:
+            threading.Thread(target=self._serve, name="encoder-batches", daemon=True).start()
+
+    def embed(self, image: np.ndarray) -> np.ndarray:
+        """The descriptor of one uint8 image (size, size, 3); blocks until its batch has run."""
+        if self.window_s <= 0:
+            with self._lock:
+                return embed_images(self.encoder, image[None])[0]
+        done: Future = Future()
+        self._queue.put((image, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        shape = self.encoder.input_shape[1:]
+        for size in {_next_power_of_two(count) for count in range(1, self.max_batch + 1)}:
+            embed_images(self.encoder, np.zeros((size, *shape), np.uint8))  # compile each batch shape before serving
+        while True:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + self.window_s
+            while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                try:
+                    batch.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            images = np.stack([image for image, _ in batch])
+            padded = np.concatenate([images, np.repeat(images[:1], _next_power_of_two(len(batch)) - len(batch), 0)])
+            try:
+                vectors = embed_images(self.encoder, padded)
+            except Exception as exc:  # every waiting request gets the error, the thread lives on
+                for _, done in batch:
+                    done.set_exception(exc)
+                continue
+            for (_, done), vector in zip(batch, vectors):
+                done.set_result(vector)
+
+
+def _next_power_of_two(count: int) -> int:
+    return 1 << (count - 1).bit_length()
 
 
 def embed_cache(encoder: keras.Model, cache: RowCache, batch_size: int) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
@@ -12,7 +11,7 @@ import numpy as np
 
 from .artifacts import (check_consistent, current_fit, load_catalog, load_embeddings, load_index, load_model,
                         read_manifest)
-from .embed import embed_images
+from .embed import BatchingEncoder
 from .errors import InputError
 from .fetch import fetch_url
 from .images import MAX_PIXELS, content_hash, prepare_image, read_file
@@ -47,10 +46,13 @@ class SearchResult:
 class Searcher:
     """Answers "which indexed images look most like this one?" for a fitted artifacts folder.
 
-    Loads the encoder, index and catalog once; safe to share between threads.
+    Loads the encoder, index and catalog once; safe to share between threads. With
+    ``batch_window_ms`` > 0 (the service), queries arriving together are encoded in one call
+    (:class:`pipeline.embed.BatchingEncoder`).
     """
 
-    def __init__(self, artifacts_dir: Union[str, os.PathLike] = "artifacts", max_pixels: int = MAX_PIXELS):
+    def __init__(self, artifacts_dir: Union[str, os.PathLike] = "artifacts", max_pixels: int = MAX_PIXELS,
+                 batch_window_ms: float = 0.0):
         self.folder = current_fit(artifacts_dir)
         self.manifest = read_manifest(self.folder)
         self.embeddings = load_embeddings(self.folder)
@@ -65,7 +67,7 @@ class Searcher:
         self._copies: dict[str, list[int]] = defaultdict(list)  # content hash -> ids of the indexed copies
         for image_id, content in enumerate(self.catalog.hashes):
             self._copies[content].append(image_id)
-        self._encoder_lock = threading.Lock()
+        self._encoder = BatchingEncoder(self.encoder, batch_window_ms)
 
     def search_file(self, path: Union[str, os.PathLike], **options) -> SearchResult:
         return self.search_bytes(read_file(path), str(path), **options)
@@ -76,8 +78,7 @@ class Searcher:
     def search_bytes(self, data: bytes, source: str, **options) -> SearchResult:
         """Search with an encoded image (options as in :meth:`search_vector`)."""
         image = prepare_image(data, source, self.image_size, self.max_pixels)
-        with self._encoder_lock:
-            vector = embed_images(self.encoder, image[None])[0]
+        vector = self._encoder.embed(image)
         return self.search_vector(vector, content_hash(data), source, **options)
 
     def search_indexed(self, image_id: int, **options) -> SearchResult:

@@ -91,7 +91,7 @@ def create_app(
         return Response(web["page.css"], media_type=_PAGE_FILES["page.css"])
 
     @app.get("/api/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # on the event loop: it answers while every worker thread is busy
         return {"status": "ok", "images": len(searcher.catalog)}
 
     @app.get("/api/stats")

@@ -114,3 +114,23 @@ def test_concurrent_searches_match_sequential_ones(searcher, photos):
         for _ in range(3):
             found = list(pool.map(lambda q: [h.id for h in searcher.search_file(q, n=5, nprobe=2).results], queries))
             assert found == expected
+
+
+def test_batched_encoding_gives_the_same_vectors_in_fewer_calls(searcher, photos, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipeline.embed as embed
+    from pipeline.images import prepare_image, read_file
+
+    images = [prepare_image(read_file(p), str(p), searcher.image_size) for p in sorted(photos.rglob("*.jpg"))[:12]]
+    alone = [embed.BatchingEncoder(searcher.encoder, window_ms=0).embed(image) for image in images]
+    batch_sizes, original = [], embed.embed_images
+    monkeypatch.setattr(embed, "embed_images", lambda model, batch: batch_sizes.append(len(batch)) or original(model, batch))
+    batching = embed.BatchingEncoder(searcher.encoder, window_ms=200)
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(batching.embed, images))
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    warm_up, served = batch_sizes[:5], batch_sizes[5:]  # first, one call for each batch shape: 1, 2, 4, 8, 16
+    assert sorted(warm_up) == [1, 2, 4, 8, 16]
+    assert max(served) > 1 and sum(served) < 2 * len(images)  # fewer calls than images, little padding
+    assert all(size & (size - 1) == 0 for size in served)  # padded to powers of two
