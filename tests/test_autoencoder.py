@@ -159,14 +159,17 @@ def test_consistency_zero_trains_on_reconstruction_alone(photos, tmp_path):
     assert history["loss"] == history["reconstruction"] and history["loss"][-1] < history["loss"][0]
 
 
-def test_fit_at_512_pixels_with_the_default_architecture(tmp_path):
+@pytest.mark.parametrize("backbone", ["efficientnet-lite0", "none"])
+def test_fit_at_512_pixels_the_design_cards_size(tmp_path, backbone):
     from pipeline.config import FitConfig
     from pipeline.fit import fit
+    from pipeline.search import Searcher
 
     photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=3)
-    config = FitConfig(backbone="none", image_size=512, autoencoder_size=512, epochs=1, batch_size=6)
-    summary = fit(photos, tmp_path / "artifacts", config)
+    summary = fit(photos, tmp_path / "artifacts", FitConfig(backbone=backbone, image_size=512, epochs=1, batch_size=6))
     assert summary.images == 6 and summary.epochs_run == 1
+    query = sorted((photos / "hat").glob("*.jpg"))[0]
+    assert Searcher(tmp_path / "artifacts").search_file(query, n=2).results[0].same_image
 
 
 def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tmp_path):

@@ -81,3 +81,4 @@ def test_the_port_classifies_real_photos(classifier, name, classes):
 def test_the_feature_map_is_frozen_and_shaped():
     backbone = build_backbone(64)
     assert backbone.output_shape == (None, 2, 2, 1280) and not backbone.trainable_weights
+    assert build_backbone(512).output_shape == (None, 7, 7, 1280)  # larger inputs: seen at the native 224 px
