@@ -107,7 +107,8 @@ def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = 
     """Decode image bytes to an upright RGB uint8 array of shape (height, width, 3).
 
     Handles EXIF orientation, grayscale, palette, CMYK, 16-bit, and transparency (composited on
-    white). ``min_size`` lets large JPEGs be decoded at a reduced scale that still covers it.
+    white). With ``min_size``, a large image comes back reduced by a whole factor (box average; for
+    JPEGs already while decoding) to no less than ``min_size`` on its shorter side.
     Raises ImageError naming ``source`` for empty, truncated, oversized or non-image data.
     """
     if not data:
@@ -119,8 +120,11 @@ def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = 
                 if image.width * image.height > max_pixels:
                     raise ImageError(source, f"too large ({image.width}x{image.height} pixels)", "too_large")
                 if min_size:
-                    image.draft("RGB", (min_size, min_size))
+                    image.draft("RGB", (min_size, min_size))  # JPEG: decoded at a reduced scale
                 image.load()
+                factor = min(image.size) // min_size if min_size else 1
+                if factor >= 2:  # box-average it down at once: every later step works on a small image
+                    image = image.reduce(factor)
                 return _to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise

@@ -14,6 +14,8 @@ only by catalog id, never by a path taken from the request.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import mimetypes
 import os
@@ -36,6 +38,7 @@ MAX_PIXELS = 40_000_000
 MAX_RESULTS = 100
 THUMBNAIL = 256
 _STATUS_OF_KIND = {"too_large": 413, "not_image": 415}
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                            "img-src 'self' blob: data: http: https:; base-uri 'none'; form-action 'self'; "
                            "frame-ancestors 'none'")
@@ -52,6 +55,7 @@ def create_app(
 
     URL queries may reach loopback and private addresses only with ``allow_private_urls``.
     """
+    _share_malloc_arenas()
     app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None)
     web = {name: resources.files("pipeline").joinpath(f"web/{name}").read_bytes() for name in _PAGE_FILES}
 
@@ -177,6 +181,17 @@ async def _with_capped_body(request: Request, limit: int) -> Request:
         return {"type": "http.request", "body": bytes(body), "more_body": False}
 
     return Request(request.scope, replay)
+
+
+def _share_malloc_arenas(arenas: int = 2) -> None:
+    """Have the service's request threads share a few glibc malloc arenas: memory freed after one
+    large decode is then reused by the next instead of kept by each thread's own arena, so the
+    decode budget bounds the process's memory (docs/BENCHMARKS.md). No-op off glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        pass
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -196,3 +196,11 @@ def test_large_images_decoded_from_many_threads_stay_within_the_budget(monkeypat
         results = list(pool.map(lambda _: prepare_image(buffer.getvalue(), "big.png", 32), range(16)))
     assert all(r.shape == (32, 32, 3) for r in results) and budget.in_use == 0
     assert 1_500_000 <= max(peak) <= 3_000_000  # every decode ran holding its pixels, never more than the budget
+
+
+def test_a_large_image_is_reduced_while_decoding_to_no_less_than_the_size_asked():
+    buffer = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (10, 120, 240)).save(buffer, "PNG")
+    reduced = decode_image(buffer.getvalue(), "big.png", min_size=224)
+    assert reduced.shape == (2000 // 8, 3000 // 8, 3)  # a whole factor: 2000 // 224 = 8
+    assert np.all(reduced == (10, 120, 240)) and decode_image(buffer.getvalue(), "big.png").shape == (2000, 3000, 3)
