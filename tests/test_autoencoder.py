@@ -177,7 +177,7 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
 
     from pipeline.embed import DescriptorHead, blocks_of, embed_images
 
-    config = pixel_config(pooling="flatten", latent_dim=4, orientation_weight=0.75)
+    config = pixel_config(pooling="flatten", latent_dim=4, orientation_weight=0.75, color_weight=0.0)
     blocks_model = block_encoder(build_autoencoder(config).encoder, config)
     images = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
     blocks = blocks_model.predict_on_batch(images.astype(np.float32) / 255)
