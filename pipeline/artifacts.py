@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -36,7 +37,11 @@ from .config import FitConfig
 from .errors import ArtifactError, PipelineError
 from .index import ClusteredIndex
 
-FORMAT_VERSION = 3  # 3: encoder = blocks + descriptor head (2: no backbone; 1: a scikit-learn KNN per cluster)
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 3  # 3: encoder = blocks + descriptor head, index.npz (2: no backbone, index.joblib a pickle)
+LEGACY_VERSION = 2  # read only when asked to (allow_pickle): its index is a pickle
+LEGACY_INDEX = "index.joblib"
 POINTER = "CURRENT"
 LOCK = ".lock"
 REQUIRED_FILES = (
@@ -147,20 +152,30 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def current_fit(artifacts_dir: str | os.PathLike) -> Path:
-    """The folder of the current fit, checked to be complete and of a readable format version."""
+def current_fit(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
+    """The folder of the current fit, checked to be complete and of a readable format version.
+
+    A bundle of LEGACY_VERSION (its index a pickle, which can run code when loaded) is read only
+    with ``allow_pickle``, and with a warning.
+    """
     root = Path(artifacts_dir)
     pointer = root / POINTER
     if not pointer.is_file():
         hint = "it does not exist" if not root.exists() else "it holds no completed fit"
         raise ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
     folder = root / pointer.read_text().strip()
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    version = read_manifest(folder).get("format_version") if (folder / "manifest.json").is_file() else None
+    if version == LEGACY_VERSION and not allow_pickle:
+        raise ArtifactError(f"{folder}: artifacts of format version {version}, whose index is a pickle that can run code "
+                            f"when loaded; fit again, or pass --allow-pickle for a bundle you made yourself")
+    required = [LEGACY_INDEX if name == "index.npz" and version == LEGACY_VERSION else name for name in REQUIRED_FILES]
+    missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise ArtifactError(f"{folder}: incomplete artifacts, missing {', '.join(missing)}; fit again")
-    manifest = read_manifest(folder)
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version == LEGACY_VERSION:
+        log.warning("%s: reading a format-%d bundle and unpickling its index (--allow-pickle); fit again to convert it",
+                    folder, version)
+    elif version != FORMAT_VERSION:
         raise ArtifactError(
             f"{folder}: artifacts of format version {version}, this version reads {FORMAT_VERSION}; fit again"
         )
@@ -210,8 +225,11 @@ def check_consistent(folder: Path, manifest: dict[str, Any], catalog: Catalog, e
     if len(set(counts.values())) > 1 or embeddings.ndim != 2:
         described = ", ".join(f"{name} {count}" for name, count in counts.items())
         raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
+    settings = manifest["settings"]
+    if manifest.get("format_version") == LEGACY_VERSION:
+        settings = {"backbone": "none", **settings}  # before the backbone, every fit learned from pixels
     try:
-        return FitConfig.from_dict(manifest["settings"])
+        return FitConfig.from_dict(settings)
     except (PipelineError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{folder / 'manifest.json'}: corrupt settings ({exc}); fit again") from None
 
@@ -230,13 +248,26 @@ def load_embeddings(folder: Path) -> np.ndarray:
 
 
 def load_index(folder: Path, embeddings: np.ndarray) -> ClusteredIndex:
-    """The index over ``embeddings`` (the fit's, in catalog order), from its stored arrays (no pickle)."""
+    """The index over ``embeddings`` (the fit's, in catalog order), from its stored arrays (no pickle;
+    a legacy bundle's pickled index only where :func:`current_fit` let it through)."""
+    if not (folder / "index.npz").exists() and (folder / LEGACY_INDEX).exists():
+        return _load_legacy_index(folder, embeddings)
     try:
         with np.load(folder / "index.npz", allow_pickle=False) as arrays:
             return ClusteredIndex.from_arrays(str(arrays["metric"]), arrays["centroids"], arrays["assignments"],
                                               embeddings)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # missing, truncated, an object array, unfit
         raise ArtifactError(f"{folder / 'index.npz'}: cannot load the index ({exc})") from None
+
+
+def _load_legacy_index(folder: Path, embeddings: np.ndarray) -> ClusteredIndex:
+    import joblib  # scikit-learn's dependency; only legacy bundles need it
+
+    try:
+        pickled = joblib.load(folder / LEGACY_INDEX)
+        return ClusteredIndex.from_arrays(pickled.metric, pickled.centroids_, pickled.assignments_, embeddings)
+    except Exception as exc:  # an old pickle can fail in many ways
+        raise ArtifactError(f"{folder / LEGACY_INDEX}: cannot load the index ({exc}); fit again") from None
 
 
 def load_model(folder: Path, name: str = "encoder.keras"):

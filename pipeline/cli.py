@@ -23,6 +23,8 @@ from .config import BACKBONE_DEFAULTS, CHOICES, SETTING_HELP, WORDS, FitConfig, 
 from .errors import PipelineError
 
 ARTIFACTS_HELP = "fitted artifacts folder"
+ALLOW_PICKLE_HELP = ("read a bundle of the previous format, whose index is a pickle: loading it can run code, so only "
+                     "for a bundle you made yourself")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -170,6 +172,7 @@ def _predict_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="save a montage of the query and its neighbours")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds allowed to download --url")
     parser.add_argument("--exclude-self", action="store_true", help="leave out indexed copies of the query image")
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
 
 
 def _positive(text: str) -> int:
@@ -194,7 +197,7 @@ def _predict(args: argparse.Namespace) -> None:
     from .images import read_file
     from .search import Searcher  # TensorFlow takes seconds to load
 
-    searcher = Searcher(args.artifacts)
+    searcher = Searcher(args.artifacts, allow_pickle=args.allow_pickle)
     data, source = (read_file(args.file), args.file) if args.file else (fetch_url(args.url, args.timeout), args.url)
     result = searcher.search_bytes(data, source, n=args.n, nprobe=args.nprobe, exclude_self=args.exclude_self,
                                    expansion=args.expansion)
@@ -282,6 +285,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="let URL queries reach loopback and private-network addresses")
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="queries arriving within this many ms of each other are encoded in one call (0: each alone)")
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -290,7 +294,8 @@ def _serve(args: argparse.Namespace) -> None:
     from .search import Searcher  # TensorFlow takes seconds to load
     from .server import MAX_PIXELS, create_app
 
-    searcher = Searcher(args.artifacts, max_pixels=MAX_PIXELS, batch_window_ms=args.batch_window_ms)
+    searcher = Searcher(args.artifacts, max_pixels=MAX_PIXELS, batch_window_ms=args.batch_window_ms,
+                        allow_pickle=args.allow_pickle)
     app = create_app(searcher, allow_private_urls=args.allow_private_urls)
     print(f"serving {args.artifacts} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

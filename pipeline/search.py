@@ -48,12 +48,13 @@ class Searcher:
 
     Loads the encoder, index and catalog once; safe to share between threads. With
     ``batch_window_ms`` > 0 (the service), queries arriving together are encoded in one call
-    (:class:`pipeline.embed.BatchingEncoder`).
+    (:class:`pipeline.embed.BatchingEncoder`). ``allow_pickle`` reads a legacy bundle, whose index
+    is a pickle (see :func:`pipeline.artifacts.current_fit`).
     """
 
     def __init__(self, artifacts_dir: Union[str, os.PathLike] = "artifacts", max_pixels: int = MAX_PIXELS,
-                 batch_window_ms: float = 0.0):
-        self.folder = current_fit(artifacts_dir)
+                 batch_window_ms: float = 0.0, allow_pickle: bool = False):
+        self.folder = current_fit(artifacts_dir, allow_pickle)
         self.manifest = read_manifest(self.folder)
         self.embeddings = load_embeddings(self.folder)
         self.catalog = load_catalog(self.folder)

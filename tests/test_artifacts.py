@@ -188,3 +188,30 @@ def test_a_corrupt_bundle_is_one_clear_error(fitted, tmp_path, kind):
     corrupt(current_fit(artifacts))
     with pytest.raises(ArtifactError, match=message):
         Searcher(artifacts)
+
+
+def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted, tmp_path, caplog):
+    import shutil
+
+    import joblib
+
+    from pipeline.search import Searcher
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    folder = current_fit(artifacts)
+    expected = [h.id for h in Searcher(artifacts).search_indexed(4, n=6).results]
+    # the previous format: a pickled index, format version 2, no backbone setting
+    index = load_index(folder, load_embeddings(folder))
+    joblib.dump(index, folder / "index.joblib")
+    os.remove(folder / "index.npz")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    manifest["settings"].pop("backbone")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(ArtifactError, match="format version 2, whose index is a pickle .* --allow-pickle"):
+        Searcher(artifacts)
+    legacy = Searcher(artifacts, allow_pickle=True)
+    assert "unpickling its index (--allow-pickle)" in caplog.text
+    assert [h.id for h in legacy.search_indexed(4, n=6).results] == expected
