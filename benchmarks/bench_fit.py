@@ -115,7 +115,7 @@ def main() -> None:
     stage_names = list(dict.fromkeys(name for run in runs for name in run["stage_seconds"]))
     stage_rows = "\n".join(
         f"| {name} (s) | " + " | ".join(f"{run['stage_seconds'][name]:.1f}" if name in run["stage_seconds"] else "-"
-                                       for run in runs) + " |" for name in stage_names)
+                                       for run in runs) + " | |" for name in stage_names)
     header = " | ".join(f"`--backbone {run['backbone']}` (input {run['settings']['image_size']} px)" for run in runs)
     command = f"python benchmarks/bench_fit.py --images {args.images} --backbones {args.backbones}" + (
         f" --image-size {args.image_size}" if args.image_size else "")
