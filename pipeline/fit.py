@@ -1,4 +1,4 @@
-"""Fit a folder of images: decode -> train -> embed -> cluster -> index -> artifacts."""
+"""Fit a folder of images: decode -> (backbone features) -> train -> embed -> cluster -> index -> artifacts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import sklearn
 from . import __version__
 from .artifacts import ArtifactWriter, Catalog, save_catalog, save_index
 from .autoencoder import build_autoencoder, build_feature_autoencoder, train_autoencoder
-from .backbone import build_backbone
+from .backbone import WEIGHTS_SHA256, build_backbone
 from .cluster import choose_cluster_count, fit_kmeans
 from .config import FitConfig
 from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
@@ -137,6 +137,7 @@ def fit(
             "data_dir": str(Path(data_dir).resolve()),
             "settings": config.to_dict(),
             "versions": library_versions(),
+            "backbone_weights_sha256": WEIGHTS_SHA256 if config.uses_backbone else None,
             "images": len(decoded.records),
             "skipped": [{"path": s.path, "reason": s.reason} for s in decoded.skipped],
             "history": history,
