@@ -23,8 +23,9 @@ BACKBONE_BATCH_SIZE = 32  # images per backbone call: its activations at 224 px 
 # Settings whose default depends on the backbone (None in FitConfig means "the backbone's default");
 # chosen on the four dev sets together, see docs/QUALITY.md.
 BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "efficientnet-lite0": dict(image_size=224, whitening=0.0, orientation_weight=0.33, color_weight=0.0),
-    "none": dict(image_size=64, whitening=0.5, orientation_weight=0.5, color_weight=0.3),
+    "efficientnet-lite0": dict(image_size=224, whitening=0.0, orientation_weight=0.33, color_weight=0.0,
+                               learning_rate=2e-4),
+    "none": dict(image_size=64, whitening=0.5, orientation_weight=0.5, color_weight=0.3, learning_rate=2e-3),
 }
 
 
@@ -107,7 +108,7 @@ class FitConfig:
     filters: tuple[int, ...] = (32, 64, 128, 256)
     epochs: Union[int, str] = "auto"
     batch_size: int = 128
-    learning_rate: float = 2e-3
+    learning_rate: Optional[float] = None
     optimizer: str = "adam"
     loss: str = "mse"
     output_activation: str = "sigmoid"

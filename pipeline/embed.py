@@ -116,6 +116,12 @@ def embed_to_cache(model: keras.Model, cache: RowCache, path: str, batch_size: i
     return RowCache(path, model.output_shape[1:], cache.count, np.float16)
 
 
+def channel_profiles(maps: RowCache, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Feature maps of a cache (rows ``rows``) averaged over positions: (len(rows), channels), float32."""
+    return np.concatenate([maps.read(rows[start : start + batch_size]).astype(np.float32).mean(axis=(1, 2))
+                           for start in range(0, len(rows), batch_size)] or [np.empty((0, maps.row_shape[-1]))])
+
+
 def fit_whitening(latents: np.ndarray, dims: int, whitening: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A PCA whitening learned on ``latents`` as an affine map: ``latents @ kernel + bias``.
 

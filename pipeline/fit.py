@@ -23,7 +23,8 @@ from .backbone import WEIGHTS_SHA256, build_backbone
 from .cluster import choose_cluster_count, fit_kmeans
 from .config import FitConfig
 from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
-from .embed import DescriptorHead, apply_head, block_encoder, block_weights, embed_cache_blocks, embed_to_cache
+from .embed import (DescriptorHead, apply_head, block_encoder, block_weights, channel_profiles, embed_cache_blocks,
+                    embed_to_cache)
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, find_images
 from .index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprobe
@@ -91,7 +92,8 @@ def fit(
                     backbone = build_backbone(config.image_size)
                     training_rows = embed_to_cache(backbone, decoded.cache, os.path.join(scratch, "maps.f16"),
                                                    config.embedding_batch_size)
-                autoencoder = build_feature_autoencoder(training_rows.row_shape, config.latent_dim)
+                autoencoder = build_feature_autoencoder(training_rows.row_shape, config.latent_dim,
+                                                        channel_profiles(training_rows, train_rows))
                 latent_encoder = keras.Model(backbone.input, autoencoder.encoder(backbone.output), name="latent")
             else:
                 training_rows = decoded.cache

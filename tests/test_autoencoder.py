@@ -62,9 +62,23 @@ def test_feature_autoencoder_training_lowers_the_loss(tmp_path):
     (tmp_path / "maps.f16").write_bytes(maps.astype(np.float16).tobytes())
     cache = RowCache(str(tmp_path / "maps.f16"), (3, 3, 64), 96, np.float16)
     history = train_autoencoder(build_feature_autoencoder((3, 3, 64), 8), TrainingBatches(cache, np.arange(80), 16, 0),
-                                TrainingBatches(cache, np.arange(80, 96), 16, 0), tiny_config(patience=50), epochs=8)
+                                TrainingBatches(cache, np.arange(80, 96), 16, 0),
+                                tiny_config(patience=50, learning_rate=2e-3), epochs=8)
     assert set(history) == {"loss", "val_loss"} and len(history["loss"]) == 8
     assert history["loss"][-1] < history["loss"][0] / 2
+
+
+def test_the_feature_autoencoder_starts_at_pca_of_the_channel_profiles():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(1)
+    maps = rng.random((60, 2, 2, 32)).astype(np.float32) * rng.random((1, 1, 1, 32)).astype(np.float32)
+    profiles = maps.mean(axis=(1, 2))
+    autoencoder = build_feature_autoencoder((2, 2, 32), 6, profiles)
+    pca = PCA(6, random_state=0).fit(profiles)
+    np.testing.assert_allclose(autoencoder.encoder.predict_on_batch(maps), pca.transform(profiles), atol=1e-4)
+    np.testing.assert_allclose(autoencoder.model.predict_on_batch(maps),
+                               pca.inverse_transform(pca.transform(profiles)), atol=1e-4)  # PCA's reconstruction
 
 
 def test_encoder_shares_the_trained_weights():
