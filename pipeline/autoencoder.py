@@ -1,13 +1,13 @@
 """The convolutional autoencoders (Keras) and their training.
 
 Over a backbone (the default), :func:`build_feature_autoencoder` learns a bottleneck over the
-frozen backbone's feature map: its encoder convolves the map and pools it into the latent, and its
-decoder reconstructs the map's channel profile (the map averaged over positions) from the latent.
-So the latent keeps what is in the picture, not where: reconstructing the whole map's layout
-scored lower (docs/QUALITY.md).
+frozen backbone's feature map, starting from PCA of the training images' channel profiles (the
+map averaged over positions); its decoder reconstructs that profile from the latent. So the
+latent keeps what is in the picture, not where: reconstructing the whole map's layout scored
+lower (docs/QUALITY.md).
 
-From pixels (``backbone="none"``), :func:`build_autoencoder`'s training minimises reconstruction error plus, weighted by ``consistency``, a view-consistency term
-(NT-Xent, as in SimCLR) that asks two random views of one photo (crop, mirror, colour jitter; see
+From pixels (``backbone="none"``), :func:`build_autoencoder`'s training minimises reconstruction
+error plus, weighted by ``consistency``, a view-consistency term (NT-Xent, as in SimCLR) that asks two random views of one photo (crop, mirror, colour jitter; see
 :mod:`pipeline.augment`) to have similar latents and different photos to have different ones. A
 plain reconstruction loss spends the latents on what varies most in pixels (background, colour);
 the consistency term spends them on what survives those changes. See docs/QUALITY.md.
