@@ -32,10 +32,10 @@ DECODE_BUDGET_PIXELS = 64_000_000  # pixels being decoded at once in this proces
 class PixelBudget:
     """A counting semaphore in pixels: at most ``capacity`` pixels decoded at once, process-wide.
 
-    A decoded image takes about 10 bytes a pixel at its peak (the RGB array and its copies), and
-    a small compressed file can hold a huge image, so many threads decoding at once (a fit's
-    decode pool, a server's request threads) are bounded in memory by this budget, not by their
-    number. An image larger than the whole budget waits until it can run alone.
+    A decoded image takes several bytes a pixel at its peak (the decoder's buffer and its
+    copies), and a small compressed file can hold a huge image, so many threads decoding at once
+    (a fit's decode pool, a server's request threads) are bounded in memory by this budget, not
+    by their number. An image larger than the whole budget waits until it can run alone.
     """
 
     def __init__(self, capacity: int):
@@ -58,15 +58,6 @@ class PixelBudget:
 
 
 DECODE_BUDGET = PixelBudget(DECODE_BUDGET_PIXELS)
-
-
-def _pixels(data: bytes) -> int:
-    """The pixel count an image's header declares (0 when it cannot be read: decoding will say why)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.width * image.height
-    except Exception:  # any failure here is reported by the decode itself
-        return 0
 
 
 @dataclass(frozen=True)
@@ -108,7 +99,8 @@ def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = 
 
     Handles EXIF orientation, grayscale, palette, CMYK, 16-bit, and transparency (composited on
     white). With ``min_size``, a large image comes back reduced by a whole factor (box average; for
-    JPEGs already while decoding) to no less than ``min_size`` on its shorter side.
+    JPEGs already while decoding) to no less than ``min_size`` on its shorter side. The decode runs
+    within the process's :data:`DECODE_BUDGET` of pixels.
     Raises ImageError naming ``source`` for empty, truncated, oversized or non-image data.
     """
     if not data:
@@ -121,11 +113,12 @@ def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = 
                     raise ImageError(source, f"too large ({image.width}x{image.height} pixels)", "too_large")
                 if min_size:
                     image.draft("RGB", (min_size, min_size))  # JPEG: decoded at a reduced scale
-                image.load()
-                factor = min(image.size) // min_size if min_size else 1
-                if factor >= 2:  # box-average it down at once: every later step works on a small image
-                    image = image.reduce(factor)
-                return _to_rgb(ImageOps.exif_transpose(image))
+                with DECODE_BUDGET.hold(image.width * image.height):  # the pixels actually decoded
+                    image.load()
+                    factor = min(image.size) // min_size if min_size else 1
+                    if factor >= 2:  # box-average it down at once: every later step works on a small image
+                        image = image.reduce(factor)
+                    return _to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -158,22 +151,16 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare_image(data: bytes, source: str, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike.
-
-    The full-size decode and the resize run within the process's :data:`DECODE_BUDGET`.
-    """
-    with DECODE_BUDGET.hold(_pixels(data)):
-        return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
+    """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike."""
+    return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
 
 
 def thumbnail_jpeg(path: str, size: int, quality: int = 85) -> bytes:
     """The image at ``path`` shrunk to fit ``size`` x ``size``, as JPEG bytes (ImageError if unreadable)."""
-    data = read_file(path)
-    with DECODE_BUDGET.hold(_pixels(data)):
-        image = decode_image(data, path, min_size=size)
-        scale = min(1.0, size / max(image.shape[:2]))
-        thumb = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
+    image = decode_image(read_file(path), path, min_size=size)
+    scale = min(1.0, size / max(image.shape[:2]))
+    thumb = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                       interpolation=cv2.INTER_AREA)
     return cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 

@@ -185,13 +185,13 @@ def test_large_images_decoded_from_many_threads_stay_within_the_budget(monkeypat
     Image.new("RGB", (1500, 1000), (200, 30, 30)).save(buffer, "PNG")  # small file, 1.5 MP decoded
     budget, peak = images.PixelBudget(3_000_000), []
     monkeypatch.setattr(images, "DECODE_BUDGET", budget)
-    original = images.decode_image
+    original = images.ImageOps.exif_transpose
 
-    def watched(*args, **kwargs):
+    def watched(image):  # runs inside the decode, once its pixels are loaded
         peak.append(budget.in_use)
-        return original(*args, **kwargs)
+        return original(image)
 
-    monkeypatch.setattr(images, "decode_image", watched)
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", watched)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: prepare_image(buffer.getvalue(), "big.png", 32), range(16)))
     assert all(r.shape == (32, 32, 3) for r in results) and budget.in_use == 0
