@@ -6,7 +6,8 @@ Builds the image folder once (clothing10 photos, centre and offset crops, some m
 to 512x512, JPEG quality 90), runs ``scripts/fit.py`` on it in a child process for each path
 (the pretrained backbone, and ``--backbone none``), and reports for each, side by side: wall
 time, seconds of each stage, the child's peak RSS, the time of ``scripts/add.py`` for 1% more
-images, and the warm latency of one predict.
+images, the time of ``scripts/sync.py`` after 1% of the fitted files were added, 1% changed and 1%
+deleted, and the warm latency of one predict.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,19 +62,37 @@ def run_measured(command: list[str]) -> tuple[float, float]:
     return time.perf_counter() - start, usage.ru_maxrss / 1024**2
 
 
-def measure(backbone: str, data: Path, extra: Path, workdir: Path, images: int, image_size: int | None) -> dict:
-    """Fit ``data`` with ``--backbone backbone`` (and ``--image-size``), add ``extra``, time warm queries."""
-    from pipeline.artifacts import current_fit, read_manifest
+def change_one_percent(folder: Path, images: int, workdir: Path) -> None:
+    """Delete 1% of the folder's photos, give another 1% other content, and add 1% new ones."""
+    photos = sorted(folder.rglob("*.jpg"))
+    step, count = len(photos) // (images // 100), images // 100
+    for photo in photos[::step][:count]:
+        photo.unlink()
+    for photo, other in zip(photos[step // 2 :: step][:count], photos[step // 3 :: step][:count]):
+        replacement = photo.with_name(f"{photo.stem}.new.jpg")
+        cv2.imwrite(str(replacement), cv2.imread(str(other))[:, ::-1])  # another photo, mirrored
+        os.replace(replacement, photo)  # a new file: the hard link to the source is cut
+    build_folder(workdir / "new-photos", count, first=images * 2)
+    shutil.copytree(workdir / "new-photos", folder / "new", dirs_exist_ok=True)
+
+
+def measure(backbone: str, source: Path, extra: Path, workdir: Path, images: int, image_size: int | None) -> dict:
+    """Fit a copy of ``source`` with ``--backbone backbone`` (and ``--image-size``), add ``extra``, time warm
+    queries, then change 1% of the copy and time a sync."""
+    from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
 
+    data = workdir / f"fitted-{backbone}"
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.copytree(source, data, copy_function=os.link)  # hard links: no second copy of the photos on disk
     artifacts = workdir / f"artifacts-{backbone}"
     size = ["--image-size", str(image_size)] if image_size else []
     wall, peak_rss_gb = run_measured([sys.executable, str(ROOT / "scripts" / "fit.py"), str(data),
                                       "--artifacts", str(artifacts), "--backbone", backbone, *size])
-    manifest = read_manifest(current_fit(artifacts))
+    fitted = Bundle.load(artifacts)
     add_wall, _ = run_measured([sys.executable, str(ROOT / "scripts" / "add.py"), str(extra),
                                 "--artifacts", str(artifacts)])
-    searcher = Searcher(artifacts)
+    searcher = Searcher(Bundle.load(artifacts))
     queries = sorted(data.rglob("*.jpg"))[:: max(1, images // 25)][:25]
     searcher.search_file(queries[0])  # warm-up: the first call builds the encoder's graph
     latencies = []
@@ -80,13 +100,20 @@ def measure(backbone: str, data: Path, extra: Path, workdir: Path, images: int, 
         tick = time.perf_counter()
         searcher.search_file(query, n=10)
         latencies.append((time.perf_counter() - tick) * 1000)
+    change_one_percent(data, images, workdir)
+    sync_wall, sync_rss = run_measured([sys.executable, str(ROOT / "scripts" / "sync.py"), "--artifacts", str(artifacts)])
+    synced = Bundle.load(artifacts).manifest.changes[-1]
     return {
-        "backbone": backbone, "images": manifest["images"], "wall_s": round(wall, 1),
-        "peak_rss_gb": round(peak_rss_gb, 2), "stage_seconds": manifest["stage_seconds"],
-        "epochs_run": len(manifest["history"]["loss"]), "clusters": manifest["clusters"], "nprobe": manifest["nprobe"],
-        "recall": manifest["recall_at_10"][str(manifest["nprobe"])], "settings": manifest["settings"],
+        "backbone": backbone, "images": fitted.manifest.images, "wall_s": round(wall, 1),
+        "peak_rss_gb": round(peak_rss_gb, 2), "stage_seconds": fitted.manifest.stage_seconds,
+        "epochs_run": len(fitted.manifest.history["loss"]), "clusters": fitted.index.nlist,
+        "nprobe": fitted.index.nprobe, "recall": fitted.manifest.recall_at_10[fitted.index.nprobe],
+        "settings": fitted.settings.to_dict(),
         "predict_ms_median": round(statistics.median(latencies), 1), "predict_ms_max": round(max(latencies), 1),
         "queries": len(latencies), "add_wall_s": round(add_wall, 1),
+        "sync_wall_s": round(sync_wall, 1), "sync_peak_rss_gb": round(sync_rss, 2),
+        "sync_share": round(sync_wall / wall, 4),
+        "synced": {key: synced[key] for key in ("added", "changed", "removed")},
     }
 
 
@@ -133,6 +160,10 @@ epochs "auto" with early stopping.
 | warm predict, one file query, n=10, median of {runs[0]['queries']} (ms) | {cells('predict_ms_median')} | under 50 ms |
 | warm predict, slowest of those (ms) | {cells('predict_ms_max')} | |
 | `scripts/add.py` of {args.images // 100} more images (1%), process start to commit (s) | {cells('add_wall_s')} | |
+| `scripts/sync.py` after 1% added, 1% changed, 1% deleted, process start to commit (s) | {cells('sync_wall_s')} | |
+| sync wall time / fit wall time, same run | {' | '.join(f"{run['sync_share']:.1%}" for run in runs)} | under 5% |
+| sync: added, changed, removed | {' | '.join(f"{r['synced']['added']}, {r['synced']['changed']}, {r['synced']['removed']}" for r in runs)} | |
+| peak RSS of the sync process (GB) | {cells('sync_peak_rss_gb', digits=2)} | |
 | epochs run | {' | '.join(str(run['epochs_run']) for run in runs)} | |
 | clusters, nprobe (recall@10 vs exact) | {' | '.join(f"{run['clusters']}, {run['nprobe']} ({run['recall']:.3f})" for run in runs)} | |
 {stage_rows}

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
 from pipeline.cluster import choose_cluster_count, fit_kmeans  # noqa: E402
-from pipeline.index import ClusteredIndex, prepare_vectors  # noqa: E402
+from pipeline.index import ClusteredIndex, prepare_vectors, recall_at_k  # noqa: E402
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64)
 SINGLE_QUERIES = 200
@@ -53,10 +53,6 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, metric: str) -> tuple
         top = np.argpartition(distances, K, axis=1)[:, :K]
         ids.append(np.take_along_axis(top, np.take_along_axis(distances, top, 1).argsort(1), 1))
     return np.concatenate(ids), time.perf_counter() - start
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(f[f >= 0], t)) / K for f, t in zip(found, truth)]))
 
 
 def timed_batch(search) -> tuple[np.ndarray, float]:
@@ -114,13 +110,13 @@ def bench(name: str, vectors: np.ndarray, queries: np.ndarray, metric: str) -> l
         found, batch_s = timed_batch(lambda: ours.search(queries, K, nprobe).ids)
         p50, p99 = timed_single(lambda q: ours.search(q, K, nprobe), queries)
         rows.append({"dataset": name, "method": "routed", "nprobe": nprobe, "nlist": nlist,
-                     "recall_at_10": recall(found, truth), "batch_qps": len(queries) / batch_s, "p50_ms": p50,
+                     "recall_at_10": recall_at_k(found, truth), "batch_qps": len(queries) / batch_s, "p50_ms": p50,
                      "p99_ms": p99, "build_s": ours_build, "memory_bytes": ours_bytes})
         ivf.nprobe = nprobe
         found, batch_s = timed_batch(lambda: ivf.search(queries, K)[1])
         p50, p99 = timed_single(lambda q: ivf.search(q, K), queries)
         rows.append({"dataset": name, "method": "faiss-ivfflat", "nprobe": nprobe, "nlist": nlist,
-                     "recall_at_10": recall(found, truth), "batch_qps": len(queries) / batch_s, "p50_ms": p50,
+                     "recall_at_10": recall_at_k(found, truth), "batch_qps": len(queries) / batch_s, "p50_ms": p50,
                      "p99_ms": p99, "build_s": faiss_build, "memory_bytes": faiss_bytes})
         print(f"[{name}] nprobe {nprobe}: routed {rows[-2]['recall_at_10']:.3f} @ {rows[-2]['batch_qps']:,.0f} qps, "
               f"faiss {rows[-1]['recall_at_10']:.3f} @ {rows[-1]['batch_qps']:,.0f} qps", flush=True)

@@ -31,6 +31,7 @@ def one_run(artifacts: str, parallel: int, side: int, budget: bool) -> dict:
     from PIL import Image
 
     import pipeline.images as images
+    from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
     from pipeline.server import MAX_PIXELS, create_app
 
@@ -38,7 +39,7 @@ def one_run(artifacts: str, parallel: int, side: int, budget: bool) -> dict:
         images.DECODE_BUDGET = images.PixelBudget(10**15)
     buffer = io.BytesIO()
     Image.new("RGB", (side, side), (120, 30, 200)).save(buffer, "PNG", optimize=True)
-    client = TestClient(create_app(Searcher(artifacts, max_pixels=MAX_PIXELS)))
+    client = TestClient(create_app(Searcher(Bundle.load(artifacts), max_pixels=MAX_PIXELS)))
     client.get("/api/health")
     idle = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
     start = time.perf_counter()

@@ -12,7 +12,6 @@ t-SNE, clusters, galleries), which this exercises; it times the whole command.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import time
@@ -23,31 +22,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import (ArtifactWriter, Catalog, current_fit, load_catalog, load_embeddings,  # noqa: E402
-                                read_manifest, save_catalog, save_index)
-from pipeline.config import FitConfig  # noqa: E402
-from pipeline.fit import index_embeddings  # noqa: E402
+from pipeline.artifacts import ArtifactWriter, Bundle, Catalog  # noqa: E402
+from pipeline.index import build_index  # noqa: E402
 
 
-def build_bundle(source: Path, target: Path, rows: int) -> None:
-    folder = current_fit(source)
-    manifest, catalog = read_manifest(folder), load_catalog(folder)
-    real = np.asarray(load_embeddings(folder))
+def build_bundle(source: Path, target: Path, rows: int) -> Bundle:
+    """A bundle of ``rows`` vectors: the source bundle's, repeated with jitter, indexed anew."""
+    bundle = Bundle.load(source)
+    real, catalog = np.asarray(bundle.embeddings), bundle.catalog
     picks = np.arange(rows) % len(real)
     rng = np.random.default_rng(0)
-    embeddings = (real[picks] + rng.normal(0, 0.3, (rows, real.shape[1])) * real.std(axis=0)).astype(np.float32)
-    index, nprobe, curve = index_embeddings(embeddings, FitConfig.from_dict(manifest["settings"]))
+    bundle.embeddings = (real[picks] + rng.normal(0, 0.3, (rows, real.shape[1])) * real.std(axis=0)).astype(np.float32)
+    bundle.index, bundle.manifest.recall_at_10 = build_index(bundle.embeddings, bundle.settings)
+    bundle.catalog = Catalog(paths=[catalog.paths[i] for i in picks], labels=[catalog.labels[i] for i in picks],
+                             hashes=[f"synthetic-{i}" for i in range(rows)], clusters=[])
     with ArtifactWriter(target) as writer:
-        for name in ("encoder.keras", "autoencoder.keras"):
-            shutil.copy2(folder / name, writer.path / name)
-        save_index(writer.path, index, embeddings)
-        save_catalog(writer.path, Catalog(paths=[catalog.paths[i] for i in picks],
-                                          labels=[catalog.labels[i] for i in picks],
-                                          hashes=[f"synthetic-{i}" for i in range(rows)],
-                                          clusters=index.assignments_.tolist()))
-        manifest.update(images=rows, clusters=index.nlist, nprobe=nprobe,
-                        recall_at_10={str(k): v for k, v in curve.items()})
-        writer.commit(manifest)
+        bundle.save(writer)
+    return bundle
 
 
 def main() -> None:
@@ -61,19 +52,18 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
                         "--artifacts", str(source)], check=True, cwd=ROOT)
     print(f"building a bundle of {args.images:,} rows ...", flush=True)
-    build_bundle(source, bundle, args.images)
+    clusters = build_bundle(source, bundle, args.images).index.nlist
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), "--artifacts", str(bundle),
                     "--out", str(args.workdir / "report.html")], check=True, cwd=ROOT)
     wall = time.perf_counter() - start
     size = (args.workdir / "report.html").stat().st_size
-    manifest = read_manifest(current_fit(bundle))
     print(f"report of {args.images:,} images: {wall:.1f} s, {size / 1e6:.1f} MB")
     write_section("bench_report", f"""
 ## Report at {args.images:,} images (`python benchmarks/bench_report.py --images {args.images}`)
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}. `scripts/report.py` end to end (process start to HTML
-written) on a bundle of {args.images:,} indexed vectors in {manifest['clusters']} clusters, with the default
+written) on a bundle of {args.images:,} indexed vectors in {clusters} clusters, with the default
 3,000-point t-SNE sample and 60 galleries. The bundle repeats a real fit of `data/sample` (200 photos) with small
 jitter, since no folder of {args.images:,} photos is at hand; thumbnails and reconstructions read the real photos.
 

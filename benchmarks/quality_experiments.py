@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import itertools
@@ -23,11 +22,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.artifacts import current_fit, load_model, read_manifest  # noqa: E402
-from pipeline.dataset import decode_to_cache  # noqa: E402
-from pipeline.embed import blocks_of, embed_cache_blocks, fit_whitening  # noqa: E402
-from pipeline.evaluate import precision_at_k  # noqa: E402
+from pipeline.artifacts import Bundle  # noqa: E402
+from pipeline.embed import blocks_of, embed_files, fit_whitening  # noqa: E402
 from pipeline.images import find_images  # noqa: E402
+from pipeline.metrics import precision_at_k  # noqa: E402
 
 K = 10
 
@@ -63,14 +61,12 @@ def main() -> None:
                         help="colour-histogram weights to try (when the fit has that block)")
     args = parser.parse_args()
 
-    folder = current_fit(args.artifacts)
-    settings = read_manifest(folder)["settings"]
-    records = find_images(args.data_dir)
-    labels = np.array([r.label for r in records])
-    with tempfile.TemporaryDirectory() as scratch:
-        decoded = decode_to_cache(records, f"{scratch}/images.u8", settings["image_size"])
-        blocks = embed_cache_blocks(blocks_of(load_model(folder)), decoded.cache, 32)
-    blocks = {name: whitened_unit(block, settings["latent_dim"], settings["whitening"]) for name, block in blocks.items()}
+    bundle = Bundle.load(args.artifacts)
+    settings = bundle.settings
+    embedded = embed_files(find_images(args.data_dir), blocks_of(bundle.encoder), settings)
+    labels = np.array([r.label for r in embedded.records])
+    blocks = {name: whitened_unit(block, settings.latent_dim, settings.whitening)
+              for name, block in embedded.vectors.items()}
 
     results = {f"{name} alone": {f"expansion {e}": precision(block, labels, e) for e in (0, 3)}
                for name, block in blocks.items()}
@@ -84,8 +80,8 @@ def main() -> None:
         vectors = np.hstack([latent_weight * blocks["latent"]] + [w * blocks[name] for name, w in weights.items()])
         key = ", ".join(f"{name} {w:g}" for name, w in weights.items()) or "latent alone"
         results[key] = {f"expansion {e}": precision(vectors, labels, e) for e in (0, 3)}
-    print(json.dumps({"data_dir": args.data_dir, "images": len(labels), "artifacts": str(folder),
-                      "settings": settings, "precision_at_10": results}, indent=2))
+    print(json.dumps({"data_dir": args.data_dir, "images": len(labels), "artifacts": str(bundle.folder),
+                      "settings": settings.to_dict(), "precision_at_10": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Write one benchmark's section of docs/BENCHMARKS.md, leaving the other sections as they are."""
+"""Write one benchmark's section of docs/BENCHMARKS.md (or docs/QUALITY.md), leaving the other sections as they are."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import os
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+QUALITY_MD = BENCHMARKS_MD.with_name("QUALITY.md")
 _HEADER = "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; each section says how to re-run it.\n"
 
 
@@ -17,11 +18,11 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
-def write_section(name: str, markdown: str) -> None:
-    """Replace (or append) the section between ``<!-- name -->`` markers."""
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else _HEADER
+def write_section(name: str, markdown: str, document: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section between ``<!-- name -->`` markers of ``document``."""
+    text = document.read_text() if document.exists() else _HEADER
     block = f"<!-- {name} -->\n{markdown.strip()}\n<!-- /{name} -->"
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS_MD.parent.mkdir(exist_ok=True)
-    BENCHMARKS_MD.write_text(text)
+    document.parent.mkdir(exist_ok=True)
+    document.write_text(text)

@@ -1,25 +1,28 @@
-"""The artifact bundle: everything a fit produces and a search needs, saved atomically.
+"""The bundle: everything a fit produces and a search needs, loaded as one object and saved atomically.
 
 Layout of an artifacts folder::
 
     artifacts/
-      CURRENT              name of the fit folder in use (replaced atomically)
-      fit-20261123T120501-3f2a/
-        manifest.json      settings, versions, counts, skipped files, training history, recall
-        encoder.keras      image -> latent vector (with its PCA layers)
-        autoencoder.keras  the full model (reconstructions for the report)
-        index.npz          the routed KNN index's learned state: metric, centroids, cluster of each vector
+      CURRENT              name of the bundle folder in use (replaced atomically)
+      bundle-20261123T120501-3f2a/
+        manifest.json      settings, versions, counts, skipped files, training history, recall, changes since
+        encoder.keras      image -> descriptor (the vector that is indexed and searched)
+        autoencoder.keras  the full autoencoder (reconstructions for the report)
+        index.npz          the routed KNN index: metric, centroids, cluster of each vector, nprobe, expansion
         catalog.json       path, label, content hash and cluster of every indexed image
-        embeddings.npy     the latent vectors, row i = catalog entry i
+        embeddings.npy     the descriptors, row i = catalog entry i
 
-A fit writes into a hidden staging folder and only then points CURRENT at it, so a fit that
-fails or is interrupted leaves the previous fit loadable. Nothing in a bundle is a pickle: arrays
-are read with ``allow_pickle=False``, so loading a bundle from someone else runs no code of theirs.
+:class:`Bundle` reads and checks all of it (:meth:`Bundle.load`) and writes it (:meth:`Bundle.save`)
+through an :class:`ArtifactWriter`, which stages a new folder and only then points CURRENT at it,
+so a fit, add or sync that fails or is interrupted leaves the previous bundle loadable. Nothing in
+a bundle is a pickle: arrays are read with ``allow_pickle=False``, so loading a bundle from someone
+else runs no code of theirs. File names and format versions live here and nowhere else.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -27,7 +30,7 @@ import secrets
 import shutil
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,20 +42,18 @@ from .index import ClusteredIndex
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 3: encoder = blocks + descriptor head, index.npz (2: no backbone, index.joblib a pickle)
-LEGACY_VERSION = 2  # read only when asked to (allow_pickle): its index is a pickle
+FORMAT_VERSION = 4  # 4: nprobe and expansion on the index, changes in the manifest; 3: both in the manifest
+READABLE_VERSIONS = (3, 4)
+LEGACY_VERSION = 2  # no backbone; read only when asked to (allow_pickle): its index is a pickle
 LEGACY_INDEX = "index.joblib"
 POINTER = "CURRENT"
 LOCK = ".lock"
-REQUIRED_FILES = (
-    "manifest.json",
-    "encoder.keras",
-    "autoencoder.keras",
-    "index.npz",
-    "catalog.json",
-    "embeddings.npy",
-)
+MANIFEST, ENCODER, AUTOENCODER, INDEX, CATALOG, EMBEDDINGS = (
+    "manifest.json", "encoder.keras", "autoencoder.keras", "index.npz", "catalog.json", "embeddings.npy")
+REQUIRED_FILES = (MANIFEST, ENCODER, AUTOENCODER, INDEX, CATALOG, EMBEDDINGS)
+MODEL_FILES = (ENCODER, AUTOENCODER)
 _STAGING_PREFIX = ".staging-"
+_BUNDLE_PREFIXES = ("bundle-", "fit-")  # "fit-": folders written before format 4
 
 
 @dataclass
@@ -67,16 +68,77 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def select(self, keep: np.ndarray) -> "Catalog":
+        """The entries where the boolean mask ``keep`` is true, in order."""
+        rows = np.flatnonzero(keep)
+        return Catalog(*[[column[row] for row in rows] for column in asdict(self).values()])
+
+    def __add__(self, other: "Catalog") -> "Catalog":
+        return Catalog(*[mine + theirs for mine, theirs in zip(asdict(self).values(), asdict(other).values())])
+
+
+@dataclass
+class Manifest:
+    """What made a bundle and what happened to it since: ``manifest.json``, typed."""
+
+    settings: FitConfig
+    data_dir: str  # the fitted folder, absolute
+    images: int  # indexed now
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    versions: dict[str, str] = field(default_factory=dict)
+    backbone_weights_sha256: Optional[str] = None
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"} of files the fit skipped
+    history: dict[str, list[float]] = field(default_factory=dict)  # training loss per epoch
+    recall_at_10: dict[int, float] = field(default_factory=dict)  # routed vs exact, per nprobe, as last tuned
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    changes: list[dict[str, Any]] = field(default_factory=list)  # adds, syncs and removals since the fit
+    removed: dict[str, str] = field(default_factory=dict)  # path -> content hash of images removed by hand
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "settings": self.settings.to_dict(),
+                "recall_at_10": {str(k): v for k, v in self.recall_at_10.items()}}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], path: Path) -> "Manifest":
+        """A manifest from its JSON object (any readable version); ArtifactError naming ``path`` when
+        a field a bundle relies on is missing or of the wrong type."""
+        expected = {"settings": dict, "data_dir": str, "images": int, "skipped": list, "history": dict,
+                    "recall_at_10": dict, "changes": list, "removed": dict}
+        raw = _upgraded(raw)
+        wrong = [name for name, kind in expected.items() if not isinstance(raw.get(name), kind)]
+        if wrong:
+            raise ArtifactError(f"{path}: corrupt manifest, {', '.join(wrong)} missing or of the wrong type; fit again")
+        try:
+            settings = FitConfig.from_dict(raw["settings"])
+            recall = {int(k): float(v) for k, v in raw["recall_at_10"].items()}
+        except (PipelineError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path}: corrupt settings ({exc}); fit again") from None
+        known = {name: raw[name] for name in cls.__dataclass_fields__ if name in raw}
+        return cls(**{**known, "settings": settings, "recall_at_10": recall, "format_version": FORMAT_VERSION})
+
+
+def _upgraded(raw: dict[str, Any]) -> dict[str, Any]:
+    """An older manifest in the current shape: format 2 had no backbone setting, 2 and 3 called
+    their changes "additions" and had no removals."""
+    raw = dict(raw)
+    if raw.get("format_version") == LEGACY_VERSION and isinstance(raw.get("settings"), dict):
+        raw["settings"] = {"backbone": "none", **raw["settings"]}  # before the backbone, every fit learned from pixels
+    if raw.get("format_version") in (LEGACY_VERSION, 3):
+        raw.setdefault("changes", [{"action": "add", **change} for change in raw.pop("additions", [])])
+        raw.setdefault("removed", {})
+    return raw
+
 
 class ArtifactWriter:
     """Context manager that stages a new fit and commits it atomically, as the folder's only writer.
 
     Entering takes an exclusive lock on the artifacts folder (``.lock``, released when the process
     ends, however it ends); a second writer (a fit, an add) fails at once with ArtifactError
-    instead of silently overwriting the first one's work. A writer that updates the current fit
-    reads it inside the block. Files are written under ``writer.path``; :meth:`commit` makes them
-    the current fit. Leaving the block without a commit (an exception, an interrupt) deletes the
-    staging folder and keeps the previous fit.
+    instead of silently overwriting the first one's work. A writer that updates the current bundle
+    loads it inside the block. Files are written under ``writer.path``; :meth:`commit` makes them
+    the current bundle. Leaving the block without a commit (an exception, an interrupt) deletes the
+    staging folder and keeps the previous bundle.
     """
 
     def __init__(self, artifacts_dir: str | os.PathLike):
@@ -96,7 +158,7 @@ class ArtifactWriter:
             holder = os.pread(self._lock, 32, 0).decode(errors="replace").strip() or "another process"
             os.close(self._lock)
             self._lock = None
-            raise ArtifactError(f"{self.root}: another fit or add is writing to it (process {holder}); "
+            raise ArtifactError(f"{self.root}: another fit, add, sync or remove is writing to it (process {holder}); "
                                 f"try again when it has finished") from None
         os.ftruncate(self._lock, 0)
         os.pwrite(self._lock, f"{os.getpid()}\n".encode(), 0)
@@ -113,24 +175,23 @@ class ArtifactWriter:
             self._lock = None
         if isinstance(exc, OSError):  # a full disk, a folder turned read-only: one clear error, nothing half-written
             raise ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror or exc}); the previous "
-                                f"fit is unchanged") from None
+                                f"bundle is unchanged") from None
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Write the manifest, move the staged fit into place, point CURRENT at it, drop old fits."""
-        manifest = {"format_version": FORMAT_VERSION, **manifest}
-        (self.path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    def commit(self) -> Path:
+        """Move the staged bundle into place, point CURRENT at it, drop the older bundles."""
         missing = [name for name in REQUIRED_FILES if not (self.path / name).exists()]
         if missing:
-            raise ArtifactError(f"cannot commit the fit: {', '.join(missing)} not written")
-        final = self.root / f"fit-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+            raise ArtifactError(f"cannot commit the bundle: {', '.join(missing)} not written")
+        final = self.root / f"{_BUNDLE_PREFIXES[0]}{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
         self.path.rename(final)
         self.path = None
         pointer_tmp = self.root / f"{POINTER}.tmp-{os.getpid()}"
         pointer_tmp.write_text(final.name + "\n")
         os.replace(pointer_tmp, self.root / POINTER)
-        for old in self.root.glob("fit-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        for prefix in _BUNDLE_PREFIXES:
+            for old in self.root.glob(f"{prefix}*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
         return final
 
 
@@ -152,8 +213,8 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def current_fit(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
-    """The folder of the current fit, checked to be complete and of a readable format version.
+def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
+    """The folder of the current bundle, checked to be complete and of a readable format version.
 
     A bundle of LEGACY_VERSION (its index a pickle, which can run code when loaded) is read only
     with ``allow_pickle``, and with a warning.
@@ -164,49 +225,116 @@ def current_fit(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) ->
         hint = "it does not exist" if not root.exists() else "it holds no completed fit"
         raise ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
     folder = root / pointer.read_text().strip()
-    version = read_manifest(folder).get("format_version") if (folder / "manifest.json").is_file() else None
+    version = _read_json(folder / MANIFEST, "manifest").get("format_version") if (folder / MANIFEST).is_file() else None
     if version == LEGACY_VERSION and not allow_pickle:
         raise ArtifactError(f"{folder}: artifacts of format version {version}, whose index is a pickle that can run code "
                             f"when loaded; fit again, or pass --allow-pickle for a bundle you made yourself")
-    required = [LEGACY_INDEX if name == "index.npz" and version == LEGACY_VERSION else name for name in REQUIRED_FILES]
+    required = [LEGACY_INDEX if name == INDEX and version == LEGACY_VERSION else name for name in REQUIRED_FILES]
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise ArtifactError(f"{folder}: incomplete artifacts, missing {', '.join(missing)}; fit again")
     if version == LEGACY_VERSION:
         log.warning("%s: reading a format-%d bundle and unpickling its index (--allow-pickle); fit again to convert it",
                     folder, version)
-    elif version != FORMAT_VERSION:
+    elif version not in READABLE_VERSIONS:
         raise ArtifactError(
             f"{folder}: artifacts of format version {version}, this version reads {FORMAT_VERSION}; fit again"
         )
     return folder
 
 
-MANIFEST_FIELDS = {"settings": dict, "images": int, "nprobe": int, "clusters": int}  # what a search relies on
+class Bundle:
+    """A fitted bundle in memory: manifest, catalog, embeddings and index, kept in step; the encoder
+    is loaded on first use. ``folder`` is where it was loaded from or last saved to."""
+
+    def __init__(self, manifest: Manifest, catalog: Catalog, embeddings: np.ndarray, index: ClusteredIndex,
+                 folder: Path):
+        self.manifest = manifest
+        self.catalog = catalog
+        self.embeddings = embeddings
+        self.index = index
+        self.folder = folder
+
+    @property
+    def settings(self) -> FitConfig:
+        return self.manifest.settings
+
+    @classmethod
+    def load(cls, artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> "Bundle":
+        """The current bundle of ``artifacts_dir``, every part checked: ArtifactError naming the file
+        for anything missing, corrupt, foreign or inconsistent (``allow_pickle``: see :func:`current_folder`)."""
+        folder = current_folder(artifacts_dir, allow_pickle)
+        raw = _read_json(folder / MANIFEST, "manifest")
+        manifest = Manifest.from_dict(raw, folder / MANIFEST)
+        catalog, embeddings = _load_catalog(folder), _load_embeddings(folder)
+        counts = {MANIFEST: manifest.images, CATALOG: len(catalog), EMBEDDINGS: len(embeddings)}
+        if len(set(counts.values())) > 1 or embeddings.ndim != 2:
+            described = ", ".join(f"{name} {count}" for name, count in counts.items())
+            raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
+        index = _load_index(folder, embeddings, raw)
+        return cls(manifest, catalog, embeddings, index, folder)
+
+    @functools.cached_property
+    def encoder(self):
+        """image -> descriptor, as the fit saved it."""
+        return load_model(self.folder / ENCODER)
+
+    def autoencoder(self):
+        """The full autoencoder, as the fit saved it."""
+        return load_model(self.folder / AUTOENCODER)
+
+    def append(self, catalog: Catalog, vectors: np.ndarray) -> np.ndarray:
+        """Index more images (``catalog``'s clusters are ignored: each goes to its nearest cluster); their ids."""
+        ids = self.index.add(vectors)
+        catalog.clusters = self.index.assignments_[ids].tolist()
+        self.catalog = self.catalog + catalog
+        self.embeddings = np.concatenate([np.asarray(self.embeddings), np.asarray(vectors, dtype=np.float32)])
+        self.manifest.images = len(self.catalog)
+        return ids
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop images by id; the ids after them move down (catalog order is kept)."""
+        keep = np.ones(len(self.catalog), dtype=bool)
+        keep[np.asarray(ids, dtype=np.int64)] = False
+        self.index.remove(np.flatnonzero(~keep))
+        self.catalog = self.catalog.select(keep)
+        self.embeddings = np.asarray(self.embeddings)[keep]
+        self.manifest.images = len(self.catalog)
+
+    def save(self, writer: ArtifactWriter) -> Path:
+        """Write the bundle into the writer's staging folder (the models copied from :attr:`folder`
+        unless already written there) and commit it; the new folder."""
+        staging = writer.path
+        for name in MODEL_FILES:
+            if not (staging / name).exists():
+                shutil.copy2(self.folder / name, staging / name)
+        np.savez(staging / INDEX, **self.index.to_arrays())
+        np.save(staging / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
+        self.catalog.clusters = self.index.assignments_.tolist()
+        (staging / CATALOG).write_text(json.dumps(asdict(self.catalog)))
+        self.manifest.images = len(self.catalog)
+        (staging / MANIFEST).write_text(json.dumps(self.manifest.to_dict(), indent=2))
+        self.folder = writer.commit()
+        return self.folder
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest, checked to be a JSON object (ArtifactError naming the file if not)."""
-    path = folder / "manifest.json"
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path`` (ArtifactError naming the file if unreadable or not an object)."""
     try:
-        manifest = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path}: not a manifest (a JSON object), got {type(manifest).__name__}")
-    return manifest
+        raise ArtifactError(f"{path}: unreadable {what} ({exc}); fit again") from None
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{path}: not a {what} (a JSON object), got {type(value).__name__}; fit again")
+    return value
 
 
-def save_catalog(folder: Path, catalog: Catalog) -> None:
-    (folder / "catalog.json").write_text(json.dumps(asdict(catalog)))
-
-
-def load_catalog(folder: Path) -> Catalog:
-    """The catalog, checked to be four lists of one length (ArtifactError naming the file if not)."""
-    path = folder / "catalog.json"
+def _load_catalog(folder: Path) -> Catalog:
+    """The catalog, checked to be four lists of one length."""
+    path = folder / CATALOG
     try:
-        catalog = Catalog(**json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError) as exc:
+        catalog = Catalog(**_read_json(path, "catalog"))
+    except TypeError as exc:
         raise ArtifactError(f"{path}: unreadable catalog ({exc}); fit again") from None
     columns = asdict(catalog)
     if not all(isinstance(column, list) for column in columns.values()) or len({len(c) for c in columns.values()}) > 1:
@@ -214,69 +342,47 @@ def load_catalog(folder: Path) -> Catalog:
     return catalog
 
 
-def check_consistent(folder: Path, manifest: dict[str, Any], catalog: Catalog, embeddings: np.ndarray) -> FitConfig:
-    """The fit's settings; ArtifactError unless the manifest has what a search relies on and it,
-    the catalog and the embeddings describe the same images."""
-    wrong = [name for name, kind in MANIFEST_FIELDS.items() if not isinstance(manifest.get(name), kind)]
-    if wrong:
-        raise ArtifactError(f"{folder / 'manifest.json'}: corrupt manifest, {', '.join(wrong)} missing or of the "
-                            f"wrong type; fit again")
-    counts = {"manifest": manifest["images"], "catalog.json": len(catalog), "embeddings.npy": len(embeddings)}
-    if len(set(counts.values())) > 1 or embeddings.ndim != 2:
-        described = ", ".join(f"{name} {count}" for name, count in counts.items())
-        raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
-    settings = manifest["settings"]
-    if manifest.get("format_version") == LEGACY_VERSION:
-        settings = {"backbone": "none", **settings}  # before the backbone, every fit learned from pixels
+def _load_embeddings(folder: Path) -> np.ndarray:
+    """The embeddings, memory-mapped (no pickle)."""
     try:
-        return FitConfig.from_dict(settings)
-    except (PipelineError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{folder / 'manifest.json'}: corrupt settings ({exc}); fit again") from None
-
-
-def save_index(folder: Path, index: ClusteredIndex, embeddings: np.ndarray) -> None:
-    np.savez(folder / "index.npz", metric=np.array(index.metric), **index.to_arrays())
-    np.save(folder / "embeddings.npy", embeddings.astype(np.float32))
-
-
-def load_embeddings(folder: Path) -> np.ndarray:
-    """The fit's embeddings, memory-mapped (no pickle)."""
-    try:
-        return np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+        return np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{folder / 'embeddings.npy'}: cannot load the embeddings ({exc})") from None
+        raise ArtifactError(f"{folder / EMBEDDINGS}: cannot load the embeddings ({exc})") from None
 
 
-def load_index(folder: Path, embeddings: np.ndarray) -> ClusteredIndex:
-    """The index over ``embeddings`` (the fit's, in catalog order), from its stored arrays (no pickle;
-    a legacy bundle's pickled index only where :func:`current_fit` let it through)."""
-    if not (folder / "index.npz").exists() and (folder / LEGACY_INDEX).exists():
-        return _load_legacy_index(folder, embeddings)
+def _load_index(folder: Path, embeddings: np.ndarray, manifest: dict[str, Any]) -> ClusteredIndex:
+    """The index over ``embeddings`` from its stored arrays (no pickle); a format-3 bundle's nprobe
+    from its manifest, a legacy bundle's pickled index only where :func:`current_folder` let it through."""
+    older = ({"nprobe": manifest.get("nprobe"), "expansion": manifest.get("settings", {}).get("query_expansion")}
+             if manifest.get("format_version") != FORMAT_VERSION else {})
+    if not (folder / INDEX).exists() and (folder / LEGACY_INDEX).exists():
+        return _load_legacy_index(folder, embeddings, older)
     try:
-        with np.load(folder / "index.npz", allow_pickle=False) as arrays:
-            return ClusteredIndex.from_arrays(str(arrays["metric"]), arrays["centroids"], arrays["assignments"],
-                                              embeddings)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # missing, truncated, an object array, unfit
-        raise ArtifactError(f"{folder / 'index.npz'}: cannot load the index ({exc})") from None
+        with np.load(folder / INDEX, allow_pickle=False) as stored:
+            arrays = {**older, **stored}
+            return ClusteredIndex.from_arrays(arrays, embeddings)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:  # missing, truncated, object arrays
+        raise ArtifactError(f"{folder / INDEX}: cannot load the index ({exc})") from None
 
 
-def _load_legacy_index(folder: Path, embeddings: np.ndarray) -> ClusteredIndex:
+def _load_legacy_index(folder: Path, embeddings: np.ndarray, older: dict[str, Any]) -> ClusteredIndex:
     import joblib  # scikit-learn's dependency; only legacy bundles need it
 
     try:
         pickled = joblib.load(folder / LEGACY_INDEX)
-        return ClusteredIndex.from_arrays(pickled.metric, pickled.centroids_, pickled.assignments_, embeddings)
+        return ClusteredIndex.from_arrays({"metric": pickled.metric, "centroids": pickled.centroids_,
+                                           "assignments": pickled.assignments_, **older}, embeddings)
     except Exception as exc:  # an old pickle can fail in many ways
         raise ArtifactError(f"{folder / LEGACY_INDEX}: cannot load the index ({exc}); fit again") from None
 
 
-def load_model(folder: Path, name: str = "encoder.keras"):
-    """Load a saved Keras model of the fit (the encoder, or ``autoencoder.keras``)."""
+def load_model(path: Path):
+    """A saved Keras model of a bundle (the encoder or the autoencoder)."""
     import keras
 
     from . import color, orientations  # noqa: F401  (register the custom layers that encoders hold)
 
     try:
-        return keras.models.load_model(folder / name, compile=False)
+        return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises assorted types for corrupt or foreign files
-        raise ArtifactError(f"{folder / name}: cannot load the model ({exc})") from None
+        raise ArtifactError(f"{path}: cannot load the model ({exc})") from None

@@ -37,14 +37,14 @@ class Autoencoder:
     """The models of one autoencoder; they share their layers.
 
     - ``model``: image (image_size) -> reconstruction (autoencoder_size), saved for the report.
-    - ``encoder``: image -> the learned latent (the code map flattened, or its global max or average).
+    - ``to_latent``: image -> the learned latent (the code map flattened, or its global max or average).
     - ``downscale``: image -> the image at autoencoder size (area average; identity at equal size).
     - ``maps``: autoencoder-size image -> (deepest conv map, code map); what training works on.
     - ``decoder``: code map -> reconstruction.
     """
 
     model: keras.Model
-    encoder: keras.Model
+    to_latent: keras.Model
     downscale: keras.Model
     maps: keras.Model
     decoder: keras.Model
@@ -89,9 +89,9 @@ def build_autoencoder(config: FitConfig) -> Autoencoder:
 
     code_map = maps(downscale(image))[1]
     read_out = {"flatten": layers.Flatten, "max": layers.GlobalMaxPooling2D, "avg": layers.GlobalAveragePooling2D}
-    encoder = keras.Model(image, read_out[config.pooling](name="latent")(code_map), name="latent_encoder")
+    to_latent = keras.Model(image, read_out[config.pooling](name="latent")(code_map), name="to_latent")
     autoencoder = keras.Model(image, decoder(code_map), name="autoencoder")
-    return Autoencoder(autoencoder, encoder, downscale, maps, decoder)
+    return Autoencoder(autoencoder, to_latent, downscale, maps, decoder)
 
 
 @dataclass
@@ -99,12 +99,12 @@ class FeatureAutoencoder:
     """The models of an autoencoder over a backbone's feature map; they share their layers.
 
     - ``model``: feature map -> reconstructed channel profile, saved with the fit.
-    - ``encoder``: feature map -> the learned latent.
+    - ``to_latent``: feature map -> the learned latent.
     - ``decoder``: latent -> channel profile.
     """
 
     model: keras.Model
-    encoder: keras.Model
+    to_latent: keras.Model
     decoder: keras.Model
 
 
@@ -128,7 +128,7 @@ def build_feature_autoencoder(map_shape: tuple[int, int, int], latent_dim: int,
     x = layers.ReLU(name="enc_relu")(layers.BatchNormalization(name="enc_bn")(x))
     residual = layers.Dense(latent_dim, kernel_initializer="zeros", name="latent_residual")
     latent = layers.Add(name="latent")([linear(profile), residual(layers.GlobalAveragePooling2D(name="enc_pool")(x))])
-    encoder = keras.Model(feature_map, latent, name="latent_encoder")
+    to_latent = keras.Model(feature_map, latent, name="to_latent")
 
     code = keras.Input((latent_dim,), name="code")
     reconstruct = layers.Dense(map_shape[-1], name="profile")
@@ -137,7 +137,7 @@ def build_feature_autoencoder(map_shape: tuple[int, int, int], latent_dim: int,
         kernel, mean = _pca_basis(profiles, latent_dim)
         linear.set_weights([kernel, -mean @ kernel])
         reconstruct.set_weights([kernel.T, mean])
-    return FeatureAutoencoder(keras.Model(feature_map, decoder(latent), name="feature_autoencoder"), encoder, decoder)
+    return FeatureAutoencoder(keras.Model(feature_map, decoder(latent), name="feature_autoencoder"), to_latent, decoder)
 
 
 def _pca_basis(profiles: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:

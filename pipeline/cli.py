@@ -2,7 +2,7 @@
 
     imgsim fit DATA_DIR [--artifacts DIR] [a flag for every FitConfig setting]
     imgsim predict (--file PATH | --url URL) [-n N] [--json] ...
-    imgsim add NEW_DIR | evaluate DATA_DIR | report | serve
+    imgsim add NEW_DIR | sync | remove PATH_OR_ID... | duplicates | evaluate DATA_DIR | report | serve
 
 ``scripts/*.py`` run the same subcommands. A command holds no logic beyond flags and printing;
 typed errors become one line on stderr and an exit code (0 ok, 2 bad input, 1 anything else).
@@ -15,11 +15,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 from typing import Callable, Optional, Sequence
 
-from .config import BACKBONE_DEFAULTS, CHOICES, SETTING_HELP, WORDS, FitConfig, parse_count_or_word
+from .config import (BACKBONE_DEFAULTS, CHOICES, DUPLICATE_THRESHOLD, SETTING_HELP, WORDS, FitConfig,
+                     parse_count_or_word)
 from .errors import PipelineError
 
 ARTIFACTS_HELP = "fitted artifacts folder"
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("fit", _fit_flags, _fit, "train on a folder of images and index them"),
         ("predict", _predict_flags, _predict, "rank the fitted images by similarity to a query image"),
         ("add", _add_flags, _add, "embed new images with the fitted encoder and add them to the index"),
+        ("sync", _sync_flags, _sync, "rescan the fitted folders: add new, re-embed changed, drop deleted images"),
+        ("remove", _remove_flags, _remove, "drop images from the index by path or id"),
+        ("duplicates", _duplicates_flags, _duplicates, "list groups of near-duplicate images"),
         ("evaluate", _evaluate_flags, _evaluate, "precision@k and mAP@k of the fit and of the reference baselines"),
         ("report", _report_flags, _report, "a self-contained HTML report of what the model learned"),
         ("serve", _serve_flags, _serve, "serve a web page at / and a JSON API at /api"),
@@ -172,6 +177,9 @@ def _predict_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="save a montage of the query and its neighbours")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds allowed to download --url")
     parser.add_argument("--exclude-self", action="store_true", help="leave out indexed copies of the query image")
+    parser.add_argument("--max-distance", type=_non_negative_float, metavar="D",
+                        help="keep only results at most D from the query (the 'to query' column): fewer than n "
+                             "when fewer are that close")
     parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
 
 
@@ -179,6 +187,16 @@ def _positive(text: str) -> int:
     value = _non_negative(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
     return value
 
 
@@ -195,20 +213,24 @@ def _non_negative(text: str) -> int:
 def _predict(args: argparse.Namespace) -> None:
     from .fetch import fetch_url
     from .images import read_file
+    from .artifacts import Bundle
     from .search import Searcher  # TensorFlow takes seconds to load
 
-    searcher = Searcher(args.artifacts, allow_pickle=args.allow_pickle)
+    searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle))
     data, source = (read_file(args.file), args.file) if args.file else (fetch_url(args.url, args.timeout), args.url)
     result = searcher.search_bytes(data, source, n=args.n, nprobe=args.nprobe, exclude_self=args.exclude_self,
-                                   expansion=args.expansion)
+                                   expansion=args.expansion, max_distance=args.max_distance)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(f"query {result.query}: nprobe {result.nprobe}, clusters {result.clusters}, expansion {result.expansion}")
-        print(f"{'rank':>4}  {'distance':>8}  {'cluster':>7}  {'label':<12}  path")
+        print(f"{'rank':>4}  {'distance':>8}  {'to query':>8}  {'cluster':>7}  {'label':<12}  path")
         for hit in result.results:
             marker = "  (same image as the query)" if hit.same_image else ""
-            print(f"{hit.rank:>4}  {hit.distance:>8.4f}  {hit.cluster:>7}  {hit.label or '-':<12}  {hit.path}{marker}")
+            print(f"{hit.rank:>4}  {hit.distance:>8.4f}  {hit.query_distance:>8.4f}  {hit.cluster:>7}  "
+                  f"{hit.label or '-':<12}  {hit.path}{marker}")
+        if not result.results:
+            print(f"no indexed image within distance {args.max_distance} of the query")
     if args.plot:
         from .images import decode_image
         from .plots import save_montage
@@ -226,12 +248,68 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add(args: argparse.Namespace) -> None:
-    from .add import add_images  # TensorFlow takes seconds to load
+    from .collection import add_images  # TensorFlow takes seconds to load
 
-    summary = add_images(args.new_dir, args.artifacts)
-    print(f"added {summary.added} images ({summary.already_indexed} already indexed, {len(summary.skipped)} "
-          f"skipped) in {summary.seconds:.1f}s; {summary.images} indexed, nprobe {summary.nprobe}")
-    print_outcome(summary.skipped, summary.artifacts)
+    print_change(add_images(args.new_dir, args.artifacts))
+
+
+def _sync_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+
+
+def _sync(args: argparse.Namespace) -> None:
+    from .collection import sync  # TensorFlow takes seconds to load
+
+    print_change(sync(args.artifacts))
+
+
+def _remove_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="PATH_OR_ID", help="indexed images, by path or by id")
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+
+
+def _remove(args: argparse.Namespace) -> None:
+    from .collection import remove_images  # TensorFlow takes seconds to load
+
+    print_change(remove_images(args.images, args.artifacts))
+
+
+def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", type=_non_negative_float, default=DUPLICATE_THRESHOLD, metavar="T",
+                        help="images closer than this (cosine distance between descriptors) are linked; calibrated "
+                             "on near-copies of real photos (docs/QUALITY.md)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a list")
+    parser.add_argument("--html", metavar="FILE", help="also write a page of the groups' thumbnails")
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+
+
+def _duplicates(args: argparse.Namespace) -> None:
+    from .artifacts import Bundle
+    from .duplicates import find_duplicates, write_duplicates_page
+
+    bundle = Bundle.load(args.artifacts)
+    groups = find_duplicates(bundle, args.threshold)
+    if args.json:
+        print(json.dumps({"threshold": args.threshold, "linkage": "connected components",
+                          "groups": [group.to_dict(bundle.catalog) for group in groups]}, indent=2))
+    else:
+        print(f"{len(groups)} groups of near-duplicates ({sum(len(g.ids) for g in groups)} of {len(bundle.catalog)} "
+              f"images) within distance {args.threshold:g}")
+        for number, group in enumerate(groups, start=1):
+            print(f"group {number}: {len(group.ids)} images, links up to {group.max_link:.4f}")
+            for image_id in group.ids:
+                print(f"  {image_id:>7}  {bundle.catalog.paths[image_id]}")
+    if args.html:
+        print(f"page: {write_duplicates_page(groups, bundle, args.threshold, args.html)}", file=sys.stderr
+              if args.json else sys.stdout)
+
+
+def print_change(change) -> None:
+    """What an add, sync or removal did, every skipped file, and where the bundle is."""
+    print(f"{change.action}: {change.added} added, {change.changed} changed, {change.removed} removed, "
+          f"{change.unchanged} unchanged, {len(change.skipped)} skipped in {change.seconds:.1f}s; "
+          f"{change.images} indexed, nprobe {change.nprobe}")
+    print_outcome(change.skipped, change.artifacts)
 
 
 def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
@@ -242,9 +320,10 @@ def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .artifacts import Bundle
     from .evaluate import evaluate  # TensorFlow takes seconds to load
 
-    report = evaluate(args.data_dir, args.artifacts, args.k)
+    report = evaluate(args.data_dir, Bundle.load(args.artifacts), args.k)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -270,9 +349,10 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from .artifacts import Bundle
     from .report import build_report  # TensorFlow takes seconds to load
 
-    path = build_report(args.artifacts, args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
+    path = build_report(Bundle.load(args.artifacts), args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
                         max_clusters=args.max_clusters, png_dir=args.png)
     print(f"report: {path}" + (f" (figures in {args.png})" if args.png else ""))
 
@@ -286,17 +366,21 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="queries arriving within this many ms of each other are encoded in one call (0: each alone)")
     parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    parser.add_argument("--write-token", default=os.environ.get("IMGSIM_WRITE_TOKEN"), metavar="TOKEN",
+                        help="allow DELETE /api/images/ID for requests with 'Authorization: Bearer TOKEN' "
+                             "(default: $IMGSIM_WRITE_TOKEN; unset: deleting is off)")
 
 
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from .artifacts import Bundle
     from .search import Searcher  # TensorFlow takes seconds to load
     from .server import MAX_PIXELS, create_app
 
-    searcher = Searcher(args.artifacts, max_pixels=MAX_PIXELS, batch_window_ms=args.batch_window_ms,
-                        allow_pickle=args.allow_pickle)
-    app = create_app(searcher, allow_private_urls=args.allow_private_urls)
+    searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle), max_pixels=MAX_PIXELS,
+                        batch_window_ms=args.batch_window_ms)
+    app = create_app(searcher, allow_private_urls=args.allow_private_urls, write_token=args.write_token or None)
     print(f"serving {args.artifacts} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -66,6 +66,9 @@ SETTING_HELP = {
     "decode_workers": "threads that decode images, 0 = one per CPU core",
     "max_file_mb": "image files larger than this many MB are skipped without being read",
 }
+# Cosine distance under which two images are near-duplicates (pipeline/duplicates.py). Calibrated on near-copies of
+# real photos (docs/QUALITY.md): the largest threshold keeping precision at 0.99 was 0.22; 0.2 keeps a margin.
+DUPLICATE_THRESHOLD = 0.2
 
 
 @dataclass

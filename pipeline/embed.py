@@ -1,16 +1,22 @@
-"""The encoder turns model-input images into descriptors, the same way at fit and query time.
+"""The encoder turns images into descriptors, the same way at fit and query time.
 
 A descriptor is made of blocks: the learned latent, and optionally the orientation histogram
-(:mod:`pipeline.orientations`) and the colour histogram (:mod:`pipeline.color`). The saved
-encoder is ``descriptor_head(block_encoder(image))``: every step is a layer of one Keras model.
+(:mod:`pipeline.orientations`) and the colour histogram (:mod:`pipeline.color`). The encoder (the
+bundle's ``encoder.keras``) is ``descriptor_head(blocks_model(image))``: every step is a layer of
+one Keras model. :func:`embed_files` is the images-to-vectors step of add, sync and evaluate;
+a fit runs its two halves (decode, then :func:`embed_decoded`) with training in between.
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import tempfile
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -19,7 +25,8 @@ from tqdm import tqdm
 
 from .color import ColorHistogram
 from .config import DESCRIPTOR_BLOCK_SIZE, ORIENTATION_CELLS, FitConfig
-from .dataset import RowCache, iter_batches, to_model_input
+from .dataset import DecodedImages, RowCache, SkippedImage, decode_to_cache, iter_batches, to_model_input
+from .images import ImageRecord
 from .orientations import OrientationHistogram
 
 
@@ -85,26 +92,45 @@ def _next_power_of_two(count: int) -> int:
     return 1 << (count - 1).bit_length()
 
 
-def embed_cache(encoder: keras.Model, cache: RowCache, batch_size: int) -> np.ndarray:
-    """Descriptors of every image in a cache, in row order, streamed batch by batch."""
+def embed_cache(model: keras.Model, cache: RowCache, batch_size: int) -> Union[np.ndarray, dict[str, np.ndarray]]:
+    """``model``'s output (float32) for every image in a cache, in row order, streamed batch by
+    batch: one array, or a dict of arrays for a model with named outputs."""
     parts = []
     with tqdm(total=cache.count, desc="embed", unit="img") as progress:
         for batch in iter_batches(cache, batch_size):
-            parts.append(np.asarray(encoder.predict_on_batch(batch), dtype=np.float32))
+            parts.append(keras.tree.map_structure(lambda out: np.asarray(out, dtype=np.float32),
+                                                  model.predict_on_batch(batch)))
             progress.update(len(batch))
-    return np.concatenate(parts) if parts else np.empty((0, encoder.output_shape[-1]), np.float32)
+    if not parts:
+        return keras.tree.map_structure(lambda out: np.empty((0, out.shape[-1]), np.float32), model.output)
+    return keras.tree.map_structure(lambda *outs: np.concatenate(outs), *parts)
 
 
-def embed_cache_blocks(encoder: keras.Model, cache: RowCache, batch_size: int) -> dict[str, np.ndarray]:
-    """Each output of a blocks model (a dict of named outputs) for every image in a cache, in row
-    order, streamed batch by batch."""
-    parts: dict[str, list[np.ndarray]] = {}
-    with tqdm(total=cache.count, desc="embed", unit="img") as progress:
-        for batch in iter_batches(cache, batch_size):
-            for name, output in encoder.predict_on_batch(batch).items():
-                parts.setdefault(name, []).append(np.asarray(output, dtype=np.float32))
-            progress.update(len(batch))
-    return {name: np.concatenate(blocks) for name, blocks in parts.items()}
+@dataclass
+class EmbeddedImages:
+    """Image files decoded and embedded: row i of ``vectors`` (each output, for a model with
+    named outputs) belongs to ``records[i]``; ``skipped`` lists the files that could not be used."""
+
+    records: list[ImageRecord]
+    hashes: list[str]
+    skipped: list[SkippedImage]
+    vectors: Union[np.ndarray, dict[str, np.ndarray]]
+
+
+def embed_decoded(model: keras.Model, decoded: DecodedImages, batch_size: int) -> EmbeddedImages:
+    """The vectors of the images of a decode pass."""
+    return EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped,
+                          embed_cache(model, decoded.cache, batch_size))
+
+
+def embed_files(records: Sequence[ImageRecord], model: keras.Model, config: FitConfig,
+                scratch_dir: Optional[str | os.PathLike] = None) -> EmbeddedImages:
+    """Decode image files as ``config`` says (into a temporary cache in ``scratch_dir``) and embed
+    them with ``model``; unreadable files are skipped and listed."""
+    with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
+        decoded = decode_to_cache(records, os.path.join(scratch, "images.u8"), config.image_size,
+                                  config.decode_workers, config.max_file_bytes)
+        return embed_decoded(model, decoded, config.embedding_batch_size)
 
 
 def embed_to_cache(model: keras.Model, cache: RowCache, path: str, batch_size: int) -> RowCache:
@@ -134,12 +160,12 @@ def fit_whitening(latents: np.ndarray, dims: int, whitening: float, seed: int = 
     return kernel, (-pca.mean_ @ kernel).astype(np.float32)
 
 
-def block_encoder(latent_encoder: keras.Model, config: FitConfig) -> keras.Model:
-    """image -> the descriptor's blocks, by name: the learned latent of ``latent_encoder``, then
+def build_blocks_model(to_latent: keras.Model, config: FitConfig) -> keras.Model:
+    """image -> the descriptor's blocks, by name: the learned latent of ``to_latent``, then
     the orientation histogram (at DESCRIPTOR_BLOCK_SIZE px at most, area-downscaled) and the
     colour histogram, each when its weight in ``config`` is above 0."""
-    image = keras.Input(latent_encoder.input_shape[1:], name="image")
-    blocks = {"latent": latent_encoder(image)}
+    image = keras.Input(to_latent.input_shape[1:], name="image")
+    blocks = {"latent": to_latent(image)}
     if config.orientation_weight > 0:
         size = min(config.image_size, DESCRIPTOR_BLOCK_SIZE)
         small = (keras.layers.Resizing(size, size, interpolation="area", name="orientation_size")(image)
@@ -151,7 +177,7 @@ def block_encoder(latent_encoder: keras.Model, config: FitConfig) -> keras.Model
 
 
 def block_weights(config: FitConfig) -> dict[str, float]:
-    """The weight of each block that :func:`block_encoder` makes for ``config``."""
+    """The weight of each block that :func:`build_blocks_model` makes for ``config``."""
     weights = {"latent": 1 - config.orientation_weight - config.color_weight,
                "orientations": config.orientation_weight, "colors": config.color_weight}
     return {name: weight for name, weight in weights.items() if name == "latent" or weight > 0}

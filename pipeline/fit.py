@@ -1,4 +1,7 @@
-"""Fit a folder of images: decode -> (backbone features) -> train -> embed -> cluster -> index -> artifacts."""
+"""Fit a folder of images: decode -> (backbone features) -> train -> embed -> cluster -> index -> a bundle.
+
+"Fit" means what it means in scikit-learn: learn from data. Its product is a :class:`Bundle`.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +20,18 @@ import numpy as np
 import sklearn
 
 from . import __version__
-from .artifacts import ArtifactWriter, Catalog, save_catalog, save_index
+from .artifacts import AUTOENCODER, ENCODER, ArtifactWriter, Bundle, Catalog, Manifest
 from .autoencoder import build_autoencoder, build_feature_autoencoder, train_autoencoder
 from .backbone import WEIGHTS_SHA256, build_backbone
-from .cluster import choose_cluster_count, fit_kmeans
 from .config import FitConfig
 from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
-from .embed import (DescriptorHead, apply_head, block_encoder, block_weights, channel_profiles, embed_cache_blocks,
+from .embed import (DescriptorHead, apply_head, block_weights, build_blocks_model, channel_profiles, embed_decoded,
                     embed_to_cache)
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, find_images
-from .index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprobe
+from .index import build_index
 
 log = logging.getLogger(__name__)
-RECALL_QUERIES = 500  # indexed vectors used as queries to measure recall against exact search
-EXACT_SEARCH_BELOW = 2000  # "--nprobe auto" searches every cluster below this many images
 
 
 @dataclass
@@ -94,11 +94,11 @@ def fit(
                                                    config.embedding_batch_size)
                 autoencoder = build_feature_autoencoder(training_rows.row_shape, config.latent_dim,
                                                         channel_profiles(training_rows, train_rows))
-                latent_encoder = keras.Model(backbone.input, autoencoder.encoder(backbone.output), name="latent")
+                latent_model = keras.Model(backbone.input, autoencoder.to_latent(backbone.output), name="latent_model")
             else:
                 training_rows = decoded.cache
                 autoencoder = build_autoencoder(config)
-                latent_encoder = autoencoder.encoder
+                latent_model = autoencoder.to_latent
 
             with _stage("train", seconds):
                 epochs = config.training_epochs(len(train_rows))
@@ -112,80 +112,44 @@ def fit(
                     config,
                     epochs,
                 )
-                autoencoder.model.save(writer.path / "autoencoder.keras")
+                autoencoder.model.save(writer.path / AUTOENCODER)
 
             with _stage("embed", seconds):
-                blocks_model = block_encoder(latent_encoder, config)
-                blocks = embed_cache_blocks(blocks_model, decoded.cache, config.embedding_batch_size)
+                blocks_model = build_blocks_model(latent_model, config)
+                blocks = embed_decoded(blocks_model, decoded, config.embedding_batch_size).vectors
                 head = DescriptorHead(blocks, block_weights(config), config.latent_dim, config.whitening, config.seed)
                 embeddings = apply_head(head.model(), blocks)
-                head.encoder(blocks_model).save(writer.path / "encoder.keras")
+                head.encoder(blocks_model).save(writer.path / ENCODER)
 
         with _stage("cluster+index", seconds):
-            index, nprobe, curve = index_embeddings(embeddings, config)
-            save_index(writer.path, index, embeddings)
-            save_catalog(
-                writer.path,
-                Catalog(
-                    paths=[r.path for r in decoded.records],
-                    labels=[r.label for r in decoded.records],
-                    hashes=decoded.hashes,
-                    clusters=index.assignments_.tolist(),
-                ),
-            )
-
-        manifest = {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "data_dir": str(Path(data_dir).resolve()),
-            "settings": config.to_dict(),
-            "versions": library_versions(),
-            "backbone_weights_sha256": WEIGHTS_SHA256 if config.uses_backbone else None,
-            "images": len(decoded.records),
-            "skipped": [{"path": s.path, "reason": s.reason} for s in decoded.skipped],
-            "history": history,
-            "clusters": index.nlist,
-            "nprobe": nprobe,
-            "recall_at_10": {str(k): v for k, v in curve.items()},
-            "stage_seconds": seconds,
-        }
-        final = writer.commit(manifest)
+            index, curve = build_index(embeddings, config)
+        manifest = Manifest(
+            settings=config,
+            data_dir=str(Path(data_dir).resolve()),
+            images=len(decoded.records),
+            versions=library_versions(),
+            backbone_weights_sha256=WEIGHTS_SHA256 if config.uses_backbone else None,
+            skipped=[{"path": s.path, "reason": s.reason} for s in decoded.skipped],
+            history=history,
+            recall_at_10=curve,
+            stage_seconds=seconds,
+        )
+        catalog = Catalog(paths=[r.path for r in decoded.records], labels=[r.label for r in decoded.records],
+                          hashes=decoded.hashes, clusters=index.assignments_.tolist())
+        final = Bundle(manifest, catalog, embeddings, index, writer.path).save(writer)
 
     summary = FitSummary(
         images=len(decoded.records),
         skipped=decoded.skipped,
         clusters=index.nlist,
-        nprobe=nprobe,
-        recall_at_10=curve.get(nprobe, curve[max(curve)]),
+        nprobe=index.nprobe,
+        recall_at_10=curve.get(index.nprobe, curve[max(curve)]),
         epochs_run=len(history.get("loss", [])),
         artifacts=final,
         stage_seconds=seconds,
     )
-    log.info("wrote artifacts to %s", final)
+    log.info("wrote the bundle to %s", final)
     return summary
-
-
-def index_embeddings(embeddings: np.ndarray, config: FitConfig) -> tuple[ClusteredIndex, int, dict[int, float]]:
-    """Cluster the embeddings, index them, and pick nprobe: (index, nprobe, recall@10 curve)."""
-    vectors = prepare_vectors(embeddings, config.metric)
-    n_clusters = choose_cluster_count(len(vectors), config.clusters)
-    index = ClusteredIndex(config.metric).fit(vectors, fit_kmeans(vectors, n_clusters, config.seed))
-    return (index, *choose_nprobe(index, vectors, config))
-
-
-def choose_nprobe(index: ClusteredIndex, vectors: np.ndarray, config: FitConfig) -> tuple[int, dict[int, float]]:
-    """The nprobe to search with, and the recall@10 curve it was chosen from.
-
-    The curve is measured on up to RECALL_QUERIES indexed vectors used as queries. With
-    ``nprobe="auto"`` the smallest nprobe reaching ``target_recall`` is kept, or every cluster
-    (exact search) below EXACT_SEARCH_BELOW images, where routing cannot pay off.
-    """
-    sample = np.random.default_rng(config.seed).permutation(len(vectors))[:RECALL_QUERIES]
-    curve = recall_curve(index, vectors[sample], sample)
-    if config.nprobe != "auto":
-        return index.resolve_nprobe(config.nprobe), curve
-    if len(vectors) < EXACT_SEARCH_BELOW:
-        return index.nlist, curve
-    return smallest_nprobe(curve, config.target_recall), curve
 
 
 def library_versions() -> dict[str, str]:

@@ -2,7 +2,10 @@
 
 This is the idea of FAISS's IndexIVFFlat (``nlist`` clusters, ``nprobe`` probed per query):
 probing few clusters is fast but can miss neighbours that lie across a cluster border, so
-:func:`recall_curve` measures recall against exact search (``nprobe = nlist``).
+:func:`recall_curve` measures recall against exact search (``nprobe = nlist``) and
+:meth:`ClusteredIndex.tune_nprobe` keeps the smallest nprobe that reaches a target recall.
+The index's whole life cycle lives here: :func:`build_index` clusters and tunes, ``add`` and
+``remove`` change it, ``to_arrays``/``from_arrays`` store it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from .cluster import choose_cluster_count, fit_kmeans
+from .config import FitConfig
+
 # Numba's default threading layer must not launch parallel kernels from two threads at once;
 # the kernels are parallel inside, so callers (a server's request threads) take turns.
 _KERNEL_LOCK = threading.Lock()
+RECALL_QUERIES = 500  # indexed vectors used as queries to measure recall against exact search
+EXACT_SEARCH_BELOW = 2000  # "nprobe auto" searches every cluster below this many vectors
 
 
 @functools.cache
@@ -98,15 +106,19 @@ class ClusteredIndex:
 
     Each cluster's vectors lie next to each other in one contiguous array, so a probed cluster
     is scanned with one matrix product for every query of a batch that probes it (exact KNN
-    within the cluster). Parameters: ``metric`` is ``"cosine"`` or ``"euclidean"``. Learned
-    state after :meth:`fit`: ``centroids_`` (nlist, dim), ``assignments_`` (cluster of each
-    indexed vector), ``vectors_`` (the vectors sorted by cluster), ``ids_`` (their original
-    positions), ``rows_`` (the row of ``vectors_`` holding each id) and ``offsets_`` (cluster c is
-    rows ``offsets_[c]:offsets_[c + 1]``).
+    within the cluster). Parameters: ``metric`` is ``"cosine"`` or ``"euclidean"``; ``nprobe``
+    (a count or ``"all"``) and ``expansion`` are what :meth:`search` uses when not told
+    otherwise, stored with the index (:meth:`tune_nprobe` sets ``nprobe``). Learned state after
+    :meth:`fit`: ``centroids_`` (nlist, dim), ``assignments_`` (cluster of each indexed vector),
+    ``vectors_`` (the vectors sorted by cluster), ``ids_`` (their original positions), ``rows_``
+    (the row of ``vectors_`` holding each id) and ``offsets_`` (cluster c is rows
+    ``offsets_[c]:offsets_[c + 1]``).
     """
 
-    def __init__(self, metric: str = "cosine"):
+    def __init__(self, metric: str = "cosine", nprobe: int | str = "all", expansion: int = 0):
         self.metric = metric
+        self.nprobe = nprobe
+        self.expansion = expansion
 
     @property
     def nlist(self) -> int:
@@ -134,35 +146,64 @@ class ClusteredIndex:
         return self
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The learned state beside the indexed vectors, as plain arrays: what a bundle stores."""
-        return {"centroids": self.centroids_, "assignments": self.assignments_}
+        """The state beside the indexed vectors, as plain arrays: what a bundle stores."""
+        return {"metric": np.array(self.metric), "centroids": self.centroids_, "assignments": self.assignments_,
+                "nprobe": np.array(self.resolve_nprobe(self.nprobe)), "expansion": np.array(self.expansion)}
 
     @classmethod
-    def from_arrays(cls, metric: str, centroids: np.ndarray, assignments: np.ndarray,
-                    vectors: np.ndarray) -> "ClusteredIndex":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vectors: np.ndarray) -> "ClusteredIndex":
         """An index rebuilt from :meth:`to_arrays` and the indexed vectors (in insertion order).
 
-        Raises ValueError when they do not fit together.
+        Raises ValueError (or KeyError for a missing array) when they do not fit together.
         """
-        centroids, assignments = np.asarray(centroids, dtype=np.float32), np.asarray(assignments)
+        centroids, assignments = np.asarray(arrays["centroids"], dtype=np.float32), np.asarray(arrays["assignments"])
         if centroids.ndim != 2 or np.shape(vectors)[1:] != centroids.shape[1:] or len(assignments) != len(vectors):
             raise ValueError(f"{len(assignments)} cluster assignments and centroids of shape {centroids.shape} "
                              f"do not fit {np.shape(vectors)} vectors")
         if len(assignments) and (assignments.min() < 0 or assignments.max() >= len(centroids)):
             raise ValueError("cluster assignments out of range")
-        index = cls(metric)
+        nprobe, expansion = int(arrays["nprobe"]), int(arrays["expansion"])
+        if nprobe < 1 or expansion < 0:
+            raise ValueError(f"nprobe {nprobe} and expansion {expansion} out of range")
+        index = cls(str(arrays["metric"]), nprobe, expansion)
         index.centroids_ = centroids
-        index._lay_out(prepare_vectors(vectors, metric), assignments)
+        index._lay_out(prepare_vectors(vectors, index.metric), assignments)
         return index
 
     def add(self, vectors: np.ndarray) -> np.ndarray:
         """Index more vectors, each in its nearest cluster (no re-clustering); return their ids."""
         vectors = prepare_vectors(vectors, self.metric)
-        old = np.empty_like(self.vectors_)
-        old[self.ids_] = self.vectors_  # back to insertion order
+        old = self.stored_vectors()
         self._lay_out(np.concatenate([old, vectors]),
                       np.concatenate([self.assignments_, self._nearest_cluster(vectors)]))
         return np.arange(len(old), len(old) + len(vectors))
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop the vectors ``ids``; the ids after them move down, so id order stays insertion order."""
+        keep = np.ones(self.size, dtype=bool)
+        keep[np.asarray(ids, dtype=np.int64)] = False
+        self._lay_out(self.stored_vectors()[keep], self.assignments_[keep])
+
+    def stored_vectors(self) -> np.ndarray:
+        """The indexed (prepared) vectors in id order."""
+        return self.vectors_[self.rows_]
+
+    def tune_nprobe(self, setting: int | str = "auto", target_recall: float = 0.95, seed: int = 0) -> dict[int, float]:
+        """Set ``nprobe`` from ``setting`` and return the recall@10 curve it was chosen from.
+
+        The curve is measured on up to RECALL_QUERIES indexed vectors used as queries. With
+        ``"auto"`` the smallest nprobe reaching ``target_recall`` is kept, or every cluster (exact
+        search) below EXACT_SEARCH_BELOW vectors, where routing cannot pay off.
+        """
+        sample = np.sort(np.random.default_rng(seed).permutation(self.size)[:RECALL_QUERIES])
+        curve = recall_curve(self, self._stored(sample), sample)
+        if setting != "auto":
+            self.nprobe = self.resolve_nprobe(setting)
+        elif self.size < EXACT_SEARCH_BELOW:
+            self.nprobe = self.nlist
+        else:
+            self.nprobe = smallest_nprobe(curve, target_recall)
+        return curve
 
     def _nearest_cluster(self, vectors: np.ndarray, chunk: int = 8192) -> np.ndarray:
         return np.concatenate([self.route(vectors[i : i + chunk], 1)[:, 0] for i in range(0, len(vectors), chunk)])
@@ -202,20 +243,22 @@ class ClusteredIndex:
         self,
         queries: np.ndarray,
         n: int,
-        nprobe: int | str = "all",
-        expansion: int = 0,
+        nprobe: int | str | None = None,
+        expansion: int | None = None,
         exclude: np.ndarray | None = None,
     ) -> SearchHits:
         """The ``n`` nearest indexed vectors of each query among its ``nprobe`` nearest clusters.
 
-        With ``expansion`` > 0 (average query expansion), each query is first averaged with its
+        ``nprobe`` and ``expansion`` default to the index's own. With ``expansion`` > 0 (average
+        query expansion), each query is first averaged with its
         ``expansion`` nearest indexed vectors, leaving out the ids in its row of ``exclude``
         (queries, m; -1 pads), and the neighbours are ranked by their distance to that average:
         the distances returned are the ones ranked by, so they never decrease along a row.
         Queries are scanned in parallel, each over its probed clusters' contiguous vectors.
         """
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
-        nprobe = self.resolve_nprobe(nprobe)
+        nprobe = self.resolve_nprobe(self.nprobe if nprobe is None else nprobe)
+        expansion = self.expansion if expansion is None else expansion
         if expansion:
             queries = self._expand(queries, expansion, nprobe, exclude)
         return self._search_prepared(queries, n, nprobe)
@@ -263,10 +306,26 @@ class ClusteredIndex:
         return np.sqrt(np.maximum(scores + np.einsum("ij,ij->i", queries, queries)[:, None], 0.0))
 
 
+def build_index(vectors: np.ndarray, config: FitConfig) -> tuple[ClusteredIndex, dict[int, float]]:
+    """Cluster ``vectors`` with KMeans, index them, tune nprobe: the index and its recall@10 curve."""
+    index = ClusteredIndex(config.metric, expansion=config.query_expansion)
+    prepared = prepare_vectors(vectors, config.metric)
+    index.fit(prepared, fit_kmeans(prepared, choose_cluster_count(len(prepared), config.clusters), config.seed))
+    return index, index.tune_nprobe(config.nprobe, config.target_recall, config.seed)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """The share of the true neighbours (rows of ``truth``) that appear in the same rows of
+    ``found``; -1 entries (no neighbour) are ignored in both."""
+    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth))
+    return hits / max(1, int((np.asarray(truth) >= 0).sum()))
+
+
 def recall_curve(
     index: ClusteredIndex, queries: np.ndarray, query_ids: np.ndarray, k: int = 10
 ) -> dict[int, float]:
-    """Recall@k of routed search against exact search for nprobe = 1, 2, 4, ... nlist.
+    """Recall@k of routed search against exact search for nprobe = 1, 2, 4, ... nlist, without
+    query expansion.
 
     ``queries`` are indexed vectors (ids ``query_ids``); each query's own entry is left out of
     both result lists, so the figure is about its true neighbours only.
@@ -276,18 +335,13 @@ def recall_curve(
         return {index.nlist: 1.0}
 
     def neighbours(nprobe: int) -> np.ndarray:
-        ids = index.search(queries, k + 1, nprobe).ids
+        ids = index.search(queries, k + 1, nprobe, expansion=0).ids
         keep = ids != query_ids[:, None]
         return np.array([row[mask][:k] for row, mask in zip(ids, keep)])
 
     exact = neighbours(index.nlist)
     steps = sorted({min(2**i, index.nlist) for i in range(index.nlist.bit_length() + 1)})
-    curve = {}
-    for nprobe in steps:
-        routed = neighbours(nprobe)
-        hits = sum(len(np.intersect1d(r[r >= 0], e[e >= 0])) for r, e in zip(routed, exact))
-        curve[nprobe] = hits / max(1, int((exact >= 0).sum()))
-    return curve
+    return {nprobe: recall_at_k(neighbours(nprobe), exact) for nprobe in steps}
 
 
 def smallest_nprobe(curve: dict[int, float], target_recall: float) -> int:

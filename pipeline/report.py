@@ -22,7 +22,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score
 from tqdm import tqdm
 
-from .artifacts import check_consistent, current_fit, load_catalog, load_embeddings, load_index, load_model, read_manifest
+from .artifacts import Bundle
 from .dataset import to_model_input
 from .errors import ImageError
 from .images import prepare_image, read_file, thumbnail_jpeg
@@ -52,7 +52,7 @@ def stratified_sample(groups: np.ndarray, max_points: int, seed: int = 0) -> np.
 
 
 def build_report(
-    artifacts_dir: str | os.PathLike = "artifacts",
+    bundle: Bundle,
     out_path: str | os.PathLike = "report.html",
     max_points: int = 3000,
     thumbnails_per_cluster: int = 8,
@@ -60,17 +60,14 @@ def build_report(
     png_dir: Optional[str | os.PathLike] = None,
     seed: int = 0,
 ) -> Path:
-    """Write the HTML report of the current fit in ``artifacts_dir``; return its path.
+    """Write the HTML report of a bundle; return its path.
 
     ``max_points`` caps the t-SNE sample (stratified by cluster); galleries are shown for the
     ``max_clusters`` largest clusters. With ``png_dir``, every figure is also saved as a PNG.
     """
-    folder = current_fit(artifacts_dir)
-    manifest, embeddings, catalog = read_manifest(folder), load_embeddings(folder), load_catalog(folder)
-    check_consistent(folder, manifest, catalog, embeddings)
-    index = load_index(folder, embeddings)
+    manifest, catalog, index = bundle.manifest, bundle.catalog, bundle.index
     clusters = np.asarray(catalog.clusters)
-    vectors = prepare_vectors(embeddings, index.metric)
+    vectors = prepare_vectors(bundle.embeddings, index.metric)
     labelled = any(label is not None for label in catalog.labels)
     labels = np.array([label if label is not None else "(none)" for label in catalog.labels])
     figures: dict[str, plt.Figure] = {}
@@ -81,13 +78,12 @@ def build_report(
     figures["tsne_clusters"] = scatter_figure(points, [f"cluster {c}" for c in clusters[sample]], "t-SNE, by cluster")
     if labelled:
         figures["tsne_labels"] = scatter_figure(points, labels[sample].tolist(), "t-SNE, by label")
-    figures["training_curves"] = training_curve_figure(manifest["history"])
+    figures["training_curves"] = training_curve_figure(manifest.history)
     members = index.members_  # built once: the property slices every cluster
     shown = sorted(range(index.nlist), key=lambda c: -len(members[c]))[:max_clusters]
     nearest = {c: _nearest_to_centroid(vectors, members[c], index.centroids_[c], thumbnails_per_cluster) for c in shown}
-    if manifest["settings"]["backbone"] == "none":  # over a backbone, what is reconstructed is no picture
-        reconstructions = _reconstructions(folder, catalog.paths, [nearest[c][0] for c in shown[:RECONSTRUCTIONS]],
-                                           int(manifest["settings"]["image_size"]))
+    if not manifest.settings.uses_backbone:  # over a backbone, what is reconstructed is no picture
+        reconstructions = _reconstructions(bundle, [nearest[c][0] for c in shown[:RECONSTRUCTIONS]])
         if reconstructions is not None:
             figures["reconstructions"] = reconstructions
 
@@ -99,7 +95,7 @@ def build_report(
 
     galleries = []
     for cluster in tqdm(shown, desc="galleries", unit="cluster"):
-        thumbs = "".join(_thumbnail_html(catalog.paths[i], catalog.labels[i]) for i in nearest[cluster])
+        thumbs = "".join(thumbnail_html(catalog.paths[i], catalog.labels[i]) for i in nearest[cluster])
         mix = ""
         if labelled:
             counted = Counter(labels[members[cluster]]).most_common()
@@ -110,7 +106,7 @@ def build_report(
                          f"<div class=thumbs>{thumbs}</div></div>")
 
     out_path = Path(out_path)
-    out_path.write_text(_page(manifest, catalog.labels, clusters, labels if labelled else None, encoded,
+    out_path.write_text(_page(bundle, catalog.labels, clusters, labels if labelled else None, encoded,
                               galleries, len(sample), index.nlist, len(shown)))
     log.info("wrote report to %s", out_path)
     return out_path
@@ -129,8 +125,9 @@ def _nearest_to_centroid(vectors: np.ndarray, members: np.ndarray, centroid: np.
     return members[np.argsort(np.einsum("ij,ij->i", offsets, offsets))[:count]].tolist()
 
 
-def _reconstructions(folder: Path, paths: list[str], rows: list[int], image_size: int) -> Optional[plt.Figure]:
+def _reconstructions(bundle: Bundle, rows: list[int]) -> Optional[plt.Figure]:
     """Originals above their reconstructions, or None when none of the images can be read any more."""
+    paths, image_size = bundle.catalog.paths, bundle.settings.image_size
     images = []
     for row in rows:
         try:
@@ -140,7 +137,7 @@ def _reconstructions(folder: Path, paths: list[str], rows: list[int], image_size
     if not images:
         return None
     originals = to_model_input(np.stack(images))
-    return reconstruction_figure(originals, load_model(folder, "autoencoder.keras").predict_on_batch(originals))
+    return reconstruction_figure(originals, bundle.autoencoder().predict_on_batch(originals))
 
 
 def _last(history: dict[str, list[float]], name: str) -> str:
@@ -154,7 +151,8 @@ def _figure_png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _thumbnail_html(path: str, label: Optional[str]) -> str:
+def thumbnail_html(path: str, label: Optional[str]) -> str:
+    """An inline JPEG thumbnail of an image file titled with its path (and label), or a "missing" box."""
     title = html.escape(f"{path}" + (f" ({label})" if label else ""), quote=True)
     try:
         jpeg = thumbnail_jpeg(path, THUMBNAIL, quality=80)
@@ -167,13 +165,14 @@ def _image(data: bytes, alt: str) -> str:
     return f"<img class=figure alt='{alt}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
 
 
-def _page(manifest, raw_labels, clusters, labels, figures, galleries, sampled, nlist, shown) -> str:
+def _page(bundle, raw_labels, clusters, labels, figures, galleries, sampled, nlist, shown) -> str:
     settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in manifest["settings"].items())
-    skipped = manifest["skipped"]
+                       for k, v in bundle.settings.to_dict().items())
+    manifest = bundle.manifest
+    skipped = manifest.skipped
     skipped_html = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in skipped)
-    facts = [f"{manifest['images']} images indexed", f"{len(skipped)} skipped", f"{nlist} clusters",
-             f"nprobe {manifest['nprobe']}", f"fitted {html.escape(manifest['created'])}"]
+    facts = [f"{manifest.images} images indexed", f"{len(skipped)} skipped", f"{nlist} clusters",
+             f"nprobe {bundle.index.nprobe}", f"fitted {html.escape(manifest.created)}"]
     if labels is not None:
         known = np.array([label is not None for label in raw_labels])
         majority = sum(Counter(labels[known & (clusters == c)]).most_common(1)[0][1]
@@ -183,14 +182,14 @@ def _page(manifest, raw_labels, clusters, labels, figures, galleries, sampled, n
     label_map = (f"<figure>{_image(figures['tsne_labels'], 't-SNE by label')}</figure>" if labels is not None else "")
     if "reconstructions" in figures:
         reconstructions = _image(figures["reconstructions"], "reconstructions")
-    elif manifest["settings"]["backbone"] == "none":
+    elif not bundle.settings.uses_backbone:
         reconstructions = "<p>None of the sampled images can be read any more.</p>"
     else:
-        reconstructions = (f"<p>The autoencoder learned over the {html.escape(manifest['settings']['backbone'])} "
+        reconstructions = (f"<p>The autoencoder learned over the {html.escape(bundle.settings.backbone)} "
                            f"backbone's features, not pixels: it reconstructs what the backbone sees, which is no "
-                           f"picture. Final validation loss: {_last(manifest['history'], 'val_loss')}.</p>")
+                           f"picture. Final validation loss: {_last(manifest.history, 'val_loss')}.</p>")
     return f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>Fit report: {html.escape(manifest['data_dir'])}</title>
+<html lang=en><head><meta charset=utf-8><title>Fit report: {html.escape(manifest.data_dir)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }}
 .facts span {{ display: inline-block; background: #eef; border-radius: 4px; padding: 2px 8px; margin: 2px; }}
@@ -202,12 +201,12 @@ table {{ border-collapse: collapse; font-size: 0.85rem; }} th, td {{ text-align:
 .mix {{ margin: 0.1rem 0; font-size: 0.85rem; color: #555; }}
 </style></head><body>
 <header id=summary><h1>What the model learned</h1>
-<p>Fit of <code>{html.escape(manifest['data_dir'])}</code></p>
+<p>Fit of <code>{html.escape(manifest.data_dir)}</code></p>
 <p class=facts>{''.join(f'<span>{fact}</span>' for fact in facts)}</p>
 <details><summary>settings</summary><table>{settings}</table></details>
 <details><summary>{len(skipped)} skipped files</summary><ul>{skipped_html}</ul></details></header>
 <section id=tsne><h2>t-SNE map of the latent vectors</h2>
-<p>{sampled} of {manifest['images']} images (sampled in proportion to cluster size).</p>
+<p>{sampled} of {manifest.images} images (sampled in proportion to cluster size).</p>
 <div class=maps><figure>{_image(figures['tsne_clusters'], 't-SNE by cluster')}</figure>{label_map}</div></section>
 <section id=clusters><h2>Clusters</h2><p>The images nearest each centroid; {shown} of {nlist} clusters, largest first.</p>
 {''.join(galleries)}</section>

@@ -5,11 +5,16 @@
   script or style, scripts and styles from this server only.
 - ``POST /api/search``: multipart upload (field ``image``), or JSON ``{"url": ...}`` or ``{"id": ...}``;
   ``n`` and ``nprobe`` as form fields or JSON keys. Returns the ``predict.py --json`` object.
+  ``max_distance`` keeps only results at most that far from the query.
 - ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
+- ``DELETE /api/images/{id}``: removes the image from the index (not from the disk). Off unless the
+  server was started with a write token; the request must carry it as ``Authorization: Bearer TOKEN``.
+  The ids after it move down by one.
+- ``GET /api/duplicates?threshold=T``: groups of near-duplicate images.
 - ``GET /api/health``, ``GET /api/stats``.
 
-Errors are JSON ``{"error": message}`` with status 400, 404, 413, 415 or 422. Images are served
-only by catalog id, never by a path taken from the request.
+Errors are JSON ``{"error": message}`` with status 400, 401, 403, 404, 409, 413, 415 or 422.
+Images are served only by catalog id, never by a path taken from the request.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import hmac
+import math
 import mimetypes
 import os
 from importlib import resources
@@ -28,9 +35,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from .errors import ImageError, InputError
+from .artifacts import Bundle
+from .errors import ArtifactError, ImageError, InputError
 from .fetch import fetch_url
 from .images import thumbnail_jpeg
+from .collection import remove_images
+from .config import DUPLICATE_THRESHOLD
+from .duplicates import find_duplicates
 from .search import Searcher
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -50,10 +61,12 @@ def create_app(
     searcher: Searcher,
     allow_private_urls: bool = False,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    write_token: Optional[str] = None,
 ) -> FastAPI:
     """The FastAPI application around one shared :class:`Searcher`.
 
-    URL queries may reach loopback and private addresses only with ``allow_private_urls``.
+    URL queries may reach loopback and private addresses only with ``allow_private_urls``. Images
+    can be deleted only with ``write_token`` set, by requests that carry it.
     """
     _share_malloc_arenas()
     app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None)
@@ -100,16 +113,16 @@ def create_app(
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
-        manifest = searcher.manifest
+        manifest = searcher.bundle.manifest
         return {
             "images": len(searcher.catalog),
             "clusters": searcher.index.nlist,
-            "nprobe": searcher.default_nprobe,
-            "skipped": len(manifest["skipped"]),
-            "created": manifest["created"],
-            "data_dir": manifest["data_dir"],
+            "nprobe": searcher.index.nprobe,
+            "skipped": len(manifest.skipped),
+            "created": manifest.created,
+            "data_dir": manifest.data_dir,
             "labels": sorted({label for label in searcher.catalog.labels if label is not None}),
-            "settings": manifest["settings"],
+            "settings": manifest.settings.to_dict(),
         }
 
     @app.post("/api/search")
@@ -129,7 +142,7 @@ def create_app(
             data = await upload.read(max_upload_bytes + 1)
             if len(data) > max_upload_bytes:
                 raise HTTPException(413, f"upload over the {max_upload_bytes}-byte limit")
-            options = _options(form.get("n"), form.get("nprobe"))
+            options = _options(form.get("n"), form.get("nprobe"), form.get("max_distance"))
             result = await run_in_threadpool(searcher.search_bytes, data, upload.filename or "upload", **options)
         elif content_type.startswith("application/json"):
             try:
@@ -138,7 +151,7 @@ def create_app(
                 raise HTTPException(400, "the request body is not valid JSON") from None
             if not isinstance(body, dict) or ("url" in body) == ("id" in body):
                 raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
-            options = _options(body.get("n"), body.get("nprobe"))
+            options = _options(body.get("n"), body.get("nprobe"), body.get("max_distance"))
             if "id" in body:
                 result = await run_in_threadpool(searcher.search_indexed, _image_id(str(body["id"]), searcher), **options)
             else:
@@ -161,7 +174,29 @@ def create_app(
             raise HTTPException(404, f"image {image_id} is no longer on disk")
         return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
 
-    @app.api_route("/{path:path}", methods=["GET", "POST"], include_in_schema=False)
+    @app.delete("/api/images/{image_id}")
+    def delete_image(image_id: str, request: Request) -> dict[str, Any]:
+        if write_token is None:
+            raise HTTPException(403, "deleting is off: start the server with --write-token to allow it")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), write_token.encode()):
+            raise HTTPException(401, "deleting needs the server's write token: Authorization: Bearer TOKEN")
+        path = searcher.catalog.paths[_image_id(image_id, searcher)]
+        try:
+            change = remove_images([path], searcher.bundle.folder.parent)
+        except ArtifactError as exc:  # another writer holds the bundle
+            raise HTTPException(409, str(exc)) from None
+        searcher.use(Bundle.load(change.artifacts.parent))
+        return {"removed": path, "images": change.images}
+
+    @app.get("/api/duplicates")
+    def duplicates(threshold: Optional[str] = None) -> dict[str, Any]:
+        limit = DUPLICATE_THRESHOLD if threshold in (None, "") else _distance(threshold, "threshold")
+        groups = find_duplicates(searcher.bundle, limit)
+        return {"threshold": limit, "linkage": "connected components",
+                "groups": [group.to_dict(searcher.catalog) for group in groups]}
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE"], include_in_schema=False)
     def not_found(path: str) -> None:
         raise HTTPException(404, f"no such page: /{path}")
 
@@ -205,21 +240,35 @@ def _image_id(text: str, searcher: Searcher) -> int:
     return int(text)
 
 
-def _options(n: Optional[Any], nprobe: Optional[Any]) -> dict[str, Any]:
-    """Validate ``n`` (1..MAX_RESULTS, default 10) and ``nprobe`` (a count, "all", or empty for the default)."""
+def _options(n: Optional[Any], nprobe: Optional[Any], max_distance: Optional[Any] = None) -> dict[str, Any]:
+    """Validate ``n`` (1..MAX_RESULTS, default 10), ``nprobe`` (a count, "all", or empty for the
+    default) and ``max_distance`` (a number from 0, or empty for none)."""
     try:
         count = 10 if n in (None, "") else int(n)
     except (TypeError, ValueError):
         raise InputError(f"n must be a whole number, got {n!r}") from None
     if not 1 <= count <= MAX_RESULTS:
         raise InputError(f"n must lie between 1 and {MAX_RESULTS}, got {count}")
+    options = {"n": count, "nprobe": None,
+               "max_distance": None if max_distance in (None, "") else _distance(max_distance, "max_distance")}
     if nprobe in (None, "", "auto"):
-        return {"n": count, "nprobe": None}
+        return options
     if str(nprobe) == "all":
-        return {"n": count, "nprobe": "all"}
+        return {**options, "nprobe": "all"}
     if not str(nprobe).isdecimal() or len(str(nprobe)) > 9 or int(nprobe) < 1:
         raise InputError(f"nprobe must be a positive whole number, 'all' or 'auto', got {nprobe!r}")
-    return {"n": count, "nprobe": int(nprobe)}
+    return {**options, "nprobe": int(nprobe)}
+
+
+def _distance(value: Any, name: str) -> float:
+    """A distance from a request: a finite number from 0."""
+    try:
+        number = float(str(value)[:32])
+    except ValueError:
+        raise InputError(f"{name} must be a number, got {str(value)[:32]!r}") from None
+    if not 0 <= number < math.inf:  # also refuses nan
+        raise InputError(f"{name} must be a finite number from 0, got {str(value)[:32]}")
+    return number
 
 
 _cached_thumbnail = functools.lru_cache(maxsize=4096)(thumbnail_jpeg)

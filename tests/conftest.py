@@ -55,9 +55,10 @@ def fitted(photos, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def searcher(fitted):
+    from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
 
-    return Searcher(fitted[0])
+    return Searcher(Bundle.load(fitted[0]))
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

@@ -6,10 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.artifacts import (FORMAT_VERSION, LOCK, REQUIRED_FILES, ArtifactWriter, current_fit,
-                                load_embeddings, load_index, save_index)
+from pipeline.artifacts import FORMAT_VERSION, LOCK, REQUIRED_FILES, ArtifactWriter, Bundle, current_folder
 from pipeline.errors import ArtifactError
-from pipeline.index import ClusteredIndex
 
 
 class _RunsCode:
@@ -23,9 +21,11 @@ class _RunsCode:
 
 
 def stage_fit(writer, marker):
-    for name in REQUIRED_FILES[1:]:
+    """Stage files of the bundle's names (only the manifest is real) and commit them."""
+    for name in REQUIRED_FILES:
         (writer.path / name).write_text(marker)
-    return writer.commit({"marker": marker})
+    (writer.path / "manifest.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "marker": marker}))
+    return writer.commit()
 
 
 def test_commit_points_current_at_the_new_fit_and_drops_the_old(tmp_path):
@@ -33,8 +33,8 @@ def test_commit_points_current_at_the_new_fit_and_drops_the_old(tmp_path):
         first = stage_fit(writer, "one")
     with ArtifactWriter(tmp_path) as writer:
         second = stage_fit(writer, "two")
-    assert current_fit(tmp_path) == second and not first.exists()
-    assert json.loads((second / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
+    assert current_folder(tmp_path) == second and not first.exists()
+    assert json.loads((second / "manifest.json").read_text())["marker"] == "two"
 
 
 def test_a_failed_fit_keeps_the_previous_one_and_leaves_no_staging(tmp_path):
@@ -44,7 +44,7 @@ def test_a_failed_fit_keeps_the_previous_one_and_leaves_no_staging(tmp_path):
         with ArtifactWriter(tmp_path) as writer:
             (writer.path / "encoder.keras").write_text("half written")
             raise RuntimeError("training blew up")
-    assert current_fit(tmp_path) == good
+    assert current_folder(tmp_path) == good
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["CURRENT", LOCK, good.name])
 
 
@@ -58,9 +58,9 @@ def test_staging_left_by_a_killed_fit_is_cleaned_by_the_next(tmp_path):
 
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ArtifactError, match="no fitted artifacts .it does not exist"):
-        current_fit(tmp_path / "nowhere")
+        current_folder(tmp_path / "nowhere")
     with pytest.raises(ArtifactError, match="holds no completed fit"):
-        current_fit(tmp_path)
+        current_folder(tmp_path)
 
 
 def test_partial_and_foreign_artifacts_are_clear_errors(tmp_path):
@@ -68,55 +68,56 @@ def test_partial_and_foreign_artifacts_are_clear_errors(tmp_path):
         fit_dir = stage_fit(writer, "x")
     os.remove(fit_dir / "index.npz")
     with pytest.raises(ArtifactError, match="incomplete artifacts, missing index.npz"):
-        current_fit(tmp_path)
+        current_folder(tmp_path)
     (fit_dir / "index.npz").write_text("x")
     (fit_dir / "manifest.json").write_text(json.dumps({"format_version": 99}))
     with pytest.raises(ArtifactError, match="format version 99"):
-        current_fit(tmp_path)
+        current_folder(tmp_path)
     (fit_dir / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="unreadable manifest"):
-        current_fit(tmp_path)
+        current_folder(tmp_path)
 
 
-def test_the_index_round_trips_through_plain_arrays(tmp_path):
-    vectors = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
-    index = ClusteredIndex("cosine").fit(vectors, vectors[:5])
-    save_index(tmp_path, index, vectors)
-    loaded = load_index(tmp_path, load_embeddings(tmp_path))
-    assert loaded.nlist == index.nlist and np.array_equal(loaded.assignments_, index.assignments_)
-    hits, again = index.search(vectors[:7], 5, 2), loaded.search(vectors[:7], 5, 2)
-    assert np.array_equal(hits.ids, again.ids) and np.allclose(hits.distances, again.distances)
+def test_a_bundle_round_trips_with_its_index_settings(fitted, tmp_path):
+    bundle = Bundle.load(fitted[0])
+    bundle.index.nprobe, bundle.index.expansion = 1, 2
+    with ArtifactWriter(tmp_path) as writer:
+        bundle.save(writer)
+    again = Bundle.load(tmp_path)
+    assert (again.index.nprobe, again.index.expansion) == (1, 2) and again.folder.parent == tmp_path
+    assert again.manifest == bundle.manifest and again.catalog == bundle.catalog
+    assert np.array_equal(again.embeddings, bundle.embeddings)
+    hits, reloaded = bundle.index.search(bundle.embeddings[:7], 5), again.index.search(again.embeddings[:7], 5)
+    assert np.array_equal(hits.ids, reloaded.ids) and np.allclose(hits.distances, reloaded.distances)
 
 
-def test_a_crafted_bundle_file_cannot_run_code(tmp_path):
+def test_a_crafted_bundle_file_cannot_run_code(fitted, tmp_path):
+    import shutil
+
     marker = tmp_path / "ran"
-    vectors = np.zeros((3, 2), np.float32)
-    np.savez(tmp_path / "index.npz", metric=np.array("cosine"), centroids=np.ones((1, 2), np.float32),
-             assignments=np.array([_RunsCode(marker)] * 3, dtype=object))
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    folder = current_folder(artifacts)
+    with np.load(folder / "index.npz") as arrays:
+        stored = dict(arrays)
+    np.savez(folder / "index.npz", **{**stored, "assignments": np.array([_RunsCode(marker)] * 32, dtype=object)})
     with pytest.raises(ArtifactError, match="index.npz: cannot load the index .*allow_pickle"):
-        load_index(tmp_path, vectors)
-    np.save(tmp_path / "embeddings.npy", np.array([_RunsCode(marker)], dtype=object))
+        Bundle.load(artifacts)
+    np.save(folder / "embeddings.npy", np.array([_RunsCode(marker)], dtype=object))
     with pytest.raises(ArtifactError, match="embeddings.npy: cannot load the embeddings"):
-        load_embeddings(tmp_path)
+        Bundle.load(artifacts)
     assert not marker.exists()
-
-
-def test_an_index_that_does_not_fit_its_embeddings_is_a_clear_error(tmp_path):
-    vectors = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
-    save_index(tmp_path, ClusteredIndex("cosine").fit(vectors, vectors[:3]), vectors)
-    with pytest.raises(ArtifactError, match="index.npz: cannot load the index .*do not fit"):
-        load_index(tmp_path, vectors[:15])  # a catalog shorter than the index
 
 
 def test_a_second_writer_fails_at_once_and_the_first_one_wins(tmp_path):
     with ArtifactWriter(tmp_path) as first:
-        with pytest.raises(ArtifactError, match=rf"another fit or add is writing to it \(process {os.getpid()}\)"):
+        with pytest.raises(ArtifactError, match=rf"another fit, add, sync or remove is writing to it \(process {os.getpid()}\)"):
             with ArtifactWriter(tmp_path):
                 pass
         committed = stage_fit(first, "first")
-    assert current_fit(tmp_path) == committed
+    assert current_folder(tmp_path) == committed
     with ArtifactWriter(tmp_path) as again:  # the lock is released with the first writer
-        assert stage_fit(again, "again") == current_fit(tmp_path)
+        assert stage_fit(again, "again") == current_folder(tmp_path)
 
 
 def test_a_writer_in_another_process_blocks_this_one(tmp_path):
@@ -149,17 +150,27 @@ def _edit_json(name, change):
     return corrupt
 
 
-def _shorter_index(folder):
+def _edit_index(**change):
+    def corrupt(folder):
+        with np.load(folder / "index.npz") as arrays:
+            stored = dict(arrays)
+        np.savez(folder / "index.npz", **{**stored, **{k: f(stored[k]) for k, f in change.items()}})
+    return corrupt
+
+
+def _drop_from_index(folder, name):
     with np.load(folder / "index.npz") as arrays:
-        np.savez(folder / "index.npz", metric=arrays["metric"], centroids=arrays["centroids"],
-                 assignments=arrays["assignments"][:-1])
+        stored = {k: v for k, v in arrays.items() if k != name}
+    np.savez(folder / "index.npz", **stored)
 
 
 CORRUPTIONS = {
     "manifest-a-list": (lambda folder: (folder / "manifest.json").write_text("[]"), "not a manifest"),
     "manifest-truncated": (lambda folder: _truncate(folder / "manifest.json"), "unreadable manifest"),
-    "manifest-without-nprobe": (_edit_json("manifest.json", lambda m: {k: v for k, v in m.items() if k != "nprobe"}),
-                                "corrupt manifest, nprobe missing"),
+    "manifest-without-images": (_edit_json("manifest.json", lambda m: {k: v for k, v in m.items() if k != "images"}),
+                                "corrupt manifest, images missing"),
+    "manifest-recall-not-numbers": (_edit_json("manifest.json", lambda m: {**m, "recall_at_10": {"x": 1}}),
+                                    "corrupt settings"),
     "settings-corrupt": (_edit_json("manifest.json", lambda m: {**m, "settings": {**m["settings"], "image_size": "x"}}),
                          "corrupt settings"),
     "catalog-truncated": (lambda folder: _truncate(folder / "catalog.json"), "unreadable catalog"),
@@ -170,7 +181,10 @@ CORRUPTIONS = {
     "embeddings-a-pickle": (lambda folder: np.save(folder / "embeddings.npy", np.array([{}], dtype=object)),
                             "cannot load the embeddings"),
     "index-truncated": (lambda folder: _truncate(folder / "index.npz"), "cannot load the index"),
-    "index-shorter-than-the-catalog": (_shorter_index, "cannot load the index"),
+    "index-shorter-than-the-catalog": (_edit_index(assignments=lambda a: a[:-1]), "cannot load the index .*do not fit"),
+    "index-nprobe-zero": (_edit_index(nprobe=lambda n: np.array(0)), "cannot load the index .*out of range"),
+    "index-without-expansion": (lambda folder: _drop_from_index(folder, "expansion"),
+                                "cannot load the index"),
     "encoder-truncated": (lambda folder: _truncate(folder / "encoder.keras"), "cannot load the model"),
     "current-points-nowhere": (lambda folder: (folder.parent / "CURRENT").write_text("fit-gone\n"), "incomplete artifacts"),
 }
@@ -180,14 +194,41 @@ CORRUPTIONS = {
 def test_a_corrupt_bundle_is_one_clear_error(fitted, tmp_path, kind):
     import shutil
 
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    corrupt, message = CORRUPTIONS[kind]
+    corrupt(current_folder(artifacts))
+    with pytest.raises(ArtifactError, match=message):
+        Bundle.load(artifacts).encoder
+
+
+def _as_format_3(folder, index):
+    """Rewrite a bundle as format 3 wrote it: nprobe in the manifest, not on the index; additions."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(format_version=3, nprobe=int(index.nprobe), clusters=index.nlist,
+                    additions=[{"added": 1}])
+    del manifest["changes"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _drop_from_index(folder, "nprobe")
+    _drop_from_index(folder, "expansion")
+    return manifest
+
+
+def test_a_format_3_bundle_loads_and_answers_as_before(fitted, tmp_path):
+    import shutil
+
     from pipeline.search import Searcher
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(fitted[0], artifacts)
-    corrupt, message = CORRUPTIONS[kind]
-    corrupt(current_fit(artifacts))
-    with pytest.raises(ArtifactError, match=message):
-        Searcher(artifacts)
+    bundle = Bundle.load(artifacts)
+    bundle.index.nprobe = 2  # not the default, so that reading it from the manifest is checked
+    expected = Searcher(bundle).search_indexed(4, n=6)
+    _as_format_3(bundle.folder, bundle.index)
+    old = Bundle.load(artifacts)
+    assert (old.index.nprobe, old.index.expansion) == (2, bundle.settings.query_expansion)
+    assert old.manifest.changes == [{"action": "add", "added": 1}]
+    assert Searcher(old).search_indexed(4, n=6) == expected
 
 
 def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted, tmp_path, caplog):
@@ -199,19 +240,19 @@ def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted, t
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(fitted[0], artifacts)
-    folder = current_fit(artifacts)
-    expected = [h.id for h in Searcher(artifacts).search_indexed(4, n=6).results]
-    # the previous format: a pickled index, format version 2, no backbone setting
-    index = load_index(folder, load_embeddings(folder))
-    joblib.dump(index, folder / "index.joblib")
+    bundle = Bundle.load(artifacts)
+    expected = [h.id for h in Searcher(bundle).search_indexed(4, n=6).results]
+    # the format before 3: a pickled index, format version 2, no backbone setting
+    folder = bundle.folder
+    manifest = _as_format_3(folder, bundle.index)
+    joblib.dump(bundle.index, folder / "index.joblib")
     os.remove(folder / "index.npz")
-    manifest = json.loads((folder / "manifest.json").read_text())
     manifest["format_version"] = 2
     manifest["settings"].pop("backbone")
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
     with pytest.raises(ArtifactError, match="format version 2, whose index is a pickle .* --allow-pickle"):
-        Searcher(artifacts)
-    legacy = Searcher(artifacts, allow_pickle=True)
+        Bundle.load(artifacts)
+    legacy = Searcher(Bundle.load(artifacts, allow_pickle=True))
     assert "unpickling its index (--allow-pickle)" in caplog.text
     assert [h.id for h in legacy.search_indexed(4, n=6).results] == expected

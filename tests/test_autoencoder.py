@@ -6,7 +6,7 @@ import pytest
 
 from conftest import PIXELS, copy_subset, tiny_config
 from pipeline.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
-from pipeline.embed import block_encoder
+from pipeline.embed import build_blocks_model
 from pipeline.errors import InputError
 
 
@@ -23,7 +23,7 @@ def test_shapes_and_output_range(pooling, activation):
     reconstruction = autoencoder.model.predict_on_batch(images)
     assert reconstruction.shape == images.shape
     assert reconstruction.min() >= 0.0 and reconstruction.max() <= 1.0  # targets are in [0, 1] for tanh too
-    blocks = block_encoder(autoencoder.encoder, config).predict_on_batch(images)
+    blocks = build_blocks_model(autoencoder.to_latent, config).predict_on_batch(images)
     grid = 32 // 4  # two stride-2 blocks
     assert blocks["latent"].shape == (3, grid * grid * 12 if pooling == "flatten" else 12)
     assert blocks["orientations"].shape == (3, 8 * 8 * 9) and blocks["colors"].shape == (3, 2 * 8**3)
@@ -35,21 +35,21 @@ def test_the_autoencoder_works_downscaled_and_the_histogram_at_full_size():
     images = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
     assert autoencoder.model.predict_on_batch(images).shape == (2, 32, 32, 3)
     assert autoencoder.maps.input_shape == (None, 32, 32, 3)
-    blocks = block_encoder(autoencoder.encoder, config).predict_on_batch(images)
+    blocks = build_blocks_model(autoencoder.to_latent, config).predict_on_batch(images)
     assert blocks["latent"].shape == (2, 8 * 8 * 16) and blocks["orientations"].shape == (2, 8 * 8 * 9)
 
 
 def test_without_orientation_and_colour_weight_the_encoder_has_one_block():
     config = pixel_config(orientation_weight=0.0, color_weight=0.0)
-    assert list(block_encoder(build_autoencoder(config).encoder, config).output) == ["latent"]
+    assert list(build_blocks_model(build_autoencoder(config).to_latent, config).output) == ["latent"]
 
 
 def test_feature_autoencoder_shapes_and_shared_weights():
     autoencoder = build_feature_autoencoder((2, 2, 1280), latent_dim=16)
     maps = np.random.default_rng(0).random((3, 2, 2, 1280)).astype(np.float32)
-    assert autoencoder.encoder.predict_on_batch(maps).shape == (3, 16)
+    assert autoencoder.to_latent.predict_on_batch(maps).shape == (3, 16)
     assert autoencoder.model.predict_on_batch(maps).shape == (3, 1280)  # the map's channel profile
-    assert {id(w) for w in autoencoder.encoder.weights} <= {id(w) for w in autoencoder.model.weights}
+    assert {id(w) for w in autoencoder.to_latent.weights} <= {id(w) for w in autoencoder.model.weights}
 
 
 def test_feature_autoencoder_training_lowers_the_loss(tmp_path):
@@ -76,14 +76,14 @@ def test_the_feature_autoencoder_starts_at_pca_of_the_channel_profiles():
     profiles = maps.mean(axis=(1, 2))
     autoencoder = build_feature_autoencoder((2, 2, 32), 6, profiles)
     pca = PCA(6, random_state=0).fit(profiles)
-    np.testing.assert_allclose(autoencoder.encoder.predict_on_batch(maps), pca.transform(profiles), atol=1e-4)
+    np.testing.assert_allclose(autoencoder.to_latent.predict_on_batch(maps), pca.transform(profiles), atol=1e-4)
     np.testing.assert_allclose(autoencoder.model.predict_on_batch(maps),
                                pca.inverse_transform(pca.transform(profiles)), atol=1e-4)  # PCA's reconstruction
 
 
 def test_encoder_shares_the_trained_weights():
     autoencoder = build_autoencoder(pixel_config())
-    shared = {id(w) for w in autoencoder.encoder.weights}
+    shared = {id(w) for w in autoencoder.to_latent.weights}
     assert shared and shared <= {id(w) for w in autoencoder.model.weights}
 
 
@@ -177,13 +177,14 @@ def test_consistency_zero_trains_on_reconstruction_alone(photos, tmp_path):
 def test_fit_at_512_pixels_the_design_cards_size(tmp_path, backbone):
     from pipeline.config import FitConfig
     from pipeline.fit import fit
+    from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
 
     photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=3)
     summary = fit(photos, tmp_path / "artifacts", FitConfig(backbone=backbone, image_size=512, epochs=1, batch_size=6))
     assert summary.images == 6 and summary.epochs_run == 1
     query = sorted((photos / "hat").glob("*.jpg"))[0]
-    assert Searcher(tmp_path / "artifacts").search_file(query, n=2).results[0].same_image
+    assert Searcher(Bundle.load(tmp_path / "artifacts")).search_file(query, n=2).results[0].same_image
 
 
 def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tmp_path):
@@ -192,7 +193,7 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
     from pipeline.embed import DescriptorHead, blocks_of, embed_images
 
     config = pixel_config(pooling="flatten", latent_dim=4, orientation_weight=0.75, color_weight=0.0)
-    blocks_model = block_encoder(build_autoencoder(config).encoder, config)
+    blocks_model = build_blocks_model(build_autoencoder(config).to_latent, config)
     images = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
     blocks = blocks_model.predict_on_batch(images.astype(np.float32) / 255)
 
@@ -216,7 +217,7 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
     model.save(tmp_path / "encoder.keras")
     from pipeline.artifacts import load_model
 
-    reloaded = load_model(tmp_path)
+    reloaded = load_model(tmp_path / "encoder.keras")
     np.testing.assert_allclose(embed_images(reloaded, images), vectors, atol=1e-5)
     read_back = blocks_of(reloaded).predict_on_batch(images.astype(np.float32) / 255)
     assert set(read_back) == {"latent", "orientations"}

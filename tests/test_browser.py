@@ -44,13 +44,14 @@ def server_url(searcher):
 def hostile_server_url(tmp_path_factory):
     """A fit whose class folder is named like markup that would run a script if put into innerHTML."""
     from pipeline.fit import fit
+    from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
 
     data = copy_subset(tmp_path_factory.mktemp("hostile"), classes=("hat", "shoes"), per_class=4)
     (data / "shoes").rename(data / HOSTILE_LABEL)
     artifacts = tmp_path_factory.mktemp("hostile-artifacts")
     fit(data, artifacts, tiny_config(epochs=1))
-    yield from _serve(Searcher(artifacts))
+    yield from _serve(Searcher(Bundle.load(artifacts)))
 
 
 def _launch(playwright):

@@ -21,8 +21,8 @@ def imgsim(*args, cwd, timeout=300):
 def test_the_command_lists_its_subcommands(tmp_path):
     process = imgsim("--help", cwd=tmp_path)
     assert process.returncode == 0
-    for name in ("fit", "predict", "add", "evaluate", "report", "serve"):
-        assert f"    {name} " in process.stdout
+    for name in ("fit", "predict", "add", "sync", "remove", "duplicates", "evaluate", "report", "serve"):
+        assert f"\n    {name} " in process.stdout or f"\n    {name}\n" in process.stdout
 
 
 def test_fit_has_a_flag_for_every_setting_with_its_default(tmp_path):
@@ -53,7 +53,7 @@ def test_fit_add_and_predict_end_to_end_from_another_folder(tmp_path):
     assert fit.returncode == 0, fit.stderr
     assert "fitted 12 images (0 skipped)" in fit.stdout and (work / "bundle" / "CURRENT").exists()
     add = imgsim("add", more, "--artifacts", "bundle", cwd=work)
-    assert add.returncode == 0 and "added 3 images" in add.stdout, add.stderr
+    assert add.returncode == 0 and "add: 3 added" in add.stdout, add.stderr
     query = sorted((more / "pants").glob("*.jpg"))[0]
     predict = imgsim("predict", "--file", query, "-n", 3, "--artifacts", "bundle", "--json", cwd=work)
     assert predict.returncode == 0, predict.stderr
@@ -61,7 +61,8 @@ def test_fit_add_and_predict_end_to_end_from_another_folder(tmp_path):
     assert results[0]["path"] == str(query) and results[0]["same_image"] and len(results) == 3
 
 
-@pytest.mark.parametrize("script", ["fit.py", "predict.py", "add.py", "evaluate.py", "report.py", "serve.py"])
+@pytest.mark.parametrize("script", ["fit.py", "predict.py", "add.py", "sync.py", "remove.py", "duplicates.py",
+                                    "evaluate.py", "report.py", "serve.py"])
 def test_the_scripts_run_the_same_commands_from_any_folder(script, tmp_path):
     process = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True,
                              text=True, cwd=tmp_path, timeout=60)
@@ -73,11 +74,11 @@ def test_a_full_disk_during_a_fit_is_one_line_and_keeps_the_previous_fit(fitted,
     import shutil
     import signal
 
-    from pipeline.artifacts import current_fit
+    from pipeline.artifacts import current_folder
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(fitted[0], artifacts)
-    before = current_fit(artifacts)
+    before = current_folder(artifacts)
     data = copy_subset(tmp_path / "photos", classes=("hat",), per_class=4)
 
     def small_disk():  # writes past 100 KB fail as on a full disk (EFBIG instead of a signal)
@@ -88,5 +89,5 @@ def test_a_full_disk_during_a_fit_is_one_line_and_keeps_the_previous_fit(fitted,
                              capture_output=True, text=True, cwd=tmp_path, timeout=300, preexec_fn=small_disk)
     assert process.returncode == 2
     errors = [line for line in process.stderr.replace("\r", "\n").splitlines() if line.startswith("error")]
-    assert errors == [f"error: {artifacts}: cannot write artifacts there (File too large); the previous fit is unchanged"]
-    assert "Traceback" not in process.stderr and current_fit(artifacts) == before
+    assert errors == [f"error: {artifacts}: cannot write artifacts there (File too large); the previous bundle is unchanged"]
+    assert "Traceback" not in process.stderr and current_folder(artifacts) == before

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED, copy_subset
-from pipeline.evaluate import evaluate, exact_neighbours, map_at_k, precision_at_k, reference_baselines
+from pipeline.artifacts import Bundle
+from pipeline.evaluate import evaluate, reference_baselines
+from pipeline.metrics import exact_neighbours, map_at_k, precision_at_k
 
 
 def test_precision_at_k_by_hand():
@@ -63,7 +65,7 @@ def test_reference_baselines_equal_the_reference_tool(tmp_path):
 
 def test_evaluate_the_fitted_folder(fitted, photos):
     artifacts, summary = fitted
-    report = evaluate(photos, artifacts, k=5)
+    report = evaluate(photos, Bundle.load(artifacts), k=5)
     assert report["images"] == 32 and report["k"] == 5
     ours = report["pipeline"]
     assert 0 <= ours["precision_at_k"] <= 1 and 0 <= ours["map_at_k"] <= 1
@@ -96,4 +98,4 @@ def test_evaluate_needs_labels(fitted, tmp_path):
     for path in sorted((ROOT / "data" / "sample" / "hat").glob("*.jpg"))[:3]:
         (tmp_path / path.name).write_bytes(path.read_bytes())
     with pytest.raises(InputError, match="class folders"):
-        evaluate(tmp_path, fitted[0])
+        evaluate(tmp_path, Bundle.load(fitted[0]))

@@ -1,11 +1,12 @@
-"""The routed index against brute-force exact search."""
+"""The routed index against brute-force exact search, and the indexing choices made at fit time."""
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
 from pipeline.cluster import fit_kmeans
-from pipeline.index import ClusteredIndex, prepare_vectors, recall_curve, smallest_nprobe
+from conftest import tiny_config
+from pipeline.index import ClusteredIndex, build_index, prepare_vectors, recall_at_k, recall_curve, smallest_nprobe
 
 
 def gaussian_mixture(n=3000, dim=16, centers=30, seed=0):
@@ -122,3 +123,50 @@ def test_distances_to_named_vectors_and_padding():
     np.testing.assert_allclose(distances[0, :2], np.linalg.norm(vectors[[5, 17]] - vectors[0], axis=1), rtol=1e-5)
     np.testing.assert_allclose(distances[1], np.linalg.norm(vectors[[0, 299, 42]] - vectors[1], axis=1), atol=1e-4)
     assert np.isinf(distances[0, 2])
+
+
+def test_remove_drops_vectors_and_renumbers_the_rest_in_order():
+    vectors = gaussian_mixture(n=600)
+    index = build(vectors, "cosine", nlist=8)
+    gone = np.array([0, 5, 299, 599])
+    index.remove(gone)
+    kept = np.delete(vectors, gone, axis=0)
+    assert index.size == 596
+    np.testing.assert_allclose(index.stored_vectors(), prepare_vectors(kept, "cosine"), atol=1e-6)
+    fresh = ClusteredIndex("cosine").fit(kept, index.centroids_)
+    assert np.array_equal(fresh.assignments_, index.assignments_)  # same as indexing the rest from scratch
+    assert index.search(kept[:40], n=1, nprobe="all").ids[:, 0].tolist() == list(range(40))
+
+
+def test_the_tuned_nprobe_and_expansion_are_the_index_defaults_and_are_stored():
+    vectors = gaussian_mixture(n=4000, dim=32, centers=40)
+    index = build(vectors, "cosine", nlist=64)
+    index.expansion = 2
+    curve = index.tune_nprobe("auto", target_recall=0.9)
+    assert index.nprobe == smallest_nprobe(curve, 0.9) < 64 and curve[index.nprobe] >= 0.9
+    assert index.tune_nprobe(3) == curve and index.nprobe == 3
+    default = index.search(vectors[:30], n=5)
+    assert default.probed.shape == (30, 3)
+    assert np.array_equal(default.ids, index.search(vectors[:30], n=5, nprobe=3, expansion=2).ids)
+    again = ClusteredIndex.from_arrays(index.to_arrays(), vectors)
+    assert (again.metric, again.nprobe, again.expansion) == ("cosine", 3, 2)
+    assert np.array_equal(again.search(vectors[:30], n=5).ids, default.ids)
+
+
+def test_auto_nprobe_reaches_its_target_on_held_out_queries():
+    data = gaussian_mixture(n=8300, dim=32, centers=60, seed=3)
+    indexed, held_out = data[:8000], data[8000:]
+    config = tiny_config(target_recall=0.9)
+    index, curve = build_index(indexed, config)
+    nprobe = index.nprobe
+    assert index.nlist == 200  # min(4 sqrt(8000) = 358, 8000 / 40)
+    assert 1 < nprobe < index.nlist and curve[nprobe] >= 0.9
+    # 300 unseen queries x 10 neighbours: a standard error of about 0.005 on the measured recall
+    assert recall_at_k(index.search(held_out, 10).ids, index.search(held_out, 10, "all").ids) >= 0.9 - 0.02
+    smaller = max(p for p in curve if p < nprobe)
+    assert curve[smaller] < 0.9  # and it is the smallest that does
+
+
+def test_small_sets_search_every_cluster():
+    index, _ = build_index(gaussian_mixture(n=500), tiny_config())
+    assert index.nlist == 12 and index.nprobe == 12

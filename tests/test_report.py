@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import PIXELS, ROOT, SAMPLE, tiny_config
+from pipeline.artifacts import Bundle
 from pipeline.report import build_report, stratified_sample
 
 
@@ -47,7 +48,7 @@ def test_stratified_sample_respects_the_cap_and_keeps_every_group():
 
 def test_report_of_a_labelled_fit(fitted, tmp_path):
     artifacts, summary = fitted
-    out = build_report(artifacts, tmp_path / "report.html", max_points=20, thumbnails_per_cluster=3,
+    out = build_report(Bundle.load(artifacts), tmp_path / "report.html", max_points=20, thumbnails_per_cluster=3,
                        png_dir=tmp_path / "png")
     page, text = parse(out)
     assert {"summary", "tsne", "clusters", "reconstructions", "training"} <= page.ids
@@ -93,7 +94,7 @@ def test_report_without_a_fit_is_a_clear_error(tmp_path):
     from pipeline.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="no fitted artifacts"):
-        build_report(tmp_path / "none", tmp_path / "r.html")
+        build_report(Bundle.load(tmp_path / "none"), tmp_path / "r.html")
 
 
 def test_report_when_the_photos_have_moved_since_the_fit(tmp_path):
@@ -103,7 +104,7 @@ def test_report_when_the_photos_have_moved_since_the_fit(tmp_path):
     photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=4)
     fit(photos, tmp_path / "artifacts", tiny_config(**PIXELS, epochs=1))
     shutil.rmtree(photos)
-    page, text = parse(build_report(tmp_path / "artifacts", tmp_path / "moved.html"))
+    page, text = parse(build_report(Bundle.load(tmp_path / "artifacts"), tmp_path / "moved.html"))
     assert "None of the sampled images can be read any more." in text and "missing" in text
     assert not [img for img in page.images if img["src"].startswith("data:image/jpeg")]
     assert {"summary", "tsne", "clusters", "reconstructions", "training"} <= page.ids

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY, copy_subset
-from pipeline.artifacts import current_fit, read_manifest
+from pipeline.artifacts import Bundle, current_folder
 
 
 def run_script(name, *args, timeout=300):
@@ -46,13 +46,13 @@ def test_fit_skips_and_lists_bad_files(messy_fit):
     data, artifacts, process = messy_fit
     assert process.returncode == 0, process.stderr
     assert "fitted 12 images (3 skipped)" in process.stdout and f"artifacts: {artifacts}" in process.stdout
-    manifest = read_manifest(current_fit(artifacts))
-    assert {os.path.basename(s["path"]): s["reason"].split(" (")[0] for s in manifest["skipped"]} == {
+    bundle = Bundle.load(artifacts)
+    assert {os.path.basename(s["path"]): s["reason"].split(" (")[0] for s in bundle.manifest.skipped} == {
         "empty.jpg": "empty file",
         "notes.png": "not a decodable image",
         "truncated.jpg": "cannot decode image",
     }
-    assert manifest["clusters"] == 3
+    assert bundle.index.nlist == 3
 
 
 def test_predict_json_by_file(messy_fit):
@@ -87,10 +87,28 @@ def test_predict_table_and_plot(messy_fit, tmp_path):
                          "--exclude-self", "--nprobe", "all")
     assert process.returncode == 0, process.stderr
     lines = process.stdout.splitlines()
-    assert lines[0].startswith(f"query {query}: nprobe 3") and lines[1].split()[:3] == ["rank", "distance", "cluster"]
+    assert lines[0].startswith(f"query {query}: nprobe 3") and lines[1].split()[:5] == ["rank", "distance", "to", "query", "cluster"]
     rows = [line for line in lines if line.strip()[:1].isdigit()]
     assert len(rows) == 3 and not any(str(query) in row for row in rows)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+def test_predict_max_distance_returns_only_results_that_close(messy_fit):
+    data, artifacts, _ = messy_fit
+    query = sorted((data / "hat").glob("*.jpg"))[0]
+    everything = json.loads(run_script("predict.py", "--file", query, "-n", 12, "--artifacts", artifacts,
+                                       "--json").stdout)["results"]
+    limit = sorted(hit["query_distance"] for hit in everything)[3]
+    process = run_script("predict.py", "--file", query, "-n", 12, "--artifacts", artifacts, "--max-distance", limit,
+                         "--json")
+    close = json.loads(process.stdout)["results"]
+    assert [hit["path"] for hit in close] == [hit["path"] for hit in everything if hit["query_distance"] <= limit]
+    assert 1 <= len(close) < 12 and [hit["rank"] for hit in close] == list(range(1, len(close) + 1))
+    process = run_script("predict.py", "--file", query, "--artifacts", artifacts, "--max-distance", 0, "--exclude-self")
+    assert process.returncode == 0 and "no indexed image within distance 0.0 of the query" in process.stdout
+    process = run_script("predict.py", "--file", query, "--artifacts", artifacts, "--max-distance", "-1")
+    assert process.returncode == 2 and process.stderr.strip().splitlines() == [
+        "error: imgsim predict: argument --max-distance: must be at least 0, got -1 (see imgsim predict --help)"]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +148,7 @@ def test_predict_without_artifacts_is_a_clear_error(tmp_path):
 
 def test_fit_of_an_empty_folder_is_exit_2_and_keeps_the_old_fit(messy_fit, tmp_path):
     _, artifacts, _ = messy_fit
-    before = current_fit(artifacts)
+    before = current_folder(artifacts)
     (tmp_path / "empty").mkdir()
     process = run_script("fit.py", tmp_path / "empty", "--artifacts", artifacts)
     assert process.returncode == 2
@@ -139,12 +157,12 @@ def test_fit_of_an_empty_folder_is_exit_2_and_keeps_the_old_fit(messy_fit, tmp_p
     (tmp_path / "junk" / "a.jpg").write_text("nope")
     process = run_script("fit.py", tmp_path / "junk", "--artifacts", artifacts)
     assert process.returncode == 2 and "none of the 1 image files could be decoded" in last_line(process)
-    assert current_fit(artifacts) == before and not list(artifacts.glob(".staging-*"))
+    assert current_folder(artifacts) == before and not list(artifacts.glob(".staging-*"))
 
 
 def test_an_interrupted_fit_keeps_the_old_artifacts(messy_fit, tmp_path):
     data, artifacts, _ = messy_fit
-    before = current_fit(artifacts)
+    before = current_folder(artifacts)
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "fit.py"), str(data), "--artifacts", str(artifacts),
          *map(str, tiny_flags(epochs=500))],
@@ -159,7 +177,7 @@ def test_an_interrupted_fit_keeps_the_old_artifacts(messy_fit, tmp_path):
         process.wait(timeout=30)
     finally:
         process.kill()
-    assert current_fit(artifacts) == before
+    assert current_folder(artifacts) == before
     predict = run_script("predict.py", "--file", sorted((data / "hat").glob("*.jpg"))[0], "-n", 2,
                          "--artifacts", artifacts, "--json")
     assert predict.returncode == 0 and len(json.loads(predict.stdout)["results"]) == 2

@@ -8,20 +8,21 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.distance import cdist
 
-from pipeline.artifacts import current_fit, load_catalog
+from pipeline.artifacts import Bundle
 
 
 def test_fit_summary_and_manifest(fitted, photos):
     artifacts, summary = fitted
     assert summary.images == 32 and not summary.skipped and summary.epochs_run == 2
-    manifest = json.loads((current_fit(artifacts) / "manifest.json").read_text())
+    bundle = Bundle.load(artifacts)
+    manifest = json.loads((bundle.folder / "manifest.json").read_text())
     assert manifest["images"] == 32 and manifest["settings"]["image_size"] == 64
     assert manifest["settings"]["backbone"] == "efficientnet-lite0"
     assert len(manifest["history"]["loss"]) == 2 and len(manifest["history"]["val_loss"]) == 2
     assert {"tensorflow", "keras", "scikit-learn", "numpy"} <= set(manifest["versions"])
-    assert manifest["nprobe"] == summary.nprobe and manifest["recall_at_10"][str(summary.nprobe)] >= 0.95
-    catalog = load_catalog(current_fit(artifacts))
-    assert sorted(set(catalog.labels)) == ["dress", "hat", "pants", "shoes"]
+    assert manifest["recall_at_10"][str(summary.nprobe)] >= 0.95 and manifest["changes"] == []
+    assert bundle.index.nprobe == summary.nprobe and bundle.index.expansion == 3  # the default setting
+    assert sorted(set(bundle.catalog.labels)) == ["dress", "hat", "pants", "shoes"]
 
 
 def test_the_saved_encoder_gives_the_stored_embedding_for_the_same_file(searcher, photos):
@@ -30,8 +31,9 @@ def test_the_saved_encoder_gives_the_stored_embedding_for_the_same_file(searcher
 
     for path in sorted(photos.rglob("*.jpg"))[::7]:
         row = searcher.catalog.paths.index(str(path))
-        vector = embed_images(searcher.encoder, prepare_image(read_file(path), str(path), searcher.image_size)[None])
-        np.testing.assert_allclose(vector[0], searcher.embeddings[row], atol=1e-5)
+        vector = embed_images(searcher.bundle.encoder,
+                              prepare_image(read_file(path), str(path), searcher.image_size)[None])
+        np.testing.assert_allclose(vector[0], searcher.bundle.embeddings[row], atol=1e-5)
 
 
 def test_an_indexed_image_finds_itself_first_at_distance_zero(searcher, photos):
@@ -46,11 +48,10 @@ def test_an_indexed_image_finds_itself_first_at_distance_zero(searcher, photos):
 
 
 def test_query_expansion_ranks_by_the_expanded_query_and_keeps_the_copy_first(searcher, photos):
-    embeddings = np.load(searcher.folder / "embeddings.npy").astype(np.float64)
+    embeddings = np.load(searcher.bundle.folder / "embeddings.npy").astype(np.float64)
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     query = sorted((photos / "pants").glob("*.jpg"))[1]
     row = searcher.catalog.paths.index(str(query))
-    assert searcher.default_expansion == 3  # the default setting, stored in the manifest
     result = searcher.search_file(query, n=8, nprobe="all")
     by_distance = [i for i in np.argsort(cdist(unit[row : row + 1], unit, "cosine")[0], kind="stable") if i != row]
     expanded = unit[row] + unit[by_distance[:3]].sum(axis=0)  # the query and its 3 nearest others
@@ -85,7 +86,7 @@ def test_url_query_gives_the_same_result_as_the_file(searcher, photos, http_root
 
 
 def test_nprobe_all_equals_brute_force_over_the_stored_embeddings(searcher, photos):
-    embeddings = np.load(searcher.folder / "embeddings.npy")
+    embeddings = np.load(searcher.bundle.folder / "embeddings.npy")
     query = sorted((photos / "pants").glob("*.jpg"))[3]
     result = searcher.search_file(query, n=10, nprobe="all", expansion=0)
     assert result.nprobe == searcher.index.nlist
@@ -123,10 +124,10 @@ def test_batched_encoding_gives_the_same_vectors_in_fewer_calls(searcher, photos
     from pipeline.images import prepare_image, read_file
 
     images = [prepare_image(read_file(p), str(p), searcher.image_size) for p in sorted(photos.rglob("*.jpg"))[:12]]
-    alone = [embed.BatchingEncoder(searcher.encoder, window_ms=0).embed(image) for image in images]
+    alone = [embed.BatchingEncoder(searcher.bundle.encoder, window_ms=0).embed(image) for image in images]
     batch_sizes, original = [], embed.embed_images
     monkeypatch.setattr(embed, "embed_images", lambda model, batch: batch_sizes.append(len(batch)) or original(model, batch))
-    batching = embed.BatchingEncoder(searcher.encoder, window_ms=200)
+    batching = embed.BatchingEncoder(searcher.bundle.encoder, window_ms=200)
     with ThreadPoolExecutor(12) as pool:
         together = list(pool.map(batching.embed, images))
     np.testing.assert_allclose(together, alone, atol=1e-5)

@@ -45,7 +45,7 @@ def test_page_is_served_without_external_resources_under_a_strict_policy(client)
 def test_health_and_stats(client, searcher):
     assert client.get("/api/health").json() == {"status": "ok", "images": 32}
     stats = client.get("/api/stats").json()
-    assert stats["images"] == 32 and stats["clusters"] == searcher.index.nlist and stats["nprobe"] == searcher.default_nprobe
+    assert stats["images"] == 32 and stats["clusters"] == searcher.index.nlist and stats["nprobe"] == searcher.index.nprobe
     assert stats["labels"] == ["dress", "hat", "pants", "shoes"] and stats["settings"]["image_size"] == 64
 
 
@@ -59,7 +59,7 @@ def test_upload_search_matches_the_searcher(client, searcher):
     first = body["results"][0]
     assert first["id"] == 5 and first["same_image"] and first["distance"] < 1e-5
     assert set(first) >= {"rank", "id", "path", "distance", "cluster", "label"}
-    assert body["nprobe"] == searcher.default_nprobe and len(body["clusters"]) == body["nprobe"]
+    assert body["nprobe"] == searcher.index.nprobe and len(body["clusters"]) == body["nprobe"]
 
 
 def test_search_by_id_and_nprobe_all(client, searcher):
@@ -127,7 +127,7 @@ def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit(client, content
 def test_too_many_pixels_is_413(searcher):
     from pipeline.search import Searcher
 
-    small_limit = Searcher(searcher.folder.parent, max_pixels=100 * 100)
+    small_limit = Searcher(searcher.bundle, max_pixels=100 * 100)
     buffer = io.BytesIO()
     Image.new("RGB", (200, 200), (10, 200, 30)).save(buffer, "PNG")
     response = TestClient(create_app(small_limit)).post("/api/search", files={"image": ("px.png", buffer.getvalue())})
@@ -165,3 +165,43 @@ def test_a_huge_n_or_expansion_from_python_is_bounded_by_the_collection(searcher
     assert len(result.results) == len(searcher.catalog) and result.expansion == len(searcher.catalog)
     with pytest.raises(InputError, match="n must be at least 1"):
         searcher.search_indexed(3, n=0)
+
+
+def test_max_distance_keeps_only_results_that_close_to_the_query(client, searcher):
+    data = photo_of(searcher, 7)
+    everything = client.post("/api/search", json={"id": 7, "n": 12}).json()["results"]
+    limit = sorted(r["query_distance"] for r in everything)[4]
+    close = client.post("/api/search", json={"id": 7, "n": 12, "max_distance": limit}).json()["results"]
+    assert 0 < len(close) < 12 and all(r["query_distance"] <= limit for r in close)
+    assert [r["id"] for r in close] == [r["id"] for r in everything if r["query_distance"] <= limit]
+    form = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"max_distance": "0"})
+    assert [r["id"] for r in form.json()["results"]] == [7]  # only the image itself is at distance 0
+    for bad in ("-1", "x", "inf"):
+        response = client.post("/api/search", json={"id": 7, "max_distance": bad})
+        assert response.status_code == 422 and "max_distance" in response.json()["error"]
+
+
+def test_delete_is_off_without_a_token_and_needs_the_token(fitted, tmp_path):
+    from pipeline.artifacts import Bundle
+    from pipeline.search import Searcher
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    searcher = Searcher(Bundle.load(artifacts))
+    closed = TestClient(create_app(searcher))
+    assert closed.delete("/api/images/3").status_code == 403
+    client = TestClient(create_app(searcher, write_token="s3cret"))
+    assert client.delete("/api/images/3").status_code == 401
+    assert client.delete("/api/images/3", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.delete("/api/images/99", headers={"Authorization": "Bearer s3cret"}).status_code == 404
+    assert len(Bundle.load(artifacts).catalog) == 32  # nothing removed so far
+
+    path = searcher.catalog.paths[3]
+    response = client.delete("/api/images/3", headers={"Authorization": "Bearer s3cret"})
+    assert response.status_code == 200 and response.json() == {"removed": path, "images": 31}
+    assert path not in Bundle.load(artifacts).catalog.paths  # on disk
+    assert client.get("/api/stats").json()["images"] == 31  # and in the running server
+    with open(path, "rb") as handle:
+        results = client.post("/api/search", files={"image": ("q.jpg", handle.read(), "image/jpeg")},
+                              data={"n": "31", "nprobe": "all"}).json()["results"]
+    assert len(results) == 31 and path not in [r["path"] for r in results]

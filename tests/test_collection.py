@@ -1,0 +1,226 @@
+"""A collection kept in step with its photos on real fits: add, sync (new, changed, deleted files), remove."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SAMPLE, copy_subset, tiny_config
+from pipeline.artifacts import ArtifactWriter, Bundle, current_folder
+from pipeline.collection import add_images, sync
+from pipeline.embed import embed_files
+from pipeline.errors import InputError
+from pipeline.images import find_images
+from pipeline.search import Searcher
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A fit of dresses and hats, and a folder of pants and shoes to add."""
+    from pipeline.fit import fit
+
+    root = tmp_path_factory.mktemp("add")
+    old = copy_subset(root / "old", classes=("dress", "hat"), per_class=8)
+    new = copy_subset(root / "new", classes=("pants", "shoes"), per_class=5)
+    (new / "shoes" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    artifacts = root / "artifacts"
+    fit(old, artifacts, tiny_config())
+    return old, new, artifacts
+
+
+def test_added_images_are_found_and_old_results_are_kept(base, tmp_path):
+    old, new, fitted = base
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted, artifacts)  # its own copy: the other tests add to the shared one
+    before = Searcher(Bundle.load(artifacts))
+    before_fit = before.bundle.folder
+    assert len(before.catalog) == 16
+    old_query = sorted((old / "hat").glob("*.jpg"))[2]
+    old_result = before.search_file(old_query, n=3)
+
+    summary = add_images(new, artifacts)
+    assert summary.added == 10 and summary.unchanged == 0 and summary.changed == summary.removed == 0
+    assert summary.images == 26
+    assert [s.path.rsplit("/", 1)[1] for s in summary.skipped] == ["broken.jpg"]
+    assert current_folder(artifacts) != before_fit and not before_fit.exists()
+
+    after = Searcher(Bundle.load(artifacts))
+    assert after.catalog.paths[:16] == before.catalog.paths  # old ids unchanged
+    for query in sorted((new / "pants").glob("*.jpg"))[:2] + sorted((new / "shoes").glob("*.jpg"))[:2]:
+        first = after.search_file(query, n=1, nprobe="all").results[0]
+        assert first.path == str(query) and first.same_image and first.distance < 1e-5
+    again = after.search_file(old_query, n=3)
+    assert again.results[0].path == old_result.results[0].path == str(old_query)
+    manifest = after.bundle.manifest
+    assert manifest.images == 26 and manifest.changes[-1]["action"] == "add" and manifest.changes[-1]["added"] == 10
+    assert manifest.changes[-1]["skipped"] == [{"path": str(new / "shoes" / "broken.jpg"),
+                                                "reason": "not a decodable image"}]
+    assert after.index.nprobe == summary.nprobe and manifest.recall_at_10[summary.nprobe] >= 0.95
+
+
+def added_once(base):
+    """The fixture's bundle after the new folder was added once, whichever test runs first."""
+    _, new, artifacts = base
+    if len(Bundle.load(artifacts).catalog) == 16:
+        add_images(new, artifacts)
+    return new, artifacts
+
+
+def test_adding_the_same_folder_again_changes_nothing(base):
+    new, artifacts = added_once(base)
+    before = current_folder(artifacts)
+    summary = add_images(new, artifacts)
+    assert summary.added == 0 and summary.unchanged == 10
+    assert current_folder(artifacts) == before and len(Bundle.load(artifacts).catalog) == 26
+
+
+def test_add_script_and_its_errors(base, tmp_path):
+    new, artifacts = added_once(base)
+    process = subprocess.run([sys.executable, str(ROOT / "scripts" / "add.py"), str(new), "--artifacts", str(artifacts)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.startswith("add: 0 added, 0 changed, 0 removed, 10 unchanged, 1 skipped")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no image files found"):
+        add_images(tmp_path / "empty", artifacts)
+    process = subprocess.run([sys.executable, str(ROOT / "scripts" / "add.py"), str(new), "--artifacts",
+                              str(tmp_path / "none")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert process.returncode == 2 and "no fitted artifacts" in process.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def collection(tmp_path):
+    """A fresh fit of 18 photos (3 classes) in its own folder, and 3 more photos to drop in later."""
+    from pipeline.fit import fit
+
+    photos = copy_subset(tmp_path / "photos", classes=("dress", "hat", "pants"), per_class=6)
+    spare = sorted((SAMPLE / "shoes").glob("*.jpg"))[:3]
+    artifacts = tmp_path / "artifacts"
+    fit(photos, artifacts, tiny_config())
+    return photos, spare, artifacts
+
+
+def fresh_vectors(folder, bundle):
+    """Every image of ``folder`` embedded from scratch with the bundle's encoder: {path: (label, hash, vector)}."""
+    embedded = embed_files(find_images(folder), bundle.encoder, bundle.settings)
+    return {r.path: (r.label, digest, vector) for r, digest, vector in zip(embedded.records, embedded.hashes,
+                                                                          embedded.vectors)}
+
+
+def test_sync_matches_a_fresh_index_after_new_changed_and_deleted_files(collection):
+    photos, spare, artifacts = collection
+    before = Bundle.load(artifacts)
+    deleted = sorted((photos / "hat").glob("*.jpg"))[1]
+    deleted_bytes = deleted.read_bytes()
+    deleted.unlink()
+    changed = sorted((photos / "dress").glob("*.jpg"))[0]
+    changed.write_bytes(spare[2].read_bytes())  # the same path, a shoe now
+    (photos / "shoes").mkdir()
+    for path in spare[:2]:
+        shutil.copy2(path, photos / "shoes" / path.name)
+    (photos / "shoes" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+
+    change = sync(artifacts)
+    assert (change.added, change.changed, change.removed, change.unchanged) == (2, 1, 1, 16)
+    assert [s.path for s in change.skipped] == [str(photos / "shoes" / "broken.jpg")]
+    after = Bundle.load(artifacts)
+    assert after.folder != before.folder and after.manifest.changes[-1]["action"] == "sync"
+    assert after.manifest.changes[-1]["added"] == 2 and len(after.catalog) == 19
+
+    fresh = fresh_vectors(photos, after)  # what a fit's index with the same encoder would hold
+    synced = dict(zip(after.catalog.paths, zip(after.catalog.labels, after.catalog.hashes, after.embeddings)))
+    assert set(synced) == set(fresh) and str(deleted) not in synced
+    for path, (label, digest, vector) in fresh.items():
+        assert synced[path][:2] == (label, digest)
+        np.testing.assert_allclose(synced[path][2], vector, atol=1e-4)
+    assert after.catalog.labels[after.catalog.paths.index(str(changed))] == "dress"  # its folder, new content
+    searcher = Searcher(after)
+    for query in [changed, photos / "shoes" / spare[0].name, sorted((photos / "pants").glob("*.jpg"))[3]]:
+        result = searcher.search_file(query, n=6, nprobe="all")
+        assert result.results[0].path == str(query) and result.results[0].same_image
+        paths = [hit.path for hit in result.results]
+        vectors = np.array([v for _, _, v in fresh.values()])
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        q = fresh[str(query)][2] / np.linalg.norm(fresh[str(query)][2])
+        by_exact = [list(fresh)[i] for i in np.argsort(-(unit @ q), kind="stable")]
+        assert set(paths[:2]) <= set(by_exact[:4])  # the nearest agree with a brute force over fresh vectors
+    gone = searcher.search_bytes(deleted_bytes, "the deleted photo", n=19, nprobe="all")
+    assert str(deleted) not in [hit.path for hit in gone.results] and not any(h.same_image for h in gone.results)
+
+    again = sync(artifacts)  # nothing changed since
+    assert (again.added, again.changed, again.removed, again.unchanged) == (0, 0, 0, 19)
+    assert current_folder(artifacts) == after.folder
+
+
+def test_sync_refuses_when_the_fitted_folder_is_gone(collection, tmp_path):
+    photos, _, artifacts = collection
+    before = current_folder(artifacts)
+    photos.rename(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="the folder this collection was made from is gone; nothing changed"):
+        sync(artifacts)
+    assert current_folder(artifacts) == before
+
+
+def test_a_sync_killed_at_any_point_leaves_the_previous_bundle(collection, monkeypatch):
+    photos, spare, artifacts = collection
+    before = Bundle.load(artifacts)
+    expected = Searcher(before).search_indexed(3, n=5)
+    for path in spare:
+        shutil.copy2(path, photos / "hat" / path.name)
+
+    def fail_at_commit(self):
+        raise KeyboardInterrupt  # the last moment before CURRENT moves
+    monkeypatch.setattr(ArtifactWriter, "commit", fail_at_commit)
+    with pytest.raises(KeyboardInterrupt):
+        sync(artifacts)
+    monkeypatch.undo()
+    assert current_folder(artifacts) == before.folder and not list(artifacts.glob(".staging-*"))
+
+    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync.py"), "--artifacts", str(artifacts)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(artifacts.glob(".staging-*")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert process.poll() is None, "the sync should still be running"
+        process.send_signal(signal.SIGKILL)  # mid-way: the staging folder exists, CURRENT has not moved
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert current_folder(artifacts) == before.folder
+    assert Searcher(Bundle.load(artifacts)).search_indexed(3, n=5) == expected
+    assert sync(artifacts).added == 3  # and the next sync does the work
+
+
+def test_removed_images_never_come_back_until_their_content_changes(collection):
+    photos, _, artifacts = collection
+    bundle = Bundle.load(artifacts)
+    by_path, by_id = sorted((photos / "pants").glob("*.jpg"))[0], bundle.catalog.paths.index(
+        str(sorted((photos / "hat").glob("*.jpg"))[2]))
+    by_id_path = bundle.catalog.paths[by_id]
+    process = subprocess.run([sys.executable, str(ROOT / "scripts" / "remove.py"), str(by_path), str(by_id),
+                              "--artifacts", str(artifacts)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.startswith("remove: 0 added, 0 changed, 2 removed")
+    after = Bundle.load(artifacts)
+    assert len(after.catalog) == 16 and {str(by_path), by_id_path}.isdisjoint(after.catalog.paths)
+    assert after.index.size == 16 and after.manifest.changes[-1]["action"] == "remove"
+    searcher = Searcher(after)
+    result = searcher.search_file(by_path, n=16, nprobe="all")
+    assert str(by_path) not in [hit.path for hit in result.results]
+
+    assert sync(artifacts).added == 0  # still on disk, still removed
+    assert str(by_path) not in Bundle.load(artifacts).catalog.paths
+    by_path.write_bytes(sorted((SAMPLE / "pants").glob("*.jpg"))[-1].read_bytes())  # new content: a new photo
+    assert sync(artifacts).added == 1 and str(by_path) in Bundle.load(artifacts).catalog.paths
+
+    for bad in (["nowhere.jpg"], ["999"]):
+        process = subprocess.run([sys.executable, str(ROOT / "scripts" / "remove.py"), *bad, "--artifacts",
+                                  str(artifacts)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert process.returncode == 2
+        assert process.stderr.strip().splitlines() == [
+            f"error: {bad[0]}: no indexed image has this path or id; nothing removed"]
