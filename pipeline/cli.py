@@ -106,6 +106,7 @@ def print_outcome(skipped: list, artifacts: object) -> None:
 def _fit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_dir", help="folder of images; first-level subfolder names are labels")
     parser.add_argument("--artifacts", default="artifacts", help="output folder")
+    _ray_flags(parser)
     hints = typing.get_type_hints(FitConfig)
     for field in dataclasses.fields(FitConfig):
         flag, kind = "--" + field.name.replace("_", "-"), hints[field.name]
@@ -151,7 +152,7 @@ def _fit(args: argparse.Namespace) -> None:
     from .fit import fit  # TensorFlow takes seconds to load
 
     settings = {name[len("setting_"):]: value for name, value in vars(args).items() if name.startswith("setting_")}
-    summary = fit(args.data_dir, args.artifacts, FitConfig(**settings))
+    summary = fit(args.data_dir, args.artifacts, FitConfig(**settings), _engine(args))
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.stage_seconds.items())
     print(f"fitted {summary.images} images ({len(summary.skipped)} skipped) in {summary.seconds:.1f}s: {stages}")
     print(f"{summary.epochs_run} epochs, {summary.clusters} clusters, nprobe {summary.nprobe} "
@@ -245,22 +246,44 @@ def _predict(args: argparse.Namespace) -> None:
 def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("new_dir", help="folder of new images; first-level subfolder names are labels")
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    _ray_flags(parser)
 
 
 def _add(args: argparse.Namespace) -> None:
     from .collection import add_images  # TensorFlow takes seconds to load
 
-    print_change(add_images(args.new_dir, args.artifacts))
+    print_change(add_images(args.new_dir, args.artifacts, _engine(args)))
 
 
 def _sync_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    _ray_flags(parser)
 
 
 def _sync(args: argparse.Namespace) -> None:
     from .collection import sync  # TensorFlow takes seconds to load
 
-    print_change(sync(args.artifacts))
+    print_change(sync(args.artifacts, _engine(args)))
+
+
+def _ray_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="decode and embed on a Ray cluster: its address, or none to start one on this machine "
+                             '(needs pip install -e ".[ray]")')
+    parser.add_argument("--ray-workers", type=_positive, metavar="N",
+                        help="encoder actors on the cluster (default: one per two CPUs)")
+    parser.add_argument("--ray-gpus-per-worker", type=_non_negative_float, default=0.0, metavar="G",
+                        help="GPUs each encoder actor takes, fractions allowed (needs the gpu extra and GPU nodes)")
+
+
+def _engine(args: argparse.Namespace):
+    """The Ray engine the flags ask for, or None for this process alone."""
+    if args.ray is None:
+        return None
+    from .distributed import RayEngine
+
+    return RayEngine(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
+                     gpus_per_worker=args.ray_gpus_per_worker)
 
 
 def _remove_flags(parser: argparse.ArgumentParser) -> None:

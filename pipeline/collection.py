@@ -25,8 +25,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import ArtifactWriter, Bundle, Catalog, current_folder
+from .artifacts import ENCODER, ArtifactWriter, Bundle, Catalog, current_folder
 from .dataset import SkippedImage
+from .distributed import RayEngine, embed_files_on_ray
 from .embed import embed_files
 from .errors import ImageError, InputError
 from .images import ImageRecord, content_hash, find_images, read_file
@@ -63,8 +64,10 @@ class CollectionChange:
                 "seconds": round(self.seconds, 3), **details}
 
 
-def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts") -> CollectionChange:
-    """Index the images under ``new_dir`` with the fitted encoder and clusters.
+def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts",
+               engine: Optional[RayEngine] = None) -> CollectionChange:
+    """Index the images under ``new_dir`` with the fitted encoder and clusters (embedded on a Ray
+    cluster with ``engine``).
 
     Images already indexed (same path and same content) and unreadable files are skipped; a path
     indexed with other content is re-embedded. Later syncs rescan ``new_dir`` too.
@@ -77,11 +80,12 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
     def plan(bundle: Bundle) -> tuple[list[ImageRecord], list[int]]:
         return records, []
 
-    return _update(artifacts_dir, "add", plan, data_dir=str(Path(new_dir).resolve()))
+    return _update(artifacts_dir, "add", plan, engine, data_dir=str(Path(new_dir).resolve()))
 
 
-def sync(artifacts_dir: str | os.PathLike = "artifacts") -> CollectionChange:
-    """Bring the bundle in step with the folders it was made from (the fitted one and every added one).
+def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEngine] = None) -> CollectionChange:
+    """Bring the bundle in step with the folders it was made from (the fitted one and every added one);
+    new and changed images are embedded on a Ray cluster with ``engine``.
 
     Raises InputError when one of those folders is gone (an unmounted disk must not empty the index).
     """
@@ -98,7 +102,7 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts") -> CollectionChange:
         gone = [row for row, path in enumerate(bundle.catalog.paths) if path not in on_disk]
         return list(on_disk.values()), gone
 
-    return _update(artifacts_dir, "sync", plan)
+    return _update(artifacts_dir, "sync", plan, engine)
 
 
 def remove_images(targets: Sequence[str], artifacts_dir: str | os.PathLike = "artifacts") -> CollectionChange:
@@ -120,11 +124,12 @@ def remove_images(targets: Sequence[str], artifacts_dir: str | os.PathLike = "ar
             bundle.manifest.removed[bundle.catalog.paths[row]] = bundle.catalog.hashes[row]
         return [], sorted(set(chosen))
 
-    return _update(artifacts_dir, "remove", plan)
+    return _update(artifacts_dir, "remove", plan, None)
 
 
 def _update(artifacts_dir: str | os.PathLike, action: str,
-            plan: Callable[[Bundle], tuple[list[ImageRecord], list[int]]], **details) -> CollectionChange:
+            plan: Callable[[Bundle], tuple[list[ImageRecord], list[int]]], engine: Optional[RayEngine],
+            **details) -> CollectionChange:
     """Load the bundle under the lock; ``plan`` names the image files to (re)consider and the rows
     to drop; files already indexed with the same content are left as they are; save if anything changed."""
     start = time.perf_counter()
@@ -150,7 +155,11 @@ def _update(artifacts_dir: str | os.PathLike, action: str,
             elif record.path not in bundle.manifest.removed or action == "add":
                 bundle.manifest.removed.pop(record.path, None)
                 todo.append(record)
-        embedded = embed_files(todo, bundle.encoder, bundle.settings, writer.path) if todo else None
+        embedded = None
+        if todo and engine is not None:
+            embedded = embed_files_on_ray(todo, bundle.folder / ENCODER, bundle.settings, engine, writer.path)
+        elif todo:
+            embedded = embed_files(todo, bundle.encoder, bundle.settings, writer.path)
         if embedded is not None:
             change.skipped += embedded.skipped
             drop |= {indexed[s.path][0] for s in embedded.skipped if s.path in indexed}  # changed into junk

@@ -34,6 +34,8 @@ CHOICES = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "loss": LOSSES, "outp
 WORDS = {"epochs": ("auto",), "clusters": ("auto",), "nprobe": ("auto", "all")}  # words a count setting accepts
 # One line of help per setting: the command line's flags are made from FitConfig's fields and these.
 SETTING_HELP = {
+    "train_sample": "the autoencoder (and the descriptor's PCA) learn from a random sample of at most this many "
+                    "images; every image is embedded and indexed",
     "backbone": "frozen ImageNet network the autoencoder learns over, or none to learn from pixels alone",
     "image_size": "model input size in pixels",
     "autoencoder_size": "from pixels (--backbone none): size the pixel autoencoder works at: the input is area-downscaled to it",
@@ -133,6 +135,7 @@ class FitConfig:
     nprobe: Union[int, str] = "auto"
     target_recall: float = 0.95
     seed: int = 0
+    train_sample: int = 20_000  # the autoencoder trains on a random sample of at most this many images
     decode_workers: int = 0  # threads that decode images; 0 = one per CPU core
     max_file_mb: int = 256  # image files larger than this are skipped unread
 
@@ -191,7 +194,7 @@ class FitConfig:
                              f"(or orientation_weight 0), got {self.image_size}")
         if self.loss == "bce" and self.output_activation != "sigmoid":
             raise InputError("loss 'bce' needs output_activation 'sigmoid' (targets lie in [0, 1])")
-        for name in ("latent_dim", "batch_size", "max_file_mb"):
+        for name in ("latent_dim", "batch_size", "max_file_mb", "train_sample"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs != "auto" and (not isinstance(self.epochs, int) or self.epochs < 1):

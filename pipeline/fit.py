@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import keras
 import numpy as np
@@ -25,8 +25,9 @@ from .autoencoder import build_autoencoder, build_feature_autoencoder, train_aut
 from .backbone import WEIGHTS_SHA256, build_backbone
 from .config import FitConfig
 from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
-from .embed import (DescriptorHead, apply_head, block_weights, build_blocks_model, channel_profiles, embed_decoded,
-                    embed_to_cache)
+from .distributed import RayEngine, embed_files_on_ray
+from .embed import (DescriptorHead, EmbeddedImages, apply_head, block_weights, build_blocks_model, channel_profiles,
+                    embed_decoded, embed_files, embed_to_cache)
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, find_images
 from .index import build_index
@@ -53,13 +54,16 @@ class FitSummary:
 
 
 def fit(
-    data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", config: FitConfig | None = None
+    data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", config: FitConfig | None = None,
+    engine: Optional[RayEngine] = None,
 ) -> FitSummary:
-    """Train the autoencoder on every image under ``data_dir`` and write a searchable bundle.
+    """Train the autoencoder on the images under ``data_dir`` and write a searchable bundle of all of them.
 
     With a backbone: decode -> backbone feature maps (a disk cache) -> train the feature
     autoencoder -> descriptors; with ``backbone="none"``: decode -> train the pixel autoencoder ->
-    descriptors. Then cluster and index.
+    descriptors. Then cluster and index. Training (and the descriptor's PCA) sees a random sample
+    of at most ``config.train_sample`` images; the rest are embedded with the trained encoder, on
+    a Ray cluster with ``engine`` (where cluster assignment runs too).
 
     Raises InputError when the folder is missing or holds no decodable image. The previous
     artifacts in ``artifacts_dir`` stay in place unless the whole fit succeeds.
@@ -73,16 +77,21 @@ def fit(
     if not records:
         raise InputError(f"{data_dir}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     log.info("found %d image files under %s", len(records), data_dir)
+    sample = records
+    if len(records) > config.train_sample:
+        picks = np.sort(np.random.default_rng(config.seed).choice(len(records), config.train_sample, replace=False))
+        sample = [records[i] for i in picks]
+        log.info("training on a random sample of %d of the %d images", len(sample), len(records))
 
     with ArtifactWriter(artifacts_dir) as writer:
         with tempfile.TemporaryDirectory(dir=writer.path) as scratch:  # the decoded-image cache
             with _stage("decode", seconds):
                 decoded = decode_to_cache(
-                    records, os.path.join(scratch, "images.u8"), config.image_size, config.decode_workers,
+                    sample, os.path.join(scratch, "images.u8"), config.image_size, config.decode_workers,
                     config.max_file_bytes,
                 )
             if not decoded.records:
-                raise InputError(f"{data_dir}: none of the {len(records)} image files could be decoded")
+                raise InputError(f"{data_dir}: none of the {len(sample)} image files could be decoded")
             if decoded.skipped:
                 log.warning("skipped %d unreadable files (listed in the manifest)", len(decoded.skipped))
 
@@ -118,29 +127,36 @@ def fit(
                 blocks_model = build_blocks_model(latent_model, config)
                 blocks = embed_decoded(blocks_model, decoded, config.embedding_batch_size).vectors
                 head = DescriptorHead(blocks, block_weights(config), config.latent_dim, config.whitening, config.seed)
-                embeddings = apply_head(head.model(), blocks)
-                head.encoder(blocks_model).save(writer.path / ENCODER)
+                encoder = head.encoder(blocks_model)
+                encoder.save(writer.path / ENCODER)
+                if engine is not None:
+                    embedded = embed_files_on_ray(records, writer.path / ENCODER, config, engine, scratch)
+                elif sample is not records:
+                    embedded = embed_files(records, encoder, config, scratch)
+                else:  # the training images are all the images: their blocks are at hand
+                    embedded = EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped,
+                                              apply_head(head.model(), blocks))
 
         with _stage("cluster+index", seconds):
-            index, curve = build_index(embeddings, config)
+            index, curve = build_index(embedded.vectors, config, engine.assign if engine else None)
         manifest = Manifest(
             settings=config,
             data_dir=str(Path(data_dir).resolve()),
-            images=len(decoded.records),
+            images=len(embedded.records),
             versions=library_versions(),
             backbone_weights_sha256=WEIGHTS_SHA256 if config.uses_backbone else None,
-            skipped=[{"path": s.path, "reason": s.reason} for s in decoded.skipped],
+            skipped=[{"path": s.path, "reason": s.reason} for s in embedded.skipped],
             history=history,
             recall_at_10=curve,
             stage_seconds=seconds,
         )
-        catalog = Catalog(paths=[r.path for r in decoded.records], labels=[r.label for r in decoded.records],
-                          hashes=decoded.hashes, clusters=index.assignments_.tolist())
-        final = Bundle(manifest, catalog, embeddings, index, writer.path).save(writer)
+        catalog = Catalog(paths=[r.path for r in embedded.records], labels=[r.label for r in embedded.records],
+                          hashes=embedded.hashes, clusters=index.assignments_.tolist())
+        final = Bundle(manifest, catalog, embedded.vectors, index, writer.path).save(writer)
 
     summary = FitSummary(
-        images=len(decoded.records),
-        skipped=decoded.skipped,
+        images=len(embedded.records),
+        skipped=embedded.skipped,
         clusters=index.nlist,
         nprobe=index.nprobe,
         recall_at_10=curve.get(index.nprobe, curve[max(curve)]),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numba
 import numpy as np
@@ -133,14 +134,17 @@ class ClusteredIndex:
         """The original ids of the vectors of each cluster."""
         return [self.ids_[start:stop] for start, stop in zip(self.offsets_[:-1], self.offsets_[1:])]
 
-    def fit(self, vectors: np.ndarray, centroids: np.ndarray) -> "ClusteredIndex":
+    def fit(self, vectors: np.ndarray, centroids: np.ndarray,
+            assign: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None) -> "ClusteredIndex":
         """Index ``vectors``, each in the cluster a query equal to it would probe first.
 
-        Centroids that no vector is nearest to are dropped.
+        ``assign(prepared vectors, prepared centroids)`` finds those clusters elsewhere (on a Ray
+        cluster); by default they are found here. Centroids that no vector is nearest to are dropped.
         """
         vectors = prepare_vectors(vectors, self.metric)
         self.centroids_ = prepare_vectors(centroids, self.metric)
-        used, assignments = np.unique(self._nearest_cluster(vectors), return_inverse=True)
+        nearest = assign(vectors, self.centroids_) if assign else self._nearest_cluster(vectors)
+        used, assignments = np.unique(nearest, return_inverse=True)
         self.centroids_ = self.centroids_[used]
         self._lay_out(vectors, assignments)
         return self
@@ -306,11 +310,15 @@ class ClusteredIndex:
         return np.sqrt(np.maximum(scores + np.einsum("ij,ij->i", queries, queries)[:, None], 0.0))
 
 
-def build_index(vectors: np.ndarray, config: FitConfig) -> tuple[ClusteredIndex, dict[int, float]]:
-    """Cluster ``vectors`` with KMeans, index them, tune nprobe: the index and its recall@10 curve."""
+def build_index(vectors: np.ndarray, config: FitConfig,
+                assign: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
+                ) -> tuple[ClusteredIndex, dict[int, float]]:
+    """Cluster ``vectors`` with KMeans (learned on a sample), index them (``assign``: see
+    :meth:`ClusteredIndex.fit`), tune nprobe: the index and its recall@10 curve."""
     index = ClusteredIndex(config.metric, expansion=config.query_expansion)
     prepared = prepare_vectors(vectors, config.metric)
-    index.fit(prepared, fit_kmeans(prepared, choose_cluster_count(len(prepared), config.clusters), config.seed))
+    centroids = fit_kmeans(prepared, choose_cluster_count(len(prepared), config.clusters), config.seed)
+    index.fit(prepared, centroids, assign)
     return index, index.tune_nprobe(config.nprobe, config.target_recall, config.seed)
 
 

@@ -1,0 +1,168 @@
+"""The images-to-vectors step on a Ray cluster (Ray Data), for folders one machine cannot embed in time.
+
+The same step as :func:`pipeline.embed.embed_files`, spread over a cluster: file paths become a
+Ray Dataset; decoding (the project's own :func:`pipeline.images.prepare_image`) runs in CPU tasks;
+embedding runs in a pool of actors that each load the saved encoder once; the vectors come back in
+shards, written to disk as they arrive and put back in input order. A file that cannot be decoded is skipped and listed
+exactly as on one machine. Ray Data retries a task whose worker dies and restarts a dead actor
+(its default for actor pools), so a killed worker costs time, not images; the rows are checked to
+come back exactly once. Ray is an optional extra: ``pip install -e ".[ray]"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import FitConfig
+from .dataset import SkippedImage
+from .embed import EmbeddedImages
+from .errors import ImageError, InputError
+from .images import ImageRecord, content_hash, prepare_image, read_file
+
+log = logging.getLogger(__name__)
+DECODE_BATCH = 32  # images per decode task
+
+
+@dataclass
+class RayEngine:
+    """Where and how wide to run: ``address`` of a running cluster (None: start a local one),
+    ``workers`` encoder actors (None: one per two CPUs of the cluster), each reserving
+    ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs (fractions allowed; GPUs only where the
+    cluster has them)."""
+
+    address: Optional[str] = None
+    workers: Optional[int] = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    def connect(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, configure_logging=False)
+            log.info("Ray cluster: %s CPUs, %s GPUs", ray.cluster_resources().get("CPU", 0),
+                     ray.cluster_resources().get("GPU", 0))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours instead: one bar, nothing else on the terminal
+        context.print_on_execution_start = False
+        logging.getLogger("ray").setLevel(logging.WARNING)
+
+    def assign(self, vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        """The nearest centroid of each (prepared) vector, found by tasks on the cluster, in order."""
+        import ray
+
+        self.connect()
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        data = ray.data.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        nearest = data.map_batches(_nearest_centroid, fn_kwargs={"centroids": centroids}, batch_size=16_384,
+                                   num_cpus=0.5)
+        return np.concatenate([batch["cluster"] for batch in nearest.iter_batches(batch_size=None,
+                                                                                  batch_format="numpy")])
+
+    def pool_size(self) -> int:
+        import ray
+
+        return self.workers or max(1, int(ray.cluster_resources().get("CPU", 2) // 2))
+
+
+def embed_files_on_ray(records: Sequence[ImageRecord], encoder_path: Path, config: FitConfig, engine: RayEngine,
+                       scratch_dir: Optional[str | os.PathLike] = None) -> EmbeddedImages:
+    """Decode and embed image files on the cluster with the encoder saved at ``encoder_path``, as
+    ``config`` says; the vectors arrive in shards under ``scratch_dir``."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError('--ray needs the Ray extra: pip install -e ".[ray]"') from None
+    engine.connect()
+    rows = ray.data.from_items([{"row": row, "path": record.path} for row, record in enumerate(records)],
+                               override_num_blocks=max(1, min(len(records) // DECODE_BATCH, 1000)))
+    decoded = rows.map_batches(_decode_batch, batch_size=DECODE_BATCH, num_cpus=0.25,
+                               fn_kwargs={"image_size": config.image_size, "max_bytes": config.max_file_bytes})
+    vectors = decoded.map_batches(
+        EncoderActor, fn_constructor_kwargs={"encoder_path": str(encoder_path),
+                                             "threads": max(1, round(engine.cpus_per_worker)),
+                                             "gpu": engine.gpus_per_worker > 0},
+        batch_size=config.embedding_batch_size, compute=ray.data.ActorPoolStrategy(size=engine.pool_size()),
+        # three quarters of a worker's CPUs are reserved, so that decode tasks (a quarter each) always find room
+        num_cpus=engine.cpus_per_worker * 0.75, num_gpus=engine.gpus_per_worker or None)
+    with tempfile.TemporaryDirectory(prefix="imgsim-shards-", dir=scratch_dir) as shards:
+        with tqdm(total=len(records), desc="embed (ray)", unit="img") as progress:
+            for number, batch in enumerate(vectors.iter_batches(batch_size=None, batch_format="numpy")):
+                plain = {name: column.astype(str) if column.dtype == object else column for name, column in batch.items()}
+                np.savez(Path(shards) / f"{number:06d}.npz", **plain)  # the driver holds one batch at a time
+                progress.update(len(batch["row"]))
+        return _read_shards(Path(shards), records)
+
+
+def _nearest_centroid(batch: dict[str, np.ndarray], centroids: np.ndarray) -> dict[str, np.ndarray]:
+    """argmin |c|^2 - 2 v.c: the nearest centroid (for unit vectors and centroids, the cosine's too)."""
+    scores = np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2 * batch["data"] @ centroids.T
+    return {"cluster": scores.argmin(axis=1).astype(np.int32)}
+
+
+def _decode_batch(batch: dict[str, np.ndarray], image_size: int, max_bytes: int) -> dict[str, np.ndarray]:
+    """Decode a batch of paths as a fit does; an unreadable file gets a black image and its reason."""
+    images = np.zeros((len(batch["path"]), image_size, image_size, 3), np.uint8)
+    hashes, errors = [], []
+    for slot, path in enumerate(batch["path"]):
+        try:
+            data = read_file(str(path), max_bytes)
+            images[slot] = prepare_image(data, str(path), image_size)
+            hashes.append(content_hash(data))
+            errors.append("")
+        except ImageError as exc:
+            hashes.append("")
+            errors.append(exc.reason)
+    return {"row": batch["row"], "image": images, "hash": np.array(hashes), "error": np.array(errors)}
+
+
+class EncoderActor:
+    """A Ray actor holding the encoder, loaded once: decoded images in, descriptors out."""
+
+    def __init__(self, encoder_path: str, threads: int, gpu: bool):
+        import tensorflow as tf  # quiet: importing the package silenced it
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        if gpu:
+            import keras
+
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        from .artifacts import load_model
+
+        self.encoder = load_model(Path(encoder_path))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .embed import embed_images
+
+        vectors = embed_images(self.encoder, batch["image"])
+        vectors[batch["error"] != ""] = 0.0
+        return {"row": batch["row"], "vector": vectors.astype(np.float32), "hash": batch["hash"],
+                "error": batch["error"]}
+
+
+def _read_shards(folder: Path, records: Sequence[ImageRecord]) -> EmbeddedImages:
+    """The shards' rows in input order, the unreadable files apart."""
+    shards = [np.load(path, allow_pickle=False) for path in sorted(folder.glob("*.npz"))]
+    rows = np.concatenate([shard["row"] for shard in shards]) if shards else np.empty(0, np.int64)
+    order = np.argsort(rows)
+    if not np.array_equal(rows[order], np.arange(len(records))):  # lost or duplicated rows: never a silent gap
+        raise RuntimeError(f"the cluster returned {len(rows)} rows ({len(np.unique(rows))} distinct) "
+                           f"for {len(records)} images")
+    errors, hashes, vectors = (np.concatenate([shard[name] for shard in shards])[order]
+                               for name in ("error", "hash", "vector"))
+    ok = errors == ""
+    skipped = [SkippedImage(records[row].path, str(errors[row])) for row in np.flatnonzero(~ok)]
+    for item in skipped:
+        log.warning("skipped %s: %s", item.path, item.reason)
+    return EmbeddedImages([records[row] for row in np.flatnonzero(ok)], [str(h) for h in hashes[ok]], skipped,
+                          vectors[ok].astype(np.float32))

@@ -1,0 +1,115 @@
+"""The images-to-vectors step on a local Ray cluster: the same bundle as one machine, bad files listed, a killed
+worker retried."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import copy_subset, tiny_config
+
+ray = pytest.importorskip("ray")
+
+from pipeline.artifacts import Bundle  # noqa: E402
+from pipeline.distributed import RayEngine, embed_files_on_ray  # noqa: E402
+from pipeline.images import find_images  # noqa: E402
+from pipeline.search import Searcher  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local two-CPU cluster; the encoder actors take a fraction of a CPU so that decoding tasks still run."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield RayEngine(workers=1, cpus_per_worker=1.0)
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """24 real photos, a truncated JPEG and an empty file."""
+    folder = copy_subset(tmp_path_factory.mktemp("ray") / "photos", classes=("dress", "hat", "shoes"), per_class=8)
+    good = next((folder / "hat").glob("*.jpg")).read_bytes()
+    (folder / "hat" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "shoes" / "empty.jpg").write_bytes(b"")
+    return folder
+
+
+def test_a_fit_on_ray_gives_the_same_bundle_as_one_machine(cluster, messy, tmp_path):
+    from pipeline.fit import fit
+
+    alone = fit(messy, tmp_path / "alone", tiny_config())
+    spread = fit(messy, tmp_path / "ray", tiny_config(), cluster)
+    one, other = Bundle.load(tmp_path / "alone"), Bundle.load(tmp_path / "ray")
+    assert one.catalog.paths == other.catalog.paths and one.catalog.hashes == other.catalog.hashes
+    assert one.catalog.labels == other.catalog.labels and len(one.catalog) == 24
+    assert [(s.path, s.reason) for s in alone.skipped] == [(s.path, s.reason) for s in spread.skipped]
+    assert {Path(s.path).name for s in spread.skipped} == {"truncated.jpg", "empty.jpg"}
+    assert other.manifest.skipped == one.manifest.skipped
+    # the same encoder's vectors, computed on the cluster: the same neighbours
+    again = embed_files_on_ray(find_images(messy), one.folder / "encoder.keras", one.settings, cluster)
+    assert [r.path for r in again.records] == one.catalog.paths
+    np.testing.assert_allclose(again.vectors, one.embeddings, atol=1e-5)
+    searcher = Searcher(one)
+    for image_id in (0, 9, 17):
+        expected = [hit.id for hit in searcher.search_indexed(image_id, n=6, nprobe="all").results]
+        hits = one.index.search(again.vectors[image_id][None], 7, "all", exclude=np.array([[image_id]])).ids[0]
+        assert [image_id] + [i for i in hits if i != image_id][:5] == expected
+
+
+def test_add_on_ray_indexes_like_add_alone(cluster, messy, tmp_path):
+    import shutil
+
+    from pipeline.collection import add_images
+    from pipeline.fit import fit
+
+    base = copy_subset(tmp_path / "base", classes=("pants",), per_class=6)
+    fit(base, tmp_path / "artifacts", tiny_config())
+    shutil.copytree(tmp_path / "artifacts", tmp_path / "copy")
+    alone, spread = add_images(messy, tmp_path / "artifacts"), add_images(messy, tmp_path / "copy", cluster)
+    assert (spread.added, len(spread.skipped)) == (alone.added, len(alone.skipped)) == (24, 2)
+    one, other = Bundle.load(tmp_path / "artifacts"), Bundle.load(tmp_path / "copy")
+    assert one.catalog == other.catalog
+    np.testing.assert_allclose(one.embeddings, other.embeddings, atol=1e-5)
+
+
+def _encoder_actors() -> list[int]:
+    """Process ids of the Ray workers running an encoder actor."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"EncoderActor" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_killed_worker_is_retried_and_nothing_is_lost_or_doubled(cluster, messy, tmp_path):
+    from pipeline.fit import fit
+
+    fit(messy, tmp_path / "artifacts", tiny_config(batch_size=4))  # the actors then embed 4 images a call
+    bundle = Bundle.load(tmp_path / "artifacts")
+    records = find_images(messy) * 3  # 78 files, some twice: rows are told apart by position, not path
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=embed_files_on_ray(
+        records, bundle.folder / "encoder.keras", bundle.settings, cluster)))
+    worker.start()
+    deadline, killed = time.monotonic() + 120, None
+    while killed is None and time.monotonic() < deadline and worker.is_alive():
+        actors = _encoder_actors()
+        if actors:
+            time.sleep(3)  # let it load the encoder and start on the batches
+            os.kill(actors[0], signal.SIGKILL)
+            killed = actors[0]
+        time.sleep(0.05)
+    worker.join(timeout=300)
+    assert killed is not None, "no encoder actor was seen running"
+    result = outcome["result"]
+    assert len(result.records) == 72 and len(result.skipped) == 6  # every row once, the bad files listed each time
+    expected = np.concatenate([bundle.embeddings] * 3)
+    np.testing.assert_allclose(result.vectors, expected, atol=1e-5)
