@@ -35,7 +35,7 @@ def build_bundle(source: Path, target: Path, rows: int) -> Bundle:
     bundle.embeddings = (real[picks] + rng.normal(0, 0.3, (rows, real.shape[1])) * real.std(axis=0)).astype(np.float32)
     bundle.index, bundle.manifest.recall_at_10 = build_index(bundle.embeddings, bundle.settings)
     bundle.catalog = Catalog(paths=[catalog.paths[i] for i in picks], labels=[catalog.labels[i] for i in picks],
-                             hashes=[f"synthetic-{i}" for i in range(rows)], clusters=[])
+                             hashes=[f"synthetic-{i}" for i in range(rows)], clusters=[], stats=[None] * rows)
     with ArtifactWriter(target) as writer:
         bundle.save(writer)
     return bundle

@@ -8,7 +8,8 @@ Layout of an artifacts folder::
         manifest.json      settings, versions, counts, skipped files, training history, recall, changes since
         encoder.keras      image -> descriptor (the vector that is indexed and searched)
         autoencoder.keras  the full autoencoder (reconstructions for the report)
-        index.npz          the routed KNN index: metric, centroids, cluster of each vector, nprobe, expansion
+        index.npz          the routed KNN index: metric, centroids, cluster of each vector, norms, nprobe, expansion
+        index_vectors.npy  the index's vectors as it scans them (prepared, in cluster order): memory-mapped
         catalog.json       path, label, content hash and cluster of every indexed image
         embeddings.npy     the descriptors, row i = catalog entry i
 
@@ -42,15 +43,16 @@ from .index import ClusteredIndex
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4  # 4: nprobe and expansion on the index, changes in the manifest; 3: both in the manifest
-READABLE_VERSIONS = (3, 4)
+FORMAT_VERSION = 5  # 5: the index's vectors in their own file; 4: nprobe on the index; 3: nprobe in the manifest
+READABLE_VERSIONS = (3, 4, 5)
 LEGACY_VERSION = 2  # no backbone; read only when asked to (allow_pickle): its index is a pickle
 LEGACY_INDEX = "index.joblib"
 POINTER = "CURRENT"
 LOCK = ".lock"
-MANIFEST, ENCODER, AUTOENCODER, INDEX, CATALOG, EMBEDDINGS = (
-    "manifest.json", "encoder.keras", "autoencoder.keras", "index.npz", "catalog.json", "embeddings.npy")
-REQUIRED_FILES = (MANIFEST, ENCODER, AUTOENCODER, INDEX, CATALOG, EMBEDDINGS)
+MANIFEST, ENCODER, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS = (
+    "manifest.json", "encoder.keras", "autoencoder.keras", "index.npz", "index_vectors.npy", "catalog.json",
+    "embeddings.npy")
+REQUIRED_FILES = (MANIFEST, ENCODER, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS)
 MODEL_FILES = (ENCODER, AUTOENCODER)
 _STAGING_PREFIX = ".staging-"
 _BUNDLE_PREFIXES = ("bundle-", "fit-")  # "fit-": folders written before format 4
@@ -64,6 +66,7 @@ class Catalog:
     labels: list[Optional[str]]
     hashes: list[str]
     clusters: list[int]
+    stats: list[Optional[list[int]]]  # [size, mtime in ns] when read: a sync re-reads only files whose stat changed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -229,7 +232,8 @@ def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False)
     if version == LEGACY_VERSION and not allow_pickle:
         raise ArtifactError(f"{folder}: artifacts of format version {version}, whose index is a pickle that can run code "
                             f"when loaded; fit again, or pass --allow-pickle for a bundle you made yourself")
-    required = [LEGACY_INDEX if name == INDEX and version == LEGACY_VERSION else name for name in REQUIRED_FILES]
+    required = [LEGACY_INDEX if name == INDEX and version == LEGACY_VERSION else name for name in REQUIRED_FILES
+                if name != INDEX_VECTORS or version == FORMAT_VERSION]
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise ArtifactError(f"{folder}: incomplete artifacts, missing {', '.join(missing)}; fit again")
@@ -260,9 +264,13 @@ class Bundle:
         return self.manifest.settings
 
     @classmethod
-    def load(cls, artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> "Bundle":
+    def load(cls, artifacts_dir: str | os.PathLike, allow_pickle: bool = False, memory_map: bool = True) -> "Bundle":
         """The current bundle of ``artifacts_dir``, every part checked: ArtifactError naming the file
-        for anything missing, corrupt, foreign or inconsistent (``allow_pickle``: see :func:`current_folder`)."""
+        for anything missing, corrupt, foreign or inconsistent (``allow_pickle``: see :func:`current_folder`).
+
+        The embeddings and the index's vectors are memory-mapped: the operating system reads the
+        pages a search touches, and start-up and memory do not grow with the collection's vectors;
+        ``memory_map=False`` reads the index's vectors into memory instead."""
         folder = current_folder(artifacts_dir, allow_pickle)
         raw = _read_json(folder / MANIFEST, "manifest")
         manifest = Manifest.from_dict(raw, folder / MANIFEST)
@@ -271,7 +279,7 @@ class Bundle:
         if len(set(counts.values())) > 1 or embeddings.ndim != 2:
             described = ", ".join(f"{name} {count}" for name, count in counts.items())
             raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
-        index = _load_index(folder, embeddings, raw)
+        index = _load_index(folder, embeddings, raw, memory_map)
         return cls(manifest, catalog, embeddings, index, folder)
 
     @functools.cached_property
@@ -302,13 +310,17 @@ class Bundle:
         self.manifest.images = len(self.catalog)
 
     def save(self, writer: ArtifactWriter) -> Path:
-        """Write the bundle into the writer's staging folder (the models copied from :attr:`folder`
-        unless already written there) and commit it; the new folder."""
+        """Write the bundle into the writer's staging folder (the models linked or copied from
+        :attr:`folder` unless already written there) and commit it; the new folder."""
         staging = writer.path
         for name in MODEL_FILES:
             if not (staging / name).exists():
-                shutil.copy2(self.folder / name, staging / name)
+                try:  # committed bundles are never written to again: the new one can share the file
+                    os.link(self.folder / name, staging / name)
+                except OSError:  # another file system
+                    shutil.copy2(self.folder / name, staging / name)
         np.savez(staging / INDEX, **self.index.to_arrays())
+        np.save(staging / INDEX_VECTORS, np.asarray(self.index.vectors_))
         np.save(staging / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
         self.catalog.clusters = self.index.assignments_.tolist()
         (staging / CATALOG).write_text(json.dumps(asdict(self.catalog)))
@@ -332,8 +344,11 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 def _load_catalog(folder: Path) -> Catalog:
     """The catalog, checked to be four lists of one length."""
     path = folder / CATALOG
+    raw = _read_json(path, "catalog")
+    if isinstance(raw.get("paths"), list):
+        raw.setdefault("stats", [None] * len(raw["paths"]))  # catalogs before format 5 kept no stats
     try:
-        catalog = Catalog(**_read_json(path, "catalog"))
+        catalog = Catalog(**raw)
     except TypeError as exc:
         raise ArtifactError(f"{path}: unreadable catalog ({exc}); fit again") from None
     columns = asdict(catalog)
@@ -350,17 +365,21 @@ def _load_embeddings(folder: Path) -> np.ndarray:
         raise ArtifactError(f"{folder / EMBEDDINGS}: cannot load the embeddings ({exc})") from None
 
 
-def _load_index(folder: Path, embeddings: np.ndarray, manifest: dict[str, Any]) -> ClusteredIndex:
+def _load_index(folder: Path, embeddings: np.ndarray, manifest: dict[str, Any], memory_map: bool) -> ClusteredIndex:
     """The index over ``embeddings`` from its stored arrays (no pickle); a format-3 bundle's nprobe
-    from its manifest, a legacy bundle's pickled index only where :func:`current_folder` let it through."""
+    from its manifest, a legacy bundle's pickled index only where :func:`current_folder` let it through;
+    bundles before format 5 lay their vectors out anew in memory."""
     older = ({"nprobe": manifest.get("nprobe"), "expansion": manifest.get("settings", {}).get("query_expansion")}
-             if manifest.get("format_version") != FORMAT_VERSION else {})
+             if manifest.get("format_version") in (LEGACY_VERSION, 3) else {})
     if not (folder / INDEX).exists() and (folder / LEGACY_INDEX).exists():
         return _load_legacy_index(folder, embeddings, older)
     try:
+        laid_out = None
+        if (folder / INDEX_VECTORS).exists():
+            laid_out = np.load(folder / INDEX_VECTORS, mmap_mode="r" if memory_map else None, allow_pickle=False)
         with np.load(folder / INDEX, allow_pickle=False) as stored:
             arrays = {**older, **stored}
-            return ClusteredIndex.from_arrays(arrays, embeddings)
+            return ClusteredIndex.from_arrays(arrays, embeddings, laid_out)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:  # missing, truncated, object arrays
         raise ArtifactError(f"{folder / INDEX}: cannot load the index ({exc})") from None
 

@@ -7,8 +7,6 @@ import warnings
 from typing import Union
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.exceptions import ConvergenceWarning
 
 TRAINING_POINTS_PER_CLUSTER = 64  # KMeans learns from at most this many points per cluster (FAISS warns below 39)
 MINIBATCH_FROM = 10_000  # training points from which MiniBatchKMeans with one random start is used
@@ -28,6 +26,9 @@ def choose_cluster_count(n_images: int, requested: Union[int, str] = "auto") -> 
 def fit_kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     """KMeans centroids (float32), learned on a random sample of at most
     TRAINING_POINTS_PER_CLUSTER points per cluster (MiniBatchKMeans for large samples)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # half a second to import: only where a clustering runs
+    from sklearn.exceptions import ConvergenceWarning
+
     rng = np.random.default_rng(seed)
     sample_size = min(len(vectors), TRAINING_POINTS_PER_CLUSTER * n_clusters)
     sample = vectors if sample_size == len(vectors) else vectors[rng.choice(len(vectors), sample_size, replace=False)]

@@ -8,6 +8,7 @@ a kill at any point leaves the previous bundle as it was. When nothing changes, 
 - :func:`add_images` indexes the images of another folder.
 - :func:`sync` rescans the folders the bundle was made from: new files are added, changed files
   (another content hash) re-embedded, deleted files dropped; unreadable files are skipped and listed.
+  A file whose size and modification time are as when it was indexed is not read again.
 - :func:`remove_images` drops images by path or id; a removed file stays out of later syncs until
   its content changes.
 """
@@ -30,7 +31,7 @@ from .dataset import SkippedImage
 from .distributed import RayEngine, embed_files_on_ray
 from .embed import embed_files
 from .errors import ImageError, InputError
-from .images import ImageRecord, content_hash, find_images, read_file
+from .images import ImageRecord, content_hash, file_stat, find_images, read_file
 
 log = logging.getLogger(__name__)
 REFIT_SHARE = 0.3  # a refit is advised once this share of the images was added or changed since the fit
@@ -131,23 +132,28 @@ def _update(artifacts_dir: str | os.PathLike, action: str,
             plan: Callable[[Bundle], tuple[list[ImageRecord], list[int]]], engine: Optional[RayEngine],
             **details) -> CollectionChange:
     """Load the bundle under the lock; ``plan`` names the image files to (re)consider and the rows
-    to drop; files already indexed with the same content are left as they are; save if anything changed."""
+    to drop; files already indexed with the same content are left as they are (without reading
+    them when their size and modification time are as indexed); save if anything changed."""
     start = time.perf_counter()
     with ArtifactWriter(artifacts_dir) as writer:
         bundle = Bundle.load(artifacts_dir)
         change = CollectionChange(action, artifacts=bundle.folder)
         candidates, drop = plan(bundle)
-        indexed = {path: (row, digest) for row, (path, digest) in
-                   enumerate(zip(bundle.catalog.paths, bundle.catalog.hashes))}
-        hashes, change.skipped = _hash_files([r.path for r in candidates if r.path in indexed or
-                                              r.path in bundle.manifest.removed], bundle.settings.max_file_bytes)
+        catalog = bundle.catalog
+        indexed = {path: (row, digest, stat) for row, (path, digest, stat) in
+                   enumerate(zip(catalog.paths, catalog.hashes, catalog.stats))}
+        stats = {record.path: file_stat(record.path) for record in candidates}  # before reading: a later change shows
+        same_stat = {path for path, stat in stats.items() if stat is not None and path in indexed
+                     and indexed[path][2] == stat}
+        hashes, change.skipped = _hash_files([r.path for r in candidates if r.path not in same_stat and (
+            r.path in indexed or r.path in bundle.manifest.removed)], bundle.settings.max_file_bytes)
         unreadable = {s.path for s in change.skipped}
         drop = set(drop) | {indexed[path][0] for path in unreadable if path in indexed}
         todo = []
         for record in candidates:
             if record.path in unreadable:
                 continue
-            if record.path in indexed and indexed[record.path][1] == hashes[record.path]:
+            if record.path in same_stat or (record.path in indexed and indexed[record.path][1] == hashes[record.path]):
                 change.unchanged += 1
             elif bundle.manifest.removed.get(record.path) not in (None, hashes.get(record.path)):
                 del bundle.manifest.removed[record.path]  # its content changed since it was removed: a new image
@@ -178,7 +184,8 @@ def _update(artifacts_dir: str | os.PathLike, action: str,
             bundle.remove(np.array(sorted(drop)))
         if embedded is not None and embedded.records:
             bundle.append(Catalog(paths=[r.path for r in embedded.records], labels=[r.label for r in embedded.records],
-                                  hashes=embedded.hashes, clusters=[]), embedded.vectors)
+                                  hashes=embedded.hashes, clusters=[], stats=[stats[r.path] for r in embedded.records]),
+                          embedded.vectors)
         config = bundle.settings
         bundle.manifest.recall_at_10 = bundle.index.tune_nprobe(config.nprobe, config.target_recall, config.seed)
         change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe

@@ -13,6 +13,7 @@ OPTIMIZERS = ("adam", "adadelta")
 LOSSES = ("mse", "bce")
 POOLINGS = ("flatten", "max", "avg")
 METRICS = ("cosine", "euclidean")
+INDEX_DTYPES = ("float32", "float16")  # how the index stores its vectors
 BACKBONES = ("efficientnet-lite0", "none")
 ORIENTATION_CELLS = 8  # the orientation histogram's grid is 8 x 8 cells
 DESCRIPTOR_BLOCK_SIZE = 64  # the orientation histogram is taken at this size at most (area-downscaled)
@@ -30,10 +31,12 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 CHOICES = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "loss": LOSSES, "output_activation": OUTPUT_ACTIVATIONS,
-           "pooling": POOLINGS, "metric": METRICS}
+           "pooling": POOLINGS, "metric": METRICS, "index_dtype": INDEX_DTYPES}
 WORDS = {"epochs": ("auto",), "clusters": ("auto",), "nprobe": ("auto", "all")}  # words a count setting accepts
 # One line of help per setting: the command line's flags are made from FitConfig's fields and these.
 SETTING_HELP = {
+    "index_dtype": "how the index stores its vectors: float16 halves the bundle's index and the memory a search "
+                   "touches, at the recall cost measured in docs/BENCHMARKS.md",
     "train_sample": "the autoencoder (and the descriptor's PCA) learn from a random sample of at most this many "
                     "images; every image is embedded and indexed",
     "backbone": "frozen ImageNet network the autoencoder learns over, or none to learn from pixels alone",
@@ -134,6 +137,7 @@ class FitConfig:
     metric: str = "cosine"
     nprobe: Union[int, str] = "auto"
     target_recall: float = 0.95
+    index_dtype: str = "float32"
     seed: int = 0
     train_sample: int = 20_000  # the autoencoder trains on a random sample of at most this many images
     decode_workers: int = 0  # threads that decode images; 0 = one per CPU core
@@ -180,6 +184,7 @@ class FitConfig:
             "output_activation": OUTPUT_ACTIVATIONS,
             "pooling": POOLINGS,
             "metric": METRICS,
+            "index_dtype": INDEX_DTYPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

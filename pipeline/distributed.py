@@ -46,6 +46,7 @@ class RayEngine:
     def connect(self) -> None:
         import ray
 
+        logging.getLogger("ray").setLevel(logging.ERROR)  # Ray's start-up notices are not the user's concern
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, configure_logging=False)
@@ -54,7 +55,7 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours instead: one bar, nothing else on the terminal
         context.print_on_execution_start = False
-        logging.getLogger("ray").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data sets its own level when imported
 
     def assign(self, vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         """The nearest centroid of each (prepared) vector, found by tasks on the cluster, in order."""

@@ -29,7 +29,7 @@ from .distributed import RayEngine, embed_files_on_ray
 from .embed import (DescriptorHead, EmbeddedImages, apply_head, block_weights, build_blocks_model, channel_profiles,
                     embed_decoded, embed_files, embed_to_cache)
 from .errors import InputError
-from .images import IMAGE_EXTENSIONS, find_images
+from .images import IMAGE_EXTENSIONS, file_stat, find_images
 from .index import build_index
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def fit(
     if not records:
         raise InputError(f"{data_dir}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     log.info("found %d image files under %s", len(records), data_dir)
+    stats = {record.path: file_stat(record.path) for record in records}  # before reading: a later change shows
     sample = records
     if len(records) > config.train_sample:
         picks = np.sort(np.random.default_rng(config.seed).choice(len(records), config.train_sample, replace=False))
@@ -151,7 +152,8 @@ def fit(
             stage_seconds=seconds,
         )
         catalog = Catalog(paths=[r.path for r in embedded.records], labels=[r.label for r in embedded.records],
-                          hashes=embedded.hashes, clusters=index.assignments_.tolist())
+                          hashes=embedded.hashes, clusters=index.assignments_.tolist(),
+                          stats=[stats[r.path] for r in embedded.records])
         final = Bundle(manifest, catalog, embedded.vectors, index, writer.path).save(writer)
 
     summary = FitSummary(

@@ -89,6 +89,16 @@ def find_images(root: str | os.PathLike) -> list[ImageRecord]:
     return records
 
 
+def file_stat(path: str | os.PathLike) -> Optional[list[int]]:
+    """[size, modification time in ns] of a file, or None when it cannot be read: what tells a sync
+    that a file may have changed without reading it."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns]
+
+
 def content_hash(data: bytes) -> str:
     """SHA-1 of an image's bytes: how the same image is recognised under another path or URL."""
     return hashlib.sha1(data).hexdigest()

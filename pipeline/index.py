@@ -17,10 +17,12 @@ from typing import Callable, Optional
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 from threadpoolctl import ThreadpoolController
 
 from .cluster import choose_cluster_count, fit_kmeans
-from .config import FitConfig
+from .config import INDEX_DTYPES, FitConfig
 
 # Numba's default threading layer must not launch parallel kernels from two threads at once;
 # the kernels are parallel inside, so callers (a server's request threads) take turns.
@@ -56,12 +58,27 @@ class SearchHits:
     probed: np.ndarray  # (queries, nprobe) int, the clusters searched, nearest first
 
 
+_HALF_TO_FLOAT = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)  # every float16's value
+
+
+def _value(stored, table):  # pragma: no cover  (compiled by Numba through the overload below)
+    """A stored vector element as a float: itself, or for float16 (passed as its uint16 bits) its value."""
+
+
+@overload(_value)
+def _value_of(stored, table):  # pragma: no cover
+    if isinstance(stored, types.Integer):  # Numba has no float16: the bits index a table of every value
+        return lambda stored, table: table[stored]
+    return lambda stored, table: stored
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _scan(queries, probed, vectors, norms, offsets, ids, n, cosine, out_scores, out_ids):  # pragma: no cover
+def _scan(queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores, out_ids):  # pragma: no cover
     """For each query (in parallel), the ``n`` best (score, id) pairs among its probed clusters.
 
     Scores rank like distances: ``-q.x`` for cosine, ``|x|^2 - 2 q.x`` for euclidean. Ties go
     to the smaller id, so the result is the same whatever order the clusters are scanned in.
+    ``vectors`` are float32, or float16 given as their uint16 bits with ``table`` their values.
     """
     for q in numba.prange(queries.shape[0]):
         best_s, best_i = out_scores[q], out_ids[q]
@@ -71,7 +88,7 @@ def _scan(queries, probed, vectors, norms, offsets, ids, n, cosine, out_scores, 
             for row in range(offsets[cluster], offsets[cluster + 1]):
                 dot = np.float32(0.0)
                 for j in range(queries.shape[1]):
-                    dot += queries[q, j] * vectors[row, j]
+                    dot += queries[q, j] * _value(vectors[row, j], table)
                 score = -dot if cosine else norms[row] - 2 * dot
                 if score < best_s[worst] or (score == best_s[worst] and ids[row] < best_i[worst]):
                     best_s[worst], best_i[worst] = score, ids[row]
@@ -116,10 +133,11 @@ class ClusteredIndex:
     ``offsets_[c]:offsets_[c + 1]``).
     """
 
-    def __init__(self, metric: str = "cosine", nprobe: int | str = "all", expansion: int = 0):
+    def __init__(self, metric: str = "cosine", nprobe: int | str = "all", expansion: int = 0, dtype: str = "float32"):
         self.metric = metric
         self.nprobe = nprobe
         self.expansion = expansion
+        self.dtype = dtype
 
     @property
     def nlist(self) -> int:
@@ -150,17 +168,25 @@ class ClusteredIndex:
         return self
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The state beside the indexed vectors, as plain arrays: what a bundle stores."""
+        """The state beside the stored vectors (:attr:`vectors_`), as plain arrays: what a bundle stores."""
         return {"metric": np.array(self.metric), "centroids": self.centroids_, "assignments": self.assignments_,
-                "nprobe": np.array(self.resolve_nprobe(self.nprobe)), "expansion": np.array(self.expansion)}
+                "norms": self.norms_, "nprobe": np.array(self.resolve_nprobe(self.nprobe)),
+                "expansion": np.array(self.expansion)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], vectors: np.ndarray) -> "ClusteredIndex":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vectors: np.ndarray,
+                    laid_out: Optional[np.ndarray] = None) -> "ClusteredIndex":
         """An index rebuilt from :meth:`to_arrays` and the indexed vectors (in insertion order).
 
-        Raises ValueError (or KeyError for a missing array) when they do not fit together.
+        ``laid_out``: the stored vectors as :attr:`vectors_` keeps them (prepared, in cluster
+        order; a memory-mapped file), used as they are: nothing is copied into memory, and
+        ``vectors`` only gives the count. Raises ValueError (or KeyError for a missing array) when
+        they do not fit together.
         """
         centroids, assignments = np.asarray(arrays["centroids"], dtype=np.float32), np.asarray(arrays["assignments"])
+        if laid_out is not None and (np.shape(laid_out) != np.shape(vectors) or len(arrays["norms"]) != len(vectors)):
+            raise ValueError(f"stored vectors of shape {np.shape(laid_out)} and {len(arrays['norms'])} norms do not "
+                             f"fit {np.shape(vectors)} embeddings")
         if centroids.ndim != 2 or np.shape(vectors)[1:] != centroids.shape[1:] or len(assignments) != len(vectors):
             raise ValueError(f"{len(assignments)} cluster assignments and centroids of shape {centroids.shape} "
                              f"do not fit {np.shape(vectors)} vectors")
@@ -169,9 +195,14 @@ class ClusteredIndex:
         nprobe, expansion = int(arrays["nprobe"]), int(arrays["expansion"])
         if nprobe < 1 or expansion < 0:
             raise ValueError(f"nprobe {nprobe} and expansion {expansion} out of range")
-        index = cls(str(arrays["metric"]), nprobe, expansion)
+        index = cls(str(arrays["metric"]), nprobe, expansion, "float32" if laid_out is None else str(laid_out.dtype))
+        if index.dtype not in INDEX_DTYPES:
+            raise ValueError(f"stored vectors of type {index.dtype}, not one of {', '.join(INDEX_DTYPES)}")
         index.centroids_ = centroids
-        index._lay_out(prepare_vectors(vectors, index.metric), assignments)
+        if laid_out is None:
+            index._lay_out(prepare_vectors(vectors, index.metric), assignments)
+        else:
+            index._lay_out(None, assignments, laid_out, np.asarray(arrays["norms"], dtype=np.float32))
         return index
 
     def add(self, vectors: np.ndarray) -> np.ndarray:
@@ -189,8 +220,8 @@ class ClusteredIndex:
         self._lay_out(self.stored_vectors()[keep], self.assignments_[keep])
 
     def stored_vectors(self) -> np.ndarray:
-        """The indexed (prepared) vectors in id order."""
-        return self.vectors_[self.rows_]
+        """The indexed (prepared) vectors in id order, as float32."""
+        return self._stored(np.arange(self.size))
 
     def tune_nprobe(self, setting: int | str = "auto", target_recall: float = 0.95, seed: int = 0) -> dict[int, float]:
         """Set ``nprobe`` from ``setting`` and return the recall@10 curve it was chosen from.
@@ -212,15 +243,20 @@ class ClusteredIndex:
     def _nearest_cluster(self, vectors: np.ndarray, chunk: int = 8192) -> np.ndarray:
         return np.concatenate([self.route(vectors[i : i + chunk], 1)[:, 0] for i in range(0, len(vectors), chunk)])
 
-    def _lay_out(self, vectors: np.ndarray, assignments: np.ndarray) -> None:
-        """Store prepared vectors sorted by cluster, with the offsets of each cluster."""
+    def _lay_out(self, vectors: Optional[np.ndarray], assignments: np.ndarray, laid_out: Optional[np.ndarray] = None,
+                 norms: Optional[np.ndarray] = None) -> None:
+        """Store prepared vectors (in insertion order) sorted by cluster, with the offsets of each
+        cluster; or take ``laid_out`` vectors already in that order, and their squared ``norms``."""
         self.assignments_ = np.asarray(assignments, dtype=np.int32)
         order = np.argsort(self.assignments_, kind="stable")
         self.ids_ = order.astype(np.int64)
         self.rows_ = np.empty_like(self.ids_)
         self.rows_[self.ids_] = np.arange(len(self.ids_))
-        self.vectors_ = np.ascontiguousarray(vectors[order])
-        self.norms_ = np.einsum("ij,ij->i", self.vectors_, self.vectors_)
+        self.vectors_ = np.ascontiguousarray(vectors[order], dtype=self.dtype) if laid_out is None else laid_out
+        if norms is None:
+            stored = self.vectors_.astype(np.float32)  # the norms of the values as stored, float16 rounding included
+            norms = np.einsum("ij,ij->i", stored, stored)
+        self.norms_ = norms
         sizes = np.bincount(self.assignments_, minlength=len(self.centroids_))
         self.offsets_ = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
@@ -272,7 +308,10 @@ class ClusteredIndex:
         scores = np.full((len(queries), n), np.inf, dtype=np.float32)
         ids = np.full((len(queries), n), np.iinfo(np.int64).max, dtype=np.int64)
         with _KERNEL_LOCK:
-            _scan(queries, probed, self.vectors_, self.norms_, self.offsets_, self.ids_, n, self.metric == "cosine",
+            half = self.vectors_.dtype == np.float16
+            _scan(queries, probed, self.vectors_.view(np.uint16) if half else self.vectors_,
+                  _HALF_TO_FLOAT if half else _HALF_TO_FLOAT[:0], self.norms_, self.offsets_, self.ids_, n,
+                  self.metric == "cosine",
                   scores, ids)
         order = np.lexsort((ids, scores), axis=1)
         scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
@@ -292,7 +331,7 @@ class ClusteredIndex:
 
     def _stored(self, ids: np.ndarray) -> np.ndarray:
         """The stored (prepared) vectors of ``ids``, any shape; -1 gives some vector, to be masked."""
-        return self.vectors_[self.rows_[np.maximum(ids, 0)]]
+        return self.vectors_[self.rows_[np.maximum(ids, 0)]].astype(np.float32, copy=False)
 
     def _expand(self, queries: np.ndarray, expansion: int, nprobe: int, exclude: np.ndarray | None) -> np.ndarray:
         """Each (prepared) query averaged with its ``expansion`` nearest indexed vectors not in ``exclude``."""
@@ -315,7 +354,7 @@ def build_index(vectors: np.ndarray, config: FitConfig,
                 ) -> tuple[ClusteredIndex, dict[int, float]]:
     """Cluster ``vectors`` with KMeans (learned on a sample), index them (``assign``: see
     :meth:`ClusteredIndex.fit`), tune nprobe: the index and its recall@10 curve."""
-    index = ClusteredIndex(config.metric, expansion=config.query_expansion)
+    index = ClusteredIndex(config.metric, expansion=config.query_expansion, dtype=config.index_dtype)
     prepared = prepare_vectors(vectors, config.metric)
     centroids = fit_kmeans(prepared, choose_cluster_count(len(prepared), config.clusters), config.seed)
     index.fit(prepared, centroids, assign)

@@ -89,6 +89,10 @@ def test_a_bundle_round_trips_with_its_index_settings(fitted, tmp_path):
     assert np.array_equal(again.embeddings, bundle.embeddings)
     hits, reloaded = bundle.index.search(bundle.embeddings[:7], 5), again.index.search(again.embeddings[:7], 5)
     assert np.array_equal(hits.ids, reloaded.ids) and np.allclose(hits.distances, reloaded.distances)
+    assert isinstance(again.index.vectors_, np.memmap)  # searched where it lies on disk, not copied into memory
+    in_memory = Bundle.load(tmp_path, memory_map=False)
+    assert not isinstance(in_memory.index.vectors_, np.memmap)
+    assert np.array_equal(in_memory.index.search(bundle.embeddings[:7], 5).ids, hits.ids)
 
 
 def test_a_crafted_bundle_file_cannot_run_code(fitted, tmp_path):
@@ -183,6 +187,9 @@ CORRUPTIONS = {
     "index-truncated": (lambda folder: _truncate(folder / "index.npz"), "cannot load the index"),
     "index-shorter-than-the-catalog": (_edit_index(assignments=lambda a: a[:-1]), "cannot load the index .*do not fit"),
     "index-nprobe-zero": (_edit_index(nprobe=lambda n: np.array(0)), "cannot load the index .*out of range"),
+    "index-vectors-truncated": (lambda folder: _truncate(folder / "index_vectors.npy"), "cannot load the index"),
+    "index-vectors-of-another-shape": (lambda folder: np.save(folder / "index_vectors.npy", np.zeros((3, 2), np.float32)),
+                                       "cannot load the index .*do not fit"),
     "index-without-expansion": (lambda folder: _drop_from_index(folder, "expansion"),
                                 "cannot load the index"),
     "encoder-truncated": (lambda folder: _truncate(folder / "encoder.keras"), "cannot load the model"),
@@ -209,8 +216,9 @@ def _as_format_3(folder, index):
                     additions=[{"added": 1}])
     del manifest["changes"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    _drop_from_index(folder, "nprobe")
-    _drop_from_index(folder, "expansion")
+    for name in ("nprobe", "expansion", "norms"):
+        _drop_from_index(folder, name)
+    os.remove(folder / "index_vectors.npy")
     return manifest
 
 

@@ -224,3 +224,19 @@ def test_removed_images_never_come_back_until_their_content_changes(collection):
         assert process.returncode == 2
         assert process.stderr.strip().splitlines() == [
             f"error: {bad[0]}: no indexed image has this path or id; nothing removed"]
+
+
+def test_sync_reads_only_files_whose_size_or_time_changed(collection, monkeypatch):
+    import os
+
+    import pipeline.collection as collection_module
+
+    photos, _, artifacts = collection
+    read = []
+    original = collection_module.read_file
+    monkeypatch.setattr(collection_module, "read_file", lambda path, *a: read.append(path) or original(path, *a))
+    assert sync(artifacts).unchanged == 18 and read == []  # nothing was opened
+    touched = sorted((photos / "hat").glob("*.jpg"))[0]
+    os.utime(touched, ns=(time.time_ns(), time.time_ns()))  # a newer time, the same bytes
+    change = sync(artifacts)
+    assert read == [str(touched)] and change.unchanged == 18 and change.added == change.changed == 0

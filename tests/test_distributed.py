@@ -113,3 +113,23 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_doubled(cluster, mess
     assert len(result.records) == 72 and len(result.skipped) == 6  # every row once, the bad files listed each time
     expected = np.concatenate([bundle.embeddings] * 3)
     np.testing.assert_allclose(result.vectors, expected, atol=1e-5)
+
+
+def test_the_command_line_adds_on_a_local_cluster_without_noise(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from pipeline.fit import fit
+
+    fit(copy_subset(tmp_path / "base", classes=("pants",), per_class=4), tmp_path / "artifacts", tiny_config())
+    more = copy_subset(tmp_path / "more", classes=("hat",), per_class=3)
+    process = subprocess.run([sys.executable, str(ROOT / "scripts" / "add.py"), str(more), "--artifacts",
+                              str(tmp_path / "artifacts"), "--ray", "--ray-workers", "1"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.startswith("add: 3 added, 0 changed, 0 removed")
+    lines = [line for line in process.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    ours = ("decode", "embed", "hash", "add:", "Ray cluster:", "skipped", "43% of the images")
+    noise = [line for line in lines if not line.startswith(ours)]
+    assert noise == [], noise  # progress bars and our own log lines only: nothing from Ray or TensorFlow

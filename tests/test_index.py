@@ -170,3 +170,19 @@ def test_auto_nprobe_reaches_its_target_on_held_out_queries():
 def test_small_sets_search_every_cluster():
     index, _ = build_index(gaussian_mixture(n=500), tiny_config())
     assert index.nlist == 12 and index.nprobe == 12
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_float16_storage_halves_the_vectors_and_keeps_the_neighbours(metric):
+    vectors = gaussian_mixture(n=3000, dim=32)
+    queries = gaussian_mixture(n=200, dim=32, seed=1)
+    full = build(vectors, metric, nlist=20)
+    half = ClusteredIndex(metric, dtype="float16").fit(vectors, full.centroids_)
+    assert half.vectors_.dtype == np.float16 and half.vectors_.nbytes * 2 == full.vectors_.nbytes
+    exact, rounded = full.search(queries, 10, "all"), half.search(queries, 10, "all")
+    assert recall_at_k(rounded.ids, exact.ids) >= 0.98
+    np.testing.assert_allclose(rounded.distances, exact.distances, rtol=2e-3, atol=2e-3)
+    stored = ClusteredIndex.from_arrays(half.to_arrays(), vectors, laid_out=half.vectors_)  # as a bundle loads it
+    assert stored.dtype == "float16" and np.array_equal(stored.search(queries, 10, "all").ids, rounded.ids)
+    half.add(vectors[:5])  # growing keeps the storage type
+    assert half.vectors_.dtype == np.float16 and half.size == 3005
