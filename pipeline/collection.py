@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .artifacts import ENCODER, ArtifactWriter, Bundle, Catalog, current_folder
 from .dataset import SkippedImage
-from .distributed import RayEngine, embed_files_on_ray
+from .distributed import RayEngine, embed_files_on_ray, find_images_on_ray
 from .embed import embed_files
 from .errors import ImageError, InputError
 from .images import ImageRecord, content_hash, file_stat, find_images, read_file
@@ -74,7 +74,7 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
     indexed with other content is re-embedded. Later syncs rescan ``new_dir`` too.
     """
     current_folder(artifacts_dir)  # a clear error before anything else when there is no fit
-    records = find_images(new_dir)
+    records = find_images_on_ray(new_dir, engine) if engine else find_images(new_dir)
     if not records:
         raise InputError(f"{new_dir}: no image files found")
 
@@ -98,7 +98,7 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEng
             if not Path(root).is_dir():
                 raise InputError(f"{root}: the folder this collection was made from is gone; nothing changed "
                                  f"(mount it again, or fit anew)")
-            for record in find_images(root):
+            for record in find_images_on_ray(root, engine) if engine else find_images(root):
                 on_disk.setdefault(record.path, record)
         gone = [row for row, path in enumerate(bundle.catalog.paths) if path not in on_disk]
         return list(on_disk.values()), gone

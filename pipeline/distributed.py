@@ -1,7 +1,7 @@
 """The images-to-vectors step on a Ray cluster (Ray Data), for folders one machine cannot embed in time.
 
-The same step as :func:`pipeline.embed.embed_files`, spread over a cluster: file paths become a
-Ray Dataset; decoding (the project's own :func:`pipeline.images.prepare_image`) runs in CPU tasks;
+The same step as :func:`pipeline.embed.embed_files`, spread over a cluster: the folder is listed
+by tasks (one a first-level folder), the file paths become a Ray Dataset; decoding (the project's own :func:`pipeline.images.prepare_image`) runs in CPU tasks;
 embedding runs in a pool of actors that each load the saved encoder once; the vectors come back in
 shards, written to disk as they arrive and put back in input order. A file that cannot be decoded is skipped and listed
 exactly as on one machine. Ray Data retries a task whose worker dies and restarts a dead actor
@@ -25,7 +25,7 @@ from .config import FitConfig
 from .dataset import SkippedImage
 from .embed import EmbeddedImages
 from .errors import ImageError, InputError
-from .images import ImageRecord, content_hash, prepare_image, read_file
+from .images import ImageRecord, content_hash, find_images, prepare_image, read_file
 
 log = logging.getLogger(__name__)
 DECODE_BATCH = 32  # images per decode task
@@ -43,9 +43,12 @@ class RayEngine:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
 
-    def connect(self) -> None:
-        import ray
-
+    def connect(self):
+        """The ``ray`` module, connected to the cluster (started here when there is no address)."""
+        try:
+            import ray
+        except ImportError:
+            raise InputError('--ray needs the Ray extra: pip install -e ".[ray]"') from None
         logging.getLogger("ray").setLevel(logging.ERROR)  # Ray's start-up notices are not the user's concern
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
@@ -56,34 +59,59 @@ class RayEngine:
         context.enable_progress_bars = False  # ours instead: one bar, nothing else on the terminal
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data sets its own level when imported
+        return ray
 
     def assign(self, vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         """The nearest centroid of each (prepared) vector, found by tasks on the cluster, in order."""
-        import ray
-
-        self.connect()
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        data = ray.data.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-        nearest = data.map_batches(_nearest_centroid, fn_kwargs={"centroids": centroids}, batch_size=16_384,
-                                   num_cpus=0.5)
-        return np.concatenate([batch["cluster"] for batch in nearest.iter_batches(batch_size=None,
-                                                                                  batch_format="numpy")])
+        ray = self.connect()
+        options = ray.data.DataContext.get_current().execution_options
+        options.preserve_order, ordered = True, options.preserve_order
+        try:
+            data = ray.data.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+            nearest = data.map_batches(_nearest_centroid, fn_kwargs={"centroids": centroids}, batch_size=16_384,
+                                       num_cpus=0.5)
+            return np.concatenate([batch["cluster"] for batch in nearest.iter_batches(batch_size=None,
+                                                                                      batch_format="numpy")])
+        finally:
+            options.preserve_order = ordered
 
     def pool_size(self) -> int:
-        import ray
+        return self.workers or max(1, int(self.connect().cluster_resources().get("CPU", 2) // 2))
 
-        return self.workers or max(1, int(ray.cluster_resources().get("CPU", 2) // 2))
+
+def find_images_on_ray(root: str | os.PathLike, engine: RayEngine) -> list[ImageRecord]:
+    """:func:`pipeline.images.find_images` with each first-level folder listed by a task on the cluster:
+    the same records in the same order (the files of ``root`` itself first, then each folder's, sorted)."""
+    folder = Path(root)
+    if not folder.is_dir():
+        raise InputError(f"{root}: not a folder")
+    ray = engine.connect()
+    top = find_images(folder, recursive=False)
+    subfolders = sorted(entry.name for entry in os.scandir(folder)  # as os.walk: links to folders are not followed
+                        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."))
+    if not subfolders:
+        return top
+    listed = ray.data.from_items([{"folder": os.path.join(os.path.abspath(folder), name)} for name in subfolders],
+                                 override_num_blocks=len(subfolders))
+    found = listed.map_batches(_list_folder, batch_size=1, num_cpus=0.25)
+    position = {name: number for number, name in enumerate(subfolders)}
+    rows = sorted(found.iter_rows(), key=lambda row: (position[row["label"]], row["order"]))
+    return top + [ImageRecord(row["path"], row["label"]) for row in rows]
+
+
+def _list_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The image files under one first-level folder, labelled with its name, in find_images' order."""
+    folder = Path(str(batch["folder"][0]))
+    paths = [record.path for record in find_images(folder)]
+    return {"path": np.array(paths, dtype=str), "label": np.array([folder.name] * len(paths), dtype=str),
+            "order": np.arange(len(paths))}
 
 
 def embed_files_on_ray(records: Sequence[ImageRecord], encoder_path: Path, config: FitConfig, engine: RayEngine,
                        scratch_dir: Optional[str | os.PathLike] = None) -> EmbeddedImages:
     """Decode and embed image files on the cluster with the encoder saved at ``encoder_path``, as
     ``config`` says; the vectors arrive in shards under ``scratch_dir``."""
-    try:
-        import ray
-    except ImportError:
-        raise InputError('--ray needs the Ray extra: pip install -e ".[ray]"') from None
-    engine.connect()
+    ray = engine.connect()
     rows = ray.data.from_items([{"row": row, "path": record.path} for row, record in enumerate(records)],
                                override_num_blocks=max(1, min(len(records) // DECODE_BATCH, 1000)))
     decoded = rows.map_batches(_decode_batch, batch_size=DECODE_BATCH, num_cpus=0.25,

@@ -25,7 +25,7 @@ from .autoencoder import build_autoencoder, build_feature_autoencoder, train_aut
 from .backbone import WEIGHTS_SHA256, build_backbone
 from .config import FitConfig
 from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
-from .distributed import RayEngine, embed_files_on_ray
+from .distributed import RayEngine, embed_files_on_ray, find_images_on_ray
 from .embed import (DescriptorHead, EmbeddedImages, apply_head, block_weights, build_blocks_model, channel_profiles,
                     embed_decoded, embed_files, embed_to_cache)
 from .errors import InputError
@@ -73,7 +73,7 @@ def fit(
     keras.utils.set_random_seed(config.seed)
     seconds: dict[str, float] = {}
 
-    records = find_images(data_dir)
+    records = find_images_on_ray(data_dir, engine) if engine else find_images(data_dir)
     if not records:
         raise InputError(f"{data_dir}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     log.info("found %d image files under %s", len(records), data_dir)

@@ -68,8 +68,8 @@ class ImageRecord:
     label: Optional[str]
 
 
-def find_images(root: str | os.PathLike) -> list[ImageRecord]:
-    """Every image file under ``root`` (recursively, sorted, hidden entries skipped).
+def find_images(root: str | os.PathLike, recursive: bool = True) -> list[ImageRecord]:
+    """Every image file under ``root`` (recursively unless told not to, sorted, hidden entries skipped).
 
     The label of ``root/cat/x.jpg`` and of ``root/cat/sub/y.png`` is ``"cat"``; files directly in
     ``root`` have no label. Paths are absolute, so a bundle's catalog finds its photos from any
@@ -86,6 +86,8 @@ def find_images(root: str | os.PathLike) -> list[ImageRecord]:
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 records.append(ImageRecord(str(Path(folder) / name), label))
+        if not recursive:
+            break
     return records
 
 

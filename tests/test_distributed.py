@@ -38,6 +38,24 @@ def messy(tmp_path_factory):
     return folder
 
 
+def test_listing_on_ray_finds_what_find_images_finds(cluster, tmp_path):
+    import os
+    import shutil
+
+    from pipeline.distributed import find_images_on_ray
+
+    folder = copy_subset(tmp_path / "photos", classes=("dress", "hat"), per_class=3)
+    some = next((folder / "hat").glob("*.jpg"))
+    shutil.copy2(some, folder / "loose.jpg")  # no label
+    (folder / "dress" / "deeper").mkdir()
+    shutil.copy2(some, folder / "dress" / "deeper" / "zz.jpg")  # labelled by its first-level folder
+    (folder / ".hidden").mkdir()
+    shutil.copy2(some, folder / ".hidden" / "skip.jpg")
+    os.symlink(folder / "hat", folder / "linked")  # a link to a folder is not followed, as by os.walk
+    assert find_images_on_ray(folder, cluster) == find_images(folder)
+    assert len(find_images(folder)) == 8
+
+
 def test_a_fit_on_ray_gives_the_same_bundle_as_one_machine(cluster, messy, tmp_path):
     from pipeline.fit import fit
 
