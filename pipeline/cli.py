@@ -45,7 +45,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except OSError as exc:  # e.g. an output file in a read-only folder
         print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
         code = 1
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """End the process at once: Python's own teardown of TensorFlow's objects takes over a second
+    (measured 1.3 s after a sync), and nothing of ours is left to clean up by then. A local Ray
+    cluster that this process started is shut down first, and the output is flushed."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Parser(argparse.ArgumentParser):
