@@ -388,7 +388,7 @@ def recall_curve(
 
     exact = neighbours(index.nlist)
     steps = sorted({min(2**i, index.nlist) for i in range(index.nlist.bit_length() + 1)})
-    return {nprobe: recall_at_k(neighbours(nprobe), exact) for nprobe in steps}
+    return {nprobe: recall_at_k(neighbours(nprobe), exact) if nprobe < index.nlist else 1.0 for nprobe in steps}
 
 
 def smallest_nprobe(curve: dict[int, float], target_recall: float) -> int:
