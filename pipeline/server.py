@@ -192,9 +192,9 @@ def create_app(
     @app.get("/api/duplicates")
     def duplicates(threshold: Optional[str] = None) -> dict[str, Any]:
         limit = DUPLICATE_THRESHOLD if threshold in (None, "") else _distance(threshold, "threshold")
-        groups = find_duplicates(searcher.bundle, limit)
+        bundle = searcher.bundle  # one bundle for the whole answer, even if a delete swaps it meanwhile
         return {"threshold": limit, "linkage": "connected components",
-                "groups": [group.to_dict(searcher.catalog) for group in groups]}
+                "groups": [group.to_dict(bundle.catalog) for group in find_duplicates(bundle, limit)]}
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE"], include_in_schema=False)
     def not_found(path: str) -> None:
