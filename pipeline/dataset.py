@@ -79,7 +79,8 @@ class DecodedImages:
     skipped: list[SkippedImage]
 
 
-def _load_one(record: ImageRecord, image_size: int, max_bytes: int) -> tuple[np.ndarray, str] | SkippedImage:
+def load_image(record: ImageRecord, image_size: int, max_bytes: int) -> tuple[np.ndarray, str] | SkippedImage:
+    """One file as the model sees it, with its content hash; or why it cannot be used."""
     try:
         data = read_file(record.path, max_bytes)
         return prepare_image(data, record.path, image_size), content_hash(data)
@@ -102,7 +103,7 @@ def decode_to_cache(
           tqdm(total=len(records), desc="decode", unit="img") as progress):  # the bar ends its line on errors too
         for start in range(0, len(records), _DECODE_CHUNK):
             chunk = records[start : start + _DECODE_CHUNK]
-            for record, result in zip(chunk, pool.map(lambda r: _load_one(r, image_size, max_bytes), chunk)):
+            for record, result in zip(chunk, pool.map(lambda r: load_image(r, image_size, max_bytes), chunk)):
                 if isinstance(result, SkippedImage):
                     log.warning("skipped %s: %s", result.path, result.reason)
                     skipped.append(result)

@@ -22,10 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import FitConfig
-from .dataset import SkippedImage
+from .dataset import SkippedImage, load_image
 from .embed import EmbeddedImages
-from .errors import ImageError, InputError
-from .images import ImageRecord, content_hash, find_images, prepare_image, read_file
+from .errors import InputError
+from .images import ImageRecord, find_images
 
 log = logging.getLogger(__name__)
 DECODE_BATCH = 32  # images per decode task
@@ -143,14 +143,14 @@ def _decode_batch(batch: dict[str, np.ndarray], image_size: int, max_bytes: int)
     images = np.zeros((len(batch["path"]), image_size, image_size, 3), np.uint8)
     hashes, errors = [], []
     for slot, path in enumerate(batch["path"]):
-        try:
-            data = read_file(str(path), max_bytes)
-            images[slot] = prepare_image(data, str(path), image_size)
-            hashes.append(content_hash(data))
-            errors.append("")
-        except ImageError as exc:
+        loaded = load_image(ImageRecord(str(path), None), image_size, max_bytes)
+        if isinstance(loaded, SkippedImage):
             hashes.append("")
-            errors.append(exc.reason)
+            errors.append(loaded.reason)
+        else:
+            images[slot] = loaded[0]
+            hashes.append(loaded[1])
+            errors.append("")
     return {"row": batch["row"], "image": images, "hash": np.array(hashes), "error": np.array(errors)}
 
 
