@@ -357,7 +357,7 @@ def build_index(vectors: np.ndarray, config: FitConfig,
     index = ClusteredIndex(config.metric, expansion=config.query_expansion, dtype=config.index_dtype)
     prepared = prepare_vectors(vectors, config.metric)
     centroids = fit_kmeans(prepared, choose_cluster_count(len(prepared), config.clusters), config.seed)
-    index.fit(prepared, centroids, assign)
+    index.fit(vectors, centroids, assign)  # prepares them itself: once, as a bundle's load does
     return index, index.tune_nprobe(config.nprobe, config.target_recall, config.seed)
 
 
