@@ -1,0 +1,39 @@
+"""Embedding a cache: every row once, in order, in batches of few shapes."""
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.dataset import RowCache, to_model_input
+from pipeline.embed import embed_cache, even_batch_size
+
+
+@pytest.mark.parametrize("count, largest, size", [(100, 32, 25), (5000, 32, 32), (10, 4, 4), (3, 32, 3), (0, 32, 1)])
+def test_even_batch_size_splits_into_as_few_batches_of_near_equal_size(count, largest, size):
+    assert even_batch_size(count, largest) == size
+    if count:
+        batches = -(-count // size)
+        assert batches == -(-count // largest) and count - (batches - 1) * size > size - batches
+
+
+class _Recording:
+    """A real Keras model that notes the batch size of every call."""
+
+    def __init__(self, model: keras.Model):
+        self.model, self.output, self.sizes = model, model.output, []
+
+    def predict_on_batch(self, batch):
+        self.sizes.append(len(batch))
+        return self.model.predict_on_batch(batch)
+
+
+@pytest.mark.parametrize("count, batch_size, sizes", [(100, 32, [25] * 4), (10, 4, [4, 4, 4])])
+def test_every_row_is_embedded_once_in_order_in_batches_of_one_shape(tmp_path, count, batch_size, sizes):
+    rows = np.random.default_rng(0).integers(0, 256, (count, 4, 4, 3), dtype=np.uint8)
+    path = tmp_path / "rows.u8"
+    path.write_bytes(rows.tobytes())
+    image = keras.Input((4, 4, 3))
+    model = _Recording(keras.Model(image, keras.layers.GlobalAveragePooling2D()(image)))
+    vectors = embed_cache(model, RowCache(str(path), (4, 4, 3), count), batch_size)
+    assert model.sizes == sizes  # 10 rows by 4: the last 2 padded to 4, so one shape is traced
+    np.testing.assert_allclose(vectors, to_model_input(rows).mean(axis=(1, 2)), rtol=1e-6)
