@@ -29,7 +29,6 @@ from tqdm import tqdm
 from .artifacts import ENCODER, ArtifactWriter, Bundle, Catalog, current_folder
 from .dataset import SkippedImage
 from .distributed import RayEngine, embed_files_on_ray, find_images_on_ray
-from .embed import embed_files
 from .errors import ImageError, InputError
 from .images import ImageRecord, content_hash, file_stat, find_images, read_file
 
@@ -165,6 +164,8 @@ def _update(artifacts_dir: str | os.PathLike, action: str,
         if todo and engine is not None:
             embedded = embed_files_on_ray(todo, bundle.folder / ENCODER, bundle.settings, engine, writer.path)
         elif todo:
+            from .embed import embed_files  # TensorFlow is loaded only when there is something to embed
+
             embedded = embed_files(todo, bundle.encoder, bundle.settings, writer.path)
         if embedded is not None:
             change.skipped += embedded.skipped

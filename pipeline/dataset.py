@@ -11,9 +11,8 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, Union
 
-import keras
 import numpy as np
 from tqdm import tqdm
 
@@ -79,6 +78,17 @@ class DecodedImages:
     skipped: list[SkippedImage]
 
 
+@dataclass
+class EmbeddedImages:
+    """Image files decoded and embedded: row i of ``vectors`` (each output, for a model with
+    named outputs) belongs to ``records[i]``; ``skipped`` lists the files that could not be used."""
+
+    records: list[ImageRecord]
+    hashes: list[str]
+    skipped: list[SkippedImage]
+    vectors: Union[np.ndarray, dict[str, np.ndarray]]
+
+
 def load_image(record: ImageRecord, image_size: int, max_bytes: int) -> tuple[np.ndarray, str] | SkippedImage:
     """One file as the model sees it, with its content hash; or why it cannot be used."""
     try:
@@ -138,14 +148,13 @@ def iter_batches(cache: RowCache, batch_size: int) -> Iterator[np.ndarray]:
         yield _as_input(cache.read_range(start, min(start + batch_size, cache.count)))
 
 
-class TrainingBatches(keras.utils.PyDataset):
+class TrainingBatches:
     """Model-input batches of some cache rows (images or feature maps), reshuffled each epoch.
 
     Batches hold the rows alone: the trainer makes its random views and targets from them.
     """
 
     def __init__(self, cache: RowCache, indices: np.ndarray, batch_size: int, seed: int):
-        super().__init__()
         self.cache = cache
         self.indices = np.asarray(indices)
         self.batch_size = batch_size

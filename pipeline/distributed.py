@@ -22,8 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import FitConfig
-from .dataset import SkippedImage, load_image
-from .embed import EmbeddedImages
+from .dataset import EmbeddedImages, SkippedImage, load_image
 from .errors import InputError
 from .images import ImageRecord, find_images
 

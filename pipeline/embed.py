@@ -16,7 +16,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
 import keras
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from .color import ColorHistogram
 from .config import DESCRIPTOR_BLOCK_SIZE, ORIENTATION_CELLS, FitConfig
-from .dataset import DecodedImages, RowCache, SkippedImage, decode_to_cache, iter_batches, to_model_input
+from .dataset import DecodedImages, EmbeddedImages, RowCache, decode_to_cache, iter_batches, to_model_input
 from .images import ImageRecord
 from .orientations import OrientationHistogram
 
@@ -125,17 +124,6 @@ def embed_cache(model: keras.Model, cache: RowCache, batch_size: int) -> Union[n
     if not parts:
         return keras.tree.map_structure(lambda out: np.empty((0, out.shape[-1]), np.float32), model.output)
     return keras.tree.map_structure(lambda *outs: np.concatenate(outs), *parts)
-
-
-@dataclass
-class EmbeddedImages:
-    """Image files decoded and embedded: row i of ``vectors`` (each output, for a model with
-    named outputs) belongs to ``records[i]``; ``skipped`` lists the files that could not be used."""
-
-    records: list[ImageRecord]
-    hashes: list[str]
-    skipped: list[SkippedImage]
-    vectors: Union[np.ndarray, dict[str, np.ndarray]]
 
 
 def embed_decoded(model: keras.Model, decoded: DecodedImages, batch_size: int) -> EmbeddedImages:

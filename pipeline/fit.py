@@ -24,10 +24,10 @@ from .artifacts import AUTOENCODER, ENCODER, ArtifactWriter, Bundle, Catalog, Ma
 from .autoencoder import build_autoencoder, build_feature_autoencoder, train_autoencoder
 from .backbone import WEIGHTS_SHA256, build_backbone
 from .config import FitConfig
-from .dataset import SkippedImage, TrainingBatches, decode_to_cache, split_indices
+from .dataset import EmbeddedImages, SkippedImage, TrainingBatches, decode_to_cache, split_indices
 from .distributed import RayEngine, embed_files_on_ray, find_images_on_ray
-from .embed import (DescriptorHead, EmbeddedImages, apply_head, block_weights, build_blocks_model, channel_profiles,
-                    embed_decoded, embed_files, embed_to_cache)
+from .embed import (DescriptorHead, apply_head, block_weights, build_blocks_model, channel_profiles, embed_decoded,
+                    embed_files, embed_to_cache)
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, file_stat, find_images
 from .index import build_index

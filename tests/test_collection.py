@@ -240,3 +240,17 @@ def test_sync_reads_only_files_whose_size_or_time_changed(collection, monkeypatc
     os.utime(touched, ns=(time.time_ns(), time.time_ns()))  # a newer time, the same bytes
     change = sync(artifacts)
     assert read == [str(touched)] and change.unchanged == 18 and change.added == change.changed == 0
+
+
+def test_a_sync_or_removal_with_nothing_to_embed_does_not_load_tensorflow(collection):
+    photos, _, artifacts = collection
+    doomed = sorted((photos / "hat").glob("*.jpg"))[0]
+    doomed.unlink()
+    program = ("import sys; from pipeline.collection import remove_images, sync; "
+               f"print(sync({str(artifacts)!r}).removed, "
+               f"remove_images([{str(sorted((photos / 'pants').glob('*.jpg'))[0])!r}], {str(artifacts)!r}).removed, "
+               "'tensorflow' in sys.modules)")
+    process = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.split() == ["1", "1", "False"]  # a deletion synced, an image removed, no TensorFlow
+    assert len(Bundle.load(artifacts).catalog) == 16
