@@ -75,7 +75,17 @@ class RayEngine:
             options.preserve_order = ordered
 
     def pool_size(self) -> int:
-        return self.workers or max(1, int(self.connect().cluster_resources().get("CPU", 2) // 2))
+        """The number of encoder actors. Actors that ask for more GPUs than the cluster has would
+        wait for them: an InputError on a local cluster, which cannot grow; a warning on another,
+        whose autoscaler may yet add GPU nodes."""
+        resources = self.connect().cluster_resources()
+        gpus = resources.get("GPU", 0)
+        if self.gpus_per_worker > gpus:
+            message = (f"--ray-gpus-per-worker {self.gpus_per_worker:g} is more than the cluster's GPUs ({gpus:g})")
+            if self.address is None:
+                raise InputError(f"{message}; leave it at 0 to embed on CPUs")
+            log.warning("%s: the encoder actors wait until GPU nodes join", message)
+        return self.workers or max(1, int(resources.get("CPU", 2) // 2))
 
 
 def find_images_on_ray(root: str | os.PathLike, engine: RayEngine) -> list[ImageRecord]:
@@ -154,20 +164,20 @@ def _decode_batch(batch: dict[str, np.ndarray], image_size: int, max_bytes: int)
 
 
 class EncoderActor:
-    """A Ray actor holding the encoder, loaded once: decoded images in, descriptors out."""
+    """A Ray actor holding the encoder, loaded once: decoded images in, descriptors out. An actor
+    given a GPU computes in mixed precision (:func:`pipeline.embed.mixed_precision`)."""
 
     def __init__(self, encoder_path: str, threads: int, gpu: bool):
         import tensorflow as tf  # quiet: importing the package silenced it
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        if gpu:
-            import keras
-
-            keras.mixed_precision.set_global_policy("mixed_float16")
         from .artifacts import load_model
+        from .embed import mixed_precision
 
         self.encoder = load_model(Path(encoder_path))
+        if gpu:
+            self.encoder = mixed_precision(self.encoder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .embed import embed_images

@@ -35,6 +35,24 @@ def embed_images(encoder: keras.Model, images: np.ndarray) -> np.ndarray:
     return np.asarray(encoder.predict_on_batch(to_model_input(images)), dtype=np.float32)
 
 
+def mixed_precision(encoder: keras.Model) -> keras.Model:
+    """A copy of ``encoder`` whose convolutions and residual additions compute in float16 (their
+    weights kept in float32), every other layer as saved: for encoders on a GPU, where float16
+    runs on the tensor cores. Setting Keras's global policy before loading would not do it, since a
+    saved model keeps each layer's own policy. Descriptors stay float32, within a cosine of
+    0.9999 of the float32 encoder's (tested on a CPU)."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Add)):
+            config["dtype"] = "mixed_float16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(encoder, clone_function=clone, recursive=True)
+    copy.set_weights(encoder.get_weights())
+    return copy
+
+
 class BatchingEncoder:
     """Encodes single images from many threads, running one encoder call for the queries that
     arrive within ``window_ms`` of the first (at most ``max_batch``), first come first served.

@@ -22,8 +22,9 @@ from pipeline.search import Searcher  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local two-CPU cluster; the encoder actors take a fraction of a CPU so that decoding tasks still run."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """A local two-CPU cluster with one logical GPU (Ray schedules by it; TensorFlow, CPU-only here, runs on the
+    CPU); the encoder actors take a fraction of a CPU so that decoding tasks still run."""
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield RayEngine(workers=1, cpus_per_worker=1.0)
     ray.shutdown()
 
@@ -92,6 +93,25 @@ def test_add_on_ray_indexes_like_add_alone(cluster, messy, tmp_path):
     one, other = Bundle.load(tmp_path / "artifacts"), Bundle.load(tmp_path / "copy")
     assert one.catalog == other.catalog
     np.testing.assert_allclose(one.embeddings, other.embeddings, atol=1e-5)
+
+
+def test_encoder_actors_given_a_gpu_compute_in_mixed_precision_with_the_same_neighbours(cluster, messy, tmp_path):
+    from pipeline.errors import InputError
+    from pipeline.fit import fit
+
+    fit(messy, tmp_path / "artifacts", tiny_config())
+    bundle = Bundle.load(tmp_path / "artifacts")
+    on_gpu = RayEngine(workers=1, cpus_per_worker=1.0, gpus_per_worker=0.5)
+    half = embed_files_on_ray(find_images(messy), bundle.folder / "encoder.keras", bundle.settings, on_gpu)
+    assert [r.path for r in half.records] == bundle.catalog.paths and len(half.skipped) == 2
+    exact = np.asarray(bundle.embeddings)
+    cosine = np.sum(exact * half.vectors, axis=1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(half.vectors, axis=1)
+    assert 0.999 < cosine.min()
+    assert np.abs(half.vectors - exact).max() > 1e-4  # float16 inside: beyond the CPU path's 1e-5
+    nearest = bundle.index.search(half.vectors, 2, "all", expansion=0).ids[:, 0]
+    assert np.array_equal(nearest, np.arange(len(exact)))  # each image's own vector is still its nearest
+    with pytest.raises(InputError, match=r"--ray-gpus-per-worker 2 is more than the cluster's GPUs \(1\)"):
+        RayEngine(gpus_per_worker=2).pool_size()
 
 
 def _encoder_actors() -> list[int]:
