@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
 from helpers import NEAR_COPIES, save_near_copy  # noqa: E402
+from pipeline.artifacts import has_bundle  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("clothing10", "caltech101", "flowers5")
@@ -183,7 +184,7 @@ Our precision and recall (all images) as the threshold grows:
 
 def speed(args: argparse.Namespace) -> None:
     artifacts = args.workdir / "cifar-artifacts"
-    if not (artifacts / "CURRENT").exists():
+    if not has_bundle(artifacts):
         print("fitting cifar10-test ...", flush=True)
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(DATA / "cifar10-test"),
                         "--artifacts", str(artifacts)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

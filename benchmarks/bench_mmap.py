@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_report import build_bundle  # noqa: E402
 from benchmarks.report import machine, write_section  # noqa: E402
+from pipeline.artifacts import has_bundle  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -63,18 +64,18 @@ def main() -> None:
         return
 
     source = args.source or args.workdir / "sample-fit"
-    if not (source / "CURRENT").exists():
+    if not has_bundle(source):
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
                         "--artifacts", str(source)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     from pipeline.artifacts import ArtifactWriter, Bundle
     from pipeline.index import ClusteredIndex, recall_at_k
 
     bundle_dir, half_dir = args.workdir / f"bundle-{args.vectors}", args.workdir / f"bundle-{args.vectors}-float16"
-    if not (bundle_dir / "CURRENT").exists():
+    if not has_bundle(bundle_dir):
         print(f"building a bundle of {args.vectors:,} vectors ...", flush=True)
         build_bundle(source, bundle_dir, args.vectors)
     bundle = Bundle.load(bundle_dir)
-    if not (half_dir / "CURRENT").exists():
+    if not has_bundle(half_dir):
         half = Bundle.load(bundle_dir)
         full = half.index
         half.index = ClusteredIndex(full.metric, full.nprobe, full.expansion, "float16").fit(full.stored_vectors(),

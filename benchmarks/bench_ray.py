@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_fit import build_folder  # noqa: E402
 from benchmarks.report import machine, write_section  # noqa: E402
+from pipeline.artifacts import has_bundle  # noqa: E402
 
 
 def timed(embed, records) -> float:
@@ -42,7 +43,7 @@ def main() -> None:
     data = args.workdir / f"images-{args.images}"
     build_folder(data, args.images)
     artifacts = args.workdir / "artifacts"
-    if not (artifacts / "CURRENT").exists():
+    if not has_bundle(artifacts):
         subset = args.workdir / "fit-subset"
         build_folder(subset, args.small)
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(subset), "--artifacts", str(artifacts)],

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import ArtifactWriter, Bundle, Catalog  # noqa: E402
+from pipeline.artifacts import ArtifactWriter, Bundle, Catalog, has_bundle  # noqa: E402
 from pipeline.index import build_index  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     source, bundle = args.workdir / "sample-fit", args.workdir / f"bundle-{args.images}"
-    if not (source / "CURRENT").exists():
+    if not has_bundle(source):
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
                         "--artifacts", str(source)], check=True, cwd=ROOT)
     print(f"building a bundle of {args.images:,} rows ...", flush=True)

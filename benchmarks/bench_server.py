@@ -29,6 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
+from pipeline.artifacts import has_bundle  # noqa: E402
 
 MAX_REQUESTS = 200_000  # a bound on the loop besides the time limit
 
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--windows", default="0,5", help="encoder batching windows to compare, in ms")
     args = parser.parse_args()
 
-    if not (args.artifacts / "CURRENT").exists():
+    if not has_bundle(args.artifacts):
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
                         "--artifacts", str(args.artifacts)], check=True, cwd=ROOT)
     runs = []

@@ -216,6 +216,11 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def has_bundle(artifacts_dir: str | os.PathLike) -> bool:
+    """Whether ``artifacts_dir`` holds a committed bundle (checked when loaded, not here)."""
+    return (Path(artifacts_dir) / POINTER).is_file()
+
+
 def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
     """The folder of the current bundle, checked to be complete and of a readable format version.
 
