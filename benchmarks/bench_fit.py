@@ -146,7 +146,9 @@ def main() -> None:
     header = " | ".join(f"`--backbone {run['backbone']}` (input {run['settings']['image_size']} px)" for run in runs)
     command = f"python benchmarks/bench_fit.py --images {args.images} --backbones {args.backbones}" + (
         f" --image-size {args.image_size}" if args.image_size else "")
-    write_section("bench_fit" + (f"_{args.image_size}" if args.image_size else ""), f"""
+    section = "bench_fit" + (f"_{args.images}" if args.images != 5000 else "") + (
+        f"_{args.image_size}" if args.image_size else "")
+    write_section(section, f"""
 ## Fit: {args.images:,} images of 512x512{f' at {args.image_size} px input' if args.image_size else ''} (`{command}`)
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}, CPU only, the fits one after the other in one run, nothing
