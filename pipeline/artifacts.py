@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -216,9 +217,18 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def pointed_folder(artifacts_dir: str | os.PathLike) -> Optional[Path]:
+    """The bundle folder that CURRENT names, unchecked (None when there is none): cheap enough to
+    ask every second."""
+    try:
+        return Path(artifacts_dir) / (Path(artifacts_dir) / POINTER).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def has_bundle(artifacts_dir: str | os.PathLike) -> bool:
     """Whether ``artifacts_dir`` holds a committed bundle (checked when loaded, not here)."""
-    return (Path(artifacts_dir) / POINTER).is_file()
+    return pointed_folder(artifacts_dir) is not None
 
 
 def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
@@ -263,6 +273,7 @@ class Bundle:
         self.embeddings = embeddings
         self.index = index
         self.folder = folder
+        self._encoder_sha256: Optional[str] = None
 
     @property
     def settings(self) -> FitConfig:
@@ -291,6 +302,19 @@ class Bundle:
     def encoder(self):
         """image -> descriptor, as the fit saved it."""
         return load_model(self.folder / ENCODER)
+
+    def encoder_sha256(self) -> str:
+        """The SHA-256 of the encoder's file: the fit's, which add, sync and remove keep (read once)."""
+        if self._encoder_sha256 is None:
+            digest = hashlib.sha256()
+            try:
+                with open(self.folder / ENCODER, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError as exc:
+                raise ArtifactError(f"{self.folder / ENCODER}: cannot read the encoder ({exc.strerror})") from None
+            self._encoder_sha256 = digest.hexdigest()
+        return self._encoder_sha256
 
     def autoencoder(self):
         """The full autoencoder, as the fit saved it."""

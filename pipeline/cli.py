@@ -402,6 +402,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="queries arriving within this many ms of each other are encoded in one call (0: each alone)")
     parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    parser.add_argument("--reload-seconds", type=_non_negative_float, default=2.0, metavar="S",
+                        help="look this often for a newer bundle in the artifacts folder (from a fit, add, sync or "
+                             "remove run meanwhile) and serve it; 0: never")
     parser.add_argument("--write-token", default=os.environ.get("IMGSIM_WRITE_TOKEN"), metavar="TOKEN",
                         help="allow DELETE /api/images/ID for requests with 'Authorization: Bearer TOKEN' "
                              "(default: $IMGSIM_WRITE_TOKEN; unset: deleting is off)")
@@ -416,7 +419,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle), max_pixels=MAX_PIXELS,
                         batch_window_ms=args.batch_window_ms)
-    app = create_app(searcher, allow_private_urls=args.allow_private_urls, write_token=args.write_token or None)
+    app = create_app(searcher, allow_private_urls=args.allow_private_urls, write_token=args.write_token or None,
+                     reload_seconds=args.reload_seconds)
     print(f"serving {args.artifacts} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -15,6 +15,7 @@ import queue
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Iterator, Optional, Sequence, Union
 
@@ -61,17 +62,18 @@ class BatchingEncoder:
     is better spread over the cores, and the per-call overhead is paid once), and a FIFO queue
     serves every waiting request in turn instead of whoever wins a lock. Batches are padded to a
     power of two so that the model compiles for a handful of shapes only. ``window_ms=0`` encodes
-    each image alone, in the calling thread.
+    each image alone, in the calling thread. The batching thread ends once this object is no
+    longer referenced (a service that swapped in another fit's encoder frees the old one).
     """
 
     def __init__(self, encoder: keras.Model, window_ms: float = 5.0, max_batch: int = 16):
         self.encoder = encoder
         self.window_s = window_ms / 1000
-        self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         if self.window_s > 0:
-            threading.Thread(target=self._serve, name="encoder-batches", daemon=True).start()
+            threading.Thread(target=_serve_batches, args=(weakref.ref(self), self._queue, encoder, self.window_s,
+                                                          max_batch), name="encoder-batches", daemon=True).start()
 
     def embed(self, image: np.ndarray) -> np.ndarray:
         """The descriptor of one uint8 image (size, size, 3); blocks until its batch has run."""
@@ -82,28 +84,37 @@ class BatchingEncoder:
         self._queue.put((image, done))
         return done.result()
 
-    def _serve(self) -> None:
-        shape = self.encoder.input_shape[1:]
-        for size in {_next_power_of_two(count) for count in range(1, self.max_batch + 1)}:
-            embed_images(self.encoder, np.zeros((size, *shape), np.uint8))  # compile each batch shape before serving
-        while True:
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + self.window_s
-            while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                try:
-                    batch.append(self._queue.get(timeout=left))
-                except queue.Empty:
-                    break
-            images = np.stack([image for image, _ in batch])
-            padded = np.concatenate([images, np.repeat(images[:1], _next_power_of_two(len(batch)) - len(batch), 0)])
+
+def _serve_batches(owner: weakref.ref, jobs: queue.Queue, encoder: keras.Model, window_s: float,
+                   max_batch: int) -> None:
+    """The batching thread of a :class:`BatchingEncoder` (``owner``): compile each batch shape, then
+    encode the queued images batch after batch; return once the owner is gone and nothing is queued."""
+    shape = encoder.input_shape[1:]
+    for size in {_next_power_of_two(count) for count in range(1, max_batch + 1)}:
+        embed_images(encoder, np.zeros((size, *shape), np.uint8))  # compile each batch shape before serving
+    while True:
+        try:
+            batch = [jobs.get(timeout=1.0)]
+        except queue.Empty:
+            if owner() is None:  # nobody can queue an image any more
+                return
+            continue
+        deadline = time.monotonic() + window_s
+        while len(batch) < max_batch and (left := deadline - time.monotonic()) > 0:
             try:
-                vectors = embed_images(self.encoder, padded)
-            except Exception as exc:  # every waiting request gets the error, the thread lives on
-                for _, done in batch:
-                    done.set_exception(exc)
-                continue
-            for (_, done), vector in zip(batch, vectors):
-                done.set_result(vector)
+                batch.append(jobs.get(timeout=left))
+            except queue.Empty:
+                break
+        images = np.stack([image for image, _ in batch])
+        padded = np.concatenate([images, np.repeat(images[:1], _next_power_of_two(len(batch)) - len(batch), 0)])
+        try:
+            vectors = embed_images(encoder, padded)
+        except Exception as exc:  # every waiting request gets the error, the thread lives on
+            for _, done in batch:
+                done.set_exception(exc)
+            continue
+        for (_, done), vector in zip(batch, vectors):
+            done.set_result(vector)
 
 
 def _next_power_of_two(count: int) -> int:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from .artifacts import Bundle, Catalog
+from .artifacts import Bundle, Catalog, pointed_folder
 from .embed import BatchingEncoder
 from .errors import InputError
 from .fetch import fetch_url
 from .images import MAX_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,39 +47,85 @@ class SearchResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _Served:
+    """What one query reads, all of a piece: a bundle, the encoder of its fit, and the ids of the
+    indexed images by content hash."""
+
+    bundle: Bundle
+    encoder: BatchingEncoder
+    encoder_sha256: str
+    copies: dict[str, list[int]]
+
+
 class Searcher:
     """Answers "which indexed images look most like this one?" for a fitted :class:`Bundle`.
 
     Safe to share between threads. With ``batch_window_ms`` > 0 (the service), queries arriving
-    together are encoded in one call (:class:`pipeline.embed.BatchingEncoder`). :meth:`use` swaps
-    in a changed bundle of the same encoder (after a removal) while queries run: each query sees
-    one bundle, the old or the new.
+    together are encoded in one call (:class:`pipeline.embed.BatchingEncoder`). :meth:`refresh`
+    and :meth:`use` swap in another bundle while queries run (after an add, sync, removal or a new
+    fit of the same folder); each query reads one bundle and its encoder, the old pair or the new.
     """
 
     def __init__(self, bundle: Bundle, max_pixels: int = MAX_PIXELS, batch_window_ms: float = 0.0):
-        self.image_size = bundle.settings.image_size
         self.max_pixels = max_pixels
-        self._encoder = BatchingEncoder(bundle.encoder, batch_window_ms)
-        self.use(bundle)
+        self.batch_window_ms = batch_window_ms
+        self._swapping = threading.Lock()
+        self._served = self._serving(bundle, None)
 
-    def use(self, bundle: Bundle) -> None:
-        """Answer from ``bundle`` from now on (the same encoder; its catalog and index may differ)."""
+    def _serving(self, bundle: Bundle, now: Optional[_Served]) -> _Served:
+        """``bundle`` ready to serve: with the encoder already served when it is the same fit's
+        (add, sync and remove keep it), else with its own, loaded here."""
+        digest = bundle.encoder_sha256()
+        if now is not None and now.encoder_sha256 == digest:
+            encoder = now.encoder
+        else:
+            encoder = BatchingEncoder(bundle.encoder, self.batch_window_ms)
         copies: dict[str, list[int]] = defaultdict(list)  # content hash -> ids of the indexed copies
         for image_id, content in enumerate(bundle.catalog.hashes):
             copies[content].append(image_id)
-        self._state = (bundle, dict(copies))  # one assignment: a query reads both or neither
+        return _Served(bundle, encoder, digest, dict(copies))
+
+    def use(self, bundle: Bundle) -> None:
+        """Answer from ``bundle`` from now on."""
+        with self._swapping:
+            self._served = self._serving(bundle, self._served)
+
+    def refresh(self) -> bool:
+        """Answer from the bundle that the artifacts folder now names, if another one was committed
+        since this one was loaded; whether it changed. ArtifactError when it cannot be loaded (the
+        bundle served stays)."""
+        root = self.bundle.folder.parent
+        if pointed_folder(root) in (None, self.bundle.folder):  # cheap enough to ask every second
+            return False
+        with self._swapping:  # one swap at a time, each to what CURRENT names then: never back to an older one
+            bundle = Bundle.load(root)
+            if bundle.folder == self.bundle.folder:
+                return False
+            self._served = self._serving(bundle, self._served)
+        log.info("serving %s (%d images)", bundle.folder, len(bundle.catalog))
+        return True
 
     @property
     def bundle(self) -> Bundle:
-        return self._state[0]
+        return self._served.bundle
 
     @property
     def catalog(self) -> Catalog:
-        return self._state[0].catalog
+        return self._served.bundle.catalog
 
     @property
     def index(self) -> ClusteredIndex:
-        return self._state[0].index
+        return self._served.bundle.index
+
+    @property
+    def encoder(self) -> BatchingEncoder:
+        """The encoder that queries go through: the served bundle's fit's."""
+        return self._served.encoder
+
+    @property
+    def image_size(self) -> int:
+        return self._served.bundle.settings.image_size
 
     def search_file(self, path: Union[str, os.PathLike], **options) -> SearchResult:
         return self.search_bytes(read_file(path), str(path), **options)
@@ -85,15 +135,18 @@ class Searcher:
 
     def search_bytes(self, data: bytes, source: str, **options) -> SearchResult:
         """Search with an encoded image (options as in :meth:`search_vector`)."""
-        image = prepare_image(data, source, self.image_size, self.max_pixels)
-        vector = self._encoder.embed(image)
-        return self.search_vector(vector, content_hash(data), source, **options)
+        served = self._served
+        image = prepare_image(data, source, served.bundle.settings.image_size, self.max_pixels)
+        return self._search(served, served.encoder.embed(image), content_hash(data), source, **options)
 
     def search_indexed(self, image_id: int, **options) -> SearchResult:
         """Search with an indexed image, by its id (its row in the catalog), using its stored vector."""
-        bundle = self.bundle
-        return self.search_vector(np.asarray(bundle.embeddings[image_id]), bundle.catalog.hashes[image_id],
-                                  bundle.catalog.paths[image_id], **options)
+        served = self._served
+        catalog = served.bundle.catalog
+        if not 0 <= image_id < len(catalog):  # an id of a bundle served before this one, say
+            raise InputError(f"no image with id {image_id} among the {len(catalog)} indexed")
+        return self._search(served, np.asarray(served.bundle.embeddings[image_id]), catalog.hashes[image_id],
+                            catalog.paths[image_id], **options)
 
     def search_vector(
         self,
@@ -119,11 +172,18 @@ class Searcher:
         results whose ``query_distance`` is at most that are kept (fewer than ``n`` when fewer are
         that close), in the same order.
         """
+        return self._search(self._served, vector, query_hash, source, n, nprobe, exclude_self, expansion,
+                            max_distance)
+
+    @staticmethod
+    def _search(served: _Served, vector: np.ndarray, query_hash: str, source: str, n: int = 10,
+                nprobe: Union[int, str, None] = None, exclude_self: bool = False, expansion: Optional[int] = None,
+                max_distance: Optional[float] = None) -> SearchResult:
+        """:meth:`search_vector` against the bundle of ``served``."""
         if n < 1 or (expansion is not None and expansion < 0) or (max_distance is not None and not max_distance >= 0):
             raise InputError(f"n must be at least 1, expansion and max_distance at least 0, got {n}, {expansion} "
                              f"and {max_distance}")
-        bundle, copies_of = self._state
-        catalog, index = bundle.catalog, bundle.index
+        catalog, index, copies_of = served.bundle.catalog, served.bundle.index, served.copies
         n = min(n, len(catalog))  # never more results than images: no huge allocation for a huge n
         copies = copies_of.get(query_hash, [])
         nprobe = index.resolve_nprobe(index.nprobe if nprobe is None else nprobe)

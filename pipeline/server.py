@@ -13,21 +13,28 @@
 - ``GET /api/duplicates?threshold=T``: groups of near-duplicate images.
 - ``GET /api/health``, ``GET /api/stats``.
 
+The service follows its artifacts folder: every ``reload_seconds`` it looks whether a fit, add,
+sync or removal has committed another bundle there, and serves that one from then on (with the
+new fit's encoder after a fit), so deleted photos stop coming back without a restart.
+
 Errors are JSON ``{"error": message}`` with status 400, 401, 403, 404, 409, 413, 415 or 422.
 Images are served only by catalog id, never by a path taken from the request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import hmac
+import logging
 import math
 import mimetypes
 import os
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +42,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from .artifacts import Bundle
+from .artifacts import Catalog
 from .errors import ArtifactError, ImageError, InputError
 from .fetch import fetch_url
 from .images import thumbnail_jpeg
@@ -44,6 +51,7 @@ from .config import DUPLICATE_THRESHOLD
 from .duplicates import find_duplicates
 from .search import Searcher
 
+log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 MAX_RESULTS = 100
@@ -62,14 +70,25 @@ def create_app(
     allow_private_urls: bool = False,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     write_token: Optional[str] = None,
+    reload_seconds: float = 0.0,
 ) -> FastAPI:
     """The FastAPI application around one shared :class:`Searcher`.
 
     URL queries may reach loopback and private addresses only with ``allow_private_urls``. Images
-    can be deleted only with ``write_token`` set, by requests that carry it.
+    can be deleted only with ``write_token`` set, by requests that carry it. With
+    ``reload_seconds`` > 0, a newer bundle committed to the artifacts folder is served within that
+    many seconds (while the application runs: under uvicorn, or inside ``with TestClient(app)``).
     """
     _share_malloc_arenas()
-    app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        follower = asyncio.create_task(_follow(searcher, reload_seconds)) if reload_seconds > 0 else None
+        yield
+        if follower is not None:
+            follower.cancel()
+
+    app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None, lifespan=lifespan)
     web = {name: resources.files("pipeline").joinpath(f"web/{name}").read_bytes() for name in _PAGE_FILES}
 
     @app.middleware("http")
@@ -113,15 +132,16 @@ def create_app(
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
-        manifest = searcher.bundle.manifest
+        bundle = searcher.bundle  # one bundle for the whole answer
+        manifest = bundle.manifest
         return {
-            "images": len(searcher.catalog),
-            "clusters": searcher.index.nlist,
-            "nprobe": searcher.index.nprobe,
+            "images": len(bundle.catalog),
+            "clusters": bundle.index.nlist,
+            "nprobe": bundle.index.nprobe,
             "skipped": len(manifest.skipped),
             "created": manifest.created,
             "data_dir": manifest.data_dir,
-            "labels": sorted({label for label in searcher.catalog.labels if label is not None}),
+            "labels": sorted({label for label in bundle.catalog.labels if label is not None}),
             "settings": manifest.settings.to_dict(),
         }
 
@@ -153,7 +173,8 @@ def create_app(
                 raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
             options = _options(body.get("n"), body.get("nprobe"), body.get("max_distance"))
             if "id" in body:
-                result = await run_in_threadpool(searcher.search_indexed, _image_id(str(body["id"]), searcher), **options)
+                result = await run_in_threadpool(searcher.search_indexed, _image_id(str(body["id"]), searcher.catalog),
+                                                 **options)
             else:
                 url = str(body["url"])
                 data = await run_in_threadpool(fetch_url, url, allow_private=allow_private_urls,
@@ -165,11 +186,13 @@ def create_app(
 
     @app.get("/api/images/{image_id}")
     def thumbnail(image_id: str) -> Response:
-        return Response(_thumbnail(searcher, _image_id(image_id, searcher)), media_type="image/jpeg")
+        catalog = searcher.catalog  # one catalog for the request, even if a newer bundle is swapped in meanwhile
+        return Response(_thumbnail(catalog, _image_id(image_id, catalog)), media_type="image/jpeg")
 
     @app.get("/api/images/{image_id}/full")
     def full_image(image_id: str) -> FileResponse:
-        path = searcher.catalog.paths[_image_id(image_id, searcher)]
+        catalog = searcher.catalog
+        path = catalog.paths[_image_id(image_id, catalog)]
         if not os.path.isfile(path):
             raise HTTPException(404, f"image {image_id} is no longer on disk")
         return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
@@ -181,12 +204,13 @@ def create_app(
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), write_token.encode()):
             raise HTTPException(401, "deleting needs the server's write token: Authorization: Bearer TOKEN")
-        path = searcher.catalog.paths[_image_id(image_id, searcher)]
+        catalog = searcher.catalog
+        path = catalog.paths[_image_id(image_id, catalog)]
         try:
             change = remove_images([path], searcher.bundle.folder.parent)
         except ArtifactError as exc:  # another writer holds the bundle
             raise HTTPException(409, str(exc)) from None
-        searcher.use(Bundle.load(change.artifacts.parent))
+        searcher.refresh()
         return {"removed": path, "images": change.images}
 
     @app.get("/api/duplicates")
@@ -218,6 +242,17 @@ async def _with_capped_body(request: Request, limit: int) -> Request:
     return Request(request.scope, replay)
 
 
+async def _follow(searcher: Searcher, seconds: float) -> None:
+    """Serve each bundle committed to the searcher's artifacts folder, looking every ``seconds``;
+    one that cannot be loaded yet (a commit under way) is tried again at the next look."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await run_in_threadpool(searcher.refresh)
+        except ArtifactError as exc:
+            log.warning("still serving %s: %s", searcher.bundle.folder, exc)
+
+
 def _share_malloc_arenas(arenas: int = 2) -> None:
     """Have the service's request threads share a few glibc malloc arenas: memory freed after one
     large decode is then reused by the next instead of kept by each thread's own arena, so the
@@ -233,9 +268,9 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _image_id(text: str, searcher: Searcher) -> int:
-    """An image id from a request: a decimal row number of the catalog, else 404."""
-    if not text.isdecimal() or len(text) > 18 or int(text) >= len(searcher.catalog):
+def _image_id(text: str, catalog: Catalog) -> int:
+    """An image id from a request: a decimal row number of ``catalog``, else 404."""
+    if not text.isdecimal() or len(text) > 18 or int(text) >= len(catalog):
         raise HTTPException(404, f"no image with id {text!r}")
     return int(text)
 
@@ -271,11 +306,14 @@ def _distance(value: Any, name: str) -> float:
     return number
 
 
-_cached_thumbnail = functools.lru_cache(maxsize=4096)(thumbnail_jpeg)
+@functools.lru_cache(maxsize=4096)
+def _cached_thumbnail(path: str, content_hash: str) -> bytes:
+    """A thumbnail by path and content: a photo that a sync re-indexed with new bytes gets a new one."""
+    return thumbnail_jpeg(path, THUMBNAIL)
 
 
-def _thumbnail(searcher: Searcher, image_id: int) -> bytes:
+def _thumbnail(catalog: Catalog, image_id: int) -> bytes:
     try:
-        return _cached_thumbnail(searcher.catalog.paths[image_id], THUMBNAIL)
+        return _cached_thumbnail(catalog.paths[image_id], catalog.hashes[image_id])
     except ImageError:
         raise HTTPException(404, f"image {image_id} is no longer readable") from None

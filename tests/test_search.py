@@ -135,3 +135,76 @@ def test_batched_encoding_gives_the_same_vectors_in_fewer_calls(searcher, photos
     assert sorted(warm_up) == [1, 2, 4, 8, 16]
     assert max(served) > 1 and sum(served) < 2 * len(images)  # fewer calls than images, little padding
     assert all(size & (size - 1) == 0 for size in served)  # padded to powers of two
+
+
+def test_a_searcher_follows_its_folder_to_a_newer_bundle_and_to_a_new_fit(fitted, photos, tmp_path):
+    from conftest import tiny_config
+    from pipeline.collection import remove_images
+    from pipeline.fit import fit
+    from pipeline.search import Searcher
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    searcher = Searcher(Bundle.load(artifacts))
+    encoder = searcher.encoder
+    assert not searcher.refresh()  # nothing committed since
+    removed = searcher.catalog.paths[5]
+    remove_images([removed], artifacts)  # another writer: imgsim remove, say
+    assert searcher.refresh() and len(searcher.catalog) == 31 and searcher.encoder is encoder  # the same fit's
+    found = searcher.search_file(removed, n=31, nprobe="all")
+    assert removed not in [hit.path for hit in found.results] and not any(hit.same_image for hit in found.results)
+
+    fit(photos, artifacts, tiny_config(image_size=48, latent_dim=8))  # a new fit: another encoder, other settings
+    assert searcher.refresh() and searcher.encoder is not encoder and searcher.image_size == 48
+    result = searcher.search_file(removed, n=3)
+    assert result.results[0].path == removed and result.results[0].same_image  # indexed again by the new fit
+    assert searcher.bundle.embeddings.shape[1] != Bundle.load(fitted[0]).embeddings.shape[1]
+
+
+def test_queries_running_while_bundles_are_swapped_each_read_one_bundle(fitted, photos, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.collection import remove_images
+    from pipeline.search import Searcher
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    full = Bundle.load(artifacts)
+    searcher = Searcher(full)
+    remove_images(full.catalog.paths[:16], artifacts)
+    half = Bundle.load(artifacts)  # 16 images, ids 0-15
+    queries = sorted(photos.rglob("*.jpg"))[:8]
+
+    def search(query):
+        result = searcher.search_file(query, n=20, nprobe="all")
+        paths = [hit.path for hit in result.results]
+        assert len(paths) in (16, 20) and set(paths) <= set(full.catalog.paths)
+        if len(paths) == 16:  # the half bundle: its own paths, under its own ids
+            assert [half.catalog.paths[hit.id] for hit in result.results] == paths
+        return len(paths)
+
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(search, query) for query in queries * 6]
+        for number in range(40):
+            searcher.use(half if number % 2 else full)
+        sizes = {future.result() for future in running}  # no error in any query
+    assert sizes <= {16, 20}
+
+
+def test_a_batching_encoder_let_go_ends_its_thread(searcher, photos):
+    import gc
+    import threading
+
+    from pipeline.embed import BatchingEncoder
+    from pipeline.images import prepare_image, read_file
+
+    before = {thread for thread in threading.enumerate() if thread.name == "encoder-batches"}
+    batching = BatchingEncoder(searcher.bundle.encoder, window_ms=1)
+    path = sorted(photos.rglob("*.jpg"))[0]
+    assert batching.embed(prepare_image(read_file(path), str(path), searcher.image_size)).shape == (
+        searcher.bundle.embeddings.shape[1],)
+    (thread,) = {thread for thread in threading.enumerate() if thread.name == "encoder-batches"} - before
+    del batching
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()

@@ -205,3 +205,27 @@ def test_delete_is_off_without_a_token_and_needs_the_token(fitted, tmp_path):
         results = client.post("/api/search", files={"image": ("q.jpg", handle.read(), "image/jpeg")},
                               data={"n": "31", "nprobe": "all"}).json()["results"]
     assert len(results) == 31 and path not in [r["path"] for r in results]
+
+
+def test_the_service_serves_a_bundle_committed_while_it_runs(fitted, tmp_path):
+    import time
+
+    from pipeline.artifacts import Bundle
+    from pipeline.collection import remove_images
+    from pipeline.search import Searcher
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    searcher = Searcher(Bundle.load(artifacts))
+    with TestClient(create_app(searcher, reload_seconds=0.05)) as client:  # the follower runs inside the block
+        assert client.get("/api/stats").json()["images"] == 32
+        removed = searcher.catalog.paths[7]
+        remove_images([removed], artifacts)  # another process's writer, as far as the service knows
+        deadline = time.monotonic() + 30
+        while client.get("/api/stats").json()["images"] != 31 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/api/stats").json()["images"] == 31
+        with open(removed, "rb") as handle:
+            results = client.post("/api/search", files={"image": ("q.jpg", handle.read(), "image/jpeg")},
+                                  data={"n": "31", "nprobe": "all"}).json()["results"]
+        assert len(results) == 31 and removed not in [r["path"] for r in results]
