@@ -72,8 +72,8 @@ def change_one_percent(folder: Path, images: int, workdir: Path) -> None:
         replacement = photo.with_name(f"{photo.stem}.new.jpg")
         cv2.imwrite(str(replacement), cv2.imread(str(other))[:, ::-1])  # another photo, mirrored
         os.replace(replacement, photo)  # a new file: the hard link to the source is cut
-    build_folder(workdir / "new-photos", count, first=images * 2)
-    shutil.copytree(workdir / "new-photos", folder / "new", dirs_exist_ok=True)
+    build_folder(workdir / f"new-photos-{count}", count, first=images * 2)
+    shutil.copytree(workdir / f"new-photos-{count}", folder / "new", dirs_exist_ok=True)
 
 
 def measure(backbone: str, source: Path, extra: Path, workdir: Path, images: int, image_size: int | None) -> dict:
