@@ -210,7 +210,9 @@ def create_app(
             change = remove_images([path], searcher.bundle.folder.parent)
         except ArtifactError as exc:  # another writer holds the bundle
             raise HTTPException(409, str(exc)) from None
-        searcher.refresh()
+        problem = _refresh(searcher)  # the removal is committed whatever happens here; the follower retries
+        if problem is not None:
+            log.warning(problem)
         return {"removed": path, "images": change.images}
 
     @app.get("/api/duplicates")
@@ -244,13 +246,25 @@ async def _with_capped_body(request: Request, limit: int) -> Request:
 
 async def _follow(searcher: Searcher, seconds: float) -> None:
     """Serve each bundle committed to the searcher's artifacts folder, looking every ``seconds``;
-    one that cannot be loaded yet (a commit under way) is tried again at the next look."""
+    one that cannot be loaded (a commit under way, a corrupt file) is tried again at the next look,
+    the service answering from the bundle it has meanwhile. Each new problem is logged once."""
+    said = None
     while True:
         await asyncio.sleep(seconds)
-        try:
-            await run_in_threadpool(searcher.refresh)
-        except ArtifactError as exc:
-            log.warning("still serving %s: %s", searcher.bundle.folder, exc)
+        problem = await run_in_threadpool(_refresh, searcher)
+        if problem is not None and problem != said:
+            log.warning(problem)
+        said = problem
+
+
+def _refresh(searcher: Searcher) -> Optional[str]:
+    """:meth:`Searcher.refresh`; what went wrong, as one line, instead of an exception."""
+    try:
+        searcher.refresh()
+    except Exception as exc:  # a background look must never take the service down
+        reason = exc if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+        return f"still serving {searcher.bundle.folder}: {reason}"
+    return None
 
 
 def _share_malloc_arenas(arenas: int = 2) -> None:

@@ -207,7 +207,7 @@ def test_delete_is_off_without_a_token_and_needs_the_token(fitted, tmp_path):
     assert len(results) == 31 and path not in [r["path"] for r in results]
 
 
-def test_the_service_serves_a_bundle_committed_while_it_runs(fitted, tmp_path):
+def test_the_service_serves_a_bundle_committed_while_it_runs(fitted, tmp_path, caplog):
     import time
 
     from pipeline.artifacts import Bundle
@@ -229,3 +229,14 @@ def test_the_service_serves_a_bundle_committed_while_it_runs(fitted, tmp_path):
             results = client.post("/api/search", files={"image": ("q.jpg", handle.read(), "image/jpeg")},
                                   data={"n": "31", "nprobe": "all"}).json()["results"]
         assert len(results) == 31 and removed not in [r["path"] for r in results]
+
+        served = (artifacts / "CURRENT").read_text()
+        (artifacts / "CURRENT").write_text("bundle-gone\n")  # a pointer to nothing: it cannot be loaded
+        time.sleep(0.5)
+        assert client.get("/api/stats").json()["images"] == 31
+        assert caplog.text.count("still serving") == 1  # once, not at every look
+        (artifacts / "CURRENT").write_text(served)
+        remove_images([searcher.catalog.paths[0]], artifacts)  # a good commit: the follower goes on
+        while client.get("/api/stats").json()["images"] != 30 and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        assert client.get("/api/stats").json()["images"] == 30
