@@ -42,6 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # the reader of the output went away (| head): stop quietly, as Unix tools do
+        code = 1
     except OSError as exc:  # e.g. an output file in a read-only folder
         print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
         code = 1
@@ -56,8 +58,11 @@ def _exit(code: int) -> None:
     if ray is not None and ray.is_initialized():
         ray.shutdown()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # what is left for a reader that went away is dropped
+            pass
     os._exit(code)
 
 

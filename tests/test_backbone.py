@@ -98,7 +98,8 @@ def test_a_folded_batch_norm_computes_the_convolution_then_the_norm(depthwise):
         return (keras.layers.DepthwiseConv2D(3, padding="same", **options) if depthwise
                 else keras.layers.Conv2D(4, 3, padding="same", **options))
 
-    plain, norm, folded = convolution(use_bias=False), keras.layers.BatchNormalization(epsilon=_BN_EPSILON), convolution()
+    plain, folded = convolution(use_bias=False), convolution()
+    norm = keras.layers.BatchNormalization(epsilon=_BN_EPSILON)
     plain.build(x.shape)
     norm.build(plain.compute_output_shape(x.shape))
     folded.build(x.shape)

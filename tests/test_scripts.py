@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -138,6 +139,17 @@ def test_predict_errors_are_exactly_one_line_on_stderr(messy_fit, http_url, quer
     process = run_script("predict.py", query.format(data=data, url=http_url), "--artifacts", artifacts)
     assert process.returncode == 2 and process.stdout == ""
     assert len(process.stderr.splitlines()) == 1 and process.stderr.startswith("error: ")  # no TensorFlow lines
+
+
+def test_predict_into_a_pipe_closed_early_stops_quietly(messy_fit, tmp_path):
+    data, artifacts, _ = messy_fit
+    errors = tmp_path / "stderr.txt"
+    query = sorted((data / "shoes").glob("*.jpg"))[0]  # a good photo of the fit
+    # `true` exits at once, so every write of the JSON meets a closed pipe, as after `| head -1`
+    predict = [sys.executable, ROOT / "scripts" / "predict.py", "--file", query, "--artifacts", artifacts, "--json"]
+    command = f"{shlex.join(map(str, predict))} 2> {shlex.quote(str(errors))} | true"
+    subprocess.run(["bash", "-c", command], timeout=300, check=True)
+    assert errors.read_text() == ""  # no "error: Broken pipe", no traceback
 
 
 def test_predict_without_artifacts_is_a_clear_error(tmp_path):
