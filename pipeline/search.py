@@ -63,8 +63,9 @@ class Searcher:
 
     Safe to share between threads. With ``batch_window_ms`` > 0 (the service), queries arriving
     together are encoded in one call (:class:`pipeline.embed.BatchingEncoder`). :meth:`refresh`
-    and :meth:`use` swap in another bundle while queries run (after an add, sync, removal or a new
-    fit of the same folder); each query reads one bundle and its encoder, the old pair or the new.
+    and :meth:`use` swap in another bundle while queries run (after an add, sync or removal, or a
+    new fit into the same artifacts folder); each query reads one bundle and its encoder, the old
+    pair or the new.
     """
 
     def __init__(self, bundle: Bundle, max_pixels: int = MAX_PIXELS, batch_window_ms: float = 0.0):
