@@ -238,11 +238,10 @@ def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False)
     with ``allow_pickle``, and with a warning.
     """
     root = Path(artifacts_dir)
-    pointer = root / POINTER
-    if not pointer.is_file():
+    folder = pointed_folder(root)
+    if folder is None:
         hint = "it does not exist" if not root.exists() else "it holds no completed fit"
         raise ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
-    folder = root / pointer.read_text().strip()
     version = _read_json(folder / MANIFEST, "manifest").get("format_version") if (folder / MANIFEST).is_file() else None
     if version == LEGACY_VERSION and not allow_pickle:
         raise ArtifactError(f"{folder}: artifacts of format version {version}, whose index is a pickle that can run code "
