@@ -51,7 +51,7 @@ def main() -> None:
 
     import ray
 
-    from pipeline.artifacts import ENCODER, Bundle
+    from pipeline.artifacts import Bundle
     from pipeline.distributed import RayEngine, embed_files_on_ray
     from pipeline.embed import embed_files
     from pipeline.images import find_images
@@ -59,12 +59,12 @@ def main() -> None:
     bundle = Bundle.load(artifacts)
     records = find_images(data)
     small = records[: args.small]
-    runs = {"one process": lambda r: embed_files(r, bundle.encoder, bundle.settings)}
+    runs = {"one process": lambda r: embed_files(r, bundle.encoder(), bundle.settings)}
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     for workers in (1, 2):
         engine = RayEngine(workers=workers, cpus_per_worker=1.0)
         runs[f"Ray, {workers} worker{'s' * (workers > 1)}"] = (
-            lambda r, engine=engine: embed_files_on_ray(r, bundle.folder / ENCODER, bundle.settings, engine))
+            lambda r, engine=engine: embed_files_on_ray(r, bundle.folder, bundle.settings, engine))
     figures = {}
     for name, embed in runs.items():
         full, few = timed(embed, records), timed(embed, small)

@@ -23,9 +23,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.embed import blocks_of, embed_files, fit_whitening  # noqa: E402
+from pipeline.embed import embed_files  # noqa: E402
 from pipeline.images import find_images  # noqa: E402
 from pipeline.metrics import precision_at_k  # noqa: E402
+from pipeline.runtime import DESCRIPTOR  # noqa: E402
+from pipeline.whitening import fit_whitening  # noqa: E402
 
 K = 10
 
@@ -63,10 +65,10 @@ def main() -> None:
 
     bundle = Bundle.load(args.artifacts)
     settings = bundle.settings
-    embedded = embed_files(find_images(args.data_dir), blocks_of(bundle.encoder), settings)
+    embedded = embed_files(find_images(args.data_dir), bundle.encoder(), settings, outputs=True)
     labels = np.array([r.label for r in embedded.records])
     blocks = {name: whitened_unit(block, settings.latent_dim, settings.whitening)
-              for name, block in embedded.vectors.items()}
+              for name, block in embedded.vectors.items() if name not in (DESCRIPTOR, "backbone")}
 
     results = {f"{name} alone": {f"expansion {e}": precision(block, labels, e) for e in (0, 3)}
                for name, block in blocks.items()}

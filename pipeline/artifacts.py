@@ -6,7 +6,8 @@ Layout of an artifacts folder::
       CURRENT              name of the bundle folder in use (replaced atomically)
       bundle-20261123T120501-3f2a/
         manifest.json      settings, versions, counts, skipped files, training history, recall, changes since
-        encoder.keras      image -> descriptor (the vector that is indexed and searched)
+        encoder.keras      image -> descriptor (the vector that is indexed and searched), as a Keras model
+        encoder.tflite     the same encoder exported for LiteRT: what every command but a fit runs
         autoencoder.keras  the full autoencoder (reconstructions for the report)
         index.npz          the routed KNN index: metric, centroids, cluster of each vector, norms, nprobe, expansion
         index_vectors.npy  the index's vectors as it scans them (prepared, in cluster order): memory-mapped
@@ -23,7 +24,6 @@ else runs no code of theirs. File names and format versions live here and nowher
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import logging
@@ -44,17 +44,20 @@ from .index import ClusteredIndex
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 5  # 5: the index's vectors in their own file; 4: nprobe on the index; 3: nprobe in the manifest
-READABLE_VERSIONS = (3, 4, 5)
+FORMAT_VERSION = 6  # 6: the LiteRT export; 5: the index's vectors in their own file; 4: nprobe on the index; 3: nprobe in the manifest
+READABLE_VERSIONS = (3, 4, 5, 6)
 LEGACY_VERSION = 2  # no backbone; read only when asked to (allow_pickle): its index is a pickle
 LEGACY_INDEX = "index.joblib"
 POINTER = "CURRENT"
 LOCK = ".lock"
-MANIFEST, ENCODER, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS = (
-    "manifest.json", "encoder.keras", "autoencoder.keras", "index.npz", "index_vectors.npy", "catalog.json",
-    "embeddings.npy")
-REQUIRED_FILES = (MANIFEST, ENCODER, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS)
-MODEL_FILES = (ENCODER, AUTOENCODER)
+MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS = (
+    "manifest.json", "encoder.keras", "encoder.tflite", "autoencoder.keras", "index.npz", "index_vectors.npy",
+    "catalog.json", "embeddings.npy")
+REQUIRED_FILES = (MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS)
+MODEL_FILES = (ENCODER, EXPORT, AUTOENCODER)
+# where a file appeared: a bundle of an older format has no such file
+SINCE_VERSION = {INDEX_VECTORS: 5, EXPORT: 6}
+UNEXPORTED_VERSION = 5  # what a bundle of an older format becomes when an add, sync or remove rewrites it
 _STAGING_PREFIX = ".staging-"
 _BUNDLE_PREFIXES = ("bundle-", "fit-")  # "fit-": folders written before format 4
 
@@ -91,6 +94,7 @@ class Manifest:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     versions: dict[str, str] = field(default_factory=dict)
     backbone_weights_sha256: Optional[str] = None
+    export_sha256: Optional[str] = None  # of encoder.tflite: checked whenever it is read
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"} of files the fit skipped
     history: dict[str, list[float]] = field(default_factory=dict)  # training loss per epoch
     recall_at_10: dict[int, float] = field(default_factory=dict)  # routed vs exact, per nprobe, as last tuned
@@ -119,7 +123,9 @@ class Manifest:
         except (PipelineError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{path}: corrupt settings ({exc}); fit again") from None
         known = {name: raw[name] for name in cls.__dataclass_fields__ if name in raw}
-        return cls(**{**known, "settings": settings, "recall_at_10": recall, "format_version": FORMAT_VERSION})
+        # older layouts are brought to the current one, but for the LiteRT export (imgsim upgrade adds it)
+        version = FORMAT_VERSION if raw.get("format_version") == FORMAT_VERSION else UNEXPORTED_VERSION
+        return cls(**{**known, "settings": settings, "recall_at_10": recall, "format_version": version})
 
 
 def _upgraded(raw: dict[str, Any]) -> dict[str, Any]:
@@ -181,9 +187,9 @@ class ArtifactWriter:
             raise ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror or exc}); the previous "
                                 f"bundle is unchanged") from None
 
-    def commit(self) -> Path:
-        """Move the staged bundle into place, point CURRENT at it, drop the older bundles."""
-        missing = [name for name in REQUIRED_FILES if not (self.path / name).exists()]
+    def commit(self, version: int = FORMAT_VERSION) -> Path:
+        """Move the staged bundle (of format ``version``) into place, point CURRENT at it, drop the older bundles."""
+        missing = [name for name in required_files(version) if not (self.path / name).exists()]
         if missing:
             raise ArtifactError(f"cannot commit the bundle: {', '.join(missing)} not written")
         final = self.root / f"{_BUNDLE_PREFIXES[0]}{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
@@ -231,6 +237,11 @@ def has_bundle(artifacts_dir: str | os.PathLike) -> bool:
     return pointed_folder(artifacts_dir) is not None
 
 
+def required_files(version: int) -> list[str]:
+    """The files of a bundle of format ``version``."""
+    return [name for name in REQUIRED_FILES if SINCE_VERSION.get(name, 0) <= version]
+
+
 def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
     """The folder of the current bundle, checked to be complete and of a readable format version.
 
@@ -242,22 +253,24 @@ def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False)
     if folder is None:
         hint = "it does not exist" if not root.exists() else "it holds no completed fit"
         raise ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
-    version = _read_json(folder / MANIFEST, "manifest").get("format_version") if (folder / MANIFEST).is_file() else None
+    if not (folder / MANIFEST).is_file():
+        raise ArtifactError(f"{folder}: incomplete artifacts, missing {MANIFEST}; fit again")
+    version = _read_json(folder / MANIFEST, "manifest").get("format_version")
     if version == LEGACY_VERSION and not allow_pickle:
         raise ArtifactError(f"{folder}: artifacts of format version {version}, whose index is a pickle that can run code "
                             f"when loaded; fit again, or pass --allow-pickle for a bundle you made yourself")
-    required = [LEGACY_INDEX if name == INDEX and version == LEGACY_VERSION else name for name in REQUIRED_FILES
-                if name != INDEX_VECTORS or version == FORMAT_VERSION]
+    if version != LEGACY_VERSION and (type(version) is not int or version not in READABLE_VERSIONS):
+        raise ArtifactError(
+            f"{folder}: artifacts of format version {version}, this version reads {FORMAT_VERSION}; fit again"
+        )
+    required = [LEGACY_INDEX if name == INDEX and version == LEGACY_VERSION else name
+                for name in required_files(version)]
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise ArtifactError(f"{folder}: incomplete artifacts, missing {', '.join(missing)}; fit again")
     if version == LEGACY_VERSION:
         log.warning("%s: reading a format-%d bundle and unpickling its index (--allow-pickle); fit again to convert it",
                     folder, version)
-    elif version not in READABLE_VERSIONS:
-        raise ArtifactError(
-            f"{folder}: artifacts of format version {version}, this version reads {FORMAT_VERSION}; fit again"
-        )
     return folder
 
 
@@ -272,7 +285,8 @@ class Bundle:
         self.embeddings = embeddings
         self.index = index
         self.folder = folder
-        self._encoder_sha256: Optional[str] = None
+        self._encoders: dict[str, Any] = {}
+        self._keras_file_sha256: Optional[str] = None
 
     @property
     def settings(self) -> FitConfig:
@@ -295,25 +309,60 @@ class Bundle:
             described = ", ".join(f"{name} {count}" for name, count in counts.items())
             raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
         index = _load_index(folder, embeddings, raw, memory_map)
-        return cls(manifest, catalog, embeddings, index, folder)
+        bundle = cls(manifest, catalog, embeddings, index, folder)
+        if bundle.exported:
+            bundle.export()  # checked against the SHA-256 that the manifest records
+        return bundle
 
-    @functools.cached_property
-    def encoder(self):
-        """image -> descriptor, as the fit saved it."""
+    @property
+    def exported(self) -> bool:
+        """Whether the bundle holds the encoder's LiteRT export (format 6 on)."""
+        return self.manifest.format_version >= SINCE_VERSION[EXPORT]
+
+    def export(self) -> bytes:
+        """The LiteRT export of the encoder, checked against the SHA-256 in the manifest."""
+        path = self.folder / EXPORT
+        if not self.exported:
+            raise ArtifactError(f"{self.folder}: a bundle made before format {FORMAT_VERSION} has no LiteRT export; add "
+                                f"it with: imgsim upgrade --artifacts {self.folder.parent} (or use --runtime keras)")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read the encoder's export ({exc.strerror}); fit again") from None
+        if hashlib.sha256(data).hexdigest() != self.manifest.export_sha256:
+            raise ArtifactError(f"{path}: the encoder's export is not the one this bundle was made with (SHA-256 "
+                                f"differs from the manifest's); fit again")
+        return data
+
+    def encoder(self, runtime: Optional[str] = None):
+        """The fit's encoder ready to run (:class:`pipeline.runtime.Encoder`), on ``runtime``
+        (default: LiteRT where installed, else Keras); loaded once per runtime."""
+        from .runtime import KerasEncoder, LiteRTEncoder, resolve_runtime
+
+        runtime = resolve_runtime(runtime)
+        if runtime not in self._encoders:
+            self._encoders[runtime] = (LiteRTEncoder(self.export()) if runtime == "litert"
+                                       else KerasEncoder(self.keras_encoder()))
+        return self._encoders[runtime]
+
+    def keras_encoder(self):
+        """image -> descriptor, the Keras model as the fit saved it."""
+        if not self.exported and not self.settings.uses_backbone and self.settings.color_weight > 0:
+            raise ArtifactError(f"{self.folder}: a bundle made before format {FORMAT_VERSION} whose colour histogram "
+                                f"is computed otherwise since; fit again")
         return load_model(self.folder / ENCODER)
 
     def encoder_sha256(self) -> str:
-        """The SHA-256 of the encoder's file: the fit's, which add, sync and remove keep (read once)."""
-        if self._encoder_sha256 is None:
-            digest = hashlib.sha256()
+        """What identifies the fit's encoder, which add, sync and remove keep: the SHA-256 of its
+        export (as the manifest records it), or before format 6 of its Keras file (read once)."""
+        if self.exported:
+            return self.manifest.export_sha256
+        if self._keras_file_sha256 is None:
             try:
-                with open(self.folder / ENCODER, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(block)
+                self._keras_file_sha256 = hashlib.sha256((self.folder / ENCODER).read_bytes()).hexdigest()
             except OSError as exc:
                 raise ArtifactError(f"{self.folder / ENCODER}: cannot read the encoder ({exc.strerror})") from None
-            self._encoder_sha256 = digest.hexdigest()
-        return self._encoder_sha256
+        return self._keras_file_sha256
 
     def autoencoder(self):
         """The full autoencoder, as the fit saved it."""
@@ -342,7 +391,7 @@ class Bundle:
         :attr:`folder` unless already written there) and commit it; the new folder."""
         staging = writer.path
         for name in MODEL_FILES:
-            if not (staging / name).exists():
+            if not (staging / name).exists() and name in required_files(self.manifest.format_version):
                 try:  # committed bundles are never written to again: the new one can share the file
                     os.link(self.folder / name, staging / name)
                 except OSError:  # another file system
@@ -354,7 +403,7 @@ class Bundle:
         (staging / CATALOG).write_text(json.dumps(asdict(self.catalog)))
         self.manifest.images = len(self.catalog)
         (staging / MANIFEST).write_text(json.dumps(self.manifest.to_dict(), indent=2))
-        self.folder = writer.commit()
+        self.folder = writer.commit(self.manifest.format_version)
         return self.folder
 
 
@@ -427,7 +476,7 @@ def load_model(path: Path):
     """A saved Keras model of a bundle (the encoder or the autoencoder)."""
     import keras
 
-    from . import color, orientations  # noqa: F401  (register the custom layers that encoders hold)
+    from . import color, orientations, resize  # noqa: F401  (register the custom layers that encoders hold)
 
     try:
         return keras.models.load_model(path, compile=False)

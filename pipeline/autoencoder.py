@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .augment import ViewAugmentation
 from .config import FitConfig
+from .dataset import RowCache
 
 log = logging.getLogger(__name__)
 PROJECTION_DIM = 128  # width of the head that the consistency term compares (not part of the encoder)
@@ -138,6 +139,13 @@ def build_feature_autoencoder(map_shape: tuple[int, int, int], latent_dim: int,
         linear.set_weights([kernel, -mean @ kernel])
         reconstruct.set_weights([kernel.T, mean])
     return FeatureAutoencoder(keras.Model(feature_map, decoder(latent), name="feature_autoencoder"), to_latent, decoder)
+
+
+def channel_profiles(maps: RowCache, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Feature maps of a cache (rows ``rows``) averaged over positions: (len(rows), channels), float32;
+    what :func:`build_feature_autoencoder` starts from."""
+    return np.concatenate([maps.read(rows[start : start + batch_size]).astype(np.float32).mean(axis=(1, 2))
+                           for start in range(0, len(rows), batch_size)] or [np.empty((0, maps.row_shape[-1]))])
 
 
 def _pca_basis(profiles: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:

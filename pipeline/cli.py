@@ -2,11 +2,12 @@
 
     imgsim fit DATA_DIR [--artifacts DIR] [a flag for every FitConfig setting]
     imgsim predict (--file PATH | --url URL) [-n N] [--json] ...
-    imgsim add NEW_DIR | sync | remove PATH_OR_ID... | duplicates | evaluate DATA_DIR | report | serve
+    imgsim add NEW_DIR | sync | remove PATH_OR_ID... | duplicates | evaluate DATA_DIR | report | serve | upgrade
 
 ``scripts/*.py`` run the same subcommands. A command holds no logic beyond flags and printing;
 typed errors become one line on stderr and an exit code (0 ok, 2 bad input, 1 anything else).
-TensorFlow is imported inside the commands, so ``--help`` answers at once.
+Only ``fit`` (and ``--runtime keras``) imports TensorFlow, inside the command; every other command runs the
+fitted encoder's LiteRT export (:mod:`pipeline.runtime`), and checks its input before it loads a model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import typing
 from typing import Callable, Optional, Sequence
 
-from .config import (BACKBONE_DEFAULTS, CHOICES, DUPLICATE_THRESHOLD, SETTING_HELP, WORDS, FitConfig,
+from .config import (BACKBONE_DEFAULTS, CHOICES, DUPLICATE_THRESHOLD, RUNTIMES, SETTING_HELP, WORDS, FitConfig,
                      parse_count_or_word)
 from .errors import PipelineError
 
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", _evaluate_flags, _evaluate, "precision@k and mAP@k of the fit and of the reference baselines"),
         ("report", _report_flags, _report, "a self-contained HTML report of what the model learned"),
         ("serve", _serve_flags, _serve, "serve a web page at / and a JSON API at /api"),
+        ("upgrade", _upgrade_flags, _upgrade, "add the LiteRT export to a bundle made before format 6"),
     ):
         sub = commands.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
                                   formatter_class=_HelpFormatter)
@@ -200,6 +202,13 @@ def _predict_flags(parser: argparse.ArgumentParser) -> None:
                         help="keep only results at most D from the query (the 'to query' column): fewer than n "
                              "when fewer are that close")
     parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    _runtime_flag(parser)
+
+
+def _runtime_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=RUNTIMES,
+                        help="what runs the fitted encoder: its LiteRT export (no TensorFlow; the default where "
+                             "LiteRT is installed) or its Keras model (TensorFlow; for GPUs and comparison)")
 
 
 def _positive(text: str) -> int:
@@ -230,13 +239,18 @@ def _non_negative(text: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .fetch import fetch_url
-    from .images import read_file
     from .artifacts import Bundle
-    from .search import Searcher  # TensorFlow takes seconds to load
+    from .images import read_file
+    from .search import Searcher
 
-    searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle))
-    data, source = (read_file(args.file), args.file) if args.file else (fetch_url(args.url, args.timeout), args.url)
+    if args.url:
+        from .fetch import check_url, fetch_url
+
+        check_url(args.url)  # a malformed URL is told before anything loads
+    data = read_file(args.file) if args.file else None
+    bundle = Bundle.load(args.artifacts, args.allow_pickle)  # cheap: the model loads with the Searcher
+    data, source = (data, args.file) if args.file else (fetch_url(args.url, args.timeout), args.url)
+    searcher = Searcher(bundle, runtime=args.runtime)
     result = searcher.search_bytes(data, source, n=args.n, nprobe=args.nprobe, exclude_self=args.exclude_self,
                                    expansion=args.expansion, max_distance=args.max_distance)
     if args.json:
@@ -265,23 +279,25 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("new_dir", help="folder of new images; first-level subfolder names are labels")
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
     _ray_flags(parser)
+    _runtime_flag(parser)
 
 
 def _add(args: argparse.Namespace) -> None:
-    from .collection import add_images  # TensorFlow takes seconds to load
+    from .collection import add_images
 
-    print_change(add_images(args.new_dir, args.artifacts, _engine(args)))
+    print_change(add_images(args.new_dir, args.artifacts, _engine(args), args.runtime))
 
 
 def _sync_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
     _ray_flags(parser)
+    _runtime_flag(parser)
 
 
 def _sync(args: argparse.Namespace) -> None:
-    from .collection import sync  # TensorFlow takes seconds to load
+    from .collection import sync
 
-    print_change(sync(args.artifacts, _engine(args)))
+    print_change(sync(args.artifacts, _engine(args), args.runtime))
 
 
 def _ray_flags(parser: argparse.ArgumentParser) -> None:
@@ -301,7 +317,7 @@ def _engine(args: argparse.Namespace):
     from .distributed import RayEngine
 
     return RayEngine(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
-                     gpus_per_worker=args.ray_gpus_per_worker)
+                     gpus_per_worker=args.ray_gpus_per_worker, runtime=getattr(args, "runtime", None))
 
 
 def _remove_flags(parser: argparse.ArgumentParser) -> None:
@@ -310,7 +326,7 @@ def _remove_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _remove(args: argparse.Namespace) -> None:
-    from .collection import remove_images  # TensorFlow takes seconds to load
+    from .collection import remove_images
 
     print_change(remove_images(args.images, args.artifacts))
 
@@ -358,13 +374,14 @@ def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
     parser.add_argument("-k", type=_positive, default=10, help="neighbours per query")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _runtime_flag(parser)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .artifacts import Bundle
-    from .evaluate import evaluate  # TensorFlow takes seconds to load
+    from .evaluate import evaluate
 
-    report = evaluate(args.data_dir, Bundle.load(args.artifacts), args.k)
+    report = evaluate(args.data_dir, Bundle.load(args.artifacts), args.k, args.runtime)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -391,7 +408,7 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from .artifacts import Bundle
-    from .report import build_report  # TensorFlow takes seconds to load
+    from .report import build_report
 
     path = build_report(Bundle.load(args.artifacts), args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
                         max_clusters=args.max_clusters, png_dir=args.png)
@@ -413,21 +430,33 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-token", default=os.environ.get("IMGSIM_WRITE_TOKEN"), metavar="TOKEN",
                         help="allow DELETE /api/images/ID for requests with 'Authorization: Bearer TOKEN' "
                              "(default: $IMGSIM_WRITE_TOKEN; unset: deleting is off)")
+    _runtime_flag(parser)
 
 
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .artifacts import Bundle
-    from .search import Searcher  # TensorFlow takes seconds to load
+    from .search import Searcher
     from .server import MAX_PIXELS, create_app
 
     searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle), max_pixels=MAX_PIXELS,
-                        batch_window_ms=args.batch_window_ms)
+                        batch_window_ms=args.batch_window_ms, runtime=args.runtime)
     app = create_app(searcher, allow_private_urls=args.allow_private_urls, write_token=args.write_token or None,
                      reload_seconds=args.reload_seconds)
     print(f"serving {args.artifacts} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _upgrade_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+
+
+def _upgrade(args: argparse.Namespace) -> None:
+    from .export import upgrade  # TensorFlow: the export is made from the Keras encoder
+
+    folder, changed = upgrade(args.artifacts)
+    print(f"{'added the LiteRT export' if changed else 'the bundle has its LiteRT export already'}: {folder}")
 
 
 if __name__ == "__main__":

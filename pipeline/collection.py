@@ -26,9 +26,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import ENCODER, ArtifactWriter, Bundle, Catalog, current_folder
+from .artifacts import ArtifactWriter, Bundle, Catalog, current_folder
 from .dataset import SkippedImage
 from .distributed import RayEngine, embed_files_on_ray, find_images_on_ray
+from .embed import embed_files
 from .errors import ImageError, InputError
 from .images import ImageRecord, content_hash, file_stat, find_images, read_file
 
@@ -65,9 +66,9 @@ class CollectionChange:
 
 
 def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts",
-               engine: Optional[RayEngine] = None) -> CollectionChange:
+               engine: Optional[RayEngine] = None, runtime: Optional[str] = None) -> CollectionChange:
     """Index the images under ``new_dir`` with the fitted encoder and clusters (embedded on a Ray
-    cluster with ``engine``).
+    cluster with ``engine``, else here on ``runtime``: see :mod:`pipeline.runtime`).
 
     Images already indexed (same path and same content) and unreadable files are skipped; a path
     indexed with other content is re-embedded. Later syncs rescan ``new_dir`` too.
@@ -80,12 +81,13 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
     def plan(bundle: Bundle) -> tuple[list[ImageRecord], list[int]]:
         return records, []
 
-    return _update(artifacts_dir, "add", plan, engine, data_dir=str(Path(new_dir).resolve()))
+    return _update(artifacts_dir, "add", plan, engine, runtime, data_dir=str(Path(new_dir).resolve()))
 
 
-def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEngine] = None) -> CollectionChange:
+def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEngine] = None,
+         runtime: Optional[str] = None) -> CollectionChange:
     """Bring the bundle in step with the folders it was made from (the fitted one and every added one);
-    new and changed images are embedded on a Ray cluster with ``engine``.
+    new and changed images are embedded on a Ray cluster with ``engine``, else here on ``runtime``.
 
     Raises InputError when one of those folders is gone (an unmounted disk must not empty the index).
     """
@@ -102,7 +104,7 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEng
         gone = [row for row, path in enumerate(bundle.catalog.paths) if path not in on_disk]
         return list(on_disk.values()), gone
 
-    return _update(artifacts_dir, "sync", plan, engine)
+    return _update(artifacts_dir, "sync", plan, engine, runtime)
 
 
 def remove_images(targets: Sequence[str], artifacts_dir: str | os.PathLike = "artifacts") -> CollectionChange:
@@ -124,12 +126,12 @@ def remove_images(targets: Sequence[str], artifacts_dir: str | os.PathLike = "ar
             bundle.manifest.removed[bundle.catalog.paths[row]] = bundle.catalog.hashes[row]
         return [], sorted(set(chosen))
 
-    return _update(artifacts_dir, "remove", plan, None)
+    return _update(artifacts_dir, "remove", plan, None, None)
 
 
 def _update(artifacts_dir: str | os.PathLike, action: str,
             plan: Callable[[Bundle], tuple[list[ImageRecord], list[int]]], engine: Optional[RayEngine],
-            **details) -> CollectionChange:
+            runtime: Optional[str], **details) -> CollectionChange:
     """Load the bundle under the lock; ``plan`` names the image files to (re)consider and the rows
     to drop; files already indexed with the same content are left as they are (without reading
     them when their size and modification time are as indexed); save if anything changed."""
@@ -162,11 +164,11 @@ def _update(artifacts_dir: str | os.PathLike, action: str,
                 todo.append(record)
         embedded = None
         if todo and engine is not None:
-            embedded = embed_files_on_ray(todo, bundle.folder / ENCODER, bundle.settings, engine, writer.path)
-        elif todo:
-            from .embed import embed_files  # TensorFlow is loaded only when there is something to embed
-
-            embedded = embed_files(todo, bundle.encoder, bundle.settings, writer.path)
+            if engine.encoder_runtime == "litert":
+                bundle.export()  # a bundle made before the export: a clear error here, not on the cluster
+            embedded = embed_files_on_ray(todo, bundle.folder, bundle.settings, engine, writer.path)
+        elif todo:  # the encoder is loaded only when there is something to embed
+            embedded = embed_files(todo, bundle.encoder(runtime), bundle.settings, writer.path)
         if embedded is not None:
             change.skipped += embedded.skipped
             drop |= {indexed[s.path][0] for s in embedded.skipped if s.path in indexed}  # changed into junk

@@ -15,6 +15,7 @@ POOLINGS = ("flatten", "max", "avg")
 METRICS = ("cosine", "euclidean")
 INDEX_DTYPES = ("float32", "float16")  # how the index stores its vectors
 BACKBONES = ("efficientnet-lite0", "none")
+RUNTIMES = ("litert", "keras")  # what runs the fitted encoder (pipeline/runtime.py)
 ORIENTATION_CELLS = 8  # the orientation histogram's grid is 8 x 8 cells
 DESCRIPTOR_BLOCK_SIZE = 64  # the orientation histogram is taken at this size at most (area-downscaled)
 TRAINING_IMAGES = {"none": 100_000, "efficientnet-lite0": 20_000}  # images an "auto" training sees in all

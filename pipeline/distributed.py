@@ -2,7 +2,8 @@
 
 The same step as :func:`pipeline.embed.embed_files`, spread over a cluster: the folder is listed
 by tasks (one a first-level folder), the file paths become a Ray Dataset; decoding (the project's own :func:`pipeline.images.prepare_image`) runs in CPU tasks;
-embedding runs in a pool of actors that each load the saved encoder once; the vectors come back in
+embedding runs in a pool of actors that each load the fitted encoder once (its LiteRT export on
+CPUs, its Keras model in mixed precision on GPUs); the vectors come back in
 shards, written to disk as they arrive and put back in input order. A file that cannot be decoded is skipped and listed
 exactly as on one machine. Ray Data retries a task whose worker dies and restarts a dead actor
 (its default for actor pools), so a killed worker costs time, not images; the rows are checked to
@@ -25,6 +26,7 @@ from .config import FitConfig
 from .dataset import EmbeddedImages, SkippedImage, load_image
 from .errors import InputError
 from .images import ImageRecord, find_images
+from .runtime import resolve_runtime
 
 log = logging.getLogger(__name__)
 DECODE_BATCH = 32  # images per decode task
@@ -35,12 +37,19 @@ class RayEngine:
     """Where and how wide to run: ``address`` of a running cluster (None: start a local one),
     ``workers`` encoder actors (None: one per two CPUs of the cluster), each reserving
     ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs (fractions allowed; GPUs only where the
-    cluster has them)."""
+    cluster has them). Actors on CPUs run the encoder on ``runtime`` (None: LiteRT where
+    installed), actors with a GPU on Keras."""
 
     address: Optional[str] = None
     workers: Optional[int] = None
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    runtime: Optional[str] = None
+
+    @property
+    def encoder_runtime(self) -> str:
+        """What the encoder actors run the encoder on."""
+        return "keras" if self.gpus_per_worker > 0 else resolve_runtime(self.runtime)
 
     def connect(self):
         """The ``ray`` module, connected to the cluster (started here when there is no address)."""
@@ -116,17 +125,22 @@ def _list_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "order": np.arange(len(paths))}
 
 
-def embed_files_on_ray(records: Sequence[ImageRecord], encoder_path: Path, config: FitConfig, engine: RayEngine,
+def embed_files_on_ray(records: Sequence[ImageRecord], encoder_files: Path, config: FitConfig, engine: RayEngine,
                        scratch_dir: Optional[str | os.PathLike] = None) -> EmbeddedImages:
-    """Decode and embed image files on the cluster with the encoder saved at ``encoder_path``, as
-    ``config`` says; the vectors arrive in shards under ``scratch_dir``."""
+    """Decode and embed image files on the cluster with the encoder saved in the folder
+    ``encoder_files`` (a bundle's, or a fit's staging folder), as ``config`` says; the vectors
+    arrive in shards under ``scratch_dir``. The encoder travels to the actors in Ray's object store."""
+    from .artifacts import ENCODER, EXPORT
+
     ray = engine.connect()
+    runtime = engine.encoder_runtime
+    model = (Path(encoder_files) / (EXPORT if runtime == "litert" else ENCODER)).read_bytes()
     rows = ray.data.from_items([{"row": row, "path": record.path} for row, record in enumerate(records)],
                                override_num_blocks=max(1, min(len(records) // DECODE_BATCH, 1000)))
     decoded = rows.map_batches(_decode_batch, batch_size=DECODE_BATCH, num_cpus=0.25,
                                fn_kwargs={"image_size": config.image_size, "max_bytes": config.max_file_bytes})
     vectors = decoded.map_batches(
-        EncoderActor, fn_constructor_kwargs={"encoder_path": str(encoder_path),
+        EncoderActor, fn_constructor_kwargs={"model": model, "runtime": runtime,
                                              "threads": max(1, round(engine.cpus_per_worker)),
                                              "gpu": engine.gpus_per_worker > 0},
         batch_size=config.embedding_batch_size, compute=ray.data.ActorPoolStrategy(size=engine.pool_size()),
@@ -164,25 +178,28 @@ def _decode_batch(batch: dict[str, np.ndarray], image_size: int, max_bytes: int)
 
 
 class EncoderActor:
-    """A Ray actor holding the encoder, loaded once: decoded images in, descriptors out. An actor
-    given a GPU computes in mixed precision (:func:`pipeline.embed.mixed_precision`)."""
+    """A Ray actor holding the encoder, loaded once from ``model`` (the bytes of its LiteRT export,
+    or of its Keras file for ``runtime`` "keras"): decoded images in, descriptors out. An actor
+    given a GPU computes in mixed precision (:func:`pipeline.runtime.mixed_precision`)."""
 
-    def __init__(self, encoder_path: str, threads: int, gpu: bool):
+    def __init__(self, model: bytes, runtime: str, threads: int, gpu: bool):
+        from .runtime import KerasEncoder, LiteRTEncoder
+
+        if runtime == "litert":
+            self.encoder = LiteRTEncoder(model, threads)
+            return
         import tensorflow as tf  # quiet: importing the package silenced it
+
+        from .artifacts import load_model
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        from .artifacts import load_model
-        from .embed import mixed_precision
-
-        self.encoder = load_model(Path(encoder_path))
-        if gpu:
-            self.encoder = mixed_precision(self.encoder)
+        with tempfile.TemporaryDirectory() as scratch:  # Keras loads a model from a file only
+            (Path(scratch) / "encoder.keras").write_bytes(model)
+            self.encoder = KerasEncoder(load_model(Path(scratch) / "encoder.keras"), float16=gpu)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .embed import embed_images
-
-        vectors = embed_images(self.encoder, batch["image"])
+        vectors = self.encoder.encode(batch["image"])
         vectors[batch["error"] != ""] = 0.0
         return {"row": batch["row"], "vector": vectors.astype(np.float32), "hash": batch["hash"],
                 "error": batch["error"]}

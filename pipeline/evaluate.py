@@ -10,22 +10,21 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import cv2
-import keras
 import numpy as np
-from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from .artifacts import Bundle
-from .config import BACKBONE_BATCH_SIZE
-from .dataset import RowCache, decode_to_cache
-from .embed import blocks_of, embed_cache, embed_decoded, fit_whitening
+from .dataset import decode_to_cache
+from .embed import embed_decoded
 from .errors import InputError
 from .images import ImageRecord, decode_image, find_images, read_file
 from .index import ClusteredIndex, build_index, recall_at_k
 from .metrics import LabelledSet, exact_neighbours, without_self
+from .runtime import DESCRIPTOR
+from .whitening import fit_whitening
 
 BASELINE_SIZE = 32  # the reference baselines' pixels: 32 x 32
 HSV_SIZE = 64  # the reference HSV histogram is taken at 64 x 64
@@ -50,6 +49,8 @@ def reference_baselines(paths: Sequence[str], labels_of: Callable[[np.ndarray], 
     - HSV histogram: the image resized to 64x64 (INTER_AREA), BGR -> HSV, 8x8x8 bins over
       H [0, 180) S [0, 256) V [0, 256), normalised to sum 1, square-rooted, cosine.
     """
+    from sklearn.decomposition import PCA
+
     pixels, histograms = [], []
     for path in tqdm(paths, desc="baselines", unit="img"):
         image = read_baseline_image(path)
@@ -68,23 +69,13 @@ def reference_baselines(paths: Sequence[str], labels_of: Callable[[np.ndarray], 
     }
 
 
-def backbone_pooled_features(cache: RowCache) -> np.ndarray:
-    """The frozen backbone's feature map averaged over positions (1280 values) for every image of
-    a cache: what a retrieval system built straight on the pretrained network would compare."""
-    import keras
-
-    from .backbone import build_backbone
-
-    backbone = build_backbone(cache.image_size)
-    pooled = keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output))
-    return embed_cache(pooled, cache, BACKBONE_BATCH_SIZE)
-
-
-def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10) -> dict[str, Any]:
+def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: Optional[str] = None
+             ) -> dict[str, Any]:
     """precision@k and mAP@k of the fitted pipeline (routed, with its nprobe and query expansion)
     and of the baselines: the reference baselines (:func:`reference_baselines`), the frozen
-    backbone's pooled features, and each block of the pipeline's descriptor alone (PCA-projected
-    as the fit does it, exact search, no expansion).
+    backbone's pooled features (where the fit has a backbone: an output of its encoder), and each
+    block of the pipeline's descriptor alone (PCA-projected as the fit does it, exact search, no
+    expansion). The images are embedded on ``runtime`` (:mod:`pipeline.runtime`).
 
     Also recall@k of routed against exact search (same expansion), and mean single-query times of
     both. When ``data_dir`` is the fitted folder, the bundle's embeddings and index are used;
@@ -97,7 +88,7 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10) -> dict[s
         records = find_images(data_dir)
     if len(records) < 2 or any(r.label is None for r in records):
         raise InputError(f"{data_dir}: evaluation needs at least two images, all in class folders (the label)")
-    config, encoder = bundle.settings, bundle.encoder
+    config, encoder = bundle.settings, bundle.encoder(runtime)
 
     with tempfile.TemporaryDirectory() as scratch:
         decoded = decode_to_cache(records, os.path.join(scratch, "images.u8"), config.image_size,
@@ -105,11 +96,10 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10) -> dict[s
         if fitted and decoded.skipped:
             first = decoded.skipped[0]
             raise InputError(f"{first.path}: {first.reason} (indexed at fit time; fit again)")
-        both = keras.Model(encoder.input, {"descriptor": encoder.output, **blocks_of(encoder).output})
-        embedded = embed_decoded(both, decoded, config.embedding_batch_size)
-        pooled = backbone_pooled_features(decoded.cache)
+        embedded = embed_decoded(encoder, decoded, config.embedding_batch_size, outputs=True)
     outputs = embedded.vectors
-    descriptors = outputs.pop("descriptor")
+    descriptors = outputs.pop(DESCRIPTOR)
+    pooled = outputs.pop("backbone", None)
     index = bundle.index if fitted else build_index(descriptors, config)[0]
     vectors = np.asarray(bundle.embeddings) if fitted else descriptors
 
@@ -132,7 +122,7 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10) -> dict[s
         },
         "baselines": {
             **reference_baselines([r.path for r in embedded.records], scored.score, k),
-            "backbone_pooled": scored.score(exact_neighbours(pooled, k)),
+            **({"backbone_pooled": scored.score(exact_neighbours(pooled, k))} if pooled is not None else {}),
             **blocks,
         },
         "k": k,

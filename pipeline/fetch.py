@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from typing import Optional
 from urllib.parse import urljoin, urlparse
 
 import requests
@@ -79,7 +80,10 @@ def _resolve(host: str, port: int) -> set[str]:
     return {info[4][0] for info in socket.getaddrinfo(host, port)}
 
 
-def _check_url(url: str, original: str, allow_private: bool) -> None:
+def check_url(url: str, original: Optional[str] = None) -> tuple[str, Optional[int]]:
+    """The host and port of an http(s) URL, checked without touching the network: ImageError naming
+    ``original`` (default: ``url``) for a malformed URL, another scheme, or no host."""
+    original = original or url
     try:
         parsed = urlparse(url)
         if parsed.hostname and not parsed.hostname.startswith("["):
@@ -92,16 +96,20 @@ def _check_url(url: str, original: str, allow_private: bool) -> None:
         raise ImageError(original, f"only http and https URLs are supported, not {scheme or 'a bare path'!r}", "refused")
     if not parsed.hostname:
         raise ImageError(original, "the URL has no host", "refused")
+    return parsed.hostname, port
+
+
+def _check_url(url: str, original: str, allow_private: bool) -> None:
+    host, port = check_url(url, original)
     if allow_private:
         return
     try:
-        addresses = _resolve(parsed.hostname, port or 80)
+        addresses = _resolve(host, port or 80)
     except socket.gaierror:
-        raise ImageError(original, f"cannot resolve host {parsed.hostname}", "unreachable") from None
+        raise ImageError(original, f"cannot resolve host {host}", "unreachable") from None
     blocked = sorted(a for a in addresses if not is_public_address(a))
     if blocked:
-        raise ImageError(original, f"refused: {parsed.hostname} resolves to a non-public address ({blocked[0]})",
-                         "refused")
+        raise ImageError(original, f"refused: {host} resolves to a non-public address ({blocked[0]})", "refused")
 
 
 def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYTES,

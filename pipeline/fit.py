@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -20,17 +21,20 @@ import numpy as np
 import sklearn
 
 from . import __version__
-from .artifacts import AUTOENCODER, ENCODER, ArtifactWriter, Bundle, Catalog, Manifest
-from .autoencoder import build_autoencoder, build_feature_autoencoder, train_autoencoder
+from .artifacts import AUTOENCODER, ENCODER, EXPORT, ArtifactWriter, Bundle, Catalog, Manifest
+from .autoencoder import build_autoencoder, build_feature_autoencoder, channel_profiles, train_autoencoder
 from .backbone import WEIGHTS_SHA256, build_backbone
 from .config import FitConfig
-from .dataset import EmbeddedImages, SkippedImage, TrainingBatches, decode_to_cache, split_indices
+from .dataset import (DecodedImages, EmbeddedImages, RowCache, SkippedImage, TrainingBatches, decode_to_cache,
+                      split_indices, to_model_input)
+from .descriptor import DescriptorHead, block_weights, build_blocks_model, image_blocks_model
 from .distributed import RayEngine, embed_files_on_ray, find_images_on_ray
-from .embed import (DescriptorHead, apply_head, block_weights, build_blocks_model, channel_profiles, embed_decoded,
-                    embed_files, embed_to_cache)
+from .embed import collect, embed_files, map_cache
 from .errors import InputError
+from .export import CHECK_IMAGES, check_export, export_litert
 from .images import IMAGE_EXTENSIONS, file_stat, find_images
 from .index import build_index
+from .runtime import LiteRTEncoder
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +101,23 @@ def fit(
                 log.warning("skipped %d unreadable files (listed in the manifest)", len(decoded.skipped))
 
             train_rows, val_rows = split_indices(decoded.cache.count, config.validation_split, config.seed)
+            backbone, maps = None, None
             if config.uses_backbone:
                 with _stage("features", seconds):
                     backbone = build_backbone(config.image_size)
-                    training_rows = embed_to_cache(backbone, decoded.cache, os.path.join(scratch, "maps.f16"),
-                                                   config.embedding_batch_size)
-                autoencoder = build_feature_autoencoder(training_rows.row_shape, config.latent_dim,
-                                                        channel_profiles(training_rows, train_rows))
-                latent_model = keras.Model(backbone.input, autoencoder.to_latent(backbone.output), name="latent_model")
+                    maps = _feature_maps(backbone, decoded.cache, os.path.join(scratch, "maps.f16"),
+                                         config.embedding_batch_size)
+                autoencoder = build_feature_autoencoder(maps.row_shape, config.latent_dim,
+                                                        channel_profiles(maps, train_rows))
             else:
-                training_rows = decoded.cache
                 autoencoder = build_autoencoder(config)
-                latent_model = autoencoder.to_latent
 
             with _stage("train", seconds):
                 epochs = config.training_epochs(len(train_rows))
                 log.info("training on %d images (%d for validation), up to %d epochs", len(train_rows),
                          len(val_rows), epochs)
                 batches = dict(batch_size=config.batch_size, seed=config.seed)
+                training_rows = maps if maps is not None else decoded.cache
                 history = train_autoencoder(
                     autoencoder,
                     TrainingBatches(training_rows, train_rows, **batches),
@@ -125,18 +128,22 @@ def fit(
                 autoencoder.model.save(writer.path / AUTOENCODER)
 
             with _stage("embed", seconds):
-                blocks_model = build_blocks_model(latent_model, config)
-                blocks = embed_decoded(blocks_model, decoded, config.embedding_batch_size).vectors
+                blocks = _blocks(autoencoder.to_latent, config, decoded, maps)
                 head = DescriptorHead(blocks, block_weights(config), config.latent_dim, config.whitening, config.seed)
-                encoder = head.encoder(blocks_model)
+                encoder = head.encoder(build_blocks_model(autoencoder.to_latent, config, backbone))
                 encoder.save(writer.path / ENCODER)
-                if engine is not None:
-                    embedded = embed_files_on_ray(records, writer.path / ENCODER, config, engine, scratch)
-                elif sample is not records:
-                    embedded = embed_files(records, encoder, config, scratch)
-                else:  # the training images are all the images: their blocks are at hand
-                    embedded = EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped,
-                                              apply_head(head.model(), blocks))
+            with _stage("export", seconds):
+                export_litert(encoder, writer.path / EXPORT)
+                exported = LiteRTEncoder((writer.path / EXPORT).read_bytes())
+                checked = np.unique(np.linspace(0, decoded.cache.count - 1, CHECK_IMAGES).astype(int))
+                check_export(encoder, exported, decoded.cache.read(checked), writer.path / EXPORT)
+            if engine is not None:
+                embedded = embed_files_on_ray(records, writer.path, config, engine, scratch)
+            elif sample is not records:  # the images beyond the training sample, through the export
+                with _stage("embed rest", seconds):
+                    embedded = embed_files(records, exported, config, scratch)
+            else:  # the training images are all the images: their blocks are at hand
+                embedded = EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped, head.apply(blocks))
 
         with _stage("cluster+index", seconds):
             index, curve = build_index(embedded.vectors, config, engine.assign if engine else None)
@@ -146,6 +153,7 @@ def fit(
             images=len(embedded.records),
             versions=library_versions(),
             backbone_weights_sha256=WEIGHTS_SHA256 if config.uses_backbone else None,
+            export_sha256=hashlib.sha256((writer.path / EXPORT).read_bytes()).hexdigest(),
             skipped=[{"path": s.path, "reason": s.reason} for s in embedded.skipped],
             history=history,
             recall_at_10=curve,
@@ -168,6 +176,35 @@ def fit(
     )
     log.info("wrote the bundle to %s", final)
     return summary
+
+
+def _feature_maps(backbone: keras.Model, cache: RowCache, path: str, batch_size: int) -> RowCache:
+    """The backbone's feature map of every image of a cache, written row after row (float16) to a
+    new cache at ``path``: what the autoencoder trains on and the latent is read from."""
+    with open(path, "wb") as out:
+        for maps in map_cache(lambda rows: backbone.predict_on_batch(to_model_input(rows)), cache, batch_size,
+                              "features"):
+            out.write(maps.astype(np.float16).tobytes())
+    return RowCache(path, backbone.output_shape[1:], cache.count, np.float16)
+
+
+def _blocks(to_latent: keras.Model, config: FitConfig, decoded: DecodedImages, maps: Optional[RowCache]
+            ) -> dict[str, np.ndarray]:
+    """The descriptor's blocks of the decoded images, by name. Over a backbone, the latent is read
+    from the feature maps computed for training (the backbone runs once per image), the other
+    blocks from the images; from pixels, all of them from the images."""
+    batch_size = config.embedding_batch_size
+
+    def over_images(model: keras.Model) -> dict[str, np.ndarray]:
+        return collect(list(map_cache(lambda rows: model.predict_on_batch(to_model_input(rows)), decoded.cache,
+                                      batch_size, "blocks")), {})
+
+    if maps is None:
+        return over_images(build_blocks_model(to_latent, config))
+    latent = collect(list(map_cache(lambda rows: to_latent.predict_on_batch(rows.astype(np.float32)), maps,
+                                    batch_size, "latent")), np.empty((0, config.latent_dim), np.float32))
+    others = image_blocks_model(config)
+    return {"latent": latent, **(over_images(others) if others is not None else {})}
 
 
 def library_versions() -> dict[str, str]:

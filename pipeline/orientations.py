@@ -35,8 +35,7 @@ class OrientationHistogram(keras.layers.Layer):
         zeros_row = ops.zeros_like(images[:, :1, :])
         dx = ops.concatenate([zeros_column, images[:, :, 2:] - images[:, :, :-2], zeros_column], axis=2)
         dy = ops.concatenate([zeros_row, images[:, 2:, :] - images[:, :-2, :], zeros_row], axis=1)
-        strongest = ops.one_hot(ops.argmax(dx * dx + dy * dy, axis=-1), 3)
-        dx, dy = ops.sum(dx * strongest, axis=-1), ops.sum(dy * strongest, axis=-1)
+        dx, dy = _of_strongest_channel(dx, dy)
         magnitude = ops.sqrt(dx * dx + dy * dy)
         position = ops.mod(ops.arctan2(dy, dx), math.pi) * (self.bins / math.pi) - 0.5  # bin centres at k + 0.5
         lower = ops.floor(position)
@@ -56,3 +55,16 @@ class OrientationHistogram(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "cells": self.cells, "bins": self.bins}
+
+
+def _of_strongest_channel(dx, dy):
+    """At each pixel, the gradient (dx, dy) of the channel where it is strongest (the first of equals):
+    an argmax by comparisons, which LiteRT runs natively (Keras's argmax is not a builtin there)."""
+    energy = dx * dx + dy * dy
+    red = ops.logical_and(energy[..., 0] >= energy[..., 1], energy[..., 0] >= energy[..., 2])
+    green = ops.logical_and(ops.logical_not(red), energy[..., 1] >= energy[..., 2])
+
+    def pick(gradient):
+        return ops.where(red, gradient[..., 0], ops.where(green, gradient[..., 1], gradient[..., 2]))
+
+    return pick(dx), pick(dy)

@@ -18,8 +18,10 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def _stderr_to_devnull() -> Iterator[None]:
-    """Point file descriptor 2 (what native code writes to) at /dev/null, then restore it."""
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 (what native code writes to) at /dev/null, then restore it: for the
+    lines that native libraries print while loading (TensorFlow's import, LiteRT's "Created
+    TensorFlow Lite XNNPACK delegate"), which no setting turns off."""
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -44,7 +46,7 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
             execute = spec.loader.exec_module
 
             def exec_module(module) -> None:
-                with _stderr_to_devnull():
+                with native_stderr_silenced():
                     execute(module)
 
             spec.loader.exec_module = exec_module

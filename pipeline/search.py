@@ -12,11 +12,11 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from .artifacts import Bundle, Catalog, pointed_folder
-from .embed import BatchingEncoder
 from .errors import InputError
 from .fetch import fetch_url
 from .images import MAX_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
+from .runtime import BatchingEncoder
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,19 @@ class _Served:
 class Searcher:
     """Answers "which indexed images look most like this one?" for a fitted :class:`Bundle`.
 
-    Safe to share between threads. With ``batch_window_ms`` > 0 (the service), queries arriving
-    together are encoded in one call (:class:`pipeline.embed.BatchingEncoder`). :meth:`refresh`
+    Safe to share between threads. Queries are encoded on ``runtime`` (:mod:`pipeline.runtime`;
+    default: LiteRT where installed). With ``batch_window_ms`` > 0 (the service), queries arriving
+    together are encoded in one call (:class:`pipeline.runtime.BatchingEncoder`). :meth:`refresh`
     and :meth:`use` swap in another bundle while queries run (after an add, sync or removal, or a
     new fit into the same artifacts folder); each query reads one bundle and its encoder, the old
     pair or the new.
     """
 
-    def __init__(self, bundle: Bundle, max_pixels: int = MAX_PIXELS, batch_window_ms: float = 0.0):
+    def __init__(self, bundle: Bundle, max_pixels: int = MAX_PIXELS, batch_window_ms: float = 0.0,
+                 runtime: Optional[str] = None):
         self.max_pixels = max_pixels
         self.batch_window_ms = batch_window_ms
+        self.runtime = runtime
         self._swapping = threading.Lock()
         self._served = self._serving(bundle, None)
 
@@ -81,7 +84,7 @@ class Searcher:
         if now is not None and now.encoder_sha256 == digest:
             encoder = now.encoder
         else:
-            encoder = BatchingEncoder(bundle.encoder, self.batch_window_ms)
+            encoder = BatchingEncoder(bundle.encoder(self.runtime), self.batch_window_ms)
         copies: dict[str, list[int]] = defaultdict(list)  # content hash -> ids of the indexed copies
         for image_id, content in enumerate(bundle.catalog.hashes):
             copies[content].append(image_id)

@@ -193,6 +193,10 @@ CORRUPTIONS = {
     "index-without-expansion": (lambda folder: _drop_from_index(folder, "expansion"),
                                 "cannot load the index"),
     "encoder-truncated": (lambda folder: _truncate(folder / "encoder.keras"), "cannot load the model"),
+    "export-truncated": (lambda folder: _truncate(folder / "encoder.tflite"), "export is not the one .*SHA-256"),
+    "export-of-another-fit": (lambda folder: (folder / "encoder.tflite").write_bytes(b"TFL3" + bytes(100)),
+                              "export is not the one .*SHA-256"),
+    "export-missing": (lambda folder: os.remove(folder / "encoder.tflite"), "incomplete artifacts, missing encoder.tflite"),
     "current-points-nowhere": (lambda folder: (folder.parent / "CURRENT").write_text("fit-gone\n"), "incomplete artifacts"),
 }
 
@@ -206,7 +210,7 @@ def test_a_corrupt_bundle_is_one_clear_error(fitted, tmp_path, kind):
     corrupt, message = CORRUPTIONS[kind]
     corrupt(current_folder(artifacts))
     with pytest.raises(ArtifactError, match=message):
-        Bundle.load(artifacts).encoder
+        Bundle.load(artifacts).encoder("keras" if kind.startswith("encoder") else "litert")
 
 
 def _as_format_3(folder, index):
@@ -219,6 +223,7 @@ def _as_format_3(folder, index):
     for name in ("nprobe", "expansion", "norms"):
         _drop_from_index(folder, name)
     os.remove(folder / "index_vectors.npy")
+    os.remove(folder / "encoder.tflite")
     return manifest
 
 
@@ -236,7 +241,7 @@ def test_a_format_3_bundle_loads_and_answers_as_before(fitted, tmp_path):
     old = Bundle.load(artifacts)
     assert (old.index.nprobe, old.index.expansion) == (2, bundle.settings.query_expansion)
     assert old.manifest.changes == [{"action": "add", "added": 1}]
-    assert Searcher(old).search_indexed(4, n=6) == expected
+    assert Searcher(old, runtime="keras").search_indexed(4, n=6) == expected
 
 
 def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted, tmp_path, caplog):
@@ -261,6 +266,6 @@ def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted, t
 
     with pytest.raises(ArtifactError, match="format version 2, whose index is a pickle .* --allow-pickle"):
         Bundle.load(artifacts)
-    legacy = Searcher(Bundle.load(artifacts, allow_pickle=True))
+    legacy = Searcher(Bundle.load(artifacts, allow_pickle=True), runtime="keras")
     assert "unpickling its index (--allow-pickle)" in caplog.text
     assert [h.id for h in legacy.search_indexed(4, n=6).results] == expected

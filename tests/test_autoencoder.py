@@ -6,7 +6,7 @@ import pytest
 
 from conftest import PIXELS, copy_subset, tiny_config
 from pipeline.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
-from pipeline.embed import build_blocks_model
+from pipeline.descriptor import build_blocks_model
 from pipeline.errors import InputError
 
 
@@ -190,7 +190,9 @@ def test_fit_at_512_pixels_the_design_cards_size(tmp_path, backbone):
 def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tmp_path):
     import keras
 
-    from pipeline.embed import DescriptorHead, blocks_of, embed_images
+    from pipeline.descriptor import DescriptorHead
+    from pipeline.export import block_tensors
+    from pipeline.runtime import KerasEncoder
 
     config = pixel_config(pooling="flatten", latent_dim=4, orientation_weight=0.75, color_weight=0.0)
     blocks_model = build_blocks_model(build_autoencoder(config).to_latent, config)
@@ -210,7 +212,7 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
     np.testing.assert_allclose(np.diag(half), np.sqrt(np.diag(plain)), rtol=0.05)  # half whitening: std ** 0.5
     np.testing.assert_allclose(half - np.diag(np.diag(half)), 0, atol=1e-3 * np.abs(half).max())  # decorrelated
 
-    vectors = embed_images(model, images)
+    vectors = KerasEncoder(model).encode(images)
     assert vectors.shape == (40, 20)  # two blocks of 10
     np.testing.assert_allclose(np.linalg.norm(vectors[:, :10], axis=1), 0.25, rtol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(vectors[:, 10:], axis=1), 0.75, rtol=1e-4)
@@ -218,7 +220,7 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
     from pipeline.artifacts import load_model
 
     reloaded = load_model(tmp_path / "encoder.keras")
-    np.testing.assert_allclose(embed_images(reloaded, images), vectors, atol=1e-5)
-    read_back = blocks_of(reloaded).predict_on_batch(images.astype(np.float32) / 255)
+    np.testing.assert_allclose(KerasEncoder(reloaded).encode(images), vectors, atol=1e-5)
+    read_back = keras.Model(reloaded.input, block_tensors(reloaded)).predict_on_batch(images.astype(np.float32) / 255)
     assert set(read_back) == {"latent", "orientations"}
     np.testing.assert_allclose(read_back["orientations"], blocks["orientations"], atol=1e-5)

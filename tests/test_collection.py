@@ -106,7 +106,7 @@ def collection(tmp_path):
 
 def fresh_vectors(folder, bundle):
     """Every image of ``folder`` embedded from scratch with the bundle's encoder: {path: (label, hash, vector)}."""
-    embedded = embed_files(find_images(folder), bundle.encoder, bundle.settings)
+    embedded = embed_files(find_images(folder), bundle.encoder(), bundle.settings)
     return {r.path: (r.label, digest, vector) for r, digest, vector in zip(embedded.records, embedded.hashes,
                                                                           embedded.vectors)}
 
@@ -172,7 +172,7 @@ def test_a_sync_killed_at_any_point_leaves_the_previous_bundle(collection, monke
     for path in spare:
         shutil.copy2(path, photos / "hat" / path.name)
 
-    def fail_at_commit(self):
+    def fail_at_commit(self, *version):
         raise KeyboardInterrupt  # the last moment before CURRENT moves
     monkeypatch.setattr(ArtifactWriter, "commit", fail_at_commit)
     with pytest.raises(KeyboardInterrupt):

@@ -69,9 +69,9 @@ def test_a_fit_on_ray_gives_the_same_bundle_as_one_machine(cluster, messy, tmp_p
     assert {Path(s.path).name for s in spread.skipped} == {"truncated.jpg", "empty.jpg"}
     assert other.manifest.skipped == one.manifest.skipped
     # the same encoder's vectors, computed on the cluster: the same neighbours
-    again = embed_files_on_ray(find_images(messy), one.folder / "encoder.keras", one.settings, cluster)
+    again = embed_files_on_ray(find_images(messy), one.folder, one.settings, cluster)
     assert [r.path for r in again.records] == one.catalog.paths
-    np.testing.assert_allclose(again.vectors, one.embeddings, atol=1e-5)
+    np.testing.assert_allclose(again.vectors, one.embeddings, atol=1e-4)  # LiteRT on the cluster, Keras at the fit
     searcher = Searcher(one)
     for image_id in (0, 9, 17):
         expected = [hit.id for hit in searcher.search_indexed(image_id, n=6, nprobe="all").results]
@@ -102,12 +102,12 @@ def test_encoder_actors_given_a_gpu_compute_in_mixed_precision_with_the_same_nei
     fit(messy, tmp_path / "artifacts", tiny_config())
     bundle = Bundle.load(tmp_path / "artifacts")
     on_gpu = RayEngine(workers=1, cpus_per_worker=1.0, gpus_per_worker=0.5)
-    half = embed_files_on_ray(find_images(messy), bundle.folder / "encoder.keras", bundle.settings, on_gpu)
+    half = embed_files_on_ray(find_images(messy), bundle.folder, bundle.settings, on_gpu)
     assert [r.path for r in half.records] == bundle.catalog.paths and len(half.skipped) == 2
     exact = np.asarray(bundle.embeddings)
     cosine = np.sum(exact * half.vectors, axis=1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(half.vectors, axis=1)
     assert 0.999 < cosine.min()
-    assert np.abs(half.vectors - exact).max() > 1e-4  # float16 inside: beyond the CPU path's 1e-5
+    assert np.abs(half.vectors - exact).max() > 1e-3  # float16 inside: beyond the CPU path's 1e-4
     nearest = bundle.index.search(half.vectors, 2, "all", expansion=0).ids[:, 0]
     assert np.array_equal(nearest, np.arange(len(exact)))  # each image's own vector is still its nearest
     with pytest.raises(InputError, match=r"--ray-gpus-per-worker 2 is more than the cluster's GPUs \(1\)"):
@@ -132,25 +132,25 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_doubled(cluster, mess
 
     fit(messy, tmp_path / "artifacts", tiny_config(batch_size=4))  # the actors then embed 4 images a call
     bundle = Bundle.load(tmp_path / "artifacts")
-    records = find_images(messy) * 3  # 78 files, some twice: rows are told apart by position, not path
+    records = find_images(messy) * 20  # 520 files, each many times: rows are told apart by position, not path
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.update(result=embed_files_on_ray(
-        records, bundle.folder / "encoder.keras", bundle.settings, cluster)))
+        records, bundle.folder, bundle.settings, cluster)))
     worker.start()
     deadline, killed = time.monotonic() + 120, None
     while killed is None and time.monotonic() < deadline and worker.is_alive():
         actors = _encoder_actors()
         if actors:
-            time.sleep(3)  # let it load the encoder and start on the batches
+            time.sleep(1)  # let it load the encoder and start on the batches
             os.kill(actors[0], signal.SIGKILL)
             killed = actors[0]
         time.sleep(0.05)
     worker.join(timeout=300)
     assert killed is not None, "no encoder actor was seen running"
     result = outcome["result"]
-    assert len(result.records) == 72 and len(result.skipped) == 6  # every row once, the bad files listed each time
-    expected = np.concatenate([bundle.embeddings] * 3)
-    np.testing.assert_allclose(result.vectors, expected, atol=1e-5)
+    assert len(result.records) == 480 and len(result.skipped) == 40  # every row once, the bad files listed each time
+    expected = np.concatenate([bundle.embeddings] * 20)
+    np.testing.assert_allclose(result.vectors, expected, atol=1e-4)
 
 
 def test_the_command_line_adds_on_a_local_cluster_without_noise(tmp_path):

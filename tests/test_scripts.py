@@ -153,7 +153,8 @@ def test_predict_into_a_pipe_closed_early_stops_quietly(messy_fit, tmp_path):
 
 
 def test_predict_without_artifacts_is_a_clear_error(tmp_path):
-    process = run_script("predict.py", "--file", ROOT / "data" / "sample" / "hat" / "x.jpg", "--artifacts", tmp_path / "none")
+    query = sorted((ROOT / "data" / "sample" / "hat").glob("*.jpg"))[0]
+    process = run_script("predict.py", "--file", query, "--artifacts", tmp_path / "none")
     assert process.returncode == 2
     assert last_line(process) == f"error: {tmp_path / 'none'}: no fitted artifacts (it does not exist); run scripts/fit.py first"
 

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy.spatial.distance import cdist
 
@@ -25,15 +26,19 @@ def test_fit_summary_and_manifest(fitted, photos):
     assert sorted(set(bundle.catalog.labels)) == ["dress", "hat", "pants", "shoes"]
 
 
-def test_the_saved_encoder_gives_the_stored_embedding_for_the_same_file(searcher, photos):
-    from pipeline.embed import embed_images
+@pytest.mark.parametrize("runtime", ["litert", "keras"])
+def test_a_query_through_the_saved_encoder_gives_the_stored_embedding_for_the_same_file(searcher, photos, runtime):
+    """The fit describes its images from the feature maps it computed for training (float16, the
+    backbone run once per image); a query runs the whole saved encoder, on either runtime."""
     from pipeline.images import prepare_image, read_file
 
-    for path in sorted(photos.rglob("*.jpg"))[::7]:
-        row = searcher.catalog.paths.index(str(path))
-        vector = embed_images(searcher.bundle.encoder,
-                              prepare_image(read_file(path), str(path), searcher.image_size)[None])
-        np.testing.assert_allclose(vector[0], searcher.bundle.embeddings[row], atol=1e-5)
+    paths = sorted(photos.rglob("*.jpg"))
+    images = np.stack([prepare_image(read_file(path), str(path), searcher.image_size) for path in paths])
+    vectors = searcher.bundle.encoder(runtime).encode(images)
+    stored = np.asarray(searcher.bundle.embeddings)[[searcher.catalog.paths.index(str(path)) for path in paths]]
+    cosine = np.sum(vectors * stored, axis=1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(stored, axis=1)
+    assert cosine.min() > 0.99999
+    np.testing.assert_allclose(vectors, stored, atol=1e-4)
 
 
 def test_an_indexed_image_finds_itself_first_at_distance_zero(searcher, photos):
@@ -120,14 +125,15 @@ def test_concurrent_searches_match_sequential_ones(searcher, photos):
 def test_batched_encoding_gives_the_same_vectors_in_fewer_calls(searcher, photos, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    import pipeline.embed as embed
     from pipeline.images import prepare_image, read_file
+    from pipeline.runtime import BatchingEncoder
 
     images = [prepare_image(read_file(p), str(p), searcher.image_size) for p in sorted(photos.rglob("*.jpg"))[:12]]
-    alone = [embed.BatchingEncoder(searcher.bundle.encoder, window_ms=0).embed(image) for image in images]
-    batch_sizes, original = [], embed.embed_images
-    monkeypatch.setattr(embed, "embed_images", lambda model, batch: batch_sizes.append(len(batch)) or original(model, batch))
-    batching = embed.BatchingEncoder(searcher.bundle.encoder, window_ms=200)
+    encoder = searcher.bundle.encoder()
+    alone = [BatchingEncoder(encoder, window_ms=0).embed(image) for image in images]
+    batch_sizes, original = [], encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda batch: batch_sizes.append(len(batch)) or original(batch))
+    batching = BatchingEncoder(encoder, window_ms=200)
     with ThreadPoolExecutor(12) as pool:
         together = list(pool.map(batching.embed, images))
     np.testing.assert_allclose(together, alone, atol=1e-5)
@@ -195,11 +201,11 @@ def test_a_batching_encoder_let_go_ends_its_thread(searcher, photos):
     import gc
     import threading
 
-    from pipeline.embed import BatchingEncoder
     from pipeline.images import prepare_image, read_file
+    from pipeline.runtime import BatchingEncoder
 
     before = {thread for thread in threading.enumerate() if thread.name == "encoder-batches"}
-    batching = BatchingEncoder(searcher.bundle.encoder, window_ms=1)
+    batching = BatchingEncoder(searcher.bundle.encoder(), window_ms=1)
     path = sorted(photos.rglob("*.jpg"))[0]
     assert batching.embed(prepare_image(read_file(path), str(path), searcher.image_size)).shape == (
         searcher.bundle.embeddings.shape[1],)

@@ -1,0 +1,134 @@
+"""The fitted encoder exported for LiteRT (TensorFlow's own inference runtime), and checked.
+
+A fit saves its encoder as a Keras model and, with :func:`export_litert`, as a LiteRT flatbuffer
+of builtin ops only (no Flex ops, which would need TensorFlow at run time), which every command but
+the fit runs (:mod:`pipeline.runtime`). The export takes uint8 images, as they come out of the
+decoder, and computes :func:`encoder_outputs`: the descriptor, each of its blocks, and the
+backbone's feature map averaged over positions (the baseline that ``evaluate`` reports).
+:func:`check_export` compares the export with the Keras encoder on real images before a fit
+commits. This module imports TensorFlow: only a fit and ``imgsim upgrade`` use it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .backbone import keras_name
+from .dataset import to_model_input
+from .errors import ArtifactError
+from .quiet import native_stderr_silenced
+from .resize import AreaResize
+
+FEATURE_MAP = "feature_map"  # the identity layer that marks the backbone's feature map inside an encoder
+CHECK_IMAGES = 64  # images of its own that a fit compares the export on
+MIN_COSINE = 0.99999  # the export's descriptor of each of them against the Keras encoder's
+
+
+def block_tensors(encoder: keras.Model) -> dict:
+    """The descriptor's blocks inside a saved encoder, by name: the inputs of its head's first
+    layer for each block (``whiten_NAME``, or ``unit_NAME`` for a block too small to project)."""
+    layers = {layer.name: layer for layer in encoder.layers}
+    names = [name[len("unit_"):] for name in layers if name.startswith("unit_")]
+    return {name: layers.get(f"whiten_{name}", layers[f"unit_{name}"]).input for name in names}
+
+
+def encoder_outputs(encoder: keras.Model) -> keras.Model:
+    """image (float in [0, 1]) -> {"descriptor", each block by name, and "backbone": the
+    backbone's feature map averaged over positions, where the encoder has a backbone}."""
+    outputs = {"descriptor": encoder.output, **block_tensors(encoder)}
+    if FEATURE_MAP in {layer.name for layer in encoder.layers}:
+        pooled = keras.layers.GlobalAveragePooling2D(name="backbone_pooled")
+        outputs["backbone"] = pooled(encoder.get_layer(FEATURE_MAP).output)
+    return keras.Model(encoder.input, outputs, name="encoder_outputs")
+
+
+def litert_ready(encoder: keras.Model) -> keras.Model:
+    """``encoder``, or for an encoder saved before format 6 a copy that LiteRT can run: its area
+    resizing as :class:`AreaResize` (TensorFlow's ResizeArea is no LiteRT op) and its layers
+    renamed without a leading underscore (which TensorFlow's SavedModel refuses)."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        config["name"] = keras_name(config["name"])
+        if isinstance(layer, keras.layers.Resizing) and layer.interpolation == "area":
+            return AreaResize(layer.height, name=config["name"])
+        return layer.__class__.from_config(config)
+
+    def outdated(model: keras.Model) -> bool:
+        return any(layer.name.startswith("_") or isinstance(layer, keras.layers.Resizing)
+                   or (isinstance(layer, keras.Model) and outdated(layer)) for layer in model.layers)
+
+    if not outdated(encoder):
+        return encoder
+    copy = keras.models.clone_model(encoder, clone_function=clone, recursive=True)
+    copy.set_weights(encoder.get_weights())
+    return copy
+
+
+def export_litert(encoder: keras.Model, path: str | Path) -> None:
+    """Write ``encoder`` (image -> descriptor) as a LiteRT flatbuffer at ``path``: uint8 images
+    (batch, size, size, 3) in, :func:`encoder_outputs` out, builtin ops only. ArtifactError when
+    an op has no builtin counterpart."""
+    model = encoder_outputs(litert_ready(encoder))
+    image = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
+    wrapper = keras.Model(image, model(keras.layers.Rescaling(1 / 255, name="to_unit_range")(image)))
+    with tempfile.TemporaryDirectory() as scratch, native_stderr_silenced():  # the converter's own notices
+        try:
+            wrapper.export(str(Path(scratch) / "encoder.tflite"), format="litert", verbose=False,
+                           target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+        except Exception as exc:  # the converter raises assorted types; its message names the op
+            raise ArtifactError(f"{path}: cannot export the encoder for LiteRT ({str(exc).strip().splitlines()[-1]})"
+                                ) from None
+        Path(path).write_bytes((Path(scratch) / "encoder.tflite").read_bytes())
+
+
+def check_export(encoder: keras.Model, exported, images: np.ndarray, path: str | Path) -> float:
+    """The smallest cosine between the descriptors of ``images`` (uint8) from the Keras ``encoder``
+    and from ``exported`` (a :class:`pipeline.runtime.LiteRTEncoder`); ArtifactError naming
+    ``path`` when it is under MIN_COSINE."""
+    expected = np.asarray(encoder.predict_on_batch(to_model_input(images)), dtype=np.float64)
+    found = np.asarray(exported.encode(images), dtype=np.float64)
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(found, axis=1)
+    cosine = float(np.min(np.sum(expected * found, axis=1) / np.maximum(norms, 1e-30))) if len(images) else 1.0
+    if not cosine >= MIN_COSINE:  # also catches nan
+        raise ArtifactError(f"{path}: the LiteRT export differs from the Keras encoder (cosine {cosine:.7f} on one of "
+                            f"{len(images)} images, at least {MIN_COSINE} expected); nothing was written")
+    return cosine
+
+
+def upgrade(artifacts_dir: str | Path) -> tuple[Path, bool]:
+    """Add the LiteRT export to a bundle made before format 6 (``imgsim upgrade``), checked on up
+    to CHECK_IMAGES of its indexed images as a fit checks its own; the bundle's folder, and
+    whether it changed (a bundle that has the export already is left as it is)."""
+    import hashlib
+
+    from .artifacts import EXPORT, FORMAT_VERSION, ArtifactWriter, Bundle
+    from .dataset import load_image
+    from .images import ImageRecord
+    from .runtime import LiteRTEncoder
+
+    with ArtifactWriter(artifacts_dir) as writer:
+        bundle = Bundle.load(artifacts_dir)
+        if bundle.exported:
+            return bundle.folder, False
+        encoder, path = bundle.keras_encoder(), writer.path / EXPORT
+        export_litert(encoder, path)
+        images = []
+        for image_path in bundle.catalog.paths:
+            loaded = load_image(ImageRecord(image_path, None), bundle.settings.image_size, bundle.settings.max_file_bytes)
+            if isinstance(loaded, tuple):
+                images.append(loaded[0])
+            if len(images) == CHECK_IMAGES:
+                break
+        if not images:
+            raise ArtifactError(f"{bundle.folder}: none of the indexed images can be read to check the export; "
+                                f"nothing was written")
+        check_export(encoder, LiteRTEncoder(path.read_bytes()), np.stack(images), path)
+        bundle.manifest.export_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        bundle.manifest.format_version = FORMAT_VERSION
+        return bundle.save(writer), True

@@ -1,0 +1,103 @@
+"""The fitted encoder on LiteRT and on Keras: the same descriptors, LiteRT without TensorFlow, mixed precision."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT, SAMPLE
+from pipeline.artifacts import Bundle
+from pipeline.errors import InputError
+from pipeline.images import prepare_image, read_file
+from pipeline.runtime import KerasEncoder, mixed_precision, resolve_runtime
+
+
+def _sample_images(size: int, step: int = 20) -> np.ndarray:
+    paths = sorted(SAMPLE.glob("*/*.jpg"))[::step]
+    return np.stack([prepare_image(read_file(path), str(path), size) for path in paths])
+
+
+def _cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return np.sum(first * second, axis=1) / np.linalg.norm(first, axis=1) / np.linalg.norm(second, axis=1)
+
+
+def test_litert_and_keras_give_the_same_outputs(fitted):
+    bundle = Bundle.load(fitted[0])
+    litert, tensorflow = bundle.encoder("litert"), bundle.encoder("keras")
+    images = _sample_images(bundle.settings.image_size)
+    exported, reference = litert.encode_outputs(images), tensorflow.encode_outputs(images)
+    assert set(exported) == set(reference) == {"descriptor", "latent", "orientations", "backbone"}
+    for name in exported:
+        assert exported[name].shape == reference[name].shape
+        assert _cosines(exported[name], reference[name]).min() > 0.99999, name
+    np.testing.assert_array_equal(litert.encode(images), exported["descriptor"])
+
+
+def test_the_default_runtime_is_litert_where_installed_and_keras_elsewhere(monkeypatch):
+    import pipeline.runtime as runtime
+
+    assert resolve_runtime(None) == "litert" and resolve_runtime("keras") == "keras"
+    monkeypatch.setattr(runtime, "litert_installed", lambda: False)
+    assert resolve_runtime(None) == "keras"
+    with pytest.raises(InputError, match="LiteRT .*not installed.*--runtime keras"):
+        resolve_runtime("litert")
+    with pytest.raises(InputError, match="runtime must be one of litert, keras"):
+        resolve_runtime("onnx")
+
+
+def test_a_search_a_sync_and_a_served_query_never_import_tensorflow(fitted, tmp_path):
+    """In a fresh process: a real predict, a sync that embeds a new photo, and a query to the service."""
+    import shutil
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    photo = sorted(SAMPLE.glob("hat/*.jpg"))[-1]
+    data = Bundle.load(artifacts).manifest.data_dir
+    script = f"""
+import shutil, sys
+from fastapi.testclient import TestClient
+from pipeline.cli import build_parser
+from pipeline.artifacts import Bundle
+from pipeline.collection import sync
+from pipeline.search import Searcher
+from pipeline.server import create_app
+
+searcher = Searcher(Bundle.load({str(artifacts)!r}))
+assert searcher.search_file({str(photo)!r}, n=3).results
+shutil.copy({str(photo)!r}, {data!r} + "/hat/new-for-the-runtime-test.jpg")
+change = sync({str(artifacts)!r})
+assert change.added == 1, change
+client = TestClient(create_app(Searcher(Bundle.load({str(artifacts)!r}), batch_window_ms=5)))
+with open({str(photo)!r}, "rb") as handle:
+    response = client.post("/api/search", files={{"image": ("q.jpg", handle, "image/jpeg")}})
+assert response.status_code == 200 and response.json()["results"][0]["same_image"], response.text
+print("tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        (Path(data) / "hat" / "new-for-the-runtime-test.jpg").unlink(missing_ok=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield from _layers(layer) if hasattr(layer, "layers") else [layer]
+
+
+def test_a_mixed_precision_encoder_computes_its_convolutions_in_float16_with_the_same_descriptors(fitted):
+    encoder = Bundle.load(fitted[0]).keras_encoder()
+    mixed = mixed_precision(encoder)
+    convolutions = [layer for layer in _layers(mixed) if isinstance(layer, (keras.layers.Conv2D,
+                                                                            keras.layers.DepthwiseConv2D))]
+    assert len(convolutions) >= 49 and {layer.compute_dtype for layer in convolutions} == {"float16"}
+    assert {layer.variable_dtype for layer in convolutions} == {"float32"}
+    assert {layer.compute_dtype for layer in _layers(encoder)} == {"float32"}  # the loaded encoder is untouched
+    images = _sample_images(encoder.input_shape[1])
+    exact, half = KerasEncoder(encoder).encode(images), KerasEncoder(encoder, float16=True).encode(images)
+    assert half.dtype == np.float32
+    assert _cosines(exact, half).min() > 0.999
