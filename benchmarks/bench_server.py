@@ -1,13 +1,15 @@
 """Load benchmark of the search service: concurrent clients uploading real photos for a fixed time.
 
     python benchmarks/bench_server.py [--artifacts DIR] [--clients 100] [--seconds 30] [--windows 0,5]
+                                      [--runtimes litert,keras] [--no-locust]
 
-Fits data/sample first when DIR holds no fit. For each encoder batching window (``serve
---batch-window-ms``; 0 = every query encoded alone, the previous behaviour), starts
-``scripts/serve.py`` on 127.0.0.1 and has each client post sample photos to /api/search (n=10)
-back to back, then has Locust (a real load tool, ``pip install locust``) do the same as a second
-opinion. Reports requests per second, p50 and p99 latency and the error count of every run, side
-by side. Client and server share this machine's cores.
+Fits data/sample first when DIR holds no fit. For each runtime of the encoder (``serve --runtime``)
+and each batching window (``serve --batch-window-ms``; 0 = every query encoded alone), starts
+``scripts/serve.py`` on 127.0.0.1, notes its resident memory once it answers (idle), and has each
+client post sample photos to /api/search (n=10) back to back, then has Locust (a real load tool,
+``pip install locust``) do the same as a second opinion. Reports requests per second, p50 and p99
+latency, the error count and the server's idle RSS of every run, side by side. Client and server
+share this machine's cores.
 """
 
 from __future__ import annotations
@@ -60,13 +62,21 @@ async def load(url: str, photos: list[bytes], clients: int, seconds: float) -> t
     return latencies, errors, elapsed
 
 
-def start_server(artifacts: Path, window_ms: float) -> tuple[subprocess.Popen, str]:
+def resident_mb(pid: int) -> float:
+    """A process's resident memory now (Linux), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(artifacts: Path, window_ms: float, runtime: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--artifacts", str(artifacts),
-                               "--port", str(port), "--batch-window-ms", str(window_ms)], cwd=ROOT)
+                               "--port", str(port), "--batch-window-ms", str(window_ms), "--runtime", runtime], cwd=ROOT)
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -108,37 +118,46 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--windows", default="0,5", help="encoder batching windows to compare, in ms")
+    parser.add_argument("--runtimes", default="litert,keras", help="what runs the encoder (serve --runtime)")
+    parser.add_argument("--no-locust", action="store_true", help="the project's own load generator only")
     args = parser.parse_args()
 
     if not has_bundle(args.artifacts):
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
                         "--artifacts", str(args.artifacts)], check=True, cwd=ROOT)
     runs = []
-    for window in (float(w) for w in args.windows.split(",")):
-        server, url = start_server(args.artifacts, window)
-        try:
-            for measure in (lambda: own_client(url, args.clients, args.seconds),
-                            lambda: locust(url, args.clients, args.seconds, args.artifacts.parent)):
-                runs.append({"window_ms": window, **measure()})
-                print(json.dumps(runs[-1]), flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    for runtime in args.runtimes.split(","):
+        for window in (float(w) for w in args.windows.split(",")):
+            server, url = start_server(args.artifacts, window, runtime)
+            idle = resident_mb(server.pid)
+            tools = [lambda: own_client(url, args.clients, args.seconds)]
+            if not args.no_locust:
+                tools.append(lambda: locust(url, args.clients, args.seconds, args.artifacts.parent))
+            try:
+                for measure in tools:
+                    runs.append({"runtime": runtime, "window_ms": window, "idle_rss_mb": round(idle), **measure()})
+                    print(json.dumps(runs[-1]), flush=True)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
 
-    rows = "\n".join(f"| {run['window_ms']:g} ms | {run['tool']} | {run['requests']:,} | {run['errors']} | "
-                     f"{run['requests_per_s']} | {run['p50_ms']:g} ms | {run['p99_ms']:g} ms |" for run in runs)
+    rows = "\n".join(f"| {run['runtime']} | {run['window_ms']:g} ms | {run['tool']} | {run['requests']:,} | "
+                     f"{run['errors']} | {run['requests_per_s']} | {run['p50_ms']:g} ms | {run['p99_ms']:g} ms | "
+                     f"{run['idle_rss_mb']} MB |" for run in runs)
     write_section("bench_server", f"""
 ## Search service under load (`python benchmarks/bench_server.py --clients {args.clients} --seconds {args.seconds:g}`)
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}, CPU only, all runs one after the other in one run; the load
 generator and the server share the cores. {args.clients} concurrent clients upload real sample photos (about 30 KB
 JPEGs) to `POST /api/search` with n=10, back to back, for {args.seconds:g} s each, against a fit of `data/sample` with
-the default settings (the EfficientNet-Lite0 backbone at 224 px). The batching window is `serve --batch-window-ms`:
-0 encodes every query alone behind one lock (the previous behaviour), 5 (the default) encodes the queries that
-arrive within 5 ms of each other in one call, first come first served.
+the default settings (the EfficientNet-Lite0 backbone at 224 px). The runtime is `serve --runtime`: the encoder's
+LiteRT export (the default) or its Keras model. The batching window is `serve --batch-window-ms`: 0 encodes every
+query alone behind one lock, 5 (the default) encodes the queries that arrive within 5 ms of each other in one call
+(first come first served), from one thread, so LiteRT's interpreter (not thread-safe) needs no more than the one
+lock either way. Idle RSS: the server's resident memory once it first answers.
 
-| batching window | load tool | requests | errors | requests per second | p50 latency | p99 latency |
-|---|---|---|---|---|---|---|
+| runtime | batching window | load tool | requests | errors | requests per second | p50 latency | p99 latency | idle RSS |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 """)
 

@@ -476,7 +476,7 @@ def load_model(path: Path):
     """A saved Keras model of a bundle (the encoder or the autoencoder)."""
     import keras
 
-    from . import color, orientations, resize  # noqa: F401  (register the custom layers that encoders hold)
+    from . import histograms, resize  # noqa: F401  (register the custom layers that encoders hold)
 
     try:
         return keras.models.load_model(path, compile=False)

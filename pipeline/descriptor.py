@@ -1,7 +1,7 @@
 """The descriptor as Keras layers: its blocks and the head that weights them (built by a fit).
 
 A descriptor is made of blocks: the learned latent, and optionally the orientation histogram
-(:mod:`pipeline.orientations`) and the colour histogram (:mod:`pipeline.color`). The saved
+and the colour histogram (:mod:`pipeline.histograms`). The saved
 encoder is ``head(blocks(image))``, every step a layer of one Keras model, so a query is described
 exactly as the fitted images were. Over a backbone, the latent is read from the backbone's
 feature map, which the encoder marks with an identity layer named ``feature_map``
@@ -17,10 +17,9 @@ from typing import Optional
 import keras
 import numpy as np
 
-from .color import ColorHistogram
 from .config import DESCRIPTOR_BLOCK_SIZE, ORIENTATION_CELLS, FitConfig
 from .export import FEATURE_MAP
-from .orientations import OrientationHistogram
+from .histograms import ColorHistogram, OrientationHistogram
 from .resize import AreaResize
 from .whitening import fit_whitening
 

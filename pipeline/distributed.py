@@ -26,7 +26,7 @@ from .config import FitConfig
 from .dataset import EmbeddedImages, SkippedImage, load_image
 from .errors import InputError
 from .images import ImageRecord, find_images
-from .runtime import resolve_runtime
+from .runtime import KerasEncoder, LiteRTEncoder, resolve_runtime
 
 log = logging.getLogger(__name__)
 DECODE_BATCH = 32  # images per decode task
@@ -143,7 +143,8 @@ def embed_files_on_ray(records: Sequence[ImageRecord], encoder_files: Path, conf
         EncoderActor, fn_constructor_kwargs={"model": model, "runtime": runtime,
                                              "threads": max(1, round(engine.cpus_per_worker)),
                                              "gpu": engine.gpus_per_worker > 0},
-        batch_size=config.embedding_batch_size, compute=ray.data.ActorPoolStrategy(size=engine.pool_size()),
+        batch_size=(LiteRTEncoder if runtime == "litert" else KerasEncoder).batch_size,
+        compute=ray.data.ActorPoolStrategy(size=engine.pool_size()),
         # three quarters of a worker's CPUs are reserved, so that decode tasks (a quarter each) always find room
         num_cpus=engine.cpus_per_worker * 0.75, num_gpus=engine.gpus_per_worker or None)
     with tempfile.TemporaryDirectory(prefix="imgsim-shards-", dir=scratch_dir) as shards:
@@ -183,8 +184,6 @@ class EncoderActor:
     given a GPU computes in mixed precision (:func:`pipeline.runtime.mixed_precision`)."""
 
     def __init__(self, model: bytes, runtime: str, threads: int, gpu: bool):
-        from .runtime import KerasEncoder, LiteRTEncoder
-
         if runtime == "litert":
             self.encoder = LiteRTEncoder(model, threads)
             return

@@ -64,10 +64,10 @@ def collect(parts: list, empty: Outputs) -> Outputs:
     return np.concatenate(parts)
 
 
-def embed_decoded(encoder: Encoder, decoded: DecodedImages, batch_size: int, outputs: bool = False) -> EmbeddedImages:
+def embed_decoded(encoder: Encoder, decoded: DecodedImages, outputs: bool = False) -> EmbeddedImages:
     """The descriptors of the images of a decode pass (with ``outputs``, every output of the encoder, by name)."""
     run = encoder.encode_outputs if outputs else encoder.encode
-    parts = list(map_cache(run, decoded.cache, batch_size, "embed"))
+    parts = list(map_cache(run, decoded.cache, encoder.batch_size, "embed"))
     vectors = collect(parts, {} if outputs else np.empty((0, 0), np.float32))
     return EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped, vectors)
 
@@ -79,4 +79,4 @@ def embed_files(records: Sequence[ImageRecord], encoder: Encoder, config: FitCon
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
         decoded = decode_to_cache(records, os.path.join(scratch, "images.u8"), config.image_size,
                                   config.decode_workers, config.max_file_bytes)
-        return embed_decoded(encoder, decoded, config.embedding_batch_size, outputs)
+        return embed_decoded(encoder, decoded, outputs)

@@ -96,7 +96,7 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
         if fitted and decoded.skipped:
             first = decoded.skipped[0]
             raise InputError(f"{first.path}: {first.reason} (indexed at fit time; fit again)")
-        embedded = embed_decoded(encoder, decoded, config.embedding_batch_size, outputs=True)
+        embedded = embed_decoded(encoder, decoded, outputs=True)
     outputs = embedded.vectors
     descriptors = outputs.pop(DESCRIPTOR)
     pooled = outputs.pop("backbone", None)

@@ -24,9 +24,10 @@ from threadpoolctl import ThreadpoolController
 from .cluster import choose_cluster_count, fit_kmeans
 from .config import INDEX_DTYPES, FitConfig
 
-# Numba's default threading layer must not launch parallel kernels from two threads at once;
-# the kernels are parallel inside, so callers (a server's request threads) take turns.
+# Numba's default threading layer must not launch parallel kernels from two threads at once, so callers of the
+# parallel kernels take turns; a few queries run in the caller's thread instead (_run).
 _KERNEL_LOCK = threading.Lock()
+PARALLEL_FROM = 16  # queries in a call from which the index's kernels run across the cores
 RECALL_QUERIES = 500  # indexed vectors used as queries to measure recall against exact search
 EXACT_SEARCH_BELOW = 2000  # "nprobe auto" searches every cluster below this many vectors
 
@@ -72,51 +73,87 @@ def _value_of(stored, table):  # pragma: no cover
     return lambda stored, table: stored
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _scan(queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores, out_ids):  # pragma: no cover
-    """For each query (in parallel), the ``n`` best (score, id) pairs among its probed clusters.
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _scan_query(q, queries, probed, vectors, table, norms, offsets, ids, n, cosine, best_s, best_i):  # pragma: no cover
+    """The ``n`` best (score, id) pairs of query ``q`` among its probed clusters, into ``best_s`` and ``best_i``.
 
     Scores rank like distances: ``-q.x`` for cosine, ``|x|^2 - 2 q.x`` for euclidean. Ties go
     to the smaller id, so the result is the same whatever order the clusters are scanned in.
     ``vectors`` are float32, or float16 given as their uint16 bits with ``table`` their values.
     """
-    for q in numba.prange(queries.shape[0]):
-        best_s, best_i = out_scores[q], out_ids[q]
-        worst = 0  # slot of the worst kept pair
-        for p in range(probed.shape[1]):
-            cluster = probed[q, p]
-            for row in range(offsets[cluster], offsets[cluster + 1]):
-                dot = np.float32(0.0)
-                for j in range(queries.shape[1]):
-                    dot += queries[q, j] * _value(vectors[row, j], table)
-                score = -dot if cosine else norms[row] - 2 * dot
-                if score < best_s[worst] or (score == best_s[worst] and ids[row] < best_i[worst]):
-                    best_s[worst], best_i[worst] = score, ids[row]
-                    for t in range(n):
-                        if best_s[t] > best_s[worst] or (best_s[t] == best_s[worst] and best_i[t] > best_i[worst]):
-                            worst = t
+    worst = 0  # slot of the worst kept pair
+    for p in range(probed.shape[1]):
+        cluster = probed[q, p]
+        for row in range(offsets[cluster], offsets[cluster + 1]):
+            dot = np.float32(0.0)
+            for j in range(queries.shape[1]):
+                dot += queries[q, j] * _value(vectors[row, j], table)
+            score = -dot if cosine else norms[row] - 2 * dot
+            if score < best_s[worst] or (score == best_s[worst] and ids[row] < best_i[worst]):
+                best_s[worst], best_i[worst] = score, ids[row]
+                for t in range(n):
+                    if best_s[t] > best_s[worst] or (best_s[t] == best_s[worst] and best_i[t] > best_i[worst]):
+                        worst = t
 
 
 @numba.njit(parallel=True, cache=True)
-def _smallest(matrix, k):  # pragma: no cover
-    """Column indices of the ``k`` smallest values of each row, smallest first (ties: lower index)."""
+def _scan_parallel(queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores, out_ids):  # pragma: no cover
+    """:func:`_scan_query` for each query, in parallel."""
+    for q in numba.prange(queries.shape[0]):
+        _scan_query(q, queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores[q], out_ids[q])
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_serial(queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores, out_ids):  # pragma: no cover
+    """:func:`_scan_query` for each query, in the calling thread."""
+    for q in range(queries.shape[0]):
+        _scan_query(q, queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores[q], out_ids[q])
+
+
+@numba.njit(cache=True, nogil=True)
+def _smallest_row(row, k):  # pragma: no cover
+    """Column indices of the ``k`` smallest values of ``row``, smallest first (ties: lower index)."""
+    if k * 8 >= row.shape[0]:  # a large share of the row: sort it
+        return np.argsort(row, kind="mergesort")[:k]
+    best = np.full(k, np.inf)  # else keep the k best by insertion, one pass over the row
+    best_i = np.full(k, -1, dtype=np.int64)
+    for c in range(row.shape[0]):
+        value = row[c]
+        if value < best[k - 1]:
+            t = k - 1
+            while t > 0 and best[t - 1] > value:
+                best[t], best_i[t] = best[t - 1], best_i[t - 1]
+                t -= 1
+            best[t], best_i[t] = value, c
+    return best_i
+
+
+@numba.njit(parallel=True, cache=True)
+def _smallest_parallel(matrix, k):  # pragma: no cover
+    """:func:`_smallest_row` of each row, in parallel."""
     out = np.empty((matrix.shape[0], k), dtype=np.int64)
     for r in numba.prange(matrix.shape[0]):
-        if k * 8 >= matrix.shape[1]:  # a large share of the row: sort it
-            out[r] = np.argsort(matrix[r], kind="mergesort")[:k]
-            continue
-        best = np.full(k, np.inf)  # else keep the k best by insertion, one pass over the row
-        best_i = np.full(k, -1, dtype=np.int64)
-        for c in range(matrix.shape[1]):
-            value = matrix[r, c]
-            if value < best[k - 1]:
-                t = k - 1
-                while t > 0 and best[t - 1] > value:
-                    best[t], best_i[t] = best[t - 1], best_i[t - 1]
-                    t -= 1
-                best[t], best_i[t] = value, c
-        out[r] = best_i
+        out[r] = _smallest_row(matrix[r], k)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _smallest_serial(matrix, k):  # pragma: no cover
+    """:func:`_smallest_row` of each row, in the calling thread."""
+    out = np.empty((matrix.shape[0], k), dtype=np.int64)
+    for r in range(matrix.shape[0]):
+        out[r] = _smallest_row(matrix[r], k)
+    return out
+
+
+def _run(parallel, serial, queries: int, *args):
+    """A kernel over a batch of ``queries``: across every core for a large batch (one caller at a
+    time: Numba's threads serve one parallel kernel at a time), in the calling thread for a few
+    queries, so that many single queries (a service's requests) run side by side."""
+    if queries < PARALLEL_FROM:
+        return serial(*args)
+    with _KERNEL_LOCK:
+        return parallel(*args)
 
 
 class ClusteredIndex:
@@ -266,9 +303,11 @@ class ClusteredIndex:
 
     def route(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
         """The ``nprobe`` clusters nearest each (prepared) query, nearest first."""
-        # One BLAS thread: idle OpenBLAS threads spinning beside Numba's workers halved search throughput.
-        with _blas().limit(limits=1, user_api="blas"):
+        if len(queries) < PARALLEL_FROM:  # too few for BLAS to start its threads
             products = queries @ self.centroids_.T
+        else:  # one BLAS thread: idle OpenBLAS threads spinning beside Numba's workers halved search throughput
+            with _blas().limit(limits=1, user_api="blas"):
+                products = queries @ self.centroids_.T
         # ranks like the distance: -q.c for cosine, |c|^2 - 2 q.c for euclidean
         if self.metric == "cosine":
             scores = -products
@@ -276,8 +315,7 @@ class ClusteredIndex:
             scores = np.einsum("ij,ij->i", self.centroids_, self.centroids_) - 2 * products
         if nprobe == 1:
             return scores.argmin(axis=1)[:, None]
-        with _KERNEL_LOCK:
-            return _smallest(scores, nprobe)
+        return _run(_smallest_parallel, _smallest_serial, len(scores), scores, nprobe)
 
     def search(
         self,
@@ -307,12 +345,10 @@ class ClusteredIndex:
         probed = self.route(queries, nprobe)
         scores = np.full((len(queries), n), np.inf, dtype=np.float32)
         ids = np.full((len(queries), n), np.iinfo(np.int64).max, dtype=np.int64)
-        with _KERNEL_LOCK:
-            half = self.vectors_.dtype == np.float16
-            _scan(queries, probed, self.vectors_.view(np.uint16) if half else self.vectors_,
-                  _HALF_TO_FLOAT if half else _HALF_TO_FLOAT[:0], self.norms_, self.offsets_, self.ids_, n,
-                  self.metric == "cosine",
-                  scores, ids)
+        half = self.vectors_.dtype == np.float16
+        _run(_scan_parallel, _scan_serial, len(queries), queries, probed,
+             self.vectors_.view(np.uint16) if half else self.vectors_, _HALF_TO_FLOAT if half else _HALF_TO_FLOAT[:0],
+             self.norms_, self.offsets_, self.ids_, n, self.metric == "cosine", scores, ids)
         order = np.lexsort((ids, scores), axis=1)
         scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
         ids[~np.isfinite(scores)] = -1  # fewer than n vectors in the probed clusters

@@ -29,10 +29,11 @@ def area_resize(images, size: int):
     within float rounding); the batch itself where it is that size already."""
     if images.shape[1] == size:
         return images
-    matrix = ops.convert_to_tensor(area_matrix(images.shape[1], size))
-    channels_first = ops.transpose(images, (0, 3, 1, 2))  # (batch, channels, rows, columns)
-    resized = ops.matmul(ops.matmul(matrix, channels_first), ops.transpose(matrix))
-    return ops.transpose(resized, (0, 2, 3, 1))
+    side, channels = images.shape[1], images.shape[3]
+    matrix = area_matrix(side, size)
+    per_row = ops.matmul(ops.transpose(images, (0, 1, 3, 2)), ops.convert_to_tensor(matrix.T))  # columns resized
+    per_row = ops.reshape(ops.transpose(per_row, (0, 1, 3, 2)), (-1, side, size * channels))
+    return ops.reshape(ops.matmul(ops.convert_to_tensor(matrix), per_row), (-1, size, size, channels))  # then rows
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

@@ -39,6 +39,7 @@ class Encoder(Protocol):
 
     runtime: str
     image_size: int
+    batch_size: int  # images a call that embed fastest
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """The descriptors (batch, dims), float32."""
@@ -74,6 +75,7 @@ class LiteRTEncoder:
     turns (a service's :class:`BatchingEncoder` makes them from one thread anyway)."""
 
     runtime = "litert"
+    batch_size = 8  # images a call when embedding many: XNNPACK was fastest at 8 (docs/BENCHMARKS.md)
 
     def __init__(self, model: bytes, threads: Optional[int] = None):
         if litert_installed():
@@ -106,6 +108,7 @@ class KerasEncoder:
     (for GPUs: :func:`mixed_precision`)."""
 
     runtime = "keras"
+    batch_size = 32  # images a call when embedding many: larger batches keep TensorFlow's threads busy
 
     def __init__(self, model, float16: bool = False):
         self.model = mixed_precision(model) if float16 else model

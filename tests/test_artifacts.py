@@ -269,3 +269,83 @@ def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted, t
     legacy = Searcher(Bundle.load(artifacts, allow_pickle=True), runtime="keras")
     assert "unpickling its index (--allow-pickle)" in caplog.text
     assert [h.id for h in legacy.search_indexed(4, n=6).results] == expected
+
+
+def _as_format_5_with_an_encoder_of_then(folder):
+    """Rewrite a bundle as format 5 wrote it: no LiteRT export, and an encoder as the Keras of then saved it
+    (TensorFlow's area resizing, layer names with a leading underscore)."""
+    import keras
+
+    from pipeline.artifacts import load_model
+    from pipeline.resize import AreaResize
+
+    encoder = load_model(folder / "encoder.keras")
+
+    def then(layer):
+        config = layer.get_config()
+        if isinstance(layer, AreaResize):
+            return keras.layers.Resizing(layer.size, layer.size, interpolation="area", name=config["name"])
+        if isinstance(layer, keras.layers.Conv2D):
+            config["name"] = "_" + config["name"].replace(".", "._")
+        return layer.__class__.from_config(config)
+
+    old = keras.models.clone_model(encoder, clone_function=then, recursive=True)
+    old.set_weights(encoder.get_weights())
+    old.save(folder / "encoder.keras")
+    os.remove(folder / "encoder.tflite")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = 5
+    del manifest["export_sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, tiny_config
+    from pipeline.fit import fit
+    from pipeline.search import Searcher
+
+    artifacts = tmp_path / "artifacts"
+    fit(photos, artifacts, tiny_config(image_size=96))  # above 64 px: the orientation block is area-resized
+    query = sorted((photos / "pants").glob("*.jpg"))[3]
+    expected = [hit.id for hit in Searcher(Bundle.load(artifacts)).search_file(query, n=8).results]
+    _as_format_5_with_an_encoder_of_then(current_folder(artifacts))
+
+    old = Bundle.load(artifacts)
+    assert not old.exported
+    with pytest.raises(ArtifactError, match=f"no LiteRT export; add it with: imgsim upgrade --artifacts {artifacts} "
+                                            r"\(or use --runtime keras\)"):
+        Searcher(old)
+    assert [hit.id for hit in Searcher(old, runtime="keras").search_file(query, n=8).results] == expected
+
+    def upgrade():
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "upgrade", "--artifacts", str(artifacts)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    process = upgrade()
+    assert process.returncode == 0 and process.stdout.startswith("added the LiteRT export: "), process.stderr
+    upgraded = Bundle.load(artifacts)
+    assert upgraded.exported and upgraded.manifest.format_version == FORMAT_VERSION
+    assert [hit.id for hit in Searcher(upgraded).search_file(query, n=8).results] == expected
+    assert upgrade().stdout.startswith("the bundle has its LiteRT export already: ")
+
+
+def test_a_fit_whose_export_differs_from_its_encoder_fails_and_keeps_the_previous_bundle(fitted, photos, tmp_path,
+                                                                                          monkeypatch):
+    import shutil
+
+    import pipeline.export
+    from conftest import tiny_config
+    from pipeline.fit import fit
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    before = current_folder(artifacts)
+    monkeypatch.setattr(pipeline.export, "MIN_COSINE", 1.5)  # no export can be that close
+    with pytest.raises(ArtifactError, match=r"the LiteRT export differs from the Keras encoder \(cosine 1.0000000 on "
+                                            r"one of 32 images, at least 1.5 expected\); nothing was written"):
+        fit(photos, artifacts, tiny_config())
+    assert current_folder(artifacts) == before and not list(artifacts.glob(".staging-*"))
+    Bundle.load(artifacts).encoder()  # the previous bundle loads and runs

@@ -194,3 +194,31 @@ def test_an_interrupted_fit_keeps_the_old_artifacts(messy_fit, tmp_path):
     predict = run_script("predict.py", "--file", sorted((data / "hat").glob("*.jpg"))[0], "-n", 2,
                          "--artifacts", artifacts, "--json")
     assert predict.returncode == 0 and len(json.loads(predict.stdout)["results"]) == 2
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        (["--file", "{data}/nope.jpg"], "{data}/nope.jpg: no such file"),
+        (["--file", "{data}/hat"], "{data}/hat: is a folder, not an image file"),
+        (["--url", "ftp://example.org/x.jpg"], "ftp://example.org/x.jpg: only http and https"),
+        (["--url", "http://[::1"], "http://[::1: not a valid URL"),
+    ],
+    ids=["missing-file", "a-folder", "url-scheme", "malformed-url"],
+)
+def test_predict_checks_its_input_before_it_loads_a_model(messy_fit, tmp_path, query, message):
+    """The bundle's Keras encoder is broken here: an error about the query, not about the model, shows that
+    the query was looked at first."""
+    import shutil
+
+    data, artifacts, _ = messy_fit
+    broken = tmp_path / "artifacts"
+    shutil.copytree(artifacts, broken)
+    (current_folder(broken) / "encoder.keras").write_bytes(b"not a model")
+    process = run_script("predict.py", *[part.format(data=data) for part in query], "--artifacts", broken,
+                         "--runtime", "keras")
+    assert process.returncode == 2 and process.stderr.splitlines() == [
+        process.stderr.splitlines()[0]] and process.stderr.startswith("error: " + message.format(data=data))
+    good = sorted((data / "hat").glob("*.jpg"))[0]  # and a good query meets the broken model, as it should
+    assert "cannot load the model" in last_line(run_script("predict.py", "--file", good, "--artifacts", broken,
+                                                           "--runtime", "keras"))
