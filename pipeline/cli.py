@@ -387,11 +387,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         return
     k, ours = report["k"], report["pipeline"]
     print(f"{report['images']} images in {report['data_dir']}, each a query against all the others (k={k})")
-    print(f"{'method':<36} {'precision@' + str(k):>13} {'mAP@' + str(k):>8}")
+    print(f"{'method':<36} {'precision@1':>12} {'precision@' + str(k):>13} {'mAP@' + str(k):>8}")
     pipeline = f"pipeline (nprobe {ours['nprobe']}, expansion {ours['query_expansion']})"
-    print(f"{pipeline:<36} {ours['precision_at_k']:>13.4f} {ours['map_at_k']:>8.4f}")
-    for name, scores in report["baselines"].items():
-        print(f"{name:<36} {scores['precision_at_k']:>13.4f} {scores['map_at_k']:>8.4f}")
+    for name, scores in {pipeline: ours, **report["baselines"]}.items():
+        print(f"{name:<36} {scores['precision_at_1']:>12.4f} {scores['precision_at_k']:>13.4f} {scores['map_at_k']:>8.4f}")
     print(f"recall@{k} of routed vs exact search: {ours['recall_vs_exact']:.4f}; "
           f"mean query {ours['query_ms']:.2f} ms routed, {ours['exact_query_ms']:.2f} ms exact "
           f"({ours['clusters']} clusters)")

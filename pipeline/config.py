@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from .backbone import BACKBONES as PRETRAINED
 from .errors import InputError
 
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh")
@@ -14,19 +15,19 @@ LOSSES = ("mse", "bce")
 POOLINGS = ("flatten", "max", "avg")
 METRICS = ("cosine", "euclidean")
 INDEX_DTYPES = ("float32", "float16")  # how the index stores its vectors
-BACKBONES = ("efficientnet-lite0", "none")
+BACKBONES = (*PRETRAINED, "none")
 RUNTIMES = ("litert", "keras")  # what runs the fitted encoder (pipeline/runtime.py)
 ORIENTATION_CELLS = 8  # the orientation histogram's grid is 8 x 8 cells
 DESCRIPTOR_BLOCK_SIZE = 64  # the orientation histogram is taken at this size at most (area-downscaled)
-TRAINING_IMAGES = {"none": 100_000, "efficientnet-lite0": 20_000}  # images an "auto" training sees in all
+TRAINING_IMAGES = {"none": 100_000, **{name: 20_000 for name in PRETRAINED}}  # images an "auto" training sees in all
 MAX_AUTO_EPOCHS = 60
 MIN_BACKBONE_SIZE = 32  # the backbone downsamples 32 times
 BACKBONE_BATCH_SIZE = 32  # images per backbone call: its activations at 224 px take about 5 MB an image
 # Settings whose default depends on the backbone (None in FitConfig means "the backbone's default");
 # chosen on the four dev sets together, see docs/QUALITY.md.
 BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "efficientnet-lite0": dict(image_size=224, whitening=0.0, orientation_weight=0.33, color_weight=0.0,
-                               learning_rate=2e-4),
+    **{name: dict(image_size=spec.native_size, whitening=0.0, orientation_weight=0.33, color_weight=0.0,
+                  learning_rate=2e-4) for name, spec in PRETRAINED.items()},
     "none": dict(image_size=64, whitening=0.5, orientation_weight=0.5, color_weight=0.3, learning_rate=2e-3),
 }
 
@@ -82,7 +83,7 @@ class FitConfig:
     """Settings of one fit; stored in the artifacts' manifest.
 
     ``backbone`` is the frozen pretrained network the autoencoder learns over
-    (``"efficientnet-lite0"``), or ``"none"`` to learn from pixels alone. ``image_size`` is the
+    (``"efficientnet-lite0"``, ``-lite1`` or ``-lite2``), or ``"none"`` to learn from pixels alone. ``image_size`` is the
     model's input (the backbone's input, or the pixel autoencoder's). Settings left at None take
     the backbone's default (BACKBONE_DEFAULTS).
 

@@ -5,8 +5,8 @@ of builtin ops only (no Flex ops, which would need TensorFlow at run time), whic
 the fit runs (:mod:`pipeline.runtime`). The export takes uint8 images, as they come out of the
 decoder, and computes :func:`encoder_outputs`: the descriptor, each of its blocks, and the
 backbone's feature map averaged over positions (the baseline that ``evaluate`` reports).
-:func:`check_export` compares the export with the Keras encoder on real images before a fit
-commits. This module imports TensorFlow: only a fit and ``imgsim upgrade`` use it.
+:func:`check_export` compares the export's descriptors of real images with the ones the Keras
+models gave them before a fit commits. This module imports TensorFlow: only a fit and ``imgsim upgrade`` use it.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from .backbone import keras_name
-from .dataset import to_model_input
 from .errors import ArtifactError
 from .quiet import native_stderr_silenced
 from .resize import AreaResize
 
 FEATURE_MAP = "feature_map"  # the identity layer that marks the backbone's feature map inside an encoder
 CHECK_IMAGES = 64  # images of its own that a fit compares the export on
-MIN_COSINE = 0.99999  # the export's descriptor of each of them against the Keras encoder's
+MIN_COSINE = 0.99999  # the export's descriptor of each of them against the one Keras gave it
 
 
 def block_tensors(encoder: keras.Model) -> dict:
@@ -87,11 +86,11 @@ def export_litert(encoder: keras.Model, path: str | Path) -> None:
         Path(path).write_bytes((Path(scratch) / "encoder.tflite").read_bytes())
 
 
-def check_export(encoder: keras.Model, exported, images: np.ndarray, path: str | Path) -> float:
-    """The smallest cosine between the descriptors of ``images`` (uint8) from the Keras ``encoder``
-    and from ``exported`` (a :class:`pipeline.runtime.LiteRTEncoder`); ArtifactError naming
-    ``path`` when it is under MIN_COSINE."""
-    expected = np.asarray(encoder.predict_on_batch(to_model_input(images)), dtype=np.float64)
+def check_export(exported, images: np.ndarray, expected: np.ndarray, path: str | Path) -> float:
+    """The smallest cosine between the descriptors of ``images`` (uint8) from ``exported`` (a
+    :class:`pipeline.runtime.LiteRTEncoder`) and ``expected``, the ones the Keras models gave them
+    (what a fit indexes); ArtifactError naming ``path`` when it is under MIN_COSINE."""
+    expected = np.asarray(expected, dtype=np.float64)
     found = np.asarray(exported.encode(images), dtype=np.float64)
     norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(found, axis=1)
     cosine = float(np.min(np.sum(expected * found, axis=1) / np.maximum(norms, 1e-30))) if len(images) else 1.0
@@ -102,9 +101,9 @@ def check_export(encoder: keras.Model, exported, images: np.ndarray, path: str |
 
 
 def upgrade(artifacts_dir: str | Path) -> tuple[Path, bool]:
-    """Add the LiteRT export to a bundle made before format 6 (``imgsim upgrade``), checked on up
-    to CHECK_IMAGES of its indexed images as a fit checks its own; the bundle's folder, and
-    whether it changed (a bundle that has the export already is left as it is)."""
+    """Add the LiteRT export to a bundle made before format 6 (``imgsim upgrade``), checked against
+    the stored descriptors of up to CHECK_IMAGES of its indexed images, as a fit checks its own; the
+    bundle's folder, and whether it changed (a bundle that has the export already is left as it is)."""
     import hashlib
 
     from .artifacts import EXPORT, FORMAT_VERSION, ArtifactWriter, Bundle
@@ -116,19 +115,20 @@ def upgrade(artifacts_dir: str | Path) -> tuple[Path, bool]:
         bundle = Bundle.load(artifacts_dir)
         if bundle.exported:
             return bundle.folder, False
-        encoder, path = bundle.keras_encoder(), writer.path / EXPORT
-        export_litert(encoder, path)
-        images = []
-        for image_path in bundle.catalog.paths:
+        path = writer.path / EXPORT
+        export_litert(bundle.keras_encoder(), path)
+        images, rows = [], []
+        for row, (image_path, digest) in enumerate(zip(bundle.catalog.paths, bundle.catalog.hashes)):
             loaded = load_image(ImageRecord(image_path, None), bundle.settings.image_size, bundle.settings.max_file_bytes)
-            if isinstance(loaded, tuple):
+            if isinstance(loaded, tuple) and loaded[1] == digest:  # the image as it was indexed
                 images.append(loaded[0])
+                rows.append(row)
             if len(images) == CHECK_IMAGES:
                 break
         if not images:
-            raise ArtifactError(f"{bundle.folder}: none of the indexed images can be read to check the export; "
-                                f"nothing was written")
-        check_export(encoder, LiteRTEncoder(path.read_bytes()), np.stack(images), path)
+            raise ArtifactError(f"{bundle.folder}: none of the indexed images can be read as they were indexed, to check "
+                                f"the export; nothing was written")
+        check_export(LiteRTEncoder(path.read_bytes()), np.stack(images), np.asarray(bundle.embeddings)[rows], path)
         bundle.manifest.export_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         bundle.manifest.format_version = FORMAT_VERSION
         return bundle.save(writer), True

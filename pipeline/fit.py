@@ -21,9 +21,9 @@ import numpy as np
 import sklearn
 
 from . import __version__
-from .artifacts import AUTOENCODER, ENCODER, EXPORT, ArtifactWriter, Bundle, Catalog, Manifest
+from .artifacts import AUTOENCODER, ENCODER, EXPORT, ArtifactWriter, Bundle, Catalog, Manifest, load_model
 from .autoencoder import build_autoencoder, build_feature_autoencoder, channel_profiles, train_autoencoder
-from .backbone import WEIGHTS_SHA256, build_backbone
+from .backbone import BACKBONES, build_backbone
 from .config import FitConfig
 from .dataset import (DecodedImages, EmbeddedImages, RowCache, SkippedImage, TrainingBatches, decode_to_cache,
                       split_indices, to_model_input)
@@ -104,7 +104,7 @@ def fit(
             backbone, maps = None, None
             if config.uses_backbone:
                 with _stage("features", seconds):
-                    backbone = build_backbone(config.image_size)
+                    backbone = build_backbone(config.image_size, config.backbone)
                     maps = _feature_maps(backbone, decoded.cache, os.path.join(scratch, "maps.f16"),
                                          config.embedding_batch_size)
                 autoencoder = build_feature_autoencoder(maps.row_shape, config.latent_dim,
@@ -130,20 +130,21 @@ def fit(
             with _stage("embed", seconds):
                 blocks = _blocks(autoencoder.to_latent, config, decoded, maps)
                 head = DescriptorHead(blocks, block_weights(config), config.latent_dim, config.whitening, config.seed)
+                descriptors = head.apply(blocks)
                 encoder = head.encoder(build_blocks_model(autoencoder.to_latent, config, backbone))
                 encoder.save(writer.path / ENCODER)
-            with _stage("export", seconds):
-                export_litert(encoder, writer.path / EXPORT)
+            with _stage("export", seconds):  # from the saved file: its layers belong to the encoder alone
+                export_litert(load_model(writer.path / ENCODER), writer.path / EXPORT)
                 exported = LiteRTEncoder((writer.path / EXPORT).read_bytes())
                 checked = np.unique(np.linspace(0, decoded.cache.count - 1, CHECK_IMAGES).astype(int))
-                check_export(encoder, exported, decoded.cache.read(checked), writer.path / EXPORT)
+                check_export(exported, decoded.cache.read(checked), descriptors[checked], writer.path / EXPORT)
             if engine is not None:
                 embedded = embed_files_on_ray(records, writer.path, config, engine, scratch)
             elif sample is not records:  # the images beyond the training sample, through the export
                 with _stage("embed rest", seconds):
                     embedded = embed_files(records, exported, config, scratch)
-            else:  # the training images are all the images: their blocks are at hand
-                embedded = EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped, head.apply(blocks))
+            else:  # the training images are all the images: their descriptors are at hand
+                embedded = EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped, descriptors)
 
         with _stage("cluster+index", seconds):
             index, curve = build_index(embedded.vectors, config, engine.assign if engine else None)
@@ -152,7 +153,7 @@ def fit(
             data_dir=str(Path(data_dir).resolve()),
             images=len(embedded.records),
             versions=library_versions(),
-            backbone_weights_sha256=WEIGHTS_SHA256 if config.uses_backbone else None,
+            backbone_weights_sha256=BACKBONES[config.backbone].sha256 if config.uses_backbone else None,
             export_sha256=hashlib.sha256((writer.path / EXPORT).read_bytes()).hexdigest(),
             skipped=[{"path": s.path, "reason": s.reason} for s in embedded.skipped],
             history=history,

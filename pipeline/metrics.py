@@ -3,7 +3,8 @@
 Every image is a query against all the others (itself excluded); a neighbour is relevant when it
 has the query's label.
 
-- precision@k: the share of the k nearest neighbours that are relevant.
+- precision@k: the share of the k nearest neighbours that are relevant; precision@1, whether the
+  nearest one is.
 - mAP@k: the mean over queries of AP@k = (1 / min(k, R)) * sum over ranks i <= k of
   precision@i * [neighbour i is relevant], R being the number of other images with the query's label.
 
@@ -76,6 +77,7 @@ class LabelledSet:
     def score(self, neighbour_ids: np.ndarray) -> dict[str, float]:
         neighbour_labels = self.labels[neighbour_ids]
         return {
+            "precision_at_1": round(precision_at_k(neighbour_labels[:, :1], self.labels), 4),
             "precision_at_k": round(precision_at_k(neighbour_labels, self.labels), 4),
             "map_at_k": round(map_at_k(neighbour_labels, self.labels, self.relevant_counts), 4),
         }

