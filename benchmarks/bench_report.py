@@ -12,6 +12,7 @@ t-SNE, clusters, galleries), which this exercises; it times the whole command.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import ArtifactWriter, Bundle, Catalog, has_bundle  # noqa: E402
+from pipeline.artifacts import ArtifactWriter, Bundle, has_bundle  # noqa: E402
+from pipeline.catalog import Catalog  # noqa: E402
 from pipeline.index import build_index  # noqa: E402
 
 
@@ -35,7 +37,9 @@ def build_bundle(source: Path, target: Path, rows: int) -> Bundle:
     bundle.embeddings = (real[picks] + rng.normal(0, 0.3, (rows, real.shape[1])) * real.std(axis=0)).astype(np.float32)
     bundle.index, bundle.manifest.recall_at_10 = build_index(bundle.embeddings, bundle.settings)
     bundle.catalog = Catalog(paths=[catalog.paths[i] for i in picks], labels=[catalog.labels[i] for i in picks],
-                             hashes=[f"synthetic-{i}" for i in range(rows)], clusters=[], stats=[None] * rows)
+                             hashes=[hashlib.sha1(str(i).encode()).hexdigest() for i in range(rows)], clusters=[],
+                             stats=[None] * rows, ids=list(range(rows)))
+    bundle.manifest.next_id = rows
     with ArtifactWriter(target) as writer:
         bundle.save(writer)
     return bundle

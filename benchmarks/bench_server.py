@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx
 
@@ -70,13 +71,14 @@ def resident_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(artifacts: Path, window_ms: float, runtime: str) -> tuple[subprocess.Popen, str]:
+def start_server(artifacts: Path, window_ms: float, runtime: str, flags: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--artifacts", str(artifacts),
-                               "--port", str(port), "--batch-window-ms", str(window_ms), "--runtime", runtime], cwd=ROOT)
+                               "--port", str(port), "--batch-window-ms", str(window_ms), "--runtime", runtime, *flags],
+                              cwd=ROOT)
     deadline = time.monotonic() + 120
     while True:
         try:

@@ -32,21 +32,19 @@ import secrets
 import shutil
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from .catalog import Catalog
 from .config import FitConfig
-from .errors import ArtifactError, PipelineError
+from .errors import ArtifactError
 from .index import ClusteredIndex
+from .manifest import FORMAT_VERSION, LEGACY_VERSION, READABLE_VERSIONS, Manifest
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 6  # 6: the LiteRT export; 5: the index's vectors in their own file; 4: nprobe on the index; 3: nprobe in the manifest
-READABLE_VERSIONS = (3, 4, 5, 6)
-LEGACY_VERSION = 2  # no backbone; read only when asked to (allow_pickle): its index is a pickle
 LEGACY_INDEX = "index.joblib"
 POINTER = "CURRENT"
 LOCK = ".lock"
@@ -57,98 +55,20 @@ REQUIRED_FILES = (MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, 
 MODEL_FILES = (ENCODER, EXPORT, AUTOENCODER)
 # where a file appeared: a bundle of an older format has no such file
 SINCE_VERSION = {INDEX_VECTORS: 5, EXPORT: 6}
-UNEXPORTED_VERSION = 5  # what a bundle of an older format becomes when an add, sync or remove rewrites it
 _STAGING_PREFIX = ".staging-"
 _BUNDLE_PREFIXES = ("bundle-", "fit-")  # "fit-": folders written before format 4
 
 
-@dataclass
-class Catalog:
-    """What is known of each indexed image; entry i is row i of the embeddings and the index."""
-
-    paths: list[str]
-    labels: list[Optional[str]]
-    hashes: list[str]
-    clusters: list[int]
-    stats: list[Optional[list[int]]]  # [size, mtime in ns] when read: a sync re-reads only files whose stat changed
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def select(self, keep: np.ndarray) -> "Catalog":
-        """The entries where the boolean mask ``keep`` is true, in order."""
-        rows = np.flatnonzero(keep)
-        return Catalog(*[[column[row] for row in rows] for column in asdict(self).values()])
-
-    def __add__(self, other: "Catalog") -> "Catalog":
-        return Catalog(*[mine + theirs for mine, theirs in zip(asdict(self).values(), asdict(other).values())])
-
-
-@dataclass
-class Manifest:
-    """What made a bundle and what happened to it since: ``manifest.json``, typed."""
-
-    settings: FitConfig
-    data_dir: str  # the fitted folder, absolute
-    images: int  # indexed now
-    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    versions: dict[str, str] = field(default_factory=dict)
-    backbone_weights_sha256: Optional[str] = None
-    export_sha256: Optional[str] = None  # of encoder.tflite: checked whenever it is read
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"} of files the fit skipped
-    history: dict[str, list[float]] = field(default_factory=dict)  # training loss per epoch
-    recall_at_10: dict[int, float] = field(default_factory=dict)  # routed vs exact, per nprobe, as last tuned
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    changes: list[dict[str, Any]] = field(default_factory=list)  # adds, syncs and removals since the fit
-    removed: dict[str, str] = field(default_factory=dict)  # path -> content hash of images removed by hand
-    format_version: int = FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "settings": self.settings.to_dict(),
-                "recall_at_10": {str(k): v for k, v in self.recall_at_10.items()}}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], path: Path) -> "Manifest":
-        """A manifest from its JSON object (any readable version); ArtifactError naming ``path`` when
-        a field a bundle relies on is missing or of the wrong type."""
-        expected = {"settings": dict, "data_dir": str, "images": int, "skipped": list, "history": dict,
-                    "recall_at_10": dict, "changes": list, "removed": dict}
-        raw = _upgraded(raw)
-        wrong = [name for name, kind in expected.items() if not isinstance(raw.get(name), kind)]
-        if wrong:
-            raise ArtifactError(f"{path}: corrupt manifest, {', '.join(wrong)} missing or of the wrong type; fit again")
-        try:
-            settings = FitConfig.from_dict(raw["settings"])
-            recall = {int(k): float(v) for k, v in raw["recall_at_10"].items()}
-        except (PipelineError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{path}: corrupt settings ({exc}); fit again") from None
-        known = {name: raw[name] for name in cls.__dataclass_fields__ if name in raw}
-        # older layouts are brought to the current one, but for the LiteRT export (imgsim upgrade adds it)
-        version = FORMAT_VERSION if raw.get("format_version") == FORMAT_VERSION else UNEXPORTED_VERSION
-        return cls(**{**known, "settings": settings, "recall_at_10": recall, "format_version": version})
-
-
-def _upgraded(raw: dict[str, Any]) -> dict[str, Any]:
-    """An older manifest in the current shape: format 2 had no backbone setting, 2 and 3 called
-    their changes "additions" and had no removals."""
-    raw = dict(raw)
-    if raw.get("format_version") == LEGACY_VERSION and isinstance(raw.get("settings"), dict):
-        raw["settings"] = {"backbone": "none", **raw["settings"]}  # before the backbone, every fit learned from pixels
-    if raw.get("format_version") in (LEGACY_VERSION, 3):
-        raw.setdefault("changes", [{"action": "add", **change} for change in raw.pop("additions", [])])
-        raw.setdefault("removed", {})
-    return raw
-
-
 class ArtifactWriter:
-    """Context manager that stages a new fit and commits it atomically, as the folder's only writer.
+    """Context manager that stages a new bundle and commits it atomically, as the folder's only writer.
 
     Entering takes an exclusive lock on the artifacts folder (``.lock``, released when the process
     ends, however it ends); a second writer (a fit, an add) fails at once with ArtifactError
     instead of silently overwriting the first one's work. A writer that updates the current bundle
     loads it inside the block. Files are written under ``writer.path``; :meth:`commit` makes them
-    the current bundle. Leaving the block without a commit (an exception, an interrupt) deletes the
-    staging folder and keeps the previous bundle.
+    the current bundle, durably (every file and folder synced to disk before CURRENT moves, and
+    CURRENT's folder after). Leaving the block without a commit (an exception, an interrupt)
+    deletes the staging folder and keeps the previous bundle.
     """
 
     def __init__(self, artifacts_dir: str | os.PathLike):
@@ -172,7 +92,7 @@ class ArtifactWriter:
                                 f"try again when it has finished") from None
         os.ftruncate(self._lock, 0)
         os.pwrite(self._lock, f"{os.getpid()}\n".encode(), 0)
-        _remove_abandoned_staging(self.root)
+        _remove_abandoned(self.root)
         self.path = self.root / f"{_STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.path.mkdir()
         return self
@@ -187,30 +107,83 @@ class ArtifactWriter:
             raise ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror or exc}); the previous "
                                 f"bundle is unchanged") from None
 
-    def commit(self, version: int = FORMAT_VERSION) -> Path:
-        """Move the staged bundle (of format ``version``) into place, point CURRENT at it, drop the older bundles."""
+    def commit(self, version: int = FORMAT_VERSION, keep: int = 2) -> Path:
+        """Move the staged bundle (of format ``version``) into place, point CURRENT at it, and keep
+        the ``keep`` newest bundles (the previous ones can be restored: :func:`restore`)."""
         missing = [name for name in required_files(version) if not (self.path / name).exists()]
         if missing:
             raise ArtifactError(f"cannot commit the bundle: {', '.join(missing)} not written")
-        final = self.root / f"{_BUNDLE_PREFIXES[0]}{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+        _sync_folder(self.path, files=True)
+        final = self.root / f"{_BUNDLE_PREFIXES[0]}{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
         self.path.rename(final)
         self.path = None
-        pointer_tmp = self.root / f"{POINTER}.tmp-{os.getpid()}"
-        pointer_tmp.write_text(final.name + "\n")
-        os.replace(pointer_tmp, self.root / POINTER)
-        for prefix in _BUNDLE_PREFIXES:
-            for old in self.root.glob(f"{prefix}*"):
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
+        self.point_at(final)
+        for old in bundles(self.root)[:-max(1, keep)]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def point_at(self, folder: Path) -> None:
+        """Make ``folder`` (a committed bundle of this artifacts folder) the current one, durably."""
+        _sync_folder(self.root)  # the bundle's own entry
+        pointer_tmp = self.root / f"{POINTER}.tmp-{os.getpid()}"
+        with open(pointer_tmp, "w") as handle:
+            handle.write(folder.name + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(pointer_tmp, self.root / POINTER)
+        _sync_folder(self.root)
 
-def _remove_abandoned_staging(root: Path) -> None:
-    """Delete staging folders left by fits whose process no longer runs."""
-    for staging in root.glob(f"{_STAGING_PREFIX}*"):
-        pid = staging.name[len(_STAGING_PREFIX) :].split("-")[0]
+
+def bundles(artifacts_dir: str | os.PathLike) -> list[Path]:
+    """The committed bundle folders of an artifacts folder, oldest first."""
+    root = Path(artifacts_dir)
+    return sorted((folder for prefix in _BUNDLE_PREFIXES for folder in root.glob(f"{prefix}*") if folder.is_dir()),
+                  key=lambda folder: folder.name.split("-", 1)[1])
+
+
+def restore(artifacts_dir: str | os.PathLike, name: Optional[str] = None) -> Path:
+    """Make a kept bundle the current one again: ``name`` (a folder that :func:`bundles` lists), or
+    by default the newest one older than the current. Whatever bundle is current stays kept."""
+    with ArtifactWriter(artifacts_dir) as writer:
+        current, kept = pointed_folder(artifacts_dir), bundles(artifacts_dir)
+        if name is not None:
+            chosen = [folder for folder in kept if folder.name == name]
+        else:
+            chosen = kept[: kept.index(current) if current in kept else len(kept)][-1:]
+        if not chosen:
+            available = ", ".join(folder.name for folder in kept) or "none"
+            raise ArtifactError(f"{writer.root}: no {'bundle ' + name if name else 'older bundle'} to restore "
+                                f"(kept: {available})")
+        Bundle.load_folder(chosen[0])  # refuses one that is incomplete or corrupt
+        writer.point_at(chosen[0])
+        return chosen[0]
+
+
+def _sync_folder(folder: Path, files: bool = False) -> None:
+    """fsync a folder's entries (and with ``files``, every file in it first) so that a power cut
+    after this cannot leave names pointing at unwritten data."""
+    if files:
+        for path in folder.iterdir():
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Delete staging folders and pointer files left by writers whose process no longer runs."""
+    for leftover in [*root.glob(f"{_STAGING_PREFIX}*"), *root.glob(f"{POINTER}.tmp-*")]:
+        pid = leftover.name.split("-")[1] if leftover.name.startswith(_STAGING_PREFIX) else leftover.name.split("-")[-1]
         if not pid.isdigit() or not _process_alive(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:
@@ -243,16 +216,22 @@ def required_files(version: int) -> list[str]:
 
 
 def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
-    """The folder of the current bundle, checked to be complete and of a readable format version.
-
-    A bundle of LEGACY_VERSION (its index a pickle, which can run code when loaded) is read only
-    with ``allow_pickle``, and with a warning.
-    """
+    """The folder of the current bundle, checked to be complete and of a readable format version
+    (see :func:`checked_folder`)."""
     root = Path(artifacts_dir)
     folder = pointed_folder(root)
     if folder is None:
         hint = "it does not exist" if not root.exists() else "it holds no completed fit"
         raise ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
+    return checked_folder(folder, allow_pickle)
+
+
+def checked_folder(folder: Path, allow_pickle: bool = False) -> Path:
+    """``folder``, checked to hold a complete bundle of a readable format version.
+
+    A bundle of LEGACY_VERSION (its index a pickle, which can run code when loaded) is read only
+    with ``allow_pickle``, and with a warning.
+    """
     if not (folder / MANIFEST).is_file():
         raise ArtifactError(f"{folder}: incomplete artifacts, missing {MANIFEST}; fit again")
     version = _read_json(folder / MANIFEST, "manifest").get("format_version")
@@ -295,20 +274,29 @@ class Bundle:
     @classmethod
     def load(cls, artifacts_dir: str | os.PathLike, allow_pickle: bool = False, memory_map: bool = True) -> "Bundle":
         """The current bundle of ``artifacts_dir``, every part checked: ArtifactError naming the file
-        for anything missing, corrupt, foreign or inconsistent (``allow_pickle``: see :func:`current_folder`).
+        for anything missing, corrupt, foreign or inconsistent (``allow_pickle``: see :func:`checked_folder`).
 
         The embeddings and the index's vectors are memory-mapped: the operating system reads the
         pages a search touches, and start-up and memory do not grow with the collection's vectors;
         ``memory_map=False`` reads the index's vectors into memory instead."""
-        folder = current_folder(artifacts_dir, allow_pickle)
+        return cls.load_folder(current_folder(artifacts_dir, allow_pickle), allow_pickle, memory_map)
+
+    @classmethod
+    def load_folder(cls, folder: Path, allow_pickle: bool = False, memory_map: bool = True) -> "Bundle":
+        """The bundle in ``folder`` (current or not), every part checked as :meth:`load` does."""
+        folder = checked_folder(folder, allow_pickle)
         raw = _read_json(folder / MANIFEST, "manifest")
         manifest = Manifest.from_dict(raw, folder / MANIFEST)
-        catalog, embeddings = _load_catalog(folder), _load_embeddings(folder)
+        catalog = Catalog.from_dict(_read_json(folder / CATALOG, "catalog"), folder / CATALOG)
+        embeddings = _load_embeddings(folder)
         counts = {MANIFEST: manifest.images, CATALOG: len(catalog), EMBEDDINGS: len(embeddings)}
-        if len(set(counts.values())) > 1 or embeddings.ndim != 2:
+        if len(set(counts.values())) > 1:
             described = ", ".join(f"{name} {count}" for name, count in counts.items())
             raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
         index = _load_index(folder, embeddings, raw, memory_map)
+        if catalog.clusters != index.assignments_.tolist():
+            raise ArtifactError(f"{folder / CATALOG}: corrupt catalog (its clusters are not the index's); fit again")
+        manifest.next_id = max(manifest.next_id, max(catalog.ids, default=-1) + 1)  # bundles before ids
         bundle = cls(manifest, catalog, embeddings, index, folder)
         if bundle.exported:
             bundle.export()  # checked against the SHA-256 that the manifest records
@@ -341,8 +329,12 @@ class Bundle:
 
         runtime = resolve_runtime(runtime)
         if runtime not in self._encoders:
-            self._encoders[runtime] = (LiteRTEncoder(self.export()) if runtime == "litert"
-                                       else KerasEncoder(self.keras_encoder()))
+            encoder = LiteRTEncoder(self.export()) if runtime == "litert" else KerasEncoder(self.keras_encoder())
+            if encoder.image_size != self.settings.image_size or encoder.dims != self.embeddings.shape[1]:
+                raise ArtifactError(f"{self.folder}: the encoder takes {encoder.image_size} px images to "
+                                    f"{encoder.dims} values, the manifest says {self.settings.image_size} px and the "
+                                    f"embeddings have {self.embeddings.shape[1]} values; fit again")
+            self._encoders[runtime] = encoder
         return self._encoders[runtime]
 
     def keras_encoder(self):
@@ -368,19 +360,22 @@ class Bundle:
         """The full autoencoder, as the fit saved it."""
         return load_model(self.folder / AUTOENCODER)
 
-    def append(self, catalog: Catalog, vectors: np.ndarray) -> np.ndarray:
-        """Index more images (``catalog``'s clusters are ignored: each goes to its nearest cluster); their ids."""
-        ids = self.index.add(vectors)
-        catalog.clusters = self.index.assignments_[ids].tolist()
+    def append(self, catalog: Catalog, vectors: np.ndarray) -> list[int]:
+        """Index more images (``catalog``'s clusters and ids are set here: each image goes to its
+        nearest cluster and gets a new id); their ids."""
+        rows = self.index.add(vectors)
+        catalog.clusters = self.index.assignments_[rows].tolist()
+        catalog.ids = list(range(self.manifest.next_id, self.manifest.next_id + len(catalog)))
+        self.manifest.next_id += len(catalog)
         self.catalog = self.catalog + catalog
         self.embeddings = np.concatenate([np.asarray(self.embeddings), np.asarray(vectors, dtype=np.float32)])
         self.manifest.images = len(self.catalog)
-        return ids
+        return catalog.ids
 
-    def remove(self, ids: np.ndarray) -> None:
-        """Drop images by id; the ids after them move down (catalog order is kept)."""
+    def remove(self, rows: np.ndarray) -> None:
+        """Drop the images in catalog rows ``rows`` (the other images keep their ids)."""
         keep = np.ones(len(self.catalog), dtype=bool)
-        keep[np.asarray(ids, dtype=np.int64)] = False
+        keep[np.asarray(rows, dtype=np.int64)] = False
         self.index.remove(np.flatnonzero(~keep))
         self.catalog = self.catalog.select(keep)
         self.embeddings = np.asarray(self.embeddings)[keep]
@@ -400,10 +395,10 @@ class Bundle:
         np.save(staging / INDEX_VECTORS, np.asarray(self.index.vectors_))
         np.save(staging / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
         self.catalog.clusters = self.index.assignments_.tolist()
-        (staging / CATALOG).write_text(json.dumps(asdict(self.catalog)))
+        (staging / CATALOG).write_text(json.dumps(self.catalog.columns()))
         self.manifest.images = len(self.catalog)
         (staging / MANIFEST).write_text(json.dumps(self.manifest.to_dict(), indent=2))
-        self.folder = writer.commit(self.manifest.format_version)
+        self.folder = writer.commit(self.manifest.format_version, self.settings.keep_bundles)
         return self.folder
 
 
@@ -418,28 +413,24 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
-def _load_catalog(folder: Path) -> Catalog:
-    """The catalog, checked to be four lists of one length."""
-    path = folder / CATALOG
-    raw = _read_json(path, "catalog")
-    if isinstance(raw.get("paths"), list):
-        raw.setdefault("stats", [None] * len(raw["paths"]))  # catalogs before format 5 kept no stats
-    try:
-        catalog = Catalog(**raw)
-    except TypeError as exc:
-        raise ArtifactError(f"{path}: unreadable catalog ({exc}); fit again") from None
-    columns = asdict(catalog)
-    if not all(isinstance(column, list) for column in columns.values()) or len({len(c) for c in columns.values()}) > 1:
-        raise ArtifactError(f"{path}: corrupt catalog (its columns differ in length or are not lists); fit again")
-    return catalog
-
-
 def _load_embeddings(folder: Path) -> np.ndarray:
-    """The embeddings, memory-mapped (no pickle)."""
+    """The embeddings, memory-mapped (no pickle), checked to be a finite float32 matrix."""
+    path = folder / EMBEDDINGS
     try:
-        return np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+        embeddings = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{folder / EMBEDDINGS}: cannot load the embeddings ({exc})") from None
+        raise ArtifactError(f"{path}: cannot load the embeddings ({exc})") from None
+    if embeddings.ndim != 2 or embeddings.dtype != np.float32 or not embeddings.shape[1]:
+        raise ArtifactError(f"{path}: the embeddings are {embeddings.dtype} of shape {embeddings.shape}, not a float32 "
+                            f"matrix; fit again")
+    if not all_finite(embeddings):
+        raise ArtifactError(f"{path}: the embeddings hold values that are not finite (NaN or infinity); fit again")
+    return embeddings
+
+
+def all_finite(array: np.ndarray, rows: int = 65_536) -> bool:
+    """Whether every value of ``array`` (memory-mapped, perhaps) is finite, read in blocks of rows."""
+    return all(np.isfinite(array[start : start + rows]).all() for start in range(0, len(array), rows))
 
 
 def _load_index(folder: Path, embeddings: np.ndarray, manifest: dict[str, Any], memory_map: bool) -> ClusteredIndex:
@@ -476,7 +467,7 @@ def load_model(path: Path):
     """A saved Keras model of a bundle (the encoder or the autoencoder)."""
     import keras
 
-    from . import histograms, resize  # noqa: F401  (register the custom layers that encoders hold)
+    from . import histograms, pooling, resize  # noqa: F401  (register the custom layers that encoders hold)
 
     try:
         return keras.models.load_model(path, compile=False)

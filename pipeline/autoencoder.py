@@ -27,10 +27,11 @@ from tqdm import tqdm
 from .augment import ViewAugmentation
 from .config import FitConfig
 from .dataset import RowCache
+from .pooling import MapPooling
 
 log = logging.getLogger(__name__)
 PROJECTION_DIM = 128  # width of the head that the consistency term compares (not part of the encoder)
-FEATURE_WIDTH = 512  # channels of the feature autoencoder's convolution
+FEATURE_WIDTH = 32  # channels of the feature autoencoder's convolution
 
 
 @dataclass
@@ -99,52 +100,67 @@ def build_autoencoder(config: FitConfig) -> Autoencoder:
 class FeatureAutoencoder:
     """The models of an autoencoder over a backbone's feature map; they share their layers.
 
-    - ``model``: feature map -> reconstructed channel profile, saved with the fit.
+    - ``model``: feature map -> reconstructed profile, saved with the fit.
     - ``to_latent``: feature map -> the learned latent.
-    - ``decoder``: latent -> channel profile.
+    - ``decoder``: latent -> profile.
+    - ``pool``: feature map -> its profile, the map pooled (:class:`pipeline.pooling.MapPooling`):
+      what the decoder reconstructs.
+    - ``trained``: (feature map, its profile) -> reconstruction: what training runs, the profiles
+      pooled once beforehand (:func:`pooled_profiles`; the backbone is frozen, so a map's profile
+      never changes) instead of at every epoch.
     """
 
     model: keras.Model
     to_latent: keras.Model
     decoder: keras.Model
+    pool: keras.Model
+    trained: keras.Model
+
+    def start_at_pca(self, profiles: np.ndarray) -> None:
+        """Set the projection and the decoder to PCA's solution for ``profiles`` (the training
+        images' profiles), the residual staying at zero: training starts where PCA of the pooled
+        features is, and the reconstruction error only falls from there."""
+        if len(profiles) > 1:
+            kernel, mean = _pca_basis(profiles, self.to_latent.output_shape[-1])
+            self.to_latent.get_layer("latent_linear").set_weights([kernel, -mean @ kernel])
+            self.decoder.get_layer("profile").set_weights([kernel.T, mean])
 
 
 def build_feature_autoencoder(map_shape: tuple[int, int, int], latent_dim: int,
-                              profiles: np.ndarray | None = None) -> FeatureAutoencoder:
+                              pooling: str = "regional") -> FeatureAutoencoder:
     """The autoencoder over a feature map of ``map_shape``.
 
     Shapes at 224 px input (EfficientNet-Lite0's 7 x 7 x 1280 map, latent 128): the latent is a
-    linear projection of the map's channel profile (the map averaged over positions, 1280) plus a
-    learned residual (1x1 conv + batch norm + ReLU (7, 7, 512), averaged, dense to 128); a linear
-    decoder (128 -> 1280) reconstructs the profile. With ``profiles`` (the training images'
-    profiles), the projection and the decoder start at PCA's solution and the residual at zero, so
-    training starts where PCA of the backbone's features is, and the reconstruction error only
-    falls from there (docs/QUALITY.md: trained from random weights, the latent stayed up to 0.014
-    under PCA's precision).
+    linear projection of the map's profile (the map pooled by ``pooling``, 1280 values) plus a
+    learned residual (1x1 conv + batch norm + ReLU (7, 7, FEATURE_WIDTH), averaged, dense to 128);
+    a linear decoder (128 -> 1280) reconstructs the profile. Started at PCA's solution
+    (:meth:`FeatureAutoencoder.start_at_pca`; docs/QUALITY.md: trained from random weights, the
+    latent stayed up to 0.014 under PCA's precision).
     """
     feature_map = keras.Input(map_shape, name="feature_map")
-    profile = layers.GlobalAveragePooling2D(name="profile_pool")(feature_map)
+    profile = MapPooling(pooling, name="profile_pool")(feature_map)
     linear = layers.Dense(latent_dim, name="latent_linear")
-    x = layers.Conv2D(FEATURE_WIDTH, 1, use_bias=False, name="enc_conv")(feature_map)
-    x = layers.ReLU(name="enc_relu")(layers.BatchNormalization(name="enc_bn")(x))
+    convolution = layers.Conv2D(FEATURE_WIDTH, 1, use_bias=False, name="enc_conv")
+    norm, relu = layers.BatchNormalization(name="enc_bn"), layers.ReLU(name="enc_relu")
+    average = layers.GlobalAveragePooling2D(name="enc_pool")
     residual = layers.Dense(latent_dim, kernel_initializer="zeros", name="latent_residual")
-    latent = layers.Add(name="latent")([linear(profile), residual(layers.GlobalAveragePooling2D(name="enc_pool")(x))])
-    to_latent = keras.Model(feature_map, latent, name="to_latent")
 
+    def latent_of(maps, profiles, name: str):
+        return layers.Add(name=name)([linear(profiles), residual(average(relu(norm(convolution(maps)))))])
+
+    to_latent = keras.Model(feature_map, latent_of(feature_map, profile, "latent"), name="to_latent")
     code = keras.Input((latent_dim,), name="code")
-    reconstruct = layers.Dense(map_shape[-1], name="profile")
-    decoder = keras.Model(code, reconstruct(code), name="decoder")
-    if profiles is not None and len(profiles) > 1:
-        kernel, mean = _pca_basis(profiles, latent_dim)
-        linear.set_weights([kernel, -mean @ kernel])
-        reconstruct.set_weights([kernel.T, mean])
-    return FeatureAutoencoder(keras.Model(feature_map, decoder(latent), name="feature_autoencoder"), to_latent, decoder)
+    decoder = keras.Model(code, layers.Dense(map_shape[-1], name="profile")(code), name="decoder")
+    given = keras.Input((map_shape[-1],), name="given_profile")
+    trained = keras.Model([feature_map, given], decoder(latent_of(feature_map, given, "latent_of_given")), name="trained")
+    return FeatureAutoencoder(keras.Model(feature_map, decoder(to_latent(feature_map)), name="feature_autoencoder"),
+                              to_latent, decoder, keras.Model(feature_map, profile, name="pool"), trained)
 
 
-def channel_profiles(maps: RowCache, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Feature maps of a cache (rows ``rows``) averaged over positions: (len(rows), channels), float32;
-    what :func:`build_feature_autoencoder` starts from."""
-    return np.concatenate([maps.read(rows[start : start + batch_size]).astype(np.float32).mean(axis=(1, 2))
+def pooled_profiles(pool: keras.Model, maps: RowCache, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The profiles (``pool`` of the feature map) of rows ``rows`` of a cache of maps: (len(rows), channels)."""
+    return np.concatenate([np.asarray(pool.predict_on_batch(maps.read(rows[start : start + batch_size])
+                                                            .astype(np.float32)), dtype=np.float32)
                            for start in range(0, len(rows), batch_size)] or [np.empty((0, maps.row_shape[-1]))])
 
 
@@ -160,31 +176,32 @@ def _pca_basis(profiles: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]
 
 
 class ProfileTrainer(keras.Model):
-    """Trains a :class:`FeatureAutoencoder`: mean squared error between the decoded latent and the
-    feature map averaged over positions."""
+    """Trains a :class:`FeatureAutoencoder` on batches of (feature maps, their profiles): mean
+    squared error between the decoded latent and the profile."""
 
     def __init__(self, autoencoder: FeatureAutoencoder):
         super().__init__(name="profile_trainer")
-        self.autoencoder = autoencoder.model
+        self.trained = autoencoder.trained
         self.trackers = {"loss": keras.metrics.Mean(name="loss")}
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         return list(self.trackers.values())
 
-    def _loss(self, maps: tf.Tensor, training: bool) -> tf.Tensor:
-        profile = tf.reduce_mean(maps, axis=[1, 2])
-        return tf.reduce_mean(tf.square(self.autoencoder(maps, training=training) - profile))
+    def _loss(self, batch: tuple[tf.Tensor, tf.Tensor], training: bool) -> tf.Tensor:
+        maps, profiles = batch
+        reconstruction = self.trained([tf.cast(maps, tf.float32), profiles], training=training)
+        return tf.reduce_mean(tf.square(reconstruction - profiles))
 
-    def train_step(self, maps: tf.Tensor) -> dict[str, tf.Tensor]:
+    def train_step(self, batch: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
-            loss = self._loss(maps, training=True)
+            loss = self._loss(batch, training=True)
         self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
         self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}
 
-    def test_step(self, maps: tf.Tensor) -> dict[str, tf.Tensor]:
-        self.trackers["loss"].update_state(self._loss(maps, training=False))
+    def test_step(self, batch: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
+        self.trackers["loss"].update_state(self._loss(batch, training=False))
         return {"loss": self.trackers["loss"].result()}
 
 
@@ -326,5 +343,5 @@ def _run_epoch(trainer: keras.Model, step, batches: keras.utils.PyDataset) -> di
         tracker.reset_state()
     logs = {}
     for index in range(len(batches)):
-        logs = step(tf.constant(batches[index]))
+        logs = step(tf.nest.map_structure(tf.constant, batches[index]))
     return {name: float(value) for name, value in logs.items()}

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 from .config import (BACKBONE_DEFAULTS, CHOICES, DUPLICATE_THRESHOLD, RUNTIMES, SETTING_HELP, WORDS, FitConfig,
                      parse_count_or_word)
-from .errors import PipelineError
+from .errors import InputError, PipelineError
 
 ARTIFACTS_HELP = "fitted artifacts folder"
 ALLOW_PICKLE_HELP = ("read a bundle of the previous format, whose index is a pickle: loading it can run code, so only "
@@ -84,7 +84,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="imgsim", description="Image-similarity search on your own photos.")
+    parser = _Parser(prog="imgsim", description="Image-similarity search on your own photos.", allow_abbrev=False)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     for name, add_flags, command, summary in (
         ("fit", _fit_flags, _fit, "train on a folder of images and index them"),
@@ -96,10 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", _evaluate_flags, _evaluate, "precision@k and mAP@k of the fit and of the reference baselines"),
         ("report", _report_flags, _report, "a self-contained HTML report of what the model learned"),
         ("serve", _serve_flags, _serve, "serve a web page at / and a JSON API at /api"),
+        ("restore", _restore_flags, _restore, "make a kept earlier bundle the current one again"),
         ("upgrade", _upgrade_flags, _upgrade, "add the LiteRT export to a bundle made before format 6"),
     ):
         sub = commands.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
-                                  formatter_class=_HelpFormatter)
+                                  formatter_class=_HelpFormatter, allow_abbrev=False)
         sub.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
         add_flags(sub)
         sub.set_defaults(command=command)
@@ -259,7 +260,8 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"query {result.query}: nprobe {result.nprobe}, clusters {result.clusters}, expansion {result.expansion}")
         print(f"{'rank':>4}  {'distance':>8}  {'to query':>8}  {'cluster':>7}  {'label':<12}  path")
         for hit in result.results:
-            marker = "  (same image as the query)" if hit.same_image else ""
+            marker = ("  (same image as the query)" if hit.same_image else
+                      "  (nearest to the query itself)" if hit.ranked_by == "query" and result.expansion else "")
             print(f"{hit.rank:>4}  {hit.distance:>8.4f}  {hit.query_distance:>8.4f}  {hit.cluster:>7}  "
                   f"{hit.label or '-':<12}  {hit.path}{marker}")
         if not result.results:
@@ -290,6 +292,9 @@ def _add(args: argparse.Namespace) -> None:
 
 def _sync_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    parser.add_argument("--allow-mass-removal", action="store_true",
+                        help="let the sync drop more than the fit's max_removal_share of the index (20%% by default) "
+                             "or every image of an emptied folder; without it such a sync changes nothing")
     _ray_flags(parser)
     _runtime_flag(parser)
 
@@ -297,7 +302,7 @@ def _sync_flags(parser: argparse.ArgumentParser) -> None:
 def _sync(args: argparse.Namespace) -> None:
     from .collection import sync
 
-    print_change(sync(args.artifacts, _engine(args), args.runtime))
+    print_change(sync(args.artifacts, _engine(args), args.runtime, args.allow_mass_removal))
 
 
 def _ray_flags(parser: argparse.ArgumentParser) -> None:
@@ -426,9 +431,15 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reload-seconds", type=_non_negative_float, default=2.0, metavar="S",
                         help="look this often for a newer bundle in the artifacts folder (from a fit, add, sync or "
                              "remove run meanwhile) and serve it; 0: never")
-    parser.add_argument("--write-token", default=os.environ.get("IMGSIM_WRITE_TOKEN"), metavar="TOKEN",
-                        help="allow DELETE /api/images/ID for requests with 'Authorization: Bearer TOKEN' "
-                             "(default: $IMGSIM_WRITE_TOKEN; unset: deleting is off)")
+    parser.add_argument("--write-token-file", metavar="FILE",
+                        help="allow DELETE /api/images/ID for requests with 'Authorization: Bearer TOKEN', TOKEN being "
+                             "this file's content (at least 16 characters; or $IMGSIM_WRITE_TOKEN; neither: deleting "
+                             "is off). Never on the command line, where other users of the machine can read it")
+    parser.add_argument("--allowed-hosts", metavar="HOST,...",
+                        help="the host names requests may address (their Host header); default: the --host address and "
+                             "localhost, or any host when bound to every address (0.0.0.0 or ::)")
+    parser.add_argument("--max-queue-ms", type=_non_negative_float, default=500.0, metavar="MS",
+                        help="a search expected to wait longer than this is refused at once with 503 and Retry-After")
     _runtime_flag(parser)
 
 
@@ -437,14 +448,55 @@ def _serve(args: argparse.Namespace) -> None:
 
     from .artifacts import Bundle
     from .search import Searcher
-    from .server import MAX_PIXELS, create_app
+    from .server import MAX_PIXELS, check_write_token, create_app
 
+    token = _write_token(args.write_token_file)
+    check_write_token(token)  # before anything loads
+    if args.allowed_hosts:
+        hosts = [host.strip() for host in args.allowed_hosts.split(",") if host.strip()]
+    else:
+        hosts = None if args.host in ("0.0.0.0", "::", "") else [args.host, "localhost", "127.0.0.1", "::1"]
     searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle), max_pixels=MAX_PIXELS,
                         batch_window_ms=args.batch_window_ms, runtime=args.runtime)
-    app = create_app(searcher, allow_private_urls=args.allow_private_urls, write_token=args.write_token or None,
-                     reload_seconds=args.reload_seconds)
+    app = create_app(searcher, allow_private_urls=args.allow_private_urls, write_token=token,
+                     reload_seconds=args.reload_seconds, allowed_hosts=hosts, max_queue_ms=args.max_queue_ms)
     print(f"serving {args.artifacts} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _write_token(path: Optional[str]) -> Optional[str]:
+    """The service's write token: the file's content, else $IMGSIM_WRITE_TOKEN, else none."""
+    if path is None:
+        return os.environ.get("IMGSIM_WRITE_TOKEN") or None
+    from .images import read_file
+
+    try:
+        return read_file(path, 4096).decode().strip() or None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: the write token file is not text") from None
+
+
+def _restore_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", nargs="?", help="the kept bundle to restore (default: the one before the current)")
+    parser.add_argument("--list", action="store_true", help="list the kept bundles, oldest first, and restore nothing")
+    parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+
+
+def _restore(args: argparse.Namespace) -> None:
+    from .artifacts import Bundle, bundles, pointed_folder, restore
+    from .errors import ArtifactError
+
+    if args.list:
+        current = pointed_folder(args.artifacts)
+        for folder in bundles(args.artifacts):
+            try:
+                manifest = Bundle.load_folder(folder).manifest
+                described = f"{manifest.images} images, {(manifest.changes or [{'action': 'fit'}])[-1]['action']}"
+            except ArtifactError as exc:
+                described = f"cannot be restored: {exc}"
+            print(f"{folder.name}  {described}{'  (current)' if folder == current else ''}")
+        return
+    print(f"restored: {restore(args.artifacts, args.bundle)}")
 
 
 def _upgrade_flags(parser: argparse.ArgumentParser) -> None:

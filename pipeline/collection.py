@@ -3,14 +3,18 @@
 Every operation loads the current bundle under the writer's lock, changes its catalog, embeddings
 and index together (new images go to their nearest cluster, the clusters stay), re-tunes nprobe,
 records what it did in the manifest's ``changes`` and saves a new bundle atomically: a failure or
-a kill at any point leaves the previous bundle as it was. When nothing changes, nothing is written.
+a kill at any point leaves the previous bundle as it was, and the previous bundle is kept (``imgsim
+restore`` brings it back). When nothing changes, nothing is written.
 
 - :func:`add_images` indexes the images of another folder.
 - :func:`sync` rescans the folders the bundle was made from: new files are added, changed files
-  (another content hash) re-embedded, deleted files dropped; unreadable files are skipped and listed.
-  A file whose size and modification time are as when it was indexed is not read again.
-- :func:`remove_images` drops images by path or id; a removed file stays out of later syncs until
-  its content changes.
+  (another content hash) re-embedded, deleted files dropped; unreadable files are skipped, listed,
+  and not read again until they change. A file whose size and modification time are as when it was
+  indexed is not read again. A sync never empties the index by accident: a folder that is gone,
+  unreadable or empty (an unmounted disk), or a sync that would drop more than
+  ``max_removal_share`` of the index, changes nothing unless it is told to (``allow_mass_removal``).
+- :func:`remove_images` drops images by id or path; a removed file stays out of later syncs until
+  its content changes. The other images keep their ids.
 """
 
 from __future__ import annotations
@@ -26,15 +30,17 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import ArtifactWriter, Bundle, Catalog, current_folder
-from .dataset import SkippedImage
+from .artifacts import ArtifactWriter, Bundle, current_folder
+from .catalog import Catalog
+from .dataset import EmbeddedImages, SkippedImage
 from .distributed import RayEngine, embed_files_on_ray, find_images_on_ray
 from .embed import embed_files
-from .errors import ImageError, InputError
+from .errors import ImageError, InputError, UnknownImage
 from .images import ImageRecord, content_hash, file_stat, find_images, read_file
 
 log = logging.getLogger(__name__)
 REFIT_SHARE = 0.3  # a refit is advised once this share of the images was added or changed since the fit
+STILL_UNREADABLE = "unreadable when last read, and unchanged since"
 
 
 @dataclass
@@ -65,6 +71,16 @@ class CollectionChange:
                 "seconds": round(self.seconds, 3), **details}
 
 
+@dataclass
+class _Plan:
+    """What an operation asks for: the image files to (re)consider, and the rows to drop because their
+    file is gone (``gone``) or because they were named for removal (``removed``)."""
+
+    candidates: list[ImageRecord]
+    gone: list[int] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+
+
 def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts",
                engine: Optional[RayEngine] = None, runtime: Optional[str] = None) -> CollectionChange:
     """Index the images under ``new_dir`` with the fitted encoder and clusters (embedded on a Ray
@@ -77,118 +93,121 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
     records = find_images_on_ray(new_dir, engine) if engine else find_images(new_dir)
     if not records:
         raise InputError(f"{new_dir}: no image files found")
-
-    def plan(bundle: Bundle) -> tuple[list[ImageRecord], list[int]]:
-        return records, []
-
-    return _update(artifacts_dir, "add", plan, engine, runtime, data_dir=str(Path(new_dir).resolve()))
+    return _update(artifacts_dir, "add", lambda bundle: _Plan(records), engine, runtime,
+                   data_dir=str(Path(new_dir).resolve()))
 
 
 def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEngine] = None,
-         runtime: Optional[str] = None) -> CollectionChange:
+         runtime: Optional[str] = None, allow_mass_removal: bool = False) -> CollectionChange:
     """Bring the bundle in step with the folders it was made from (the fitted one and every added one);
     new and changed images are embedded on a Ray cluster with ``engine``, else here on ``runtime``.
 
-    Raises InputError when one of those folders is gone (an unmounted disk must not empty the index).
+    Raises InputError, and changes nothing, when one of those folders is gone, cannot be read or
+    holds no image file while images from it are indexed (an unmounted disk must not empty the
+    index), or when the sync would drop more than the settings' ``max_removal_share`` of the index;
+    ``allow_mass_removal`` lets the last two through.
     """
 
-    def plan(bundle: Bundle) -> tuple[list[ImageRecord], list[int]]:
-        roots = [bundle.manifest.data_dir] + [c["data_dir"] for c in bundle.manifest.changes if c["action"] == "add"]
+    def plan(bundle: Bundle) -> _Plan:
         on_disk: dict[str, ImageRecord] = {}
-        for root in dict.fromkeys(roots):
+        for root in bundle.manifest.roots:
             if not Path(root).is_dir():
                 raise InputError(f"{root}: the folder this collection was made from is gone; nothing changed "
                                  f"(mount it again, or fit anew)")
-            for record in find_images_on_ray(root, engine) if engine else find_images(root):
+            found = find_images_on_ray(root, engine) if engine else find_images(root)
+            indexed = sum(1 for path in bundle.catalog.paths if _inside(path, root))
+            if not found and indexed and not allow_mass_removal:
+                raise InputError(f"{root}: holds no image file now, while {indexed} indexed images came from it; "
+                                 f"nothing changed (is its disk mounted? if you emptied it, sync with "
+                                 f"--allow-mass-removal)")
+            for record in found:
                 on_disk.setdefault(record.path, record)
         gone = [row for row, path in enumerate(bundle.catalog.paths) if path not in on_disk]
-        return list(on_disk.values()), gone
+        return _Plan(list(on_disk.values()), gone=gone)
 
-    return _update(artifacts_dir, "sync", plan, engine, runtime)
+    return _update(artifacts_dir, "sync", plan, engine, runtime, allow_mass_removal=allow_mass_removal)
 
 
 def remove_images(targets: Sequence[str], artifacts_dir: str | os.PathLike = "artifacts") -> CollectionChange:
-    """Drop images by catalog id or by path; InputError naming the first target that is neither."""
+    """Drop images by id or by path; UnknownImage naming the first target that is neither (and
+    nothing is removed)."""
     if not targets:
         raise InputError("nothing to remove: name images by path or id")
 
-    def plan(bundle: Bundle) -> tuple[list[ImageRecord], list[int]]:
+    def plan(bundle: Bundle) -> _Plan:
         rows = {path: row for row, path in enumerate(bundle.catalog.paths)}
         chosen = []
         for target in targets:
-            if target.isdecimal() and len(target) < 19 and int(target) < len(rows):
-                chosen.append(int(target))
-            elif os.path.abspath(target) in rows:
-                chosen.append(rows[os.path.abspath(target)])
-            else:
-                raise InputError(f"{target}: no indexed image has this path or id; nothing removed")
+            row = bundle.catalog.row_of(int(target)) if is_id(target) else rows.get(os.path.abspath(target))
+            if row is None:
+                raise UnknownImage(f"{target}: no indexed image has this path or id; nothing removed")
+            chosen.append(row)
         for row in chosen:
             bundle.manifest.removed[bundle.catalog.paths[row]] = bundle.catalog.hashes[row]
-        return [], sorted(set(chosen))
+        return _Plan([], removed=sorted(set(chosen)))
 
     return _update(artifacts_dir, "remove", plan, None, None)
 
 
-def _update(artifacts_dir: str | os.PathLike, action: str,
-            plan: Callable[[Bundle], tuple[list[ImageRecord], list[int]]], engine: Optional[RayEngine],
-            runtime: Optional[str], **details) -> CollectionChange:
-    """Load the bundle under the lock; ``plan`` names the image files to (re)consider and the rows
-    to drop; files already indexed with the same content are left as they are (without reading
-    them when their size and modification time are as indexed); save if anything changed."""
+def is_id(text: str) -> bool:
+    """Whether ``text`` names an image by id: plain ASCII digits, short enough to be one."""
+    return text.isascii() and text.isdigit() and len(text) < 19
+
+
+@dataclass
+class _Review:
+    """What an update found among its candidate files."""
+
+    todo: list[ImageRecord]  # new, changed or re-added files: to embed
+    drop: set[int]  # rows to take out of the index
+    unchanged: int
+    skipped: list[SkippedImage]
+    stats: dict[str, Optional[list[int]]]  # [size, mtime] of each candidate, taken before it was read
+
+
+def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundle], _Plan],
+            engine: Optional[RayEngine], runtime: Optional[str], allow_mass_removal: bool = False,
+            **details) -> CollectionChange:
+    """Load the bundle under the lock, review what ``plan`` names, embed what is new or changed,
+    and save a new bundle if anything changed."""
     start = time.perf_counter()
     with ArtifactWriter(artifacts_dir) as writer:
         bundle = Bundle.load(artifacts_dir)
         change = CollectionChange(action, artifacts=bundle.folder)
-        candidates, drop = plan(bundle)
-        catalog = bundle.catalog
-        indexed = {path: (row, digest, stat) for row, (path, digest, stat) in
-                   enumerate(zip(catalog.paths, catalog.hashes, catalog.stats))}
-        stats = {record.path: file_stat(record.path) for record in candidates}  # before reading: a later change shows
-        same_stat = {path for path, stat in stats.items() if stat is not None and path in indexed
-                     and indexed[path][2] == stat}
-        hashes, change.skipped = _hash_files([r.path for r in candidates if r.path not in same_stat and (
-            r.path in indexed or r.path in bundle.manifest.removed)], bundle.settings.max_file_bytes)
-        unreadable = {s.path for s in change.skipped}
-        drop = set(drop) | {indexed[path][0] for path in unreadable if path in indexed}
-        todo = []
-        for record in candidates:
-            if record.path in unreadable:
-                continue
-            if record.path in same_stat or (record.path in indexed and indexed[record.path][1] == hashes[record.path]):
-                change.unchanged += 1
-            elif bundle.manifest.removed.get(record.path) not in (None, hashes.get(record.path)):
-                del bundle.manifest.removed[record.path]  # its content changed since it was removed: a new image
-                todo.append(record)
-            elif record.path not in bundle.manifest.removed or action == "add":
-                bundle.manifest.removed.pop(record.path, None)
-                todo.append(record)
-        embedded = None
-        if todo and engine is not None:
-            if engine.encoder_runtime == "litert":
-                bundle.export()  # a bundle made before the export: a clear error here, not on the cluster
-            embedded = embed_files_on_ray(todo, bundle.folder, bundle.settings, engine, writer.path)
-        elif todo:  # the encoder is loaded only when there is something to embed
-            embedded = embed_files(todo, bundle.encoder(runtime), bundle.settings, writer.path)
+        planned = plan(bundle)
+        review = _review(bundle, planned, action)
+        lost = len(review.drop) - len(planned.removed)  # gone, or unreadable now
+        share = bundle.settings.max_removal_share
+        if action == "sync" and not allow_mass_removal and lost > share * len(bundle.catalog):
+            raise InputError(f"{bundle.folder.parent}: this sync would drop {lost} of the {len(bundle.catalog)} indexed "
+                             f"images (more than {share:.0%}); nothing changed (if they are meant to go, sync with "
+                             f"--allow-mass-removal)")
+        embedded = _embed(review.todo, bundle, engine, runtime, writer.path) if review.todo else None
+        change.unchanged, change.skipped, drop = review.unchanged, review.skipped, review.drop
         if embedded is not None:
+            indexed = {path: row for row, path in enumerate(bundle.catalog.paths)}
             change.skipped += embedded.skipped
-            drop |= {indexed[s.path][0] for s in embedded.skipped if s.path in indexed}  # changed into junk
-            replaced = {indexed[r.path][0] for r in embedded.records if r.path in indexed}
+            drop |= {indexed[s.path] for s in embedded.skipped if s.path in indexed}  # changed into junk
+            replaced = {indexed[r.path] for r in embedded.records if r.path in indexed}
             drop |= replaced
             change.changed, change.added = len(replaced), len(embedded.records) - len(replaced)
         change.removed = len(drop) - change.changed
+        unreadable = _remember_unreadable(bundle, planned, change.skipped, review.stats) if action != "remove" else None
         change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe
-        if not drop and not change.added:
+        if not drop and not change.added and unreadable in (None, bundle.manifest.unreadable):
             log.info("nothing to change in %s", bundle.folder)
             change.drift = _drift(bundle)
             change.seconds = time.perf_counter() - start
             return change
 
+        if unreadable is not None:
+            bundle.manifest.unreadable = unreadable
         if drop:
             bundle.remove(np.array(sorted(drop)))
         if embedded is not None and embedded.records:
             bundle.append(Catalog(paths=[r.path for r in embedded.records], labels=[r.label for r in embedded.records],
-                                  hashes=embedded.hashes, clusters=[], stats=[stats[r.path] for r in embedded.records]),
-                          embedded.vectors)
+                                  hashes=embedded.hashes, clusters=[], ids=[],
+                                  stats=[review.stats[r.path] for r in embedded.records]), embedded.vectors)
         config = bundle.settings
         bundle.manifest.recall_at_10 = bundle.index.tune_nprobe(config.nprobe, config.target_recall, config.seed)
         change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe
@@ -202,6 +221,64 @@ def _update(artifacts_dir: str | os.PathLike, action: str,
         log.warning("%.0f%% of the images were added or changed since the fit: a new fit would cluster them better",
                     100 * change.drift)
     return change
+
+
+def _review(bundle: Bundle, plan: _Plan, action: str) -> _Review:
+    """Sort the candidate files: indexed as they are (unchanged; not read again when their size and
+    modification time are as indexed), to embed (new, changed, or re-added after a removal once
+    their content changed, or by an add), unreadable (skipped; an indexed one is dropped; one that
+    could not be read before and has not changed since is not read again)."""
+    catalog, manifest = bundle.catalog, bundle.manifest
+    indexed = {path: (row, digest, stat) for row, (path, digest, stat) in
+               enumerate(zip(catalog.paths, catalog.hashes, catalog.stats))}
+    stats = {record.path: file_stat(record.path) for record in plan.candidates}  # before reading: a later change shows
+    same_stat = {path for path, stat in stats.items() if stat is not None and path in indexed and indexed[path][2] == stat}
+    still_unreadable = {path for path, stat in stats.items()
+                        if stat is not None and path not in indexed and manifest.unreadable.get(path) == stat}
+    hashes, skipped = _hash_files([r.path for r in plan.candidates if r.path not in same_stat and (
+        r.path in indexed or r.path in manifest.removed)], bundle.settings.max_file_bytes)
+    unreadable = {s.path for s in skipped}
+    skipped += [SkippedImage(path, STILL_UNREADABLE) for path in sorted(still_unreadable)]
+    drop = set(plan.gone) | set(plan.removed) | {indexed[path][0] for path in unreadable if path in indexed}
+    todo, unchanged = [], 0
+    for record in plan.candidates:
+        path = record.path
+        if path in unreadable or path in still_unreadable:
+            continue
+        if path in same_stat or (path in indexed and indexed[path][1] == hashes[path]):
+            unchanged += 1
+        elif manifest.removed.get(path) not in (None, hashes.get(path)):
+            del manifest.removed[path]  # its content changed since it was removed: a new image
+            todo.append(record)
+        elif path not in manifest.removed or action == "add":
+            manifest.removed.pop(path, None)
+            todo.append(record)
+    return _Review(todo, drop, unchanged, skipped, stats)
+
+
+def _embed(records: list[ImageRecord], bundle: Bundle, engine: Optional[RayEngine], runtime: Optional[str],
+           scratch: Path) -> EmbeddedImages:
+    """The records embedded by the fit's encoder: on a Ray cluster with ``engine``, else here."""
+    if engine is None:  # the encoder is loaded only when there is something to embed
+        return embed_files(records, bundle.encoder(runtime), bundle.settings, scratch)
+    if engine.encoder_runtime == "litert":
+        bundle.export()  # a bundle made before the export: a clear error here, not on the cluster
+    return embed_files_on_ray(records, bundle.folder, bundle.settings, engine, scratch)
+
+
+def _remember_unreadable(bundle: Bundle, plan: _Plan, skipped: list[SkippedImage],
+                         stats: dict[str, Optional[list[int]]]) -> dict[str, list[int]]:
+    """The manifest's record of unreadable files after this update: each file skipped now, with the
+    size and time it had then (a later sync reads it again only once it changes); files that were
+    read, or are no longer candidates, leave the record."""
+    candidates = {record.path for record in plan.candidates}
+    kept = {path: stat for path, stat in bundle.manifest.unreadable.items()
+            if path in candidates and path in {s.path for s in skipped}}
+    return {**kept, **{s.path: stats[s.path] for s in skipped if stats.get(s.path) is not None}}
+
+
+def _inside(path: str, root: str) -> bool:
+    return path.startswith(os.path.join(root, ""))
 
 
 def _drift(bundle: Bundle) -> float:

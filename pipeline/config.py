@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -17,22 +18,24 @@ METRICS = ("cosine", "euclidean")
 INDEX_DTYPES = ("float32", "float16")  # how the index stores its vectors
 BACKBONES = (*PRETRAINED, "none")
 RUNTIMES = ("litert", "keras")  # what runs the fitted encoder (pipeline/runtime.py)
+FEATURE_POOLINGS = ("regional", "gem", "average")  # how a backbone's feature map is pooled (pipeline/pooling.py)
 ORIENTATION_CELLS = 8  # the orientation histogram's grid is 8 x 8 cells
 DESCRIPTOR_BLOCK_SIZE = 64  # the orientation histogram is taken at this size at most (area-downscaled)
 TRAINING_IMAGES = {"none": 100_000, **{name: 20_000 for name in PRETRAINED}}  # images an "auto" training sees in all
 MAX_AUTO_EPOCHS = 60
 MIN_BACKBONE_SIZE = 32  # the backbone downsamples 32 times
+MAX_IMAGE_SIZE = 1024  # model input sizes above this are refused (a tampered manifest must not make queries huge)
 BACKBONE_BATCH_SIZE = 32  # images per backbone call: its activations at 224 px take about 5 MB an image
 # Settings whose default depends on the backbone (None in FitConfig means "the backbone's default");
 # chosen on the four dev sets together, see docs/QUALITY.md.
 BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
-    **{name: dict(image_size=spec.native_size, whitening=0.0, orientation_weight=0.33, color_weight=0.0,
+    **{name: dict(image_size=spec.native_size, whitening=0.0, orientation_weight=0.25, color_weight=0.1,
                   learning_rate=2e-4) for name, spec in PRETRAINED.items()},
     "none": dict(image_size=64, whitening=0.5, orientation_weight=0.5, color_weight=0.3, learning_rate=2e-3),
 }
 
 
-CHOICES = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "loss": LOSSES, "output_activation": OUTPUT_ACTIVATIONS,
+CHOICES = {"backbone": BACKBONES, "feature_pooling": FEATURE_POOLINGS, "optimizer": OPTIMIZERS, "loss": LOSSES, "output_activation": OUTPUT_ACTIVATIONS,
            "pooling": POOLINGS, "metric": METRICS, "index_dtype": INDEX_DTYPES}
 WORDS = {"epochs": ("auto",), "clusters": ("auto",), "nprobe": ("auto", "all")}  # words a count setting accepts
 # One line of help per setting: the command line's flags are made from FitConfig's fields and these.
@@ -43,6 +46,8 @@ SETTING_HELP = {
                     "images; every image is embedded and indexed",
     "backbone": "frozen ImageNet network the autoencoder learns over, or none to learn from pixels alone",
     "image_size": "model input size in pixels",
+    "feature_pooling": "with a backbone: how its feature map becomes the vector the autoencoder learns over: regional "
+                       "(generalized means of the whole map and of four corner windows), gem or average",
     "autoencoder_size": "from pixels (--backbone none): size the pixel autoencoder works at: the input is area-downscaled to it",
     "latent_dim": "size of the learned latent and of each descriptor block after PCA",
     "filters": "from pixels (--backbone none): channels of each stride-2 conv block, comma-separated",
@@ -72,6 +77,10 @@ SETTING_HELP = {
     "seed": "random seed of training, clustering and sampling",
     "decode_workers": "threads that decode images, 0 = one per CPU core",
     "max_file_mb": "image files larger than this many MB are skipped without being read",
+    "keep_bundles": "bundles kept in the artifacts folder after each change: the current one and older ones that "
+                    "imgsim restore can bring back",
+    "max_removal_share": "a sync that would drop more than this share of the index (a folder emptied, a disk not "
+                         "mounted) changes nothing unless given --allow-mass-removal",
 }
 # Cosine distance under which two images are near-duplicates (pipeline/duplicates.py). Calibrated on near-copies of
 # real photos (docs/QUALITY.md): the largest threshold keeping precision at 0.99 was 0.22; 0.2 keeps a margin.
@@ -113,6 +122,7 @@ class FitConfig:
 
     backbone: str = "efficientnet-lite0"
     image_size: Optional[int] = None
+    feature_pooling: str = "regional"
     autoencoder_size: int = 32
     latent_dim: int = 128
     filters: tuple[int, ...] = (32, 64, 128, 256)
@@ -134,7 +144,7 @@ class FitConfig:
     color_weight: Optional[float] = None
     query_expansion: int = 3
     validation_split: float = 0.1
-    patience: int = 5
+    patience: int = 2
     clusters: Union[int, str] = "auto"
     metric: str = "cosine"
     nprobe: Union[int, str] = "auto"
@@ -144,6 +154,8 @@ class FitConfig:
     train_sample: int = 20_000  # the autoencoder trains on a random sample of at most this many images
     decode_workers: int = 0  # threads that decode images; 0 = one per CPU core
     max_file_mb: int = 256  # image files larger than this are skipped unread
+    keep_bundles: int = 2  # bundles kept in the artifacts folder: the current one and those imgsim restore can bring back
+    max_removal_share: float = 0.2  # a sync that would drop more of the index is refused (unless --allow-mass-removal)
 
     def __post_init__(self) -> None:
         self.filters = tuple(int(f) for f in self.filters)
@@ -179,8 +191,10 @@ class FitConfig:
         return max(1, min(MAX_AUTO_EPOCHS, round(TRAINING_IMAGES[self.backbone] / max(train_images, 1))))
 
     def validate(self) -> None:
-        """Raise InputError naming the first setting that is out of range."""
+        """Raise InputError naming the first setting that is of the wrong type or out of range."""
+        self._validate_types()
         choices = {
+            "feature_pooling": FEATURE_POOLINGS,
             "optimizer": OPTIMIZERS,
             "loss": LOSSES,
             "output_activation": OUTPUT_ACTIVATIONS,
@@ -191,6 +205,8 @@ class FitConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise InputError(f"image_size must lie between 1 and {MAX_IMAGE_SIZE}, got {self.image_size}")
         if self.uses_backbone:
             if self.image_size < MIN_BACKBONE_SIZE:
                 raise InputError(f"image_size must be at least {MIN_BACKBONE_SIZE} with a backbone, got {self.image_size}")
@@ -201,7 +217,9 @@ class FitConfig:
                              f"(or orientation_weight 0), got {self.image_size}")
         if self.loss == "bce" and self.output_activation != "sigmoid":
             raise InputError("loss 'bce' needs output_activation 'sigmoid' (targets lie in [0, 1])")
-        for name in ("latent_dim", "batch_size", "max_file_mb", "train_sample"):
+        if not 0.0 <= self.max_removal_share <= 1.0:
+            raise InputError(f"max_removal_share must lie in [0, 1], got {self.max_removal_share}")
+        for name in ("latent_dim", "batch_size", "max_file_mb", "train_sample", "keep_bundles"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs != "auto" and (not isinstance(self.epochs, int) or self.epochs < 1):
@@ -229,6 +247,21 @@ class FitConfig:
             raise InputError(f"clusters must be a positive integer or 'auto', got {self.clusters!r}")
         if self.nprobe not in ("auto", "all") and (not isinstance(self.nprobe, int) or self.nprobe < 1):
             raise InputError(f"nprobe must be a positive integer, 'auto' or 'all', got {self.nprobe!r}")
+
+    def _validate_types(self) -> None:
+        """Each setting of the type its field declares (a manifest edited by hand is read through this)."""
+        hints = typing.get_type_hints(FitConfig)
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), hints[field.name]
+            allowed = typing.get_args(kind) or (kind,)
+            if field.name == "filters":
+                ok = all(type(f) is int for f in value)
+            else:
+                ok = any(type(value) is t or (t is float and type(value) is int) or (t is tuple and type(value) is tuple)
+                         for t in allowed if t is not type(None)) or (value is None and type(None) in allowed)
+            if not ok:
+                raise InputError(f"{field.name} must be of type {' or '.join(getattr(t, '__name__', str(t)) for t in allowed)}"
+                                 f", got {value!r}")
 
     def _validate_pixel_autoencoder(self) -> None:
         if not self.filters:

@@ -11,7 +11,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -137,36 +137,31 @@ def split_indices(count: int, validation_split: float, seed: int) -> tuple[np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _as_input(rows: np.ndarray) -> np.ndarray:
-    """Cache rows as float32 model input: images scaled to [0, 1], feature maps as they are."""
-    return to_model_input(rows) if rows.dtype == np.uint8 else rows.astype(np.float32)
-
-
-def iter_batches(cache: RowCache, batch_size: int) -> Iterator[np.ndarray]:
-    """Model-input batches of the whole cache, in row order."""
-    for start in range(0, cache.count, batch_size):
-        yield _as_input(cache.read_range(start, min(start + batch_size, cache.count)))
-
-
 class TrainingBatches:
-    """Model-input batches of some cache rows (images or feature maps), reshuffled each epoch.
+    """Batches of some cache rows (images or feature maps), reshuffled each epoch.
 
-    Batches hold the rows alone: the trainer makes its random views and targets from them.
+    Images come as model input (float32 in [0, 1]); feature maps as stored (float16: the model casts
+    them, faster than numpy does). With ``targets`` (one row per cache row), a batch is the pair
+    (rows, their targets); else the rows alone, and the trainer makes its views and targets from them.
     """
 
-    def __init__(self, cache: RowCache, indices: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, cache: RowCache, indices: np.ndarray, batch_size: int, seed: int,
+                 targets: Optional[np.ndarray] = None):
         self.cache = cache
         self.indices = np.asarray(indices)
         self.batch_size = batch_size
+        self.targets = targets
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(self.indices)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
-    def __getitem__(self, batch: int) -> np.ndarray:
+    def __getitem__(self, batch: int) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         rows = np.sort(self.order[batch * self.batch_size : (batch + 1) * self.batch_size])
-        return _as_input(self.cache.read(rows))
+        data = self.cache.read(rows)
+        data = to_model_input(data) if data.dtype == np.uint8 else data
+        return data if self.targets is None else (data, self.targets[rows])
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(self.indices)

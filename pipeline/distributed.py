@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .config import FitConfig
 from .dataset import EmbeddedImages, SkippedImage, load_image
 from .errors import InputError
-from .images import ImageRecord, find_images
+from .images import ImageRecord, find_images, list_images
 from .runtime import KerasEncoder, LiteRTEncoder, resolve_runtime
 
 log = logging.getLogger(__name__)
@@ -99,17 +99,22 @@ class RayEngine:
 
 def find_images_on_ray(root: str | os.PathLike, engine: RayEngine) -> list[ImageRecord]:
     """:func:`pipeline.images.find_images` with each first-level folder listed by a task on the cluster:
-    the same records in the same order (the files of ``root`` itself first, then each folder's, sorted)."""
-    folder = Path(root)
-    if not folder.is_dir():
+    the same records in the same order (the files of ``root`` itself first, then each folder's, sorted;
+    a folder linked twice, listed once)."""
+    if not Path(root).is_dir():
         raise InputError(f"{root}: not a folder")
+    folder = Path(os.path.realpath(root))
     ray = engine.connect()
     top = find_images(folder, recursive=False)
-    subfolders = sorted(entry.name for entry in os.scandir(folder)  # as os.walk: links to folders are not followed
-                        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."))
+    subfolders, seen = [], {str(folder)}
+    for name in sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")):
+        real = os.path.realpath(folder / name)
+        if real not in seen:
+            seen.add(real)
+            subfolders.append(name)
     if not subfolders:
         return top
-    listed = ray.data.from_items([{"folder": os.path.join(os.path.abspath(folder), name)} for name in subfolders],
+    listed = ray.data.from_items([{"folder": str(folder / name), "root": str(folder)} for name in subfolders],
                                  override_num_blocks=len(subfolders))
     found = listed.map_batches(_list_folder, batch_size=1, num_cpus=0.25)
     position = {name: number for number, name in enumerate(subfolders)}
@@ -119,8 +124,8 @@ def find_images_on_ray(root: str | os.PathLike, engine: RayEngine) -> list[Image
 
 def _list_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The image files under one first-level folder, labelled with its name, in find_images' order."""
-    folder = Path(str(batch["folder"][0]))
-    paths = [record.path for record in find_images(folder)]
+    folder, root = Path(str(batch["folder"][0])), Path(str(batch["root"][0]))
+    paths = [record.path for record in list_images(folder, root)]
     return {"path": np.array(paths, dtype=str), "label": np.array([folder.name] * len(paths), dtype=str),
             "order": np.arange(len(paths))}
 

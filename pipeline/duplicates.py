@@ -20,7 +20,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from .artifacts import Bundle, Catalog
+from .artifacts import Bundle
+from .catalog import Catalog
 from .config import DUPLICATE_THRESHOLD
 
 NEIGHBOURS = 16  # candidates per image: a group larger than this still forms through chains of links
@@ -43,7 +44,7 @@ def duplicate_pairs(bundle: Bundle, threshold: float, neighbours: int = NEIGHBOU
     """Pairs (i < j) of indexed images closer than ``threshold``: ((pairs, 2) ids, (pairs,) distances)."""
     index, vectors = bundle.index, bundle.embeddings
     k = min(neighbours + 1, index.size)
-    pairs, distances = [], []
+    pairs, distances = [np.empty((0, 2), np.int64)], [np.empty(0, np.float32)]
     for start in tqdm(range(0, index.size, _BATCH), desc="duplicates", unit="batch"):
         stop = min(start + _BATCH, index.size)
         hits = index.search(np.asarray(vectors[start:stop]), k, expansion=0)

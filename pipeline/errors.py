@@ -32,3 +32,7 @@ class ArtifactError(PipelineError):
     """An artifacts folder is missing, partial, or written by an incompatible version."""
 
     exit_code = 2
+
+
+class UnknownImage(InputError):
+    """No indexed image has the id or path asked for (it was removed, or never was)."""

@@ -106,7 +106,8 @@ def upgrade(artifacts_dir: str | Path) -> tuple[Path, bool]:
     bundle's folder, and whether it changed (a bundle that has the export already is left as it is)."""
     import hashlib
 
-    from .artifacts import EXPORT, FORMAT_VERSION, ArtifactWriter, Bundle
+    from .artifacts import EXPORT, ArtifactWriter, Bundle
+    from .manifest import FORMAT_VERSION
     from .dataset import load_image
     from .images import ImageRecord
     from .runtime import LiteRTEncoder

@@ -21,8 +21,9 @@ import numpy as np
 import sklearn
 
 from . import __version__
-from .artifacts import AUTOENCODER, ENCODER, EXPORT, ArtifactWriter, Bundle, Catalog, Manifest, load_model
-from .autoencoder import build_autoencoder, build_feature_autoencoder, channel_profiles, train_autoencoder
+from .artifacts import AUTOENCODER, ENCODER, EXPORT, ArtifactWriter, Bundle, load_model
+from .catalog import Catalog
+from .autoencoder import build_autoencoder, build_feature_autoencoder, pooled_profiles, train_autoencoder
 from .backbone import BACKBONES, build_backbone
 from .config import FitConfig
 from .dataset import (DecodedImages, EmbeddedImages, RowCache, SkippedImage, TrainingBatches, decode_to_cache,
@@ -34,6 +35,7 @@ from .errors import InputError
 from .export import CHECK_IMAGES, check_export, export_litert
 from .images import IMAGE_EXTENSIONS, file_stat, find_images
 from .index import build_index
+from .manifest import Manifest
 from .runtime import LiteRTEncoder
 
 log = logging.getLogger(__name__)
@@ -101,14 +103,15 @@ def fit(
                 log.warning("skipped %d unreadable files (listed in the manifest)", len(decoded.skipped))
 
             train_rows, val_rows = split_indices(decoded.cache.count, config.validation_split, config.seed)
-            backbone, maps = None, None
+            backbone, maps, profiles = None, None, None
             if config.uses_backbone:
                 with _stage("features", seconds):
                     backbone = build_backbone(config.image_size, config.backbone)
                     maps = _feature_maps(backbone, decoded.cache, os.path.join(scratch, "maps.f16"),
                                          config.embedding_batch_size)
-                autoencoder = build_feature_autoencoder(maps.row_shape, config.latent_dim,
-                                                        channel_profiles(maps, train_rows))
+                    autoencoder = build_feature_autoencoder(maps.row_shape, config.latent_dim, config.feature_pooling)
+                    profiles = pooled_profiles(autoencoder.pool, maps, np.arange(maps.count))
+                autoencoder.start_at_pca(profiles[train_rows])
             else:
                 autoencoder = build_autoencoder(config)
 
@@ -116,7 +119,7 @@ def fit(
                 epochs = config.training_epochs(len(train_rows))
                 log.info("training on %d images (%d for validation), up to %d epochs", len(train_rows),
                          len(val_rows), epochs)
-                batches = dict(batch_size=config.batch_size, seed=config.seed)
+                batches = dict(batch_size=config.batch_size, seed=config.seed, targets=profiles)
                 training_rows = maps if maps is not None else decoded.cache
                 history = train_autoencoder(
                     autoencoder,
@@ -159,10 +162,11 @@ def fit(
             history=history,
             recall_at_10=curve,
             stage_seconds=seconds,
+            next_id=len(embedded.records),
         )
         catalog = Catalog(paths=[r.path for r in embedded.records], labels=[r.label for r in embedded.records],
                           hashes=embedded.hashes, clusters=index.assignments_.tolist(),
-                          stats=[stats[r.path] for r in embedded.records])
+                          stats=[stats[r.path] for r in embedded.records], ids=list(range(len(embedded.records))))
         final = Bundle(manifest, catalog, embedded.vectors, index, writer.path).save(writer)
 
     summary = FitSummary(

@@ -72,20 +72,38 @@ def find_images(root: str | os.PathLike, recursive: bool = True) -> list[ImageRe
     """Every image file under ``root`` (recursively unless told not to, sorted, hidden entries skipped).
 
     The label of ``root/cat/x.jpg`` and of ``root/cat/sub/y.png`` is ``"cat"``; files directly in
-    ``root`` have no label. Paths are absolute, so a bundle's catalog finds its photos from any
-    working folder.
+    ``root`` have no label. Links to folders are followed (a class folder linked from elsewhere is
+    a class folder), each real folder once. Paths are absolute, under ``root`` with its own links
+    resolved, so a bundle's catalog finds its photos from any working folder and a sync lists them
+    under the same names. A folder that cannot be read is an InputError naming it: skipping it
+    would make its images look deleted.
     """
     if not Path(root).is_dir():
         raise InputError(f"{root}: not a folder")
-    root = Path(os.path.abspath(root))
-    records = []
-    for folder, subfolders, files in os.walk(root):
+    root = Path(os.path.realpath(root))
+    return list_images(root, root, recursive)
+
+
+def list_images(folder: Path, root: Path, recursive: bool = True) -> list[ImageRecord]:
+    """The image files under ``folder``, a folder inside ``root`` (both as named, links kept in the
+    paths), labelled by their first-level folder under ``root``; see :func:`find_images`."""
+
+    def unreadable(error: OSError) -> None:
+        raise InputError(f"{error.filename}: cannot read this folder ({error.strerror}); nothing was done")
+
+    records, seen = [], set()
+    for parent, subfolders, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a link back to a folder already listed: a loop
+            subfolders[:] = []
+            continue
+        seen.add(real)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        relative = Path(folder).relative_to(root)
+        relative = Path(parent).relative_to(root)
         label = relative.parts[0] if relative.parts else None
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                records.append(ImageRecord(str(Path(folder) / name), label))
+                records.append(ImageRecord(str(Path(parent) / name), label))
         if not recursive:
             break
     return records
@@ -167,9 +185,9 @@ def prepare_image(data: bytes, source: str, size: int, max_pixels: int = MAX_PIX
     return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
 
 
-def thumbnail_jpeg(path: str, size: int, quality: int = 85) -> bytes:
-    """The image at ``path`` shrunk to fit ``size`` x ``size``, as JPEG bytes (ImageError if unreadable)."""
-    image = decode_image(read_file(path), path, min_size=size)
+def thumbnail_jpeg(data: bytes, source: str, size: int, quality: int = 85) -> bytes:
+    """An image's bytes shrunk to fit ``size`` x ``size``, as JPEG bytes (ImageError naming ``source`` if undecodable)."""
+    image = decode_image(data, source, min_size=size)
     scale = min(1.0, size / max(image.shape[:2]))
     thumb = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
                        interpolation=cv2.INTER_AREA)

@@ -22,7 +22,7 @@ from numba.extending import overload
 from threadpoolctl import ThreadpoolController
 
 from .cluster import choose_cluster_count, fit_kmeans
-from .config import INDEX_DTYPES, FitConfig
+from .config import INDEX_DTYPES, METRICS, FitConfig
 
 # Numba's default threading layer must not launch parallel kernels from two threads at once, so callers of the
 # parallel kernels take turns; a few queries run in the caller's thread instead (_run).
@@ -221,6 +221,8 @@ class ClusteredIndex:
         they do not fit together.
         """
         centroids, assignments = np.asarray(arrays["centroids"], dtype=np.float32), np.asarray(arrays["assignments"])
+        if not np.issubdtype(assignments.dtype, np.integer):
+            raise ValueError(f"cluster assignments of type {assignments.dtype}")
         if laid_out is not None and (np.shape(laid_out) != np.shape(vectors) or len(arrays["norms"]) != len(vectors)):
             raise ValueError(f"stored vectors of shape {np.shape(laid_out)} and {len(arrays['norms'])} norms do not "
                              f"fit {np.shape(vectors)} embeddings")
@@ -233,8 +235,14 @@ class ClusteredIndex:
         if nprobe < 1 or expansion < 0:
             raise ValueError(f"nprobe {nprobe} and expansion {expansion} out of range")
         index = cls(str(arrays["metric"]), nprobe, expansion, "float32" if laid_out is None else str(laid_out.dtype))
+        if index.metric not in METRICS:
+            raise ValueError(f"metric {index.metric!r}, not one of {', '.join(METRICS)}")
         if index.dtype not in INDEX_DTYPES:
             raise ValueError(f"stored vectors of type {index.dtype}, not one of {', '.join(INDEX_DTYPES)}")
+        if not (np.isfinite(centroids).all() and np.isfinite(arrays.get("norms", 0.0)).all()
+                and (laid_out is None or all(np.isfinite(laid_out[start : start + 65_536]).all()
+                                             for start in range(0, len(laid_out), 65_536)))):
+            raise ValueError("values that are not finite (NaN or infinity)")
         index.centroids_ = centroids
         if laid_out is None:
             index._lay_out(prepare_vectors(vectors, index.metric), assignments)
@@ -328,18 +336,27 @@ class ClusteredIndex:
         """The ``n`` nearest indexed vectors of each query among its ``nprobe`` nearest clusters.
 
         ``nprobe`` and ``expansion`` default to the index's own. With ``expansion`` > 0 (average
-        query expansion), each query is first averaged with its
-        ``expansion`` nearest indexed vectors, leaving out the ids in its row of ``exclude``
-        (queries, m; -1 pads), and the neighbours are ranked by their distance to that average:
-        the distances returned are the ones ranked by, so they never decrease along a row.
-        Queries are scanned in parallel, each over its probed clusters' contiguous vectors.
+        query expansion), each query is first averaged with its ``expansion`` nearest indexed
+        vectors, leaving out the ids in its row of ``exclude`` (queries, m; -1 pads), and the
+        neighbours are ranked by their distance to that average, but for the nearest to the query
+        itself, which stays first, at its distance to the query: expansion raises precision@10 and
+        would otherwise cost the best hit (docs/QUALITY.md). The distances returned are the ones
+        ranked by, so they never decrease along a row after the first. Queries are scanned in
+        parallel, each over its probed clusters' contiguous vectors.
         """
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
         nprobe = self.resolve_nprobe(self.nprobe if nprobe is None else nprobe)
         expansion = self.expansion if expansion is None else expansion
-        if expansion:
-            queries = self._expand(queries, expansion, nprobe, exclude)
-        return self._search_prepared(queries, n, nprobe)
+        if not expansion:
+            return self._search_prepared(queries, n, nprobe)
+        exclude = np.full((len(queries), 0), -1) if exclude is None else np.atleast_2d(exclude)
+        first = self._search_prepared(queries, expansion + exclude.shape[1], nprobe)
+        usable = (first.ids >= 0) & ~(first.ids[:, :, None] == exclude[:, None, :]).any(axis=2)
+        used = usable & (np.cumsum(usable, axis=1) <= expansion)
+        neighbours = self._stored(first.ids) * used[:, :, None]
+        expanded = prepare_vectors((queries + neighbours.sum(axis=1)) / (1 + used.sum(axis=1, keepdims=True)),
+                                   self.metric)
+        return _nearest_first(self._search_prepared(expanded, n, nprobe), first, usable)
 
     def _search_prepared(self, queries: np.ndarray, n: int, nprobe: int) -> SearchHits:
         probed = self.route(queries, nprobe)
@@ -369,20 +386,27 @@ class ClusteredIndex:
         """The stored (prepared) vectors of ``ids``, any shape; -1 gives some vector, to be masked."""
         return self.vectors_[self.rows_[np.maximum(ids, 0)]].astype(np.float32, copy=False)
 
-    def _expand(self, queries: np.ndarray, expansion: int, nprobe: int, exclude: np.ndarray | None) -> np.ndarray:
-        """Each (prepared) query averaged with its ``expansion`` nearest indexed vectors not in ``exclude``."""
-        exclude = np.full((len(queries), 0), -1) if exclude is None else np.atleast_2d(exclude)
-        first = self._search_prepared(queries, expansion + exclude.shape[1], nprobe).ids
-        usable = (first >= 0) & ~(first[:, :, None] == exclude[:, None, :]).any(axis=2)
-        used = usable & (np.cumsum(usable, axis=1) <= expansion)
-        neighbours = self._stored(first) * used[:, :, None]
-        return prepare_vectors((queries + neighbours.sum(axis=1)) / (1 + used.sum(axis=1, keepdims=True)), self.metric)
-
     def _distances(self, scores: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Ranking scores to distances: ``-q.x`` to cosine distance, ``|x|^2 - 2 q.x`` to euclidean."""
         if self.metric == "cosine":
             return np.maximum(1.0 + scores, 0.0)
         return np.sqrt(np.maximum(scores + np.einsum("ij,ij->i", queries, queries)[:, None], 0.0))
+
+
+def _nearest_first(hits: SearchHits, first: SearchHits, usable: np.ndarray) -> SearchHits:
+    """``hits`` with, in each row, the first usable id of ``first`` (the nearest to the query itself)
+    moved to the front at its own distance, the others after it in their order."""
+    ids, distances = hits.ids.copy(), hits.distances.copy()
+    for row in range(len(ids)):
+        columns = np.flatnonzero(usable[row])
+        if not len(columns):
+            continue
+        nearest, distance = first.ids[row, columns[0]], first.distances[row, columns[0]]
+        keep = ids[row] != nearest
+        rest_ids, rest_distances = ids[row][keep], distances[row][keep]
+        ids[row] = np.concatenate([[nearest], rest_ids])[: ids.shape[1]]
+        distances[row] = np.concatenate([[distance], rest_distances])[: ids.shape[1]]
+    return SearchHits(distances, ids, hits.probed)
 
 
 def build_index(vectors: np.ndarray, config: FitConfig,

@@ -155,7 +155,7 @@ def thumbnail_html(path: str, label: Optional[str]) -> str:
     """An inline JPEG thumbnail of an image file titled with its path (and label), or a "missing" box."""
     title = html.escape(f"{path}" + (f" ({label})" if label else ""), quote=True)
     try:
-        jpeg = thumbnail_jpeg(path, THUMBNAIL, quality=80)
+        jpeg = thumbnail_jpeg(read_file(path), path, THUMBNAIL, quality=80)
     except ImageError:
         return f"<div class=missing title='{title}'>missing</div>"
     return f"<img title='{title}' src='data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}'>"

@@ -39,6 +39,7 @@ class Encoder(Protocol):
 
     runtime: str
     image_size: int
+    dims: int  # values of a descriptor
     batch_size: int  # images a call that embed fastest
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -91,7 +92,8 @@ class LiteRTEncoder:
             self._signature = self._interpreter.get_signature_runner()
             self._input, details = next(iter(self._signature.get_input_details().items()))
             self.image_size = int(details["shape_signature"][1])
-            self.outputs = tuple(self._signature.get_output_details())
+            outputs = self._signature.get_output_details()
+            self.outputs, self.dims = tuple(outputs), int(outputs[DESCRIPTOR]["shape_signature"][-1])
             self.encode_outputs(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))  # the delegate starts
 
     def encode_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -112,7 +114,7 @@ class KerasEncoder:
 
     def __init__(self, model, float16: bool = False):
         self.model = mixed_precision(model) if float16 else model
-        self.image_size = int(model.input_shape[1])
+        self.image_size, self.dims = int(model.input_shape[1]), int(model.output_shape[-1])
         self._outputs = None
 
     def encode(self, images: np.ndarray) -> np.ndarray:

@@ -11,8 +11,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .artifacts import Bundle, Catalog, pointed_folder
-from .errors import InputError
+from .artifacts import Bundle, pointed_folder
+from .catalog import Catalog
+from .errors import InputError, UnknownImage
 from .fetch import fetch_url
 from .images import MAX_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
@@ -26,13 +27,15 @@ class Neighbor:
     """One result: an indexed image, its distance to the query and where it lives."""
 
     rank: int
-    id: int  # the image's row in the catalog: how the server names it
+    id: int  # the image's id, which it keeps for life: how the command line, the API and the page name it
     path: str
-    distance: float  # what the results are ranked by: to the expanded query (to the query itself without expansion)
+    distance: float  # what the result was ranked by: the distance to the query, or to the expanded query (ranked_by)
     query_distance: float  # to the query itself
     cluster: int
     label: Optional[str]
     same_image: bool  # byte-identical to the query (the query itself, when it is indexed)
+    ranked_by: str  # "query": copies of the query and, with expansion, the image nearest to it, which come first;
+    # "expanded query": the others, ranked by their distance to the query averaged with its nearest images
 
 
 @dataclass
@@ -49,13 +52,14 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class _Served:
-    """What one query reads, all of a piece: a bundle, the encoder of its fit, and the ids of the
-    indexed images by content hash."""
+    """What one query reads, all of a piece: a bundle, the encoder of its fit, and the catalog rows
+    of the indexed images by content hash."""
 
     bundle: Bundle
     encoder: BatchingEncoder
     encoder_sha256: str
     copies: dict[str, list[int]]
+    labels: list[str]  # the labels of the indexed images, sorted
 
 
 class Searcher:
@@ -85,10 +89,11 @@ class Searcher:
             encoder = now.encoder
         else:
             encoder = BatchingEncoder(bundle.encoder(self.runtime), self.batch_window_ms)
-        copies: dict[str, list[int]] = defaultdict(list)  # content hash -> ids of the indexed copies
-        for image_id, content in enumerate(bundle.catalog.hashes):
-            copies[content].append(image_id)
-        return _Served(bundle, encoder, digest, dict(copies))
+        copies: dict[str, list[int]] = defaultdict(list)  # content hash -> rows of the indexed copies
+        for row, content in enumerate(bundle.catalog.hashes):
+            copies[content].append(row)
+        labels = sorted({label for label in bundle.catalog.labels if label is not None})
+        return _Served(bundle, encoder, digest, dict(copies), labels)
 
     def use(self, bundle: Bundle) -> None:
         """Answer from ``bundle`` from now on."""
@@ -119,6 +124,11 @@ class Searcher:
         return self._served.bundle.catalog
 
     @property
+    def labels(self) -> list[str]:
+        """The labels of the served bundle's images, sorted."""
+        return self._served.labels
+
+    @property
     def index(self) -> ClusteredIndex:
         return self._served.bundle.index
 
@@ -144,13 +154,15 @@ class Searcher:
         return self._search(served, served.encoder.embed(image), content_hash(data), source, **options)
 
     def search_indexed(self, image_id: int, **options) -> SearchResult:
-        """Search with an indexed image, by its id (its row in the catalog), using its stored vector."""
+        """Search with an indexed image, by its id, using its stored vector; UnknownImage when no
+        indexed image has that id (it was removed, say)."""
         served = self._served
         catalog = served.bundle.catalog
-        if not 0 <= image_id < len(catalog):  # an id of a bundle served before this one, say
-            raise InputError(f"no image with id {image_id} among the {len(catalog)} indexed")
-        return self._search(served, np.asarray(served.bundle.embeddings[image_id]), catalog.hashes[image_id],
-                            catalog.paths[image_id], **options)
+        row = catalog.row_of(image_id)
+        if row is None:
+            raise UnknownImage(f"no indexed image has id {image_id}")
+        return self._search(served, np.asarray(served.bundle.embeddings[row]), catalog.hashes[row], catalog.paths[row],
+                            **options)
 
     def search_vector(
         self,
@@ -169,10 +181,12 @@ class Searcher:
         index's, tuned at fit time). ``expansion`` is the number of first neighbours averaged into
         the query to rank the rest (default: the index's, the fit's ``query_expansion``; 0 = rank
         by distance).
-        Each result's ``distance`` is the number it was ranked by (to the expanded query), so the
-        list is sorted by it; ``query_distance`` is to the query itself. Indexed copies of the query
-        (same content hash) come first at distance 0, with ``same_image=True``, or are left out
-        with ``exclude_self``; they are never used for the expansion. With ``max_distance``, only
+        Each result's ``distance`` is the number it was ranked by, and ``ranked_by`` says which:
+        indexed copies of the query (same content hash) come first at distance 0, with
+        ``same_image=True`` (or are left out with ``exclude_self``; they are never used for the
+        expansion); with expansion, the image nearest to the query itself comes next, at its
+        distance to the query ("query"); the others follow, sorted by their distance to the
+        expanded query ("expanded query"). ``query_distance`` is always to the query itself. With ``max_distance``, only
         results whose ``query_distance`` is at most that are kept (fewer than ``n`` when fewer are
         that close), in the same order.
         """
@@ -193,28 +207,31 @@ class Searcher:
         nprobe = index.resolve_nprobe(index.nprobe if nprobe is None else nprobe)
         expansion = min(index.expansion if expansion is None else expansion, len(catalog))
         hits = index.search(vector[None], n + len(copies), nprobe, expansion, np.array([copies or [-1]]))
-        ranked = [(int(i), float(d)) for i, d in zip(hits.ids[0], hits.distances[0]) if i >= 0 and i not in copies]
+        by_expanded = "expanded query" if expansion else "query"
+        ranked = [(int(i), float(d), "query" if position == 0 else by_expanded)  # the index keeps the nearest first
+                  for position, (i, d) in enumerate(zip(hits.ids[0], hits.distances[0])) if i >= 0 and i not in copies]
         if not exclude_self:
-            ranked = [(image_id, 0.0) for image_id in copies] + ranked  # identical images: ranked first, at 0
+            ranked = [(row, 0.0, "query") for row in copies] + ranked  # identical images: ranked first, at 0
         ranked = ranked[:n]
-        ids = np.array([[image_id for image_id, _ in ranked]], dtype=np.int64)
-        query_distances = index.distances_to(vector[None], ids)[0] if ranked else []
-        kept = [(image_id, distance, 0.0 if image_id in copies else float(query_distance))
-                for (image_id, distance), query_distance in zip(ranked, query_distances)]
+        rows = np.array([[row for row, _, _ in ranked]], dtype=np.int64)
+        query_distances = index.distances_to(vector[None], rows)[0] if ranked else []
+        kept = [(row, distance, 0.0 if row in copies else float(query_distance), by)
+                for (row, distance, by), query_distance in zip(ranked, query_distances)]
         if max_distance is not None:
             kept = [entry for entry in kept if entry[2] <= max_distance]
         results = [
             Neighbor(
                 rank=rank,
-                id=image_id,
-                path=catalog.paths[image_id],
+                id=catalog.ids[row],
+                path=catalog.paths[row],
                 distance=distance,
                 query_distance=query_distance,
-                cluster=int(catalog.clusters[image_id]),
-                label=catalog.labels[image_id],
-                same_image=image_id in copies,
+                cluster=int(catalog.clusters[row]),
+                label=catalog.labels[row],
+                same_image=row in copies,
+                ranked_by=by,
             )
-            for rank, (image_id, distance, query_distance) in enumerate(kept, start=1)
+            for rank, (row, distance, query_distance, by) in enumerate(kept, start=1)
         ]
         return SearchResult(query=source, nprobe=nprobe, clusters=hits.probed[0].tolist(), results=results,
                             expansion=expansion)

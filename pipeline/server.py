@@ -9,7 +9,7 @@
 - ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
 - ``DELETE /api/images/{id}``: removes the image from the index (not from the disk). Off unless the
   server was started with a write token; the request must carry it as ``Authorization: Bearer TOKEN``.
-  The ids after it move down by one.
+  Every other image keeps its id.
 - ``GET /api/duplicates?threshold=T``: groups of near-duplicate images.
 - ``GET /api/health``, ``GET /api/stats``.
 
@@ -24,29 +24,34 @@ Images are served only by catalog id, never by a path taken from the request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import ctypes.util
-import functools
 import hmac
 import logging
 import math
 import mimetypes
 import os
+import stat
+import threading
+import time
 from importlib import resources
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional, Sequence
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from .artifacts import Catalog
-from .errors import ArtifactError, ImageError, InputError
+from .artifacts import Bundle
+from .catalog import Catalog
+from .errors import ArtifactError, ImageError, InputError, UnknownImage
 from .fetch import fetch_url
-from .images import thumbnail_jpeg
-from .collection import remove_images
+from .images import content_hash, thumbnail_jpeg
+from .collection import is_id, remove_images
 from .config import DUPLICATE_THRESHOLD
 from .duplicates import find_duplicates
 from .search import Searcher
@@ -56,6 +61,8 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 MAX_RESULTS = 100
 THUMBNAIL = 256
+MAX_QUEUE_MS = 500.0  # a search expected to wait longer than this is refused at once (503)
+MIN_TOKEN_CHARACTERS = 16
 _STATUS_OF_KIND = {"too_large": 413, "not_image": 415}
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -71,14 +78,23 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     write_token: Optional[str] = None,
     reload_seconds: float = 0.0,
+    allowed_hosts: Optional[Sequence[str]] = None,
+    max_queue_ms: float = MAX_QUEUE_MS,
 ) -> FastAPI:
     """The FastAPI application around one shared :class:`Searcher`.
 
     URL queries may reach loopback and private addresses only with ``allow_private_urls``. Images
-    can be deleted only with ``write_token`` set, by requests that carry it. With
-    ``reload_seconds`` > 0, a newer bundle committed to the artifacts folder is served within that
-    many seconds (while the application runs: under uvicorn, or inside ``with TestClient(app)``).
+    can be deleted only with ``write_token`` set (at least MIN_TOKEN_CHARACTERS long), by requests
+    that carry it. With ``reload_seconds`` > 0, a newer bundle committed to the artifacts folder is
+    served within that many seconds (while the application runs: under uvicorn, or inside ``with
+    TestClient(app)``). With ``allowed_hosts``, a request whose Host header names another host is
+    refused (400): a page on another site cannot reach this service through DNS rebinding. A search
+    whose expected wait is over ``max_queue_ms`` is refused at once with 503 and Retry-After
+    (:class:`Admission`); health and stats are always answered.
     """
+    check_write_token(write_token)
+    hosts = None if allowed_hosts is None else {host.lower().strip("[]") for host in allowed_hosts}
+    admission = Admission(max_queue_ms / 1000)
     _share_malloc_arenas()
 
     @contextlib.asynccontextmanager
@@ -93,7 +109,11 @@ def create_app(
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        response = await call_next(request)
+        host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
+        if hosts is not None and host.lower() not in hosts:
+            response = _error(400, f"host {host[:64]!r} is not served here (serve --allowed-hosts)")
+        else:
+            response = await call_next(request)
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
@@ -104,7 +124,7 @@ def create_app(
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
-        return _error(422, str(exc))
+        return _error(404 if isinstance(exc, UnknownImage) else 422, str(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -131,7 +151,7 @@ def create_app(
         return {"status": "ok", "images": len(searcher.catalog)}
 
     @app.get("/api/stats")
-    def stats() -> dict[str, Any]:
+    async def stats() -> dict[str, Any]:  # on the event loop too: cheap, answered under any load
         bundle = searcher.bundle  # one bundle for the whole answer
         manifest = bundle.manifest
         return {
@@ -141,12 +161,24 @@ def create_app(
             "skipped": len(manifest.skipped),
             "created": manifest.created,
             "data_dir": manifest.data_dir,
-            "labels": sorted({label for label in bundle.catalog.labels if label is not None}),
+            "labels": searcher.labels,
             "settings": manifest.settings.to_dict(),
+            "queue": {"searches": admission.pending, "expected_wait_ms": round(admission.expected_wait() * 1000, 1),
+                      "max_queue_ms": max_queue_ms},
         }
 
     @app.post("/api/search")
-    async def search(request: Request) -> dict[str, Any]:
+    async def search(request: Request) -> Any:
+        retry_after = admission.admit()
+        if retry_after is not None:  # refused before the body is read: at once, whatever the load
+            return JSONResponse({"error": "the server is busy; try again in a moment"}, status_code=503,
+                                headers={"Retry-After": str(retry_after)})
+        try:
+            return await _search(request)
+        finally:
+            admission.done()
+
+    async def _search(request: Request) -> dict[str, Any]:
         content_type = request.headers.get("content-type", "")
         declared = request.headers.get("content-length") or "0"
         if not declared.isdecimal():
@@ -173,8 +205,10 @@ def create_app(
                 raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
             options = _options(body.get("n"), body.get("nprobe"), body.get("max_distance"))
             if "id" in body:
-                result = await run_in_threadpool(searcher.search_indexed, _image_id(str(body["id"]), searcher.catalog),
-                                                 **options)
+                text = str(body["id"])
+                if not is_id(text):
+                    raise HTTPException(404, f"no image with id {text[:32]!r}")
+                result = await run_in_threadpool(searcher.search_indexed, int(text), **options)
             else:
                 url = str(body["url"])
                 data = await run_in_threadpool(fetch_url, url, allow_private=allow_private_urls,
@@ -186,16 +220,17 @@ def create_app(
 
     @app.get("/api/images/{image_id}")
     def thumbnail(image_id: str) -> Response:
-        catalog = searcher.catalog  # one catalog for the request, even if a newer bundle is swapped in meanwhile
-        return Response(_thumbnail(catalog, _image_id(image_id, catalog)), media_type="image/jpeg")
+        bundle = searcher.bundle  # one bundle for the request, even if a newer one is swapped in meanwhile
+        row = _row(image_id, bundle.catalog)
+        return Response(_thumbnail(bundle, row), media_type="image/jpeg")
 
     @app.get("/api/images/{image_id}/full")
-    def full_image(image_id: str) -> FileResponse:
-        catalog = searcher.catalog
-        path = catalog.paths[_image_id(image_id, catalog)]
-        if not os.path.isfile(path):
-            raise HTTPException(404, f"image {image_id} is no longer on disk")
-        return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
+    def full_image(image_id: str) -> Response:
+        bundle = searcher.bundle
+        row = _row(image_id, bundle.catalog)
+        path = bundle.catalog.paths[row]
+        return Response(_indexed_file(bundle, row),
+                        media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
 
     @app.delete("/api/images/{image_id}")
     def delete_image(image_id: str, request: Request) -> dict[str, Any]:
@@ -204,16 +239,16 @@ def create_app(
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), write_token.encode()):
             raise HTTPException(401, "deleting needs the server's write token: Authorization: Bearer TOKEN")
-        catalog = searcher.catalog
-        path = catalog.paths[_image_id(image_id, catalog)]
-        try:
-            change = remove_images([path], searcher.bundle.folder.parent)
+        if not is_id(image_id):
+            raise HTTPException(404, f"no image with id {image_id[:32]!r}")
+        try:  # by id, in the bundle current now: an id that a sync or removal has taken out meanwhile is a 404
+            change = remove_images([image_id], searcher.bundle.folder.parent)
         except ArtifactError as exc:  # another writer holds the bundle
             raise HTTPException(409, str(exc)) from None
         problem = _refresh(searcher)  # the removal is committed whatever happens here; the follower retries
         if problem is not None:
             log.warning(problem)
-        return {"removed": path, "images": change.images}
+        return {"removed": int(image_id), "images": change.images}
 
     @app.get("/api/duplicates")
     def duplicates(threshold: Optional[str] = None) -> dict[str, Any]:
@@ -227,6 +262,55 @@ def create_app(
         raise HTTPException(404, f"no such page: /{path}")
 
     return app
+
+
+def check_write_token(token: Optional[str]) -> None:
+    """InputError for a write token too short to resist guessing (None: deleting is off)."""
+    if token is not None and len(token) < MIN_TOKEN_CHARACTERS:
+        raise InputError(f"the write token must be at least {MIN_TOKEN_CHARACTERS} characters long")
+
+
+class Admission:
+    """Keeps a search's wait under a budget: a search that would wait longer is refused at once.
+
+    The expected wait of a new search is the searches already admitted and not yet answered times
+    the time a search costs the service, measured as the mean interval between answers while
+    searches were waiting (the service's own throughput, whatever the machine), so the estimate
+    follows the load without a setting. A refused search costs nothing but this check, made before
+    its body is read: under any overload, the accepted searches keep their latency and the rest hear
+    "busy" within milliseconds, with a Retry-After of the seconds the queue needs to drain to the budget.
+    """
+
+    def __init__(self, budget_s: float, first_cost_s: float = 0.02, smoothing: float = 0.05):
+        self.budget_s = budget_s
+        self.cost_s = first_cost_s  # until measured: a search at 50 a second
+        self.smoothing = smoothing
+        self.pending = 0
+        self._last_answer: Optional[float] = None
+        self._lock = threading.Lock()
+
+    def expected_wait(self) -> float:
+        return self.pending * self.cost_s
+
+    def admit(self) -> Optional[int]:
+        """None when the search may go on (it is counted until :meth:`done`), else the seconds to
+        wait before trying again."""
+        with self._lock:
+            wait = self.expected_wait()
+            if wait > self.budget_s:
+                return max(1, math.ceil(wait - self.budget_s))
+            if self.pending == 0:
+                self._last_answer = time.monotonic()  # a busy spell starts: an idle one is not service time
+            self.pending += 1
+            return None
+
+    def done(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._last_answer is not None:
+                self.cost_s += self.smoothing * (now - self._last_answer - self.cost_s)
+            self.pending -= 1
+            self._last_answer = now if self.pending else None
 
 
 async def _with_capped_body(request: Request, limit: int) -> Request:
@@ -282,11 +366,12 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _image_id(text: str, catalog: Catalog) -> int:
-    """An image id from a request: a decimal row number of ``catalog``, else 404."""
-    if not text.isdecimal() or len(text) > 18 or int(text) >= len(catalog):
-        raise HTTPException(404, f"no image with id {text!r}")
-    return int(text)
+def _row(text: str, catalog: Catalog) -> int:
+    """The catalog row of the image a request names by id (plain ASCII digits), else 404."""
+    row = catalog.row_of(int(text)) if is_id(text) else None
+    if row is None:
+        raise HTTPException(404, f"no image with id {text[:32]!r}")
+    return row
 
 
 def _options(n: Optional[Any], nprobe: Optional[Any], max_distance: Optional[Any] = None) -> dict[str, Any]:
@@ -320,14 +405,52 @@ def _distance(value: Any, name: str) -> float:
     return number
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_thumbnail(path: str, content_hash: str) -> bytes:
-    """A thumbnail by path and content: a photo that a sync re-indexed with new bytes gets a new one."""
-    return thumbnail_jpeg(path, THUMBNAIL)
-
-
-def _thumbnail(catalog: Catalog, image_id: int) -> bytes:
+def _indexed_file(bundle: Bundle, row: int) -> bytes:
+    """The bytes of the image indexed in ``row``, only while the file at its path is that image:
+    the path resolved (links and all) lies under one of the collection's folders, the file is opened
+    without following a link, is a regular file, and holds the bytes that were indexed (content
+    hash); else 404. A photo replaced by a link to another file, or a tampered path, serves nothing."""
+    path, expected = bundle.catalog.paths[row], bundle.catalog.hashes[row]
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(root) for root in bundle.manifest.roots]
+    if not any(os.path.commonpath([real, root]) == root for root in roots):
+        raise HTTPException(404, f"image {bundle.catalog.ids[row]} is not inside the collection's folders")
     try:
-        return _cached_thumbnail(catalog.paths[image_id], catalog.hashes[image_id])
-    except ImageError:
-        raise HTTPException(404, f"image {image_id} is no longer readable") from None
+        descriptor = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise HTTPException(404, f"image {bundle.catalog.ids[row]} is no longer on disk") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        data = handle.read(bundle.settings.max_file_bytes + 1) if stat.S_ISREG(status.st_mode) else b""
+    if content_hash(data) != expected:
+        raise HTTPException(404, f"image {bundle.catalog.ids[row]} is no longer the file that was indexed")
+    return data
+
+
+class _Thumbnails:
+    """The most recent thumbnails by (path, content hash): a photo that a sync re-indexed with new bytes gets
+    a new one. Shared by the request threads."""
+
+    def __init__(self, size: int = 4096):
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def __call__(self, bundle: Bundle, row: int) -> bytes:
+        key = (bundle.catalog.paths[row], bundle.catalog.hashes[row])
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        try:
+            thumbnail = thumbnail_jpeg(_indexed_file(bundle, row), key[0], THUMBNAIL)
+        except ImageError:
+            raise HTTPException(404, f"image {bundle.catalog.ids[row]} is no longer readable") from None
+        with self._lock:
+            self._items[key] = thumbnail
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return thumbnail
+
+
+_thumbnail = _Thumbnails()

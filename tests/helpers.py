@@ -33,3 +33,22 @@ def save_near_copy(source: Path, kind: str, out: Path) -> Path:
     image = Image.open(source).convert("RGB")
     near_copy(image, kind).save(out, "JPEG", quality=15 if kind == "jpeg15" else 90)
     return out
+
+
+def copy_of_fit(artifacts: Path, destination: Path) -> tuple[Path, Path]:
+    """A writable copy of a fit and of its photos, the copy's bundle pointing at the copied photos:
+    (artifacts, photos) under ``destination``."""
+    import json
+    import shutil
+
+    from pipeline.artifacts import Bundle, current_folder
+
+    photos, copied = destination / "photos", destination / "artifacts"
+    source = Bundle.load(artifacts).manifest.data_dir
+    shutil.copytree(source, photos)
+    shutil.copytree(artifacts, copied)
+    folder = current_folder(copied)
+    for name in ("catalog.json", "manifest.json"):
+        text = (folder / name).read_text()
+        (folder / name).write_text(text.replace(json.dumps(source)[1:-1], json.dumps(str(photos))[1:-1]))
+    return copied, photos

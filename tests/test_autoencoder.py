@@ -53,7 +53,7 @@ def test_feature_autoencoder_shapes_and_shared_weights():
 
 
 def test_feature_autoencoder_training_lowers_the_loss(tmp_path):
-    from pipeline.autoencoder import train_autoencoder
+    from pipeline.autoencoder import pooled_profiles, train_autoencoder
     from pipeline.dataset import RowCache, TrainingBatches
 
     rng = np.random.default_rng(0)
@@ -61,24 +61,49 @@ def test_feature_autoencoder_training_lowers_the_loss(tmp_path):
     maps = profiles[rng.integers(0, 8, 96)][:, None, None, :] * rng.random((96, 3, 3, 1)).astype(np.float32)
     (tmp_path / "maps.f16").write_bytes(maps.astype(np.float16).tobytes())
     cache = RowCache(str(tmp_path / "maps.f16"), (3, 3, 64), 96, np.float16)
-    history = train_autoencoder(build_feature_autoencoder((3, 3, 64), 8), TrainingBatches(cache, np.arange(80), 16, 0),
-                                TrainingBatches(cache, np.arange(80, 96), 16, 0),
+    autoencoder = build_feature_autoencoder((3, 3, 64), 8)
+    profiles = pooled_profiles(autoencoder.pool, cache, np.arange(96))
+    history = train_autoencoder(autoencoder, TrainingBatches(cache, np.arange(80), 16, 0, profiles),
+                                TrainingBatches(cache, np.arange(80, 96), 16, 0, profiles),
                                 tiny_config(patience=50, learning_rate=2e-3), epochs=8)
     assert set(history) == {"loss", "val_loss"} and len(history["loss"]) == 8
     assert history["loss"][-1] < history["loss"][0] / 2
 
 
-def test_the_feature_autoencoder_starts_at_pca_of_the_channel_profiles():
+@pytest.mark.parametrize("pooling", ["average", "gem", "regional"])
+def test_the_feature_autoencoder_starts_at_pca_of_the_pooled_maps(pooling, tmp_path):
     from sklearn.decomposition import PCA
 
+    from pipeline.autoencoder import pooled_profiles
+    from pipeline.dataset import RowCache
+
     rng = np.random.default_rng(1)
-    maps = rng.random((60, 2, 2, 32)).astype(np.float32) * rng.random((1, 1, 1, 32)).astype(np.float32)
-    profiles = maps.mean(axis=(1, 2))
-    autoencoder = build_feature_autoencoder((2, 2, 32), 6, profiles)
+    maps = rng.random((60, 3, 3, 32)).astype(np.float32) * rng.random((1, 1, 1, 32)).astype(np.float32)
+    maps = maps.astype(np.float16).astype(np.float32)  # as the fit caches them
+    (tmp_path / "maps.f16").write_bytes(maps.astype(np.float16).tobytes())
+    autoencoder = build_feature_autoencoder((3, 3, 32), 6, pooling)
+    profiles = pooled_profiles(autoencoder.pool, RowCache(str(tmp_path / "maps.f16"), (3, 3, 32), 60, np.float16),
+                               np.arange(60))
+    np.testing.assert_allclose(profiles, _pooled_by_hand(maps, pooling), rtol=1e-4, atol=1e-5)
+    autoencoder.start_at_pca(profiles)
     pca = PCA(6, random_state=0).fit(profiles)
     np.testing.assert_allclose(autoencoder.to_latent.predict_on_batch(maps), pca.transform(profiles), atol=1e-4)
     np.testing.assert_allclose(autoencoder.model.predict_on_batch(maps),
                                pca.inverse_transform(pca.transform(profiles)), atol=1e-4)  # PCA's reconstruction
+
+
+def _pooled_by_hand(maps: np.ndarray, pooling: str) -> np.ndarray:
+    """Average; GeM (p = 3); or the GeM of the whole map and of its four 2 x 2 corner windows (of 3 x 3), each of
+    unit length, summed."""
+    def gem(region):
+        return np.mean(region ** 3, axis=(1, 2)) ** (1 / 3)
+
+    if pooling == "average":
+        return maps.mean(axis=(1, 2))
+    if pooling == "gem":
+        return gem(maps)
+    regions = [maps] + [maps[:, top : top + 2, left : left + 2] for top in (0, 1) for left in (0, 1)]
+    return sum(gem(region) / np.linalg.norm(gem(region), axis=1, keepdims=True) for region in regions)
 
 
 def test_encoder_shares_the_trained_weights():

@@ -78,7 +78,8 @@ def test_upload_then_click_a_result(server_url, searcher, tmp_path):
         expect(hits.first).to_have_attribute("data-id", "0")  # the uploaded photo is indexed: it comes first
         expect(page.locator("#results .hit img").first).to_have_js_property("complete", True)
         shown = [float(text[2:]) for text in page.locator("#results .hit .distance").all_inner_texts()]
-        assert len(shown) == 6 and shown == sorted(shown)  # sorted by the number shown
+        assert len(shown) == 6 and shown[0] == 0.0 and shown[2:] == sorted(shown[2:])  # sorted by the number shown
+        expect(page.locator("#results .hit").nth(1)).to_contain_text("nearest to the query")
         page.screenshot(path=os.path.join(screenshots, "upload.png"), full_page=True)
 
         clicked = hits.nth(3).get_attribute("data-id")

@@ -30,7 +30,8 @@ def test_fit_has_a_flag_for_every_setting_with_its_default(tmp_path):
     for field in dataclasses.fields(FitConfig):
         assert f"--{field.name.replace('_', '-')}" in text
     assert "--latent-dim LATENT_DIM size of the learned latent and of each descriptor block after PCA (default: 128)" in text
-    assert "(default: 224 with efficientnet-lite0, 64 with none)" in text  # a default that depends on the backbone
+    assert ("(default: 224 with efficientnet-lite0, 240 with efficientnet-lite1, 260 with efficientnet-lite2, 64 with none)"
+            in text)  # a default that depends on the backbone
     assert "--flip-augment, --no-flip-augment" in text and "--nprobe NPROBE" in text
 
 
@@ -91,3 +92,13 @@ def test_a_full_disk_during_a_fit_is_one_line_and_keeps_the_previous_fit(fitted,
     errors = [line for line in process.stderr.replace("\r", "\n").splitlines() if line.startswith("error")]
     assert errors == [f"error: {artifacts}: cannot write artifacts there (File too large); the previous bundle is unchanged"]
     assert "Traceback" not in process.stderr and current_folder(artifacts) == before
+
+
+def test_serve_takes_its_write_token_from_a_file_never_the_command_line(fitted, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("s3cret\n")
+    process = imgsim("serve", "--artifacts", fitted[0], "--write-token-file", short, cwd=tmp_path, timeout=60)
+    assert process.returncode == 2 and process.stderr.splitlines() == [
+        "error: the write token must be at least 16 characters long"]
+    process = imgsim("serve", "--artifacts", fitted[0], "--write-token", "a-token-of-enough-length", cwd=tmp_path)
+    assert process.returncode == 2 and "unrecognized arguments: --write-token" in process.stderr

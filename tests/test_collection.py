@@ -46,7 +46,7 @@ def test_added_images_are_found_and_old_results_are_kept(base, tmp_path):
     assert summary.added == 10 and summary.unchanged == 0 and summary.changed == summary.removed == 0
     assert summary.images == 26
     assert [s.path.rsplit("/", 1)[1] for s in summary.skipped] == ["broken.jpg"]
-    assert current_folder(artifacts) != before_fit and not before_fit.exists()
+    assert current_folder(artifacts) != before_fit and before_fit.exists()  # kept: imgsim restore brings it back
 
     after = Searcher(Bundle.load(artifacts))
     assert after.catalog.paths[:16] == before.catalog.paths  # old ids unchanged
@@ -165,6 +165,98 @@ def test_sync_refuses_when_the_fitted_folder_is_gone(collection, tmp_path):
     assert current_folder(artifacts) == before
 
 
+def test_a_sync_against_an_emptied_or_unmounted_folder_changes_nothing(collection, tmp_path):
+    """mv data data.away && mkdir data; imgsim sync: refused, nothing changed; the same through a link to an empty
+    folder (a disk's mount point with nothing mounted); once the photos are back, nothing to do."""
+    photos, _, artifacts = collection
+    before = current_folder(artifacts)
+    away = tmp_path / "away"
+    photos.rename(away)
+    photos.mkdir()
+    process = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync.py"), "--artifacts", str(artifacts)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert process.returncode == 2 and process.stderr.splitlines() == [
+        f"error: {photos}: holds no image file now, while 18 indexed images came from it; nothing changed (is its "
+        f"disk mounted? if you emptied it, sync with --allow-mass-removal)"]
+    photos.rmdir()
+    (tmp_path / "mount-point").mkdir()
+    photos.symlink_to(tmp_path / "mount-point")
+    with pytest.raises(InputError, match="holds no image file now"):
+        sync(artifacts)
+    assert current_folder(artifacts) == before and len(Bundle.load(artifacts).catalog) == 18
+    photos.unlink()
+    away.rename(photos)
+    again = sync(artifacts)
+    assert (again.added, again.removed, again.unchanged) == (0, 0, 18) and current_folder(artifacts) == before
+
+
+def test_a_sync_that_would_drop_a_fifth_of_the_index_must_be_told_and_can_be_undone(collection):
+    photos, _, artifacts = collection
+    before = current_folder(artifacts)
+    for path in sorted((photos / "hat").glob("*.jpg"))[:4]:  # 4 of 18: 22%
+        path.unlink()
+    with pytest.raises(InputError, match=r"this sync would drop 4 of the 18 indexed images \(more than 20%\); "
+                                         r"nothing changed \(if they are meant to go, sync with --allow-mass-removal\)"):
+        sync(artifacts)
+    assert current_folder(artifacts) == before
+    searcher = Searcher(Bundle.load(artifacts))
+
+    def imgsim(*args):
+        process = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--artifacts", str(artifacts)],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert process.returncode == 0, process.stderr
+        return process.stdout
+
+    assert imgsim("sync", "--allow-mass-removal").startswith("sync: 0 added, 0 changed, 4 removed")
+    assert searcher.refresh() and len(searcher.catalog) == 14
+    listed = imgsim("restore", "--list").splitlines()
+    assert [line.split()[0] for line in listed] == [before.name, current_folder(artifacts).name]
+    assert "18 images" in listed[0] and listed[1].endswith("(current)")
+    assert imgsim("restore").strip() == f"restored: {before}"  # the previous bundle, as it was
+    assert current_folder(artifacts) == before and searcher.refresh() and len(searcher.catalog) == 18
+
+
+def test_a_folder_that_cannot_be_read_stops_a_sync(collection, monkeypatch):
+    import os
+
+    photos, _, artifacts = collection
+    before = current_folder(artifacts)
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if str(path).endswith("hat"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)  # as a folder of another user would (the tests run as root)
+    with pytest.raises(InputError, match=r"hat: cannot read this folder \(Permission denied\); nothing was done"):
+        sync(artifacts)
+    assert current_folder(artifacts) == before
+
+
+def test_a_file_that_cannot_be_read_is_not_read_again_until_it_changes(collection, monkeypatch):
+    import pipeline.collection as collection_module
+    from pipeline.collection import STILL_UNREADABLE
+
+    photos, spare, artifacts = collection
+    broken = photos / "hat" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    first = sync(artifacts)
+    assert [(s.path, s.reason) for s in first.skipped] == [(str(broken), "not a decodable image")]
+    remembered = current_folder(artifacts)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was asked to embed")
+
+    monkeypatch.setattr(collection_module, "embed_files", no_model)
+    again = sync(artifacts)  # a no-op sync: the broken file is not decoded again, nothing is written
+    assert [(s.path, s.reason) for s in again.skipped] == [(str(broken), STILL_UNREADABLE)]
+    assert current_folder(artifacts) == remembered and again.added == 0
+    monkeypatch.undo()
+    broken.write_bytes(spare[0].read_bytes())  # the file changed: read again, a photo now
+    assert sync(artifacts).added == 1
+
+
 def test_a_sync_killed_at_any_point_leaves_the_previous_bundle(collection, monkeypatch):
     photos, spare, artifacts = collection
     before = Bundle.load(artifacts)
@@ -242,15 +334,15 @@ def test_sync_reads_only_files_whose_size_or_time_changed(collection, monkeypatc
     assert read == [str(touched)] and change.unchanged == 18 and change.added == change.changed == 0
 
 
-def test_a_sync_or_removal_with_nothing_to_embed_does_not_load_tensorflow(collection):
+def test_a_sync_or_removal_with_nothing_to_embed_loads_no_model(collection):
     photos, _, artifacts = collection
     doomed = sorted((photos / "hat").glob("*.jpg"))[0]
     doomed.unlink()
     program = ("import sys; from pipeline.collection import remove_images, sync; "
                f"print(sync({str(artifacts)!r}).removed, "
                f"remove_images([{str(sorted((photos / 'pants').glob('*.jpg'))[0])!r}], {str(artifacts)!r}).removed, "
-               "'tensorflow' in sys.modules)")
+               "'tensorflow' in sys.modules, 'ai_edge_litert' in sys.modules)")
     process = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert process.returncode == 0, process.stderr
-    assert process.stdout.split() == ["1", "1", "False"]  # a deletion synced, an image removed, no TensorFlow
+    assert process.stdout.split() == ["1", "1", "False", "False"]  # a deletion synced, an image removed, no model
     assert len(Bundle.load(artifacts).catalog) == 16

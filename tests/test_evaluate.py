@@ -72,7 +72,7 @@ def test_evaluate_the_fitted_folder(fitted, photos):
     assert ours["recall_vs_exact"] >= 0.9 and ours["nprobe"] == summary.nprobe
     assert ours["query_ms"] > 0 and ours["exact_query_ms"] > 0
     assert set(report["baselines"]) == {"raw_pixels_l2", "raw_pixels", "pca_whitened", "hsv_histogram",
-                                        "backbone_pooled", "latent_block", "orientations_block"}
+                                        "backbone_pooled", "latent_block", "orientations_block", "colors_block"}
     assert ours["query_expansion"] == 3
     assert report["pipeline"]["precision_at_k"] > 0.25  # four balanced classes: chance is 0.25
 

@@ -41,6 +41,19 @@ def test_find_images_gives_absolute_paths_for_a_relative_folder(tmp_path, monkey
     assert [r.path for r in find_images("photos")] == [str(tmp_path / "photos" / "dogs" / "a.jpg")]
 
 
+def test_a_linked_class_folder_is_followed_once_and_a_loop_is_not(tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "birds"
+    elsewhere.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(elsewhere / "b.jpg")
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(photos / "cats" / "c.jpg")
+    (photos / "birds").symlink_to(elsewhere)  # a class folder linked from elsewhere
+    (photos / "cats" / "again").symlink_to(photos / "cats")  # a loop
+    found = [(r.path, r.label) for r in find_images(photos)]
+    assert found == [(str(photos / "birds" / "b.jpg"), "birds"), (str(photos / "cats" / "c.jpg"), "cats")]
+
+
 def test_find_images_on_a_missing_folder_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         find_images(tmp_path / "absent")

@@ -106,13 +106,17 @@ def test_query_expansion_equals_a_brute_force_computed_by_hand(metric, scipy_met
     first = np.argsort(exact, axis=1, kind="stable")[:, 1:4]  # so its next three are averaged in
     expanded = (prepared_queries + prepared_vectors[first].sum(axis=1)) / 4
     by_expanded = cdist(prepare_vectors(expanded, metric).astype(np.float64), prepared_vectors, scipy_metric)
-    expected = np.argsort(by_expanded, axis=1, kind="stable")[:, :10]
+    nearest = first[:, :1]  # the nearest to the query itself (but the excluded one) stays first
+    rest = [[i for i in row if i != keep][:9] for row, keep in zip(np.argsort(by_expanded, axis=1, kind="stable"),
+                                                                     nearest[:, 0])]
+    expected = np.hstack([nearest, rest])
 
     hits = index.search(queries, n=10, nprobe="all", expansion=3, exclude=excluded)
     assert (hits.ids == expected).mean() > 0.99  # only float ties may swap places
-    # the distances returned are the ones ranked by: to the expanded query, so sorted along each row
-    np.testing.assert_allclose(hits.distances, np.take_along_axis(by_expanded, hits.ids, 1), atol=1e-4)
-    assert np.all(np.diff(hits.distances, axis=1) >= 0)
+    # the distances returned are the ones ranked by: the first's to the query, the others' to the expanded query
+    np.testing.assert_allclose(hits.distances[:, 0], np.take_along_axis(exact, nearest, 1)[:, 0], atol=1e-4)
+    np.testing.assert_allclose(hits.distances[:, 1:], np.take_along_axis(by_expanded, hits.ids[:, 1:], 1), atol=1e-4)
+    assert np.all(np.diff(hits.distances[:, 1:], axis=1) >= 0)
 
 
 def test_distances_to_named_vectors_and_padding():

@@ -29,7 +29,7 @@ def test_litert_and_keras_give_the_same_outputs(fitted):
     litert, tensorflow = bundle.encoder("litert"), bundle.encoder("keras")
     images = _sample_images(bundle.settings.image_size)
     exported, reference = litert.encode_outputs(images), tensorflow.encode_outputs(images)
-    assert set(exported) == set(reference) == {"descriptor", "latent", "orientations", "backbone"}
+    assert set(exported) == set(reference) == {"descriptor", "latent", "orientations", "colors", "backbone"}
     for name in exported:
         assert exported[name].shape == reference[name].shape
         assert _cosines(exported[name], reference[name]).min() > 0.99999, name

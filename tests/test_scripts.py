@@ -75,9 +75,11 @@ def test_predict_results_are_sorted_by_the_number_shown_with_expansion(messy_fit
     query = sorted((data / "shoes").glob("*.jpg"))[2]
     process = run_script("predict.py", "--file", query, "-n", 8, "--artifacts", artifacts, "--expansion", 3)
     assert process.returncode == 0, process.stderr
-    rows = [line.split() for line in process.stdout.splitlines() if line.strip()[:1].isdigit()]
-    shown = [float(row[1]) for row in rows]
-    assert len(rows) == 8 and shown == sorted(shown) and shown[0] == 0.0
+    lines = [line for line in process.stdout.splitlines() if line.strip()[:1].isdigit()]
+    shown = [float(line.split()[1]) for line in lines]
+    assert len(lines) == 8 and shown[0] == 0.0 and lines[0].endswith("(same image as the query)")
+    assert lines[1].endswith("(nearest to the query itself)")  # at its distance to the query, then by the expanded one
+    assert shown[2:] == sorted(shown[2:])
 
 
 def test_predict_table_and_plot(messy_fit, tmp_path):

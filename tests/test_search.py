@@ -52,7 +52,7 @@ def test_an_indexed_image_finds_itself_first_at_distance_zero(searcher, photos):
     assert first.cluster == result.clusters[0]  # the query's own cluster is probed first
 
 
-def test_query_expansion_ranks_by_the_expanded_query_and_keeps_the_copy_first(searcher, photos):
+def test_query_expansion_ranks_by_the_expanded_query_keeping_the_copy_and_the_nearest_first(searcher, photos):
     embeddings = np.load(searcher.bundle.folder / "embeddings.npy").astype(np.float64)
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     query = sorted((photos / "pants").glob("*.jpg"))[1]
@@ -60,17 +60,21 @@ def test_query_expansion_ranks_by_the_expanded_query_and_keeps_the_copy_first(se
     result = searcher.search_file(query, n=8, nprobe="all")
     by_distance = [i for i in np.argsort(cdist(unit[row : row + 1], unit, "cosine")[0], kind="stable") if i != row]
     expanded = unit[row] + unit[by_distance[:3]].sum(axis=0)  # the query and its 3 nearest others
-    by_expanded = [i for i in np.argsort(cdist(expanded[None], unit, "cosine")[0], kind="stable") if i != row]
+    by_expanded = [i for i in np.argsort(cdist(expanded[None], unit, "cosine")[0], kind="stable")
+                   if i not in (row, by_distance[0])]
     assert result.expansion == 3 and result.results[0].id == row and result.results[0].same_image
-    assert [hit.id for hit in result.results[1:]] == by_expanded[:7]
+    assert result.results[1].id == by_distance[0]  # the nearest to the query itself keeps the first place after it
+    assert [hit.id for hit in result.results[2:]] == by_expanded[:6]
     ids = [h.id for h in result.results]
+    to_query = cdist(unit[row : row + 1], unit[ids], "cosine")[0]
     expected = cdist(expanded[None], unit[ids], "cosine")[0]
-    expected[0] = 0.0  # the query's own copy is ranked first, at 0
-    np.testing.assert_allclose([hit.distance for hit in result.results], expected, atol=1e-4)  # what was ranked by
-    assert [hit.distance for hit in result.results] == sorted(hit.distance for hit in result.results)
-    np.testing.assert_allclose([hit.query_distance for hit in result.results],
-                               cdist(unit[row : row + 1], unit[ids], "cosine")[0], atol=1e-4)
-    assert [h.id for h in searcher.search_file(query, n=8, nprobe="all", exclude_self=True).results] == by_expanded[:8]
+    expected[:2] = 0.0, to_query[1]  # the copy at 0, the nearest at its distance to the query: what each was ranked by
+    np.testing.assert_allclose([hit.distance for hit in result.results], expected, atol=1e-4)
+    assert [hit.distance for hit in result.results[2:]] == sorted(hit.distance for hit in result.results[2:])
+    assert [hit.ranked_by for hit in result.results] == ["query", "query"] + ["expanded query"] * 6
+    np.testing.assert_allclose([hit.query_distance for hit in result.results], to_query, atol=1e-4)
+    alone = [h.id for h in searcher.search_file(query, n=8, nprobe="all", exclude_self=True).results]
+    assert alone == [by_distance[0]] + by_expanded[:7]
 
 
 def test_exclude_self_drops_the_query_and_still_returns_n(searcher, photos):
@@ -178,7 +182,7 @@ def test_queries_running_while_bundles_are_swapped_each_read_one_bundle(fitted, 
     full = Bundle.load(artifacts)
     searcher = Searcher(full)
     remove_images(full.catalog.paths[:16], artifacts)
-    half = Bundle.load(artifacts)  # 16 images, ids 0-15
+    half = Bundle.load(artifacts)  # 16 images, which keep their ids, 16 to 31
     queries = sorted(photos.rglob("*.jpg"))[:8]
 
     def search(query):
@@ -186,7 +190,7 @@ def test_queries_running_while_bundles_are_swapped_each_read_one_bundle(fitted, 
         paths = [hit.path for hit in result.results]
         assert len(paths) in (16, 20) and set(paths) <= set(full.catalog.paths)
         if len(paths) == 16:  # the half bundle: its own paths, under its own ids
-            assert [half.catalog.paths[hit.id] for hit in result.results] == paths
+            assert [half.catalog.paths[half.catalog.row_of(hit.id)] for hit in result.results] == paths
         return len(paths)
 
     with ThreadPoolExecutor(4) as pool:

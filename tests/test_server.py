@@ -1,14 +1,20 @@
 """The HTTP API on a real fit: every endpoint, every error status, the URL guard."""
 
 import io
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from helpers import copy_of_fit
 from pipeline.errors import InputError
 from pipeline.server import create_app
+
+TOKEN = "a-write-token-of-24-chars"
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +90,8 @@ def test_url_search_needs_allow_private_urls_for_a_local_server(client, open_cli
         (dict(json={"n": 3}), 400, 'exactly one of "url" or "id"'),
         (dict(content=b'{"id": 1', headers={"content-type": "application/json"}), 400, "not valid JSON"),
         (dict(json=[1, 2]), 400, 'exactly one of "url" or "id"'),
-        (dict(json={"id": 99999}), 404, "no image with id"),
+        (dict(json={"id": 99999}), 404, "no indexed image has id 99999"),
+        (dict(json={"id": "１２"}), 404, "no image with id '１２'"),  # fullwidth digits are not an id
         (dict(json={"id": 1, "n": 0}), 422, "n must lie between 1 and 100"),
         (dict(json={"id": 1, "n": "ten"}), 422, "n must be a whole number"),
         (dict(json={"id": 1, "nprobe": "-2"}), 422, "nprobe must be"),
@@ -92,7 +99,8 @@ def test_url_search_needs_allow_private_urls_for_a_local_server(client, open_cli
         (dict(files={"image": ("a.txt", b"just text", "text/plain")}), 415, "not a decodable image"),
         (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "file field named 'image'"),
     ],
-    ids=["scheme", "neither", "bad-json", "json-list", "unknown-id", "n-zero", "n-text", "nprobe", "content-type", "not-image", "no-field"],
+    ids=["scheme", "neither", "bad-json", "json-list", "unknown-id", "fullwidth-id", "n-zero", "n-text", "nprobe",
+         "content-type", "not-image", "no-field"],
 )
 def test_errors_are_json_with_the_right_status(client, request_kwargs, status, message):
     response = client.post("/api/search", **request_kwargs)
@@ -190,21 +198,51 @@ def test_delete_is_off_without_a_token_and_needs_the_token(fitted, tmp_path):
     searcher = Searcher(Bundle.load(artifacts))
     closed = TestClient(create_app(searcher))
     assert closed.delete("/api/images/3").status_code == 403
-    client = TestClient(create_app(searcher, write_token="s3cret"))
+    with pytest.raises(InputError, match="at least 16 characters"):
+        create_app(searcher, write_token="s3cret")
+    client = TestClient(create_app(searcher, write_token=TOKEN))
+    authorized = {"Authorization": f"Bearer {TOKEN}"}
     assert client.delete("/api/images/3").status_code == 401
     assert client.delete("/api/images/3", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.delete("/api/images/99", headers={"Authorization": "Bearer s3cret"}).status_code == 404
+    assert client.delete("/api/images/99", headers=authorized).status_code == 404
+    assert client.delete("/api/images/３", headers=authorized).status_code == 404  # fullwidth: not an id
     assert len(Bundle.load(artifacts).catalog) == 32  # nothing removed so far
 
     path = searcher.catalog.paths[3]
-    response = client.delete("/api/images/3", headers={"Authorization": "Bearer s3cret"})
-    assert response.status_code == 200 and response.json() == {"removed": path, "images": 31}
+    response = client.delete("/api/images/3", headers=authorized)
+    assert response.status_code == 200 and response.json() == {"removed": 3, "images": 31}
     assert path not in Bundle.load(artifacts).catalog.paths  # on disk
     assert client.get("/api/stats").json()["images"] == 31  # and in the running server
     with open(path, "rb") as handle:
         results = client.post("/api/search", files={"image": ("q.jpg", handle.read(), "image/jpeg")},
                               data={"n": "31", "nprobe": "all"}).json()["results"]
     assert len(results) == 31 and path not in [r["path"] for r in results]
+
+
+def test_an_image_keeps_its_id_whatever_is_removed_before_it(fitted, tmp_path):
+    """DELETE 10, then DELETE 11 removes the image that was 11, not the one after it; an id taken out by
+    another writer is a 404, never another image."""
+    from pipeline.artifacts import Bundle
+    from pipeline.collection import remove_images
+    from pipeline.search import Searcher
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    searcher = Searcher(Bundle.load(artifacts))
+    client = TestClient(create_app(searcher, write_token=TOKEN))
+    authorized = {"Authorization": f"Bearer {TOKEN}"}
+    paths = {image_id: searcher.catalog.paths[searcher.catalog.row_of(image_id)] for image_id in (10, 11, 12, 20)}
+    assert client.delete("/api/images/10", headers=authorized).status_code == 200
+    assert client.delete("/api/images/11", headers=authorized).json()["removed"] == 11
+    left = Bundle.load(artifacts).catalog
+    assert paths[10] not in left.paths and paths[11] not in left.paths and paths[12] in left.paths
+    assert left.paths[left.row_of(12)] == paths[12] and left.paths[left.row_of(20)] == paths[20]
+    assert client.get("/api/images/12").status_code == 200 and client.get("/api/images/11").status_code == 404
+    found = client.post("/api/search", json={"id": 20, "n": 1}).json()["results"][0]
+    assert found["id"] == 20 and found["path"] == paths[20]
+    remove_images([paths[20]], artifacts)  # another writer, from the command line
+    assert client.delete("/api/images/20", headers=authorized).status_code == 404
+    assert client.delete("/api/images/12", headers=authorized).json()["removed"] == 12
 
 
 def test_the_service_serves_a_bundle_committed_while_it_runs(fitted, tmp_path, caplog):
@@ -240,3 +278,110 @@ def test_the_service_serves_a_bundle_committed_while_it_runs(fitted, tmp_path, c
         while client.get("/api/stats").json()["images"] != 30 and time.monotonic() < deadline + 30:
             time.sleep(0.05)
         assert client.get("/api/stats").json()["images"] == 30
+
+
+def test_only_the_indexed_image_itself_is_served(fitted, tmp_path):
+    """A photo replaced by a link to a secret, a photo whose bytes changed, a tampered path outside the
+    collection: 404, never the file at the path."""
+    import json
+
+    from pipeline.artifacts import Bundle, current_folder
+    from pipeline.search import Searcher
+
+    artifacts, _ = copy_of_fit(fitted[0], tmp_path)
+    folder = current_folder(artifacts)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the shadow file")
+    outside = tmp_path / "outside.jpg"
+    catalog = json.loads((folder / "catalog.json").read_text())
+    shutil.copy(catalog["paths"][4], outside)
+    catalog["paths"][4] = str(outside)  # a tampered path: the same bytes, outside the collection's folders
+    (folder / "catalog.json").write_text(json.dumps(catalog))
+    client = TestClient(create_app(Searcher(Bundle.load(artifacts))))
+    paths = Bundle.load(artifacts).catalog.paths
+
+    assert client.get("/api/images/1/full").content == open(paths[1], "rb").read()  # a photo as indexed: served
+    os.remove(paths[1])
+    os.symlink(secret, paths[1])  # replaced by a link to another file
+    link = client.get("/api/images/1/full")
+    assert link.status_code == 404 and b"shadow" not in link.content
+    assert client.get("/api/images/1").status_code == 404  # nor its thumbnail
+    with open(paths[2], "ab") as handle:
+        handle.write(b"more")  # other bytes than were indexed
+    assert client.get("/api/images/2/full").status_code == 404
+    assert "not inside the collection's folders" in client.get("/api/images/4/full").json()["error"]
+
+
+def test_a_request_for_another_host_is_refused(searcher):
+    client = TestClient(create_app(searcher, allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/health").status_code == 200
+    rebound = client.get("/api/images/1/full", headers={"Host": "attacker.example:8000"})
+    assert rebound.status_code == 400 and "'attacker.example' is not served here" in rebound.json()["error"]
+    assert client.get("/api/stats", headers={"Host": "localhost:8000"}).status_code == 200
+
+
+def test_a_search_that_would_wait_too_long_is_refused_at_once_and_health_is_answered(searcher, photos):
+    """Admission: past the budget a search hears 503 and Retry-After before its body is read."""
+    from pipeline.server import Admission
+
+    admission = Admission(budget_s=0.1, first_cost_s=0.04)
+    assert [admission.admit() for _ in range(4)] == [None, None, None, 1]  # 3 waiting at 40 ms: 120 ms is over
+    admission.done()
+    assert admission.admit() is None and 0.0 < admission.cost_s
+
+    client = TestClient(create_app(searcher, max_queue_ms=0))  # every search after the first waits too long
+    query = sorted(photos.rglob("*.jpg"))[0].read_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.post("/api/search", files={"image": ("q.jpg", query, "image/jpeg")}),
+                                range(16)))
+        health = client.get("/api/health")
+    statuses = sorted(answer.status_code for answer in answers)
+    assert 200 in statuses and 503 in statuses and set(statuses) == {200, 503}
+    busy = next(answer for answer in answers if answer.status_code == 503)
+    assert int(busy.headers["Retry-After"]) >= 1 and "busy" in busy.json()["error"]
+    assert health.status_code == 200 and client.get("/api/stats").json()["queue"]["searches"] == 0
+
+
+def test_requests_beside_writers_that_sync_and_remove_meet_no_error_and_lose_no_photo(fitted, tmp_path):
+    """The service follows its folder while another writer removes photos and syncs moves and new files: every
+    answer is a 200, or a 404 for an id that was taken out meanwhile; afterwards every photo is indexed."""
+    import threading
+
+    from pipeline.artifacts import Bundle
+    from pipeline.collection import remove_images, sync
+    from pipeline.images import find_images
+    from pipeline.search import Searcher
+
+    artifacts, copied = copy_of_fit(fitted[0], tmp_path)
+    photos = sorted(find_images(copied), key=lambda record: record.path)
+    stop, done = threading.Event(), []
+
+    def writer():
+        moved = Path(photos[5].path).with_suffix(".moved")
+        while not stop.is_set():
+            Path(photos[5].path).rename(moved)  # moved away, then back: out of the index and in again
+            done.append(sync(artifacts).removed)
+            moved.rename(photos[5].path)
+            done.append(sync(artifacts).added)
+        remove_images([photos[9].path], artifacts)
+
+    client = TestClient(create_app(Searcher(Bundle.load(artifacts)), reload_seconds=0.05))
+    upload = Path(photos[0].path).read_bytes()
+    with client:
+        background = threading.Thread(target=writer)
+        background.start()
+        try:
+            def one(number):
+                if number % 3 == 0:
+                    return client.post("/api/search", files={"image": ("q.jpg", upload, "image/jpeg")}).status_code
+                response = client.get(f"/api/images/{number % 32}" + ("/full" if number % 3 == 2 else ""))
+                return response.status_code
+
+            with ThreadPoolExecutor(4) as pool:
+                statuses = list(pool.map(one, range(120)))
+        finally:
+            stop.set()
+            background.join()
+    assert set(statuses) <= {200, 404} and statuses.count(200) > 100 and len(done) >= 2
+    final = Bundle.load(artifacts)
+    assert sorted(final.catalog.paths) == sorted(record.path for record in photos if record.path != photos[9].path)

@@ -14,12 +14,12 @@ function render(data, querySrc) {
   const caption = document.createElement("div");
   caption.textContent = `query: ${data.query} · searched ${data.nprobe} cluster(s): ${data.clusters.join(", ")}`;
   $("query").replaceChildren(img, caption);
-  $("results").replaceChildren(...data.results.map(hitElement));
+  $("results").replaceChildren(...data.results.map((hit) => hitElement(hit, data.expansion)));
   status(`${data.results.length} results`);
 }
 
 // One result, built from text nodes only: labels and paths come from folder names, never markup.
-function hitElement(hit) {
+function hitElement(hit, expansion) {
   const a = document.createElement("a");
   a.className = "hit" + (hit.same_image ? " same" : "");
   a.href = "?" + new URLSearchParams({id: hit.id, ...options()});
@@ -39,6 +39,7 @@ function hitElement(hit) {
   meta.append(`#${hit.rank} · `, distance, document.createElement("br"),
               `cluster ${hit.cluster}` + (hit.label ? ` · ${hit.label}` : ""));
   if (hit.same_image) meta.append(document.createElement("br"), "same image");
+  else if (hit.ranked_by === "query" && expansion) meta.append(document.createElement("br"), "nearest to the query");
   a.append(img, meta);
   a.addEventListener("click", (event) => { event.preventDefault(); searchBy({id: hit.id}, true); });
   return a;
