@@ -16,13 +16,17 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import typing
 from typing import Callable, Optional, Sequence
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from .config import (BACKBONE_DEFAULTS, CHOICES, DUPLICATE_THRESHOLD, RUNTIMES, SETTING_HELP, WORDS, FitConfig,
                      parse_count_or_word)
+from . import __version__
 from .errors import InputError, PipelineError
 
 ARTIFACTS_HELP = "fitted artifacts folder"
@@ -36,7 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
-        code = args.command(args) or 0
+        with logging_redirect_tqdm():  # log lines above the progress bars, never glued onto one
+            code = args.command(args) or 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = exc.exit_code
@@ -85,6 +90,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="imgsim", description="Image-similarity search on your own photos.", allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"imgsim {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     for name, add_flags, command, summary in (
         ("fit", _fit_flags, _fit, "train on a folder of images and index them"),
@@ -112,6 +118,19 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("pipeline").setLevel(logging.DEBUG if verbose else logging.INFO)
     # TensorFlow's Python notices (e.g. retracing) are not the user's concern unless asked for
     logging.getLogger("tensorflow").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+def check_writable(path: str, folder: bool = False) -> None:
+    """InputError, before any work, when ``path`` (a file to write, or with ``folder`` a folder to
+    make and fill) cannot be written: its folder missing or read-only, or a folder in its place."""
+    target = os.path.abspath(path)
+    parent = target if folder and os.path.isdir(target) else os.path.dirname(target)
+    if not folder and os.path.isdir(target):
+        raise InputError(f"{path}: cannot write the output there (it is a folder)")
+    if not os.path.isdir(parent):
+        raise InputError(f"{path}: cannot write the output there (no folder {parent})")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{path}: cannot write the output there ({parent} is not writable)")
 
 
 def print_outcome(skipped: list, artifacts: object) -> None:
@@ -197,7 +216,7 @@ def _predict_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--plot", metavar="PNG", help="save a montage of the query and its neighbours")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds allowed to download --url")
+    parser.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds allowed to download --url")
     parser.add_argument("--exclude-self", action="store_true", help="leave out indexed copies of the query image")
     parser.add_argument("--max-distance", type=_non_negative_float, metavar="D",
                         help="keep only results at most D from the query (the 'to query' column): fewer than n "
@@ -212,31 +231,39 @@ def _runtime_flag(parser: argparse.ArgumentParser) -> None:
                              "LiteRT is installed) or its Keras model (TensorFlow; for GPUs and comparison)")
 
 
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def _whole_at_least(least: int) -> Callable[[str], int]:
+    """A flag's type: a whole number from ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
+def _number_from(least: float, strict: bool) -> Callable[[str], float]:
+    """A flag's type: a finite number above ``least`` (``strict``) or from it."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value > least if strict else value >= least) or value == math.inf:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be a finite number {'above' if strict else 'from'} {least:g}, "
+                                             f"got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
+_positive, _non_negative = _whole_at_least(1), _whole_at_least(0)
+_non_negative_float, _positive_float = _number_from(0, strict=False), _number_from(0, strict=True)
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -244,6 +271,8 @@ def _predict(args: argparse.Namespace) -> None:
     from .images import read_file
     from .search import Searcher
 
+    if args.plot:
+        check_writable(args.plot)
     if args.url:
         from .fetch import check_url, fetch_url
 
@@ -349,6 +378,8 @@ def _duplicates(args: argparse.Namespace) -> None:
     from .artifacts import Bundle
     from .duplicates import find_duplicates, write_duplicates_page
 
+    if args.html:
+        check_writable(args.html)
     bundle = Bundle.load(args.artifacts)
     groups = find_duplicates(bundle, args.threshold)
     if args.json:
@@ -414,6 +445,9 @@ def _report(args: argparse.Namespace) -> None:
     from .artifacts import Bundle
     from .report import build_report
 
+    check_writable(args.out)
+    if args.png:
+        check_writable(args.png, folder=True)
     path = build_report(Bundle.load(args.artifacts), args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
                         max_clusters=args.max_clusters, png_dir=args.png)
     print(f"report: {path}" + (f" (figures in {args.png})" if args.png else ""))

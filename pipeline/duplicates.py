@@ -40,12 +40,13 @@ class DuplicateGroup:
                 "labels": [catalog.labels[i] for i in self.ids], "max_link": round(self.max_link, 6)}
 
 
-def duplicate_pairs(bundle: Bundle, threshold: float, neighbours: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+def duplicate_pairs(bundle: Bundle, threshold: float, neighbours: int = NEIGHBOURS,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of indexed images closer than ``threshold``: ((pairs, 2) ids, (pairs,) distances)."""
     index, vectors = bundle.index, bundle.embeddings
     k = min(neighbours + 1, index.size)
     pairs, distances = [np.empty((0, 2), np.int64)], [np.empty(0, np.float32)]
-    for start in tqdm(range(0, index.size, _BATCH), desc="duplicates", unit="batch"):
+    for start in tqdm(range(0, index.size, _BATCH), desc="duplicates", unit="batch", disable=not progress):
         stop = min(start + _BATCH, index.size)
         hits = index.search(np.asarray(vectors[start:stop]), k, expansion=0)
         rows = np.repeat(np.arange(start, stop), k).reshape(-1, k)
@@ -58,11 +59,12 @@ def duplicate_pairs(bundle: Bundle, threshold: float, neighbours: int = NEIGHBOU
     return pairs, distances[unique]
 
 
-def find_duplicates(bundle: Bundle, threshold: float = DUPLICATE_THRESHOLD,
-                    neighbours: int = NEIGHBOURS) -> list[DuplicateGroup]:
-    """Groups of near-duplicates (connected components of pairs under ``threshold``), largest first."""
+def find_duplicates(bundle: Bundle, threshold: float = DUPLICATE_THRESHOLD, neighbours: int = NEIGHBOURS,
+                    progress: bool = True) -> list[DuplicateGroup]:
+    """Groups of near-duplicates (connected components of pairs under ``threshold``), largest first
+    (``progress``: a bar on the terminal)."""
     size = len(bundle.catalog)
-    pairs, distances = duplicate_pairs(bundle, threshold, neighbours)
+    pairs, distances = duplicate_pairs(bundle, threshold, neighbours, progress)
     if not len(pairs):
         return []
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(size, size))

@@ -109,7 +109,8 @@ def _check_url(url: str, original: str, allow_private: bool) -> None:
         raise ImageError(original, f"cannot resolve host {host}", "unreachable") from None
     blocked = sorted(a for a in addresses if not is_public_address(a))
     if blocked:
-        raise ImageError(original, f"refused: {host} resolves to a non-public address ({blocked[0]})", "refused")
+        raise ImageError(original, f"refused: {host} resolves to a non-public address ({blocked[0]}); a service "
+                                   f"started with --allow-private-urls fetches such addresses", "refused")
 
 
 def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYTES,
@@ -138,7 +139,8 @@ def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX
                 raise ImageError(url, f"timed out after {timeout:g} s", "unreachable") from None
             except requests.ConnectionError as exc:
                 if "_NonPublicPeer" in repr(exc) or "non-public address" in str(exc):
-                    raise ImageError(url, "refused: connected to a non-public address", "refused") from None
+                    raise ImageError(url, "refused: connected to a non-public address; a service started with "
+                                          "--allow-private-urls fetches such addresses", "refused") from None
                 if "timed out" in str(exc).lower():  # a read timeout inside the body arrives as a ConnectionError
                     raise ImageError(url, f"timed out after {timeout:g} s", "unreachable") from None
                 raise ImageError(url, "cannot connect", "unreachable") from None

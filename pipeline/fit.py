@@ -77,7 +77,7 @@ def fit(
     config = config or FitConfig()
     config.validate()
     keras.utils.set_random_seed(config.seed)
-    seconds: dict[str, float] = {}
+    started = time.perf_counter()
 
     records = find_images_on_ray(data_dir, engine) if engine else find_images(data_dir)
     if not records:
@@ -89,10 +89,12 @@ def fit(
         picks = np.sort(np.random.default_rng(config.seed).choice(len(records), config.train_sample, replace=False))
         sample = [records[i] for i in picks]
         log.info("training on a random sample of %d of the %d images", len(sample), len(records))
+    clock = FitClock(stage_shares(config.uses_backbone, len(sample), len(records), engine is not None), started)
+    seconds = clock.seconds
 
     with ArtifactWriter(artifacts_dir) as writer:
         with tempfile.TemporaryDirectory(dir=writer.path) as scratch:  # the decoded-image cache
-            with _stage("decode", seconds):
+            with clock.stage("decode"):
                 decoded = decode_to_cache(
                     sample, os.path.join(scratch, "images.u8"), config.image_size, config.decode_workers,
                     config.max_file_bytes,
@@ -105,7 +107,7 @@ def fit(
             train_rows, val_rows = split_indices(decoded.cache.count, config.validation_split, config.seed)
             backbone, maps, profiles = None, None, None
             if config.uses_backbone:
-                with _stage("features", seconds):
+                with clock.stage("features"):
                     backbone = build_backbone(config.image_size, config.backbone)
                     maps = _feature_maps(backbone, decoded.cache, os.path.join(scratch, "maps.f16"),
                                          config.embedding_batch_size)
@@ -115,7 +117,7 @@ def fit(
             else:
                 autoencoder = build_autoencoder(config)
 
-            with _stage("train", seconds):
+            with clock.stage("train"):
                 epochs = config.training_epochs(len(train_rows))
                 log.info("training on %d images (%d for validation), up to %d epochs", len(train_rows),
                          len(val_rows), epochs)
@@ -130,13 +132,13 @@ def fit(
                 )
                 autoencoder.model.save(writer.path / AUTOENCODER)
 
-            with _stage("embed", seconds):
+            with clock.stage("embed"):
                 blocks = _blocks(autoencoder.to_latent, config, decoded, maps)
                 head = DescriptorHead(blocks, block_weights(config), config.latent_dim, config.whitening, config.seed)
                 descriptors = head.apply(blocks)
                 encoder = head.encoder(build_blocks_model(autoencoder.to_latent, config, backbone))
                 encoder.save(writer.path / ENCODER)
-            with _stage("export", seconds):  # from the saved file: its layers belong to the encoder alone
+            with clock.stage("export"):  # from the saved file: its layers belong to the encoder alone
                 export_litert(load_model(writer.path / ENCODER), writer.path / EXPORT)
                 exported = LiteRTEncoder((writer.path / EXPORT).read_bytes())
                 checked = np.unique(np.linspace(0, decoded.cache.count - 1, CHECK_IMAGES).astype(int))
@@ -144,12 +146,12 @@ def fit(
             if engine is not None:
                 embedded = embed_files_on_ray(records, writer.path, config, engine, scratch)
             elif sample is not records:  # the images beyond the training sample, through the export
-                with _stage("embed rest", seconds):
+                with clock.stage("embed rest"):
                     embedded = embed_files(records, exported, config, scratch)
             else:  # the training images are all the images: their descriptors are at hand
                 embedded = EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped, descriptors)
 
-        with _stage("cluster+index", seconds):
+        with clock.stage("cluster+index"):
             index, curve = build_index(embedded.vectors, config, engine.assign if engine else None)
         manifest = Manifest(
             settings=config,
@@ -229,10 +231,47 @@ def library_versions() -> dict[str, str]:
     }
 
 
-@contextmanager
-def _stage(name: str, seconds: dict[str, float]) -> Iterator[None]:
-    """Log the start of a stage and record its wall time in ``seconds``."""
-    log.info("stage %s ...", name)
-    start = time.perf_counter()
-    yield
-    seconds[name] = round(time.perf_counter() - start, 3)
+# Each stage's usual share of a fit's wall time, with a backbone and from pixels (measured on
+# clothing10 and in docs/BENCHMARKS.md): what the estimate of the time left goes by.
+STAGE_SHARES = {
+    True: {"decode": 0.10, "features": 0.50, "train": 0.06, "embed": 0.14, "export": 0.18, "cluster+index": 0.02},
+    False: {"decode": 0.02, "train": 0.90, "embed": 0.04, "export": 0.02, "cluster+index": 0.02},
+}
+
+
+def stage_shares(uses_backbone: bool, sampled: int, images: int, on_ray: bool) -> dict[str, float]:
+    """The stages a fit will run, in order, each with its expected share of the fit's time (summing
+    to 1): images beyond the training sample add "embed rest" (decoded, then run through the
+    encoder: as the sample's decode, features and embed per image), unless a Ray cluster embeds them."""
+    shares = dict(STAGE_SHARES[uses_backbone])
+    if images > sampled and not on_ray:
+        per_image = sum(shares.get(name, 0.0) for name in ("decode", "features", "embed")) / sampled
+        last = shares.pop("cluster+index")
+        shares.update({"embed rest": per_image * (images - sampled), "cluster+index": last})
+    total = sum(shares.values())
+    return {name: share / total for name, share in shares.items()}
+
+
+class FitClock:
+    """Times a fit's stages (``seconds``) and logs where the whole fit stands as each one starts:
+    stage k of n, the time so far and, from the second stage on, an estimate of the time left
+    (the time so far scaled by the shares still to run)."""
+
+    def __init__(self, shares: dict[str, float], started: float):
+        self.shares, self.started = shares, started
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        elapsed = time.perf_counter() - self.started
+        done = sum(self.shares[finished] for finished in self.seconds)
+        left = f", about {_duration(elapsed * (1 - done) / done)} left" if done else ""
+        log.info("fit stage %d/%d: %s (%s so far%s)", list(self.shares).index(name) + 1, len(self.shares), name,
+                 _duration(elapsed), left)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

@@ -23,7 +23,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, InputError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+try:  # the format of phone cameras: Pillow reads it through this plugin
+    from pillow_heif import register_heif_opener
+except ImportError:  # not installed: HEIC files are listed as undecodable
+    pass
+else:
+    register_heif_opener()
+
+# every format Pillow decodes that photos come in (HEIC and HEIF through pillow-heif; a GIF or an MPO by its first frame)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".heic", ".heif", ".avif",
+                              ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".mpo"})
 MAX_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
 MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
 DECODE_BUDGET_PIXELS = 64_000_000  # pixels being decoded at once in this process, all threads together
@@ -127,8 +136,8 @@ def content_hash(data: bytes) -> str:
 def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to an upright RGB uint8 array of shape (height, width, 3).
 
-    Handles EXIF orientation, grayscale, palette, CMYK, 16-bit, and transparency (composited on
-    white). With ``min_size``, a large image comes back reduced by a whole factor (box average; for
+    Handles every format Pillow reads (HEIC too; a GIF or an MPO by its first frame), EXIF
+    orientation, grayscale, palette, CMYK, 16-bit, and transparency (composited on white). With ``min_size``, a large image comes back reduced by a whole factor (box average; for
     JPEGs already while decoding) to no less than ``min_size`` on its shorter side. The decode runs
     within the process's :data:`DECODE_BUDGET` of pixels.
     Raises ImageError naming ``source`` for empty, truncated, oversized or non-image data.

@@ -1,4 +1,4 @@
-"""Figures: the montage of a query and its neighbours."""
+"""Figures: the montage of a query and its neighbours, and the report's static figures."""
 
 from __future__ import annotations
 
@@ -40,21 +40,23 @@ def save_montage(query_image: np.ndarray, result: SearchResult, out_path: str | 
     plt.close(figure)
 
 
-def scatter_figure(points: np.ndarray, groups: list, title: str, max_legend: int = 20) -> plt.Figure:
-    """A 2-D scatter (a t-SNE map) coloured by group, with a legend of the largest groups."""
-    figure, axis = plt.subplots(figsize=(7.5, 6.5))
-    names, inverse, counts = np.unique(np.asarray(groups, dtype=str), return_inverse=True, return_counts=True)
-    colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
-    for slot in np.argsort(-counts):
-        mask = inverse == slot
-        label = names[slot] if slot in np.argsort(-counts)[:max_legend] else None
-        axis.scatter(points[mask, 0], points[mask, 1], s=8, alpha=0.8, color=colours(slot % colours.N), label=label)
+def tsne_figure(points: np.ndarray, colours: list[str], outlines: list[tuple[int, np.ndarray, np.ndarray]],
+                legend: dict[str, str], title: str, max_legend: int = 20) -> plt.Figure:
+    """A 2-D map (a t-SNE): one colour per point, each cluster's outline dashed with its number, and
+    a legend of the first ``max_legend`` groups."""
+    figure, axis = plt.subplots(figsize=(8.5, 7))
+    axis.scatter(points[:, 0], points[:, 1], s=8, c=colours, alpha=0.85, linewidths=0)
+    for cluster, polygon, middle in outlines:
+        axis.fill(polygon[:, 0], polygon[:, 1], fill=False, linestyle="--", linewidth=0.7, edgecolor="#555", alpha=0.6)
+        axis.text(middle[0], middle[1], str(cluster), fontsize=6, ha="center", va="center", color="#333")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colour, label=name)
+               for name, colour in list(legend.items())[:max_legend]]
+    axis.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                title=f"{len(handles)} of {len(legend)}" if len(legend) > len(handles) else None)
     axis.set_title(title)
     axis.set_xticks([])
     axis.set_yticks([])
-    shown = min(len(names), max_legend)
-    axis.legend(title=f"{shown} of {len(names)}" if len(names) > shown else None, fontsize=7, markerscale=2,
-                loc="center left", bbox_to_anchor=(1.0, 0.5))
+    axis.invert_yaxis()  # as on the page, where y grows downwards
     figure.tight_layout()
     return figure
 
@@ -73,16 +75,20 @@ def reconstruction_figure(originals: np.ndarray, reconstructions: np.ndarray) ->
     return figure
 
 
-def training_curve_figure(history: dict[str, list[float]]) -> plt.Figure:
-    """One panel per loss term (the total, reconstruction, consistency), training and validation."""
-    terms = [name for name in history if not name.startswith("val_")]
+def training_curve_figure(history: dict[str, list[float]], kept_epoch: int | None = None) -> plt.Figure:
+    """One panel per loss term (the total, reconstruction, consistency): training solid, validation
+    dashed, the kept epoch a dotted line."""
+    terms = [name for name in history if not name.startswith("val_")] or ["loss"]
     figure, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.3), squeeze=False)
     for axis, name in zip(axes[0], terms):
-        for key, label in ((name, "training"), (f"val_{name}", "validation")):
+        for key, label, style in ((name, "training", "-"), (f"val_{name}", "validation", "--")):
             if key in history:
-                axis.plot(range(1, len(history[key]) + 1), history[key], marker="o", markersize=3, label=label)
+                axis.plot(range(1, len(history[key]) + 1), history[key], style, marker="o", markersize=3, label=label)
+        if kept_epoch is not None:
+            axis.axvline(kept_epoch, color="#777", linestyle=":", label=f"kept: epoch {kept_epoch}")
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.legend(fontsize=8)
     figure.tight_layout()
     return figure

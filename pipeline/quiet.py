@@ -55,6 +55,6 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
 
 def silence_tensorflow() -> None:
     """Quiet TensorFlow's logging and its import (idempotent; a no-op once it is imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # whatever the user's setting: at 2, a machine without a GPU hears cuInit fail
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowImport())

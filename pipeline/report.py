@@ -1,18 +1,25 @@
 """The report of a fit: one self-contained HTML page showing what the model learned.
 
 Sections: a header (settings, counts, skipped files, cluster purity and adjusted Rand index when
-the images have labels), t-SNE maps coloured by cluster and by label, a gallery per cluster (the
-images nearest its centroid, and its label mix), reconstructions, and the training curves.
+the images have labels); an interactive t-SNE map (coloured by label or by cluster, the clusters
+outlined, each point's thumbnail and path on hover: readable at any number of clusters); a gallery
+per cluster (the images nearest its centroid, and its label mix); reconstructions (a fit from
+pixels only); and the training curves, with what they measure and which epoch was kept.
 """
 
 from __future__ import annotations
 
 import base64
+import colorsys
 import html
 import io
+import json
 import logging
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
@@ -24,14 +31,17 @@ from tqdm import tqdm
 
 from .artifacts import Bundle
 from .dataset import to_model_input
+from .early_stopping import kept_epoch
 from .errors import ImageError
 from .images import prepare_image, read_file, thumbnail_jpeg
 from .index import prepare_vectors
-from .plots import plt, reconstruction_figure, scatter_figure, training_curve_figure
+from .plots import plt, reconstruction_figure, training_curve_figure, tsne_figure
 
 log = logging.getLogger(__name__)
 THUMBNAIL = 96
+MAP_THUMBNAIL = 80  # the picture shown on hovering a point of the map
 RECONSTRUCTIONS = 8
+OUTLINE_SHARE = 0.9  # a cluster's outline wraps this share of its points nearest its middle
 
 
 def stratified_sample(groups: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
@@ -75,10 +85,8 @@ def build_report(
     sample = stratified_sample(clusters, max_points, seed)
     log.info("t-SNE of %d of %d images ...", len(sample), len(clusters))
     points = _tsne(vectors[sample], seed)
-    figures["tsne_clusters"] = scatter_figure(points, [f"cluster {c}" for c in clusters[sample]], "t-SNE, by cluster")
-    if labelled:
-        figures["tsne_labels"] = scatter_figure(points, labels[sample].tolist(), "t-SNE, by label")
-    figures["training_curves"] = training_curve_figure(manifest.history)
+    tsne_map = TsneMap.build(points, sample, catalog, clusters, labels, labelled, index.nlist)
+    figures["training_curves"] = training_curve_figure(manifest.history, kept_epoch(manifest.history))
     members = index.members_  # built once: the property slices every cluster
     shown = sorted(range(index.nlist), key=lambda c: -len(members[c]))[:max_clusters]
     nearest = {c: _nearest_to_centroid(vectors, members[c], index.centroids_[c], thumbnails_per_cluster) for c in shown}
@@ -86,6 +94,8 @@ def build_report(
         reconstructions = _reconstructions(bundle, [nearest[c][0] for c in shown[:RECONSTRUCTIONS]])
         if reconstructions is not None:
             figures["reconstructions"] = reconstructions
+    if png_dir is not None:
+        figures["tsne"] = tsne_map.figure()
 
     encoded = {name: _figure_png(figure) for name, figure in figures.items()}
     if png_dir is not None:
@@ -106,10 +116,100 @@ def build_report(
                          f"<div class=thumbs>{thumbs}</div></div>")
 
     out_path = Path(out_path)
-    out_path.write_text(_page(bundle, catalog.labels, clusters, labels if labelled else None, encoded,
-                              galleries, len(sample), index.nlist, len(shown)))
-    log.info("wrote report to %s", out_path)
+    out_path.write_text(_page(bundle, catalog.labels, clusters, labels if labelled else None, encoded, tsne_map,
+                              galleries, index.nlist, len(shown)))
     return out_path
+
+
+def palette(count: int) -> list[str]:
+    """``count`` distinguishable colours (#rrggbb): matplotlib's tab10 or tab20 while they last, then
+    hues a golden angle apart at alternating lightness."""
+    if count <= 20:
+        colours = plt.get_cmap("tab10" if count <= 10 else "tab20").colors[:count]
+    else:
+        colours = [colorsys.hls_to_rgb((i * 0.381966) % 1.0, (0.38, 0.55, 0.7)[i % 3], 0.75) for i in range(count)]
+    return ["#%02x%02x%02x" % tuple(round(255 * channel) for channel in colour) for colour in colours]
+
+
+def cluster_outlines(points: np.ndarray, clusters: np.ndarray,
+                     share: float = OUTLINE_SHARE) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(cluster, hull polygon, middle) per cluster with 3 or more points that do not lie on a line:
+    the convex hull of the ``share`` of its points nearest its median, so a stray point does not
+    stretch an outline across the map."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    outlines = []
+    for cluster in np.unique(clusters):
+        own = points[clusters == cluster]
+        middle = np.median(own, axis=0)
+        distances = np.linalg.norm(own - middle, axis=1)
+        core = own[distances <= np.quantile(distances, share)] if len(own) > 3 else own
+        if len(core) < 3:
+            continue
+        try:
+            hull = ConvexHull(core)
+        except QhullError:  # all on one line
+            continue
+        outlines.append((int(cluster), core[hull.vertices], middle))
+    return outlines
+
+
+@dataclass
+class TsneMap:
+    """The t-SNE map's points (scaled into the unit square) and what is drawn for them."""
+
+    points: np.ndarray  # (n, 2) in [0, 1]
+    labels: list[int]  # each point's label, an index into names["label"]
+    clusters: list[int]
+    paths: list[str]
+    thumbnails: list[Optional[str]]  # base64 JPEG, None for an image that cannot be read
+    names: dict[str, list[str]]  # per colouring ("label", "cluster"): each group's name
+    labelled: bool
+
+    @classmethod
+    def build(cls, points: np.ndarray, sample: np.ndarray, catalog, clusters: np.ndarray, labels: np.ndarray,
+              labelled: bool, nlist: int) -> "TsneMap":
+        low, span = points.min(axis=0) if len(points) else np.zeros(2), np.ptp(points, axis=0).max(initial=0.0)
+        scaled = (points - low) / (span or 1.0)
+        scaled += (1.0 - scaled.max(axis=0, initial=0.0)) / 2  # centred in the square
+        names, label_ids = np.unique(labels[sample], return_inverse=True)
+        paths = [catalog.paths[i] for i in sample]
+        return cls(scaled, label_ids.tolist(), clusters[sample].tolist(), paths, _map_thumbnails(paths),
+                   {"label": names.tolist(), "cluster": [f"cluster {c}" for c in range(nlist)]}, labelled)
+
+    @property
+    def colours(self) -> dict[str, list[str]]:
+        return {mode: palette(len(names)) for mode, names in self.names.items()}
+
+    def outlines(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        return cluster_outlines(self.points, np.asarray(self.clusters))
+
+    def to_json(self) -> str:
+        """The map's data for ``web/report-map.js``, safe inside a ``<script>`` element."""
+        data = {
+            "points": [[round(float(x), 4), round(float(y), 4), label, cluster, path, thumbnail]
+                       for (x, y), label, cluster, path, thumbnail
+                       in zip(self.points, self.labels, self.clusters, self.paths, self.thumbnails)],
+            "outlines": [{"cluster": cluster, "polygon": np.round(polygon, 4).tolist(),
+                          "centre": np.round(middle, 4).tolist()} for cluster, polygon, middle in self.outlines()],
+            "names": self.names, "colours": self.colours, "labelled": self.labelled,
+        }
+        return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" inside
+
+    def figure(self) -> plt.Figure:
+        """The map as a static figure (for ``--png``): coloured by label when there are labels."""
+        mode = "label" if self.labelled else "cluster"
+        groups = self.labels if self.labelled else self.clusters
+        colours = self.colours[mode]
+        return tsne_figure(self.points, [colours[g] for g in groups], self.outlines(),
+                           legend={self.names[mode][g]: colours[g] for g in sorted(set(groups))},
+                           title=f"t-SNE, coloured by {mode}, clusters outlined")
+
+
+def _map_thumbnails(paths: list[str]) -> list[Optional[str]]:
+    return list(tqdm(ThreadPoolExecutor(min(8, os.cpu_count() or 1)).map(_thumbnail_base64, paths,
+                                                                         [MAP_THUMBNAIL] * len(paths)),
+                     total=len(paths), desc="map thumbnails", unit="img"))
 
 
 def _tsne(vectors: np.ndarray, seed: int) -> np.ndarray:
@@ -140,10 +240,6 @@ def _reconstructions(bundle: Bundle, rows: list[int]) -> Optional[plt.Figure]:
     return reconstruction_figure(originals, bundle.autoencoder().predict_on_batch(originals))
 
 
-def _last(history: dict[str, list[float]], name: str) -> str:
-    return f"{history[name][-1]:.4f}" if history.get(name) else "not measured"
-
-
 def _figure_png(figure: plt.Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -151,21 +247,50 @@ def _figure_png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _thumbnail_base64(path: str, size: int) -> Optional[str]:
+    try:
+        return base64.b64encode(thumbnail_jpeg(read_file(path), path, size, quality=75)).decode()
+    except ImageError:
+        return None
+
+
 def thumbnail_html(path: str, label: Optional[str]) -> str:
     """An inline JPEG thumbnail of an image file titled with its path (and label), or a "missing" box."""
     title = html.escape(f"{path}" + (f" ({label})" if label else ""), quote=True)
-    try:
-        jpeg = thumbnail_jpeg(read_file(path), path, THUMBNAIL, quality=80)
-    except ImageError:
+    jpeg = _thumbnail_base64(path, THUMBNAIL)
+    if jpeg is None:
         return f"<div class=missing title='{title}'>missing</div>"
-    return f"<img title='{title}' src='data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}'>"
+    return f"<img title='{title}' src='data:image/jpeg;base64,{jpeg}'>"
 
 
 def _image(data: bytes, alt: str) -> str:
     return f"<img class=figure alt='{alt}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
 
 
-def _page(bundle, raw_labels, clusters, labels, figures, galleries, sampled, nlist, shown) -> str:
+def training_caption(settings, history: dict[str, list[float]]) -> str:
+    """What the training curves show, in words: the loss, the data it is measured on, the kept epoch."""
+    if settings.uses_backbone:
+        measured = (f"the mean squared error with which the autoencoder rebuilds each image's pooled "
+                    f"{settings.backbone} features (its profile) from its {settings.latent_dim}-value latent")
+        start = " Training starts from PCA's solution, so the first epoch is already close to the floor."
+    else:
+        error = {"mse": "mean squared error", "bce": "binary cross-entropy"}[settings.loss]
+        measured = (f"reconstruction (the {error} of the pixels), consistency (how far the latents of two "
+                    f"random views of an image disagree, NT-Xent) and loss = reconstruction + "
+                    f"{settings.consistency:g} &times; consistency")
+        start = ""
+    on = ("on the training images (solid) and on the {:.0%} held out for validation (dashed)".format(
+          settings.validation_split) if "val_loss" in history else "on the training images (none held out)")
+    kept, run = kept_epoch(history), len(history.get("loss", []))
+    if kept is None:
+        return "<p>No training was recorded.</p>"
+    stop = (f"training stopped after epoch {run}, with no better loss for {run - kept} epochs"
+            if run - kept >= settings.patience else f"training ran all {run} epochs")
+    return (f"<p>Per epoch, {on}, lower is better: {measured}.{start} The weights of epoch {kept} (dotted line: "
+            f"the lowest {'validation ' if 'val_loss' in history else ''}loss) were kept; {stop}.</p>")
+
+
+def _page(bundle, raw_labels, clusters, labels, figures, tsne_map, galleries, nlist, shown) -> str:
     settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in bundle.settings.to_dict().items())
     manifest = bundle.manifest
@@ -179,26 +304,48 @@ def _page(bundle, raw_labels, clusters, labels, figures, galleries, sampled, nli
                        for c in np.unique(clusters[known]))
         facts += [f"cluster purity {majority / known.sum():.1%}",
                   f"adjusted Rand index {adjusted_rand_score(labels[known], clusters[known]):.3f}"]
-    label_map = (f"<figure>{_image(figures['tsne_labels'], 't-SNE by label')}</figure>" if labels is not None else "")
+    reconstructions = ""
     if "reconstructions" in figures:
         reconstructions = _image(figures["reconstructions"], "reconstructions")
     elif not bundle.settings.uses_backbone:
         reconstructions = "<p>None of the sampled images can be read any more.</p>"
-    else:
-        reconstructions = (f"<p>The autoencoder learned over the {html.escape(bundle.settings.backbone)} "
-                           f"backbone's features, not pixels: it reconstructs what the backbone sees, which is no "
-                           f"picture. Final validation loss: {_last(manifest.history, 'val_loss')}.</p>")
+    if reconstructions:
+        reconstructions = ("<section id=reconstructions><h2>Reconstructions</h2><p>Images nearest the centroids of "
+                           f"the largest clusters, above what the autoencoder rebuilds from their latents.</p>"
+                           f"{reconstructions}</section>")
+    colour_options = ("<option value=label selected>label</option>" if labels is not None else "") + (
+        "<option value=cluster>cluster</option>")
+    script = resources.files("pipeline").joinpath("web/report-map.js").read_text()
     return f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>Fit report: {html.escape(manifest.data_dir)}</title>
+<html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
+<title>Fit report: {html.escape(manifest.data_dir)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }}
 .facts span {{ display: inline-block; background: #eef; border-radius: 4px; padding: 2px 8px; margin: 2px; }}
 table {{ border-collapse: collapse; font-size: 0.85rem; }} th, td {{ text-align: left; padding: 1px 10px 1px 0; }}
-.maps {{ display: flex; flex-wrap: wrap; gap: 1rem; }} img.figure {{ max-width: 100%; }}
+img.figure {{ max-width: 100%; }}
 .cluster {{ border-top: 1px solid #ddd; padding: 0.4rem 0; }} .cluster h3 {{ margin: 0.2rem 0; font-size: 1rem; }}
 .thumbs img, .missing {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit: contain; background: #f4f4f4;
   margin: 2px; display: inline-block; }}
 .mix {{ margin: 0.1rem 0; font-size: 0.85rem; color: #555; }}
+.map {{ display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }}
+.map-view {{ position: relative; flex: 1 1 480px; max-width: 680px; }}
+#map {{ width: 100%; height: auto; border: 1px solid #ddd; background: #fff; }}
+#map circle {{ stroke: #fff; stroke-width: 0.6; }} #map circle:hover {{ r: 6; stroke: #000; }}
+#map.focus circle:not(.on) {{ opacity: 0.1; }}
+#map .outlines path {{ fill: none; stroke: #555; stroke-width: 0.8; stroke-dasharray: 3 2; opacity: 0.55; }}
+#map .outlines text {{ font-size: 9px; fill: #333; text-anchor: middle; dominant-baseline: middle; opacity: 0.8;
+  pointer-events: none; }}
+#map .outlines .hot path {{ stroke: #000; stroke-width: 2; stroke-dasharray: none; opacity: 1; }}
+#map:not(.outlined) .outlines g:not(.hot) {{ display: none; }}
+#map-tip {{ position: absolute; width: 208px; background: #fff; border: 1px solid #999; border-radius: 4px;
+  padding: 4px; font-size: 0.75rem; overflow-wrap: anywhere; box-shadow: 0 2px 6px #0003; pointer-events: none; }}
+#map-tip img, #map-tip .missing {{ display: block; margin: 0 auto 2px; width: {MAP_THUMBNAIL}px;
+  height: {MAP_THUMBNAIL}px; object-fit: contain; }}
+#map-legend {{ flex: 0 1 260px; max-height: 640px; overflow: auto; list-style: none; padding: 0; margin: 0;
+  font-size: 0.8rem; }}
+#map-legend li {{ cursor: default; padding: 1px 2px; }} #map-legend li:hover {{ background: #eef; }}
+.swatch {{ display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 5px; }}
 </style></head><body>
 <header id=summary><h1>What the model learned</h1>
 <p>Fit of <code>{html.escape(manifest.data_dir)}</code></p>
@@ -206,11 +353,20 @@ table {{ border-collapse: collapse; font-size: 0.85rem; }} th, td {{ text-align:
 <details><summary>settings</summary><table>{settings}</table></details>
 <details><summary>{len(skipped)} skipped files</summary><ul>{skipped_html}</ul></details></header>
 <section id=tsne><h2>t-SNE map of the latent vectors</h2>
-<p>{sampled} of {manifest.images} images (sampled in proportion to cluster size).</p>
-<div class=maps><figure>{_image(figures['tsne_clusters'], 't-SNE by cluster')}</figure>{label_map}</div></section>
+<p>{len(tsne_map.paths)} of {manifest.images} images (sampled in proportion to cluster size). Near points have near
+latent vectors; the distance between far-apart groups means little. Hover a point for its image and path, a legend
+entry to pick out its group.</p>
+<p><label>colour by <select id=map-colour-by>{colour_options}</select></label>
+<label><input type=checkbox id=map-outlines> every cluster's outline (dashed, numbered; a point's own
+cluster is outlined on hover)</label></p>
+<div class=map><div class=map-view><svg id=map role=img aria-label="t-SNE map"></svg><div id=map-tip hidden></div></div>
+<ul id=map-legend></ul></div>
+<script id=map-data type="application/json">{tsne_map.to_json()}</script>
+<script>{script}</script></section>
 <section id=clusters><h2>Clusters</h2><p>The images nearest each centroid; {shown} of {nlist} clusters, largest first.</p>
 {''.join(galleries)}</section>
-<section id=reconstructions><h2>Reconstructions</h2>{reconstructions}</section>
-<section id=training><h2>Training curves</h2>{_image(figures['training_curves'], 'training curves')}</section>
+{reconstructions}
+<section id=training><h2>Training curves</h2>{_image(figures['training_curves'], 'training curves')}
+{training_caption(bundle.settings, manifest.history)}</section>
 </body></html>
 """

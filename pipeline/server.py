@@ -69,7 +69,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'se
                            "img-src 'self' blob: data: http: https:; base-uri 'none'; form-action 'self'; "
                            "frame-ancestors 'none'")
 _PAGE_FILES = {"index.html": "text/html; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
-               "page.css": "text/css; charset=utf-8"}
+               "page.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
 
 
 def create_app(
@@ -145,6 +145,11 @@ def create_app(
     @app.get("/page.css")
     def page_style() -> Response:
         return Response(web["page.css"], media_type=_PAGE_FILES["page.css"])
+
+    @app.get("/favicon.svg")
+    @app.get("/favicon.ico")  # asked for by browsers whatever the page says
+    def favicon() -> Response:
+        return Response(web["favicon.svg"], media_type=_PAGE_FILES["favicon.svg"])
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:  # on the event loop: it answers while every worker thread is busy
@@ -255,7 +260,7 @@ def create_app(
         limit = DUPLICATE_THRESHOLD if threshold in (None, "") else _distance(threshold, "threshold")
         bundle = searcher.bundle  # one bundle for the whole answer, even if a delete swaps it meanwhile
         return {"threshold": limit, "linkage": "connected components",
-                "groups": [group.to_dict(bundle.catalog) for group in find_duplicates(bundle, limit)]}
+                "groups": [group.to_dict(bundle.catalog) for group in find_duplicates(bundle, limit, progress=False)]}
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE"], include_in_schema=False)
     def not_found(path: str) -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 NEAR_COPIES = ("jpeg15", "half_size", "crop10", "colour_shift", "mirror", "caption")
+HARD_COPIES = ("rotate", "crop50", "letterbox", "grayscale", "screenshot", "blur", "squeeze")
 
 
-def near_copy(image: Image.Image, kind: str) -> Image.Image:
+def near_copy(image: Image.Image, kind: str, seed: int = 0) -> Image.Image:
     """A near-copy of a photo, as people make them: re-encoded badly, resized, cropped 10%, colour
-    shifted, mirrored, or captioned (JPEG quality 15 is applied when saving, for "jpeg15")."""
+    shifted, mirrored, or captioned (JPEG quality 15 is applied when saving, for "jpeg15"); and the
+    harder kinds: rotated by 5 to 30 degrees (black corners; ``seed`` picks the angle), cropped to
+    its central half, letterboxed onto a square, made grayscale, shown as a screenshot (rescaled
+    inside a window's border), strongly blurred, or squeezed from 4:3 to 1:1."""
     width, height = image.size
     if kind == "half_size":
         return image.resize((width // 2, height // 2), Image.Resampling.BILINEAR)
@@ -26,12 +30,35 @@ def near_copy(image: Image.Image, kind: str) -> Image.Image:
         ImageDraw.Draw(captioned).text((width // 10, height - height // 6), "holiday 2026 (c) me", fill=(255, 255, 0),
                                        font_size=max(10, height // 14))
         return captioned
+    if kind == "rotate":
+        angle = 5 + (seed * 7919) % 26  # 5 to 30 degrees
+        return image.rotate(angle if seed % 2 else -angle, Image.Resampling.BICUBIC, expand=True)
+    if kind == "crop50":  # half the area: the central 71% of each side
+        return image.crop((int(width * 0.146), int(height * 0.146), int(width * 0.854), int(height * 0.854)))
+    if kind == "letterbox":  # a 16:9 frame around it, black bars
+        frame = Image.new("RGB", (max(width, height * 16 // 9), max(height, width * 9 // 16)))
+        frame.paste(image, ((frame.width - width) // 2, (frame.height - height) // 2))
+        return frame
+    if kind == "grayscale":
+        return ImageOps.grayscale(image).convert("RGB")
+    if kind == "screenshot":  # shown at 70% inside a grey window with a title bar, saved at that size
+        shown = image.resize((width * 7 // 10, height * 7 // 10), Image.Resampling.BILINEAR)
+        window = Image.new("RGB", (shown.width + 40, shown.height + 70), (236, 236, 236))
+        ImageDraw.Draw(window).rectangle((0, 0, window.width, 30), fill=(60, 60, 70))
+        window.paste(shown, (20, 50))
+        return window
+    if kind == "blur":
+        return image.filter(ImageFilter.GaussianBlur(max(2, min(width, height) // 100)))
+    if kind == "squeeze":  # the middle 4:3 of it, stretched to a square
+        band = image.crop((0, (height - width * 3 // 4) // 2, width, (height + width * 3 // 4) // 2)) if width * 3 <= height * 4 \
+            else image
+        return band.resize((band.height, band.height), Image.Resampling.BILINEAR)
     return image
 
 
-def save_near_copy(source: Path, kind: str, out: Path) -> Path:
+def save_near_copy(source: Path, kind: str, out: Path, seed: int = 0) -> Path:
     image = Image.open(source).convert("RGB")
-    near_copy(image, kind).save(out, "JPEG", quality=15 if kind == "jpeg15" else 90)
+    near_copy(image, kind, seed).save(out, "JPEG", quality=15 if kind == "jpeg15" else 90)
     return out
 
 

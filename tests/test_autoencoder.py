@@ -198,6 +198,48 @@ def test_consistency_zero_trains_on_reconstruction_alone(photos, tmp_path):
     assert history["loss"] == history["reconstruction"] and history["loss"][-1] < history["loss"][0]
 
 
+def test_a_step_smaller_than_the_minimum_improvement_is_no_better_epoch():
+    from pipeline.early_stopping import MIN_IMPROVEMENT, EarlyStopping, kept_epoch
+
+    stopping = EarlyStopping(patience=2)
+    assert stopping.better(1.0) and not stopping.better(1.0 - MIN_IMPROVEMENT / 2)  # noise, not learning
+    assert not stopping.should_stop and not stopping.better(0.9999) and stopping.should_stop
+    assert stopping.best_epoch == 1
+    assert kept_epoch({"loss": [1.0, 0.5, 0.4], "val_loss": [2.0, 1.5, 1.4999]}) == 2  # by the validation loss
+    assert kept_epoch({"loss": [1.0, 0.5, 0.6]}) == 2 and kept_epoch({}) is None
+
+
+def test_the_epoch_bar_counts_the_epoch_that_stopped_early_and_logs_never_glue_onto_it(photos, tmp_path,
+                                                                                       monkeypatch, capsys, caplog):
+    import logging
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    import pipeline.autoencoder as autoencoder_module
+    from pipeline.dataset import TrainingBatches, decode_to_cache
+    from pipeline.images import find_images
+
+    losses = iter([0.5, 0.4, 0.45, 0.47, 0.3])  # best at epoch 2, no better for the next two: stops after 4
+    monkeypatch.setattr(autoencoder_module, "_run_epoch", lambda *_: {"loss": next(losses)})
+    config = pixel_config(patience=2)
+    decoded = decode_to_cache(find_images(photos), str(tmp_path / "cache.u8"), config.image_size)
+    handler = logging.StreamHandler()  # the terminal, as the command line sets it up
+    logging.root.addHandler(handler)
+    caplog.set_level(logging.INFO, logger="pipeline")
+    try:
+        with logging_redirect_tqdm():
+            history = autoencoder_module.train_autoencoder(
+                build_autoencoder(config), TrainingBatches(decoded.cache, np.arange(8), 8, 0), None, config, epochs=10)
+    finally:
+        logging.root.removeHandler(handler)
+    assert history["loss"] == [0.5, 0.4, 0.45, 0.47]
+    screen = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    bars = [line for line in screen if line.startswith("train:")]
+    assert "4/10" in bars[-1] and "stopped early, kept epoch 2" in bars[-1]
+    assert "epoch 4/10: loss 0.4700" in screen  # a line of its own
+    assert not any("epoch" in line.split("]", 1)[-1] for line in bars)  # nothing written after a bar's end
+
+
 @pytest.mark.parametrize("backbone", ["efficientnet-lite0", "none"])
 def test_fit_at_512_pixels_the_design_cards_size(tmp_path, backbone):
     from pipeline.config import FitConfig

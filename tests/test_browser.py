@@ -1,5 +1,5 @@
-"""The search page in a real headless Chromium: upload, see results, click one, see them change; hostile labels
-stay text."""
+"""The search page and the report in a real headless Chromium: upload, see results, click one, see them change;
+the page on a phone; the report's map on hover; hostile labels stay text."""
 
 import os
 import shutil
@@ -41,17 +41,23 @@ def server_url(searcher):
 
 
 @pytest.fixture(scope="module")
-def hostile_server_url(tmp_path_factory):
+def hostile_artifacts(tmp_path_factory):
     """A fit whose class folder is named like markup that would run a script if put into innerHTML."""
     from pipeline.fit import fit
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
 
     data = copy_subset(tmp_path_factory.mktemp("hostile"), classes=("hat", "shoes"), per_class=4)
     (data / "shoes").rename(data / HOSTILE_LABEL)
     artifacts = tmp_path_factory.mktemp("hostile-artifacts")
     fit(data, artifacts, tiny_config(epochs=1))
-    yield from _serve(Searcher(Bundle.load(artifacts)))
+    return artifacts
+
+
+@pytest.fixture(scope="module")
+def hostile_server_url(hostile_artifacts):
+    from pipeline.artifacts import Bundle
+    from pipeline.search import Searcher
+
+    yield from _serve(Searcher(Bundle.load(hostile_artifacts)))
 
 
 def _launch(playwright):
@@ -111,4 +117,95 @@ def test_a_label_that_looks_like_markup_is_shown_as_text(hostile_server_url):
         assert HOSTILE_LABEL in labels  # shown as the text it is
         assert page.locator('#results img[src="x"]').count() == 0  # never parsed as markup
         assert page.evaluate("window.hacked") is None
+        browser.close()
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_the_page_fits_the_screen_and_a_failed_search_clears_the_old_results(server_url, searcher, width, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshots = SCREENSHOT_DIR or str(tmp_path)
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        page = browser.new_page(viewport={"width": width, "height": 844})
+        assert page.request.get(f"{server_url}/favicon.ico").status == 200
+        page.goto(f"{server_url}/?id=3&n=6")
+        hits = page.locator("#results .hit")
+        expect(hits).to_have_count(6)
+        expect(page.locator("#results .hit img").last).to_have_js_property("complete", True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing cut off, no sideways scroll
+        for box in (page.locator(selector).bounding_box() for selector in ("#url", "#search button", "#results")):
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width
+        second = searcher.search_indexed(3, n=6).results[1]
+        meta = hits.nth(1).locator(".meta")
+        expect(meta).to_contain_text(os.path.basename(second.path))  # the file name, not a cluster number
+        expect(meta).to_contain_text(f"to the query {second.query_distance:.4f}")
+        assert "cluster" not in meta.inner_text()
+        page.screenshot(path=os.path.join(screenshots, f"results-{width}.png"), full_page=True)
+
+        page.fill("#url", "http://127.0.0.1:9/missing.jpg")  # a loopback URL: refused by a default service
+        page.click("#search button")
+        expect(page.locator("#status")).to_have_class("error")
+        expect(page.locator("#status")).to_contain_text("--allow-private-urls")
+        expect(hits).to_have_count(0)  # the old results are gone, not shown under the new query's error
+        expect(page.locator("#query img")).to_have_count(0)
+        page.screenshot(path=os.path.join(screenshots, f"failed-{width}.png"), full_page=True)
+        browser.close()
+
+
+def test_the_reports_map_shows_a_points_photo_on_hover_and_fetches_nothing(fitted, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from pipeline.artifacts import Bundle
+    from pipeline.report import build_report
+
+    bundle = Bundle.load(fitted[0])
+    report = build_report(bundle, tmp_path / "report.html", max_points=32)
+    screenshots = SCREENSHOT_DIR or str(tmp_path)
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        fetched = []
+        page.on("request", lambda request: fetched.append(request.url))
+        page.goto(report.as_uri())
+        dots, legend = page.locator("#map circle"), page.locator("#map-legend li")
+        expect(dots).to_have_count(32)
+        expect(legend).to_have_count(len(set(bundle.catalog.labels)))  # coloured by label
+        assert len({dots.nth(i).get_attribute("fill") for i in range(32)}) == len(set(bundle.catalog.labels))
+
+        top = dots.last  # drawn last, so nothing covers it
+        row = bundle.catalog.paths.index(page.evaluate(
+            "i => JSON.parse(document.getElementById('map-data').textContent).points[i][4]",
+            int(top.get_attribute("data-i"))))
+        top.hover()
+        tip = page.locator("#map-tip")
+        expect(tip).to_be_visible()
+        expect(tip).to_contain_text(bundle.catalog.paths[row])
+        expect(tip).to_contain_text(f"{bundle.catalog.labels[row]} · cluster {bundle.catalog.clusters[row]}")
+        assert tip.locator("img").get_attribute("src").startswith("data:image/jpeg;base64,")
+        page.locator("#tsne").screenshot(path=os.path.join(screenshots, "report-map.png"))
+
+        page.select_option("#map-colour-by", "cluster")
+        clusters = sorted(set(bundle.catalog.clusters))
+        expect(legend).to_have_count(len(clusters))
+        legend.first.hover()  # the largest cluster picked out, the rest faded
+        largest = max(clusters, key=bundle.catalog.clusters.count)
+        expect(page.locator("#map circle.on")).to_have_count(bundle.catalog.clusters.count(largest))
+        assert {url.split(":")[0] for url in fetched} == {"file"}  # nothing from any network, no CDN
+        browser.close()
+
+
+def test_a_label_that_looks_like_markup_stays_text_in_the_report(hostile_artifacts, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from pipeline.artifacts import Bundle
+    from pipeline.report import build_report
+
+    report = build_report(Bundle.load(hostile_artifacts), tmp_path / "report.html")
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        page = browser.new_page()
+        page.goto(report.as_uri())
+        expect(page.locator("#map-legend")).to_contain_text(HOSTILE_LABEL)
+        assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.hacked") is None
         browser.close()

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ def imgsim(*args, cwd, timeout=300):
 def test_the_command_lists_its_subcommands(tmp_path):
     process = imgsim("--help", cwd=tmp_path)
     assert process.returncode == 0
-    for name in ("fit", "predict", "add", "sync", "remove", "duplicates", "evaluate", "report", "serve"):
+    for name in ("fit", "predict", "add", "sync", "remove", "duplicates", "evaluate", "report", "serve", "restore",
+                 "upgrade"):
         assert f"\n    {name} " in process.stdout or f"\n    {name}\n" in process.stdout
 
 
@@ -53,6 +55,13 @@ def test_fit_add_and_predict_end_to_end_from_another_folder(tmp_path):
     fit = imgsim("fit", data, "--artifacts", "bundle", *flags, cwd=work)
     assert fit.returncode == 0, fit.stderr
     assert "fitted 12 images (0 skipped)" in fit.stdout and (work / "bundle" / "CURRENT").exists()
+    screen = fit.stderr.replace("\r", "\n").splitlines()
+    stages = [line for line in screen if line.startswith("fit stage ")]  # the whole fit's progress, with an estimate
+    assert [line.split(" (")[0] for line in stages] == [
+        "fit stage 1/6: decode", "fit stage 2/6: features", "fit stage 3/6: train", "fit stage 4/6: embed",
+        "fit stage 5/6: export", "fit stage 6/6: cluster+index"]
+    assert all(line.endswith(" left)") for line in stages[1:])
+    assert "epoch 1/2: " in " ".join(screen) and not any("epoch 1/2" in line for line in screen if "train:" in line)
     add = imgsim("add", more, "--artifacts", "bundle", cwd=work)
     assert add.returncode == 0 and "add: 3 added" in add.stdout, add.stderr
     query = sorted((more / "pants").glob("*.jpg"))[0]
@@ -63,7 +72,7 @@ def test_fit_add_and_predict_end_to_end_from_another_folder(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["fit.py", "predict.py", "add.py", "sync.py", "remove.py", "duplicates.py",
-                                    "evaluate.py", "report.py", "serve.py"])
+                                    "evaluate.py", "report.py", "serve.py", "restore.py", "upgrade.py"])
 def test_the_scripts_run_the_same_commands_from_any_folder(script, tmp_path):
     process = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True,
                              text=True, cwd=tmp_path, timeout=60)
@@ -102,3 +111,72 @@ def test_serve_takes_its_write_token_from_a_file_never_the_command_line(fitted, 
         "error: the write token must be at least 16 characters long"]
     process = imgsim("serve", "--artifacts", fitted[0], "--write-token", "a-token-of-enough-length", cwd=tmp_path)
     assert process.returncode == 2 and "unrecognized arguments: --write-token" in process.stderr
+
+
+_REPORT_WHAT_LOADED = (  # the command, then which of the model's libraries it imported
+    "import os, sys\n"
+    "def end(code): raise SystemExit(code)\n"
+    "os._exit = end\n"
+    "from pipeline.cli import main\n"
+    "try:\n    main(sys.argv[1:])\n"
+    "finally:\n    print('loaded:', sorted(m for m in ('tensorflow', 'keras', 'ai_edge_litert') if m in sys.modules),"
+    " file=sys.stderr)\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--url", "http://127.0.0.1:9/x.jpg", "--timeout", "-1"],
+     "imgsim predict: argument --timeout: must be a finite number above 0, got -1 (see imgsim predict --help)"),
+    (["predict", "--url", "http://127.0.0.1:9/x.jpg", "--timeout", "nan"],
+     "imgsim predict: argument --timeout: must be a finite number above 0, got nan (see imgsim predict --help)"),
+    (["predict", "--url", "http://127.0.0.1:9/x.jpg", "--timeout", "0"],
+     "imgsim predict: argument --timeout: must be a finite number above 0, got 0 (see imgsim predict --help)"),
+    (["predict", "--file", "q.jpg", "-n", "0"],
+     "imgsim predict: argument -n: must be at least 1, got 0 (see imgsim predict --help)"),
+    (["predict", "--file", "q.jpg", "-n", "-1"],
+     "imgsim predict: argument -n: must be at least 1, got -1 (see imgsim predict --help)"),
+    (["predict", "--file", "q.jpg", "--plot", "missing/x.png"],
+     "missing/x.png: cannot write the output there (no folder {cwd}/missing)"),
+    (["report", "--out", "missing/report.html"],
+     "missing/report.html: cannot write the output there (no folder {cwd}/missing)"),
+    (["report", "--png", "missing/figures"],
+     "missing/figures: cannot write the output there (no folder {cwd}/missing)"),
+    (["duplicates", "--html", "missing/groups.html"],
+     "missing/groups.html: cannot write the output there (no folder {cwd}/missing)"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, args, message):
+    process = subprocess.run([sys.executable, "-c", _REPORT_WHAT_LOADED, *args], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=60)
+    assert process.returncode == 2 and process.stdout == ""
+    assert process.stderr.splitlines() == [f"error: {message.format(cwd=tmp_path)}", "loaded: []"]
+
+
+def test_the_version_and_every_subcommand_are_in_the_readme_and_scripts(tmp_path):
+    from pipeline import __version__
+    from pipeline.cli import build_parser
+
+    process = imgsim("--version", cwd=tmp_path)
+    assert process.returncode == 0 and process.stdout == f"imgsim {__version__}\n"
+    readme = (ROOT / "README.md").read_text()
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert len(commands) == 11
+    for name in commands:
+        assert f"| `imgsim {name}" in readme and (ROOT / "scripts" / f"{name}.py").exists(), name
+
+
+def test_a_users_tensorflow_log_level_lets_no_tensorflow_noise_through(fitted, photos, tmp_path):
+    query = next(iter(sorted(photos.rglob("*.jpg"))))
+    process = subprocess.run([str(IMGSIM), "predict", "--file", str(query), "-n", "2", "--runtime", "keras",
+                              "--artifacts", str(fitted[0])], capture_output=True, text=True, cwd=tmp_path,
+                             timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert process.returncode == 0 and process.stderr == "", process.stderr  # e.g. no "failed call to cuInit"
+
+
+def test_the_fits_estimate_counts_every_stage_it_will_run():
+    from pipeline.fit import stage_shares
+
+    assert list(stage_shares(False, 100, 100, on_ray=False)) == ["decode", "train", "embed", "export", "cluster+index"]
+    beyond = stage_shares(True, 1000, 3000, on_ray=False)  # 2,000 images beyond the training sample
+    assert list(beyond) == ["decode", "features", "train", "embed", "export", "embed rest", "cluster+index"]
+    assert abs(sum(beyond.values()) - 1) < 1e-9
+    assert beyond["embed rest"] == pytest.approx(2 * (beyond["decode"] + beyond["features"] + beyond["embed"]))
+    assert "embed rest" not in stage_shares(True, 1000, 3000, on_ray=True)  # the cluster embeds those

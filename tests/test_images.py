@@ -2,6 +2,7 @@
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from PIL import Image
 from conftest import SAMPLE
 from pipeline.errors import ImageError, InputError
 from pipeline.images import decode_image, find_images, prepare_image, read_file
+
+SAMPLE_PHOTO = sorted(SAMPLE.glob("shoes/*.jpg"))[0]
 
 PHOTO = sorted((SAMPLE / "shoes").glob("*.jpg"))[0]
 
@@ -52,6 +55,35 @@ def test_a_linked_class_folder_is_followed_once_and_a_loop_is_not(tmp_path):
     (photos / "cats" / "again").symlink_to(photos / "cats")  # a loop
     found = [(r.path, r.label) for r in find_images(photos)]
     assert found == [(str(photos / "birds" / "b.jpg"), "birds"), (str(photos / "cats" / "c.jpg"), "cats")]
+
+
+FORMATS = {"photo.heic": "HEIF", "photo.avif": "AVIF", "photo.tif": "TIFF", "photo.gif": "GIF", "photo.ppm": "PPM",
+           "photo.pgm": "PPM", "photo.pbm": "PPM", "photo.mpo": "MPO", "photo.webp": "WEBP", "photo.bmp": "BMP"}
+
+
+def test_every_format_a_photo_comes_in_is_found_and_decoded(tmp_path):
+    """HEIC (a phone's default), AVIF, TIFF, GIF (its first frame), PPM/PGM/PBM, MPO: found and decoded like a JPEG;
+    a file of such a name that is no image is found too, and refused with a reason."""
+    source = Image.open(SAMPLE_PHOTO).convert("RGB").resize((96, 96))
+    for name, format_name in FORMATS.items():
+        image = source.convert({"photo.pgm": "L", "photo.pbm": "1"}.get(name, "RGB"))
+        if name == "photo.gif":  # two frames: the first is the photo
+            image.save(tmp_path / name, format_name, save_all=True, append_images=[Image.new("RGB", (96, 96))])
+        elif name == "photo.mpo":
+            image.save(tmp_path / name, format_name, save_all=True, append_images=[image.rotate(90)])
+        else:
+            image.save(tmp_path / name, format_name)
+    (tmp_path / "broken.heic").write_bytes(b"not a heic at all")
+    found = [Path(record.path).name for record in find_images(tmp_path)]
+    assert sorted(found) == sorted([*FORMATS, "broken.heic"])
+    reference = np.asarray(source, dtype=np.float32)
+    for name in FORMATS:
+        decoded = decode_image((tmp_path / name).read_bytes(), name)
+        assert decoded.shape == (96, 96, 3) and decoded.dtype == np.uint8, name
+        if name not in ("photo.pbm", "photo.gif"):  # one bit a pixel, 256 colours: far from the photo by design
+            assert np.abs(decoded.astype(np.float32).mean(axis=2) - reference.mean(axis=2)).mean() < 12, name
+    with pytest.raises(ImageError, match="broken.heic: not a decodable image"):
+        decode_image((tmp_path / "broken.heic").read_bytes(), "broken.heic")
 
 
 def test_find_images_on_a_missing_folder_is_an_input_error(tmp_path):

@@ -1,5 +1,6 @@
 """The HTML report of a real fit: sections, embedded images, sampling, and the no-label case."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -46,26 +47,62 @@ def test_stratified_sample_respects_the_cap_and_keeps_every_group():
     assert len(stratified_sample(groups, 5000)) == 1000  # no sampling below the cap
 
 
+def map_data(path):
+    """The t-SNE map's data, as the page's script reads it."""
+    found = re.search(r'<script id=map-data type="application/json">(.*?)</script>', path.read_text(), re.S)
+    return json.loads(found.group(1))
+
+
 def test_report_of_a_labelled_fit(fitted, tmp_path):
     artifacts, summary = fitted
-    out = build_report(Bundle.load(artifacts), tmp_path / "report.html", max_points=20, thumbnails_per_cluster=3,
+    bundle = Bundle.load(artifacts)
+    out = build_report(bundle, tmp_path / "report.html", max_points=20, thumbnails_per_cluster=3,
                        png_dir=tmp_path / "png")
     page, text = parse(out)
-    assert {"summary", "tsne", "clusters", "reconstructions", "training"} <= page.ids
+    assert {"summary", "tsne", "map", "clusters", "training"} <= page.ids
+    assert "reconstructions" not in page.ids  # over a backbone, what is reconstructed is no picture: no section
     figures = [img for img in page.images if img.get("class") == "figure"]
-    assert {img["alt"] for img in figures} == {"t-SNE by cluster", "t-SNE by label", "training curves"}
-    assert "reconstructs what the backbone sees" in text  # over a backbone, reconstructions are no pictures
+    assert [img["alt"] for img in figures] == ["training curves"]
     assert all(img["src"].startswith("data:image/png;base64,") for img in figures)
     thumbnails = [img for img in page.images if img["src"].startswith("data:image/jpeg;base64,")]
     assert len(thumbnails) == sum(min(3, n) for n in _cluster_sizes(text))
     assert "20 of 32 images" in text and "cluster purity" in text and "adjusted Rand index" in text
     assert f"{summary.clusters} clusters" in text and "purity" in text
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [
-        "training_curves.png", "tsne_clusters.png", "tsne_labels.png"]
+    kept = 1 + int(np.argmin(bundle.manifest.history["val_loss"]))
+    assert f"The weights of epoch {kept} (dotted line: the lowest validation loss) were kept" in text
+    assert "pooled efficientnet-lite0 features" in text  # the caption says what the curve measures
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["training_curves.png", "tsne.png"]
+
+    data = map_data(out)
+    assert len(data["points"]) == 20 and data["labelled"]
+    catalog = bundle.catalog
+    for x, y, label, cluster, path, thumbnail in data["points"]:
+        row = catalog.paths.index(path)
+        assert 0 <= x <= 1 and 0 <= y <= 1 and thumbnail  # every photo is there to show on hover
+        assert data["names"]["label"][label] == catalog.labels[row] and cluster == catalog.clusters[row]
+    assert sorted(data["names"]["label"]) == sorted({catalog.labels[catalog.paths.index(p[4])] for p in data["points"]})
+    assert len(data["colours"]["cluster"]) == len(set(data["colours"]["cluster"])) == bundle.index.nlist
 
 
 def _cluster_sizes(text):
     return [int(n) for n in re.findall(r"cluster \d+ · (\d+) images", text)]
+
+
+def test_the_palette_and_outlines_hold_at_any_number_of_clusters():
+    from pipeline.report import cluster_outlines, palette
+
+    for count in (1, 10, 20, 57, 101):
+        colours = palette(count)
+        assert len(colours) == len(set(colours)) == count and all(re.fullmatch("#[0-9a-f]{6}", c) for c in colours)
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(centre, 0.02, (30, 2)) for centre in ((0.2, 0.2), (0.8, 0.8))])
+    points[0] = (0.9, 0.1)  # a stray point of cluster 0, far from the rest
+    clusters = np.repeat([0, 1], 30)
+    line = np.array([[0.1, 0.5], [0.2, 0.5], [0.3, 0.5]])
+    outlines = cluster_outlines(np.concatenate([points, line]), np.concatenate([clusters, [2, 2, 2]]))
+    assert [cluster for cluster, _, _ in outlines] == [0, 1]  # three points on a line have no outline
+    first = outlines[0][1]
+    assert first.max() < 0.4  # the stray point does not stretch the outline across the map
 
 
 def test_report_without_labels_has_no_label_sections(tmp_path):
@@ -83,10 +120,14 @@ def test_report_without_labels_has_no_label_sections(tmp_path):
     )
     assert process.returncode == 0, process.stderr
     assert process.stdout.strip() == f"report: {tmp_path / 'flat.html'}"
+    assert str(tmp_path / "flat.html") not in process.stderr  # the path is said once
     page, text = parse(tmp_path / "flat.html")
     assert {"summary", "tsne", "clusters", "reconstructions", "training"} <= page.ids
-    alts = {img.get("alt") for img in page.images}
-    assert "t-SNE by cluster" in alts and "t-SNE by label" not in alts
+    assert "reconstruction (the mean squared error of the pixels)" in text
+    assert {img.get("alt") for img in page.images if img.get("class") == "figure"} == {"reconstructions",
+                                                                                        "training curves"}
+    assert "<option value=label" not in (tmp_path / "flat.html").read_text() and not map_data(tmp_path / "flat.html")[
+        "labelled"]
     assert "purity" not in text and "Rand" not in text
 
 
@@ -107,4 +148,5 @@ def test_report_when_the_photos_have_moved_since_the_fit(tmp_path):
     page, text = parse(build_report(Bundle.load(tmp_path / "artifacts"), tmp_path / "moved.html"))
     assert "None of the sampled images can be read any more." in text and "missing" in text
     assert not [img for img in page.images if img["src"].startswith("data:image/jpeg")]
+    assert [point[5] for point in map_data(tmp_path / "moved.html")["points"]] == [None] * 8
     assert {"summary", "tsne", "clusters", "reconstructions", "training"} <= page.ids

@@ -111,7 +111,7 @@ def test_predict_max_distance_returns_only_results_that_close(messy_fit):
     assert process.returncode == 0 and "no indexed image within distance 0.0 of the query" in process.stdout
     process = run_script("predict.py", "--file", query, "--artifacts", artifacts, "--max-distance", "-1")
     assert process.returncode == 2 and process.stderr.strip().splitlines() == [
-        "error: imgsim predict: argument --max-distance: must be at least 0, got -1 (see imgsim predict --help)"]
+        "error: imgsim predict: argument --max-distance: must be a finite number from 0, got -1 (see imgsim predict --help)"]
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,7 @@ def test_url_search_needs_allow_private_urls_for_a_local_server(client, open_cli
     url = f"{http_url}/local.jpg"
     refused = client.post("/api/search", json={"url": url})
     assert refused.status_code == 400 and "non-public address" in refused.json()["error"]
+    assert "started with --allow-private-urls" in refused.json()["error"]  # and how to allow it
     allowed = open_client.post("/api/search", json={"url": url, "n": 2})
     assert allowed.status_code == 200 and allowed.json()["results"][0]["id"] == 3
 

@@ -12,7 +12,8 @@ function render(data, querySrc) {
   img.src = querySrc;
   img.alt = "query";
   const caption = document.createElement("div");
-  caption.textContent = `query: ${data.query} · searched ${data.nprobe} cluster(s): ${data.clusters.join(", ")}`;
+  caption.textContent = `query: ${data.query} · searched ${data.nprobe} of the clusters` +
+    (data.expansion ? ` · ranked with its ${data.expansion} nearest images` : "");
   $("query").replaceChildren(img, caption);
   $("results").replaceChildren(...data.results.map((hit) => hitElement(hit, data.expansion)));
   status(`${data.results.length} results`);
@@ -31,15 +32,24 @@ function hitElement(hit, expansion) {
   img.src = `/api/images/${hit.id}`;
   const distance = document.createElement("span");
   distance.className = "distance";
-  distance.title = "cosine distance to the query, averaged with its nearest images when the search expands it: " +
-    "what the results are ranked by";
+  distance.title = hit.ranked_by === "query" ? "cosine distance to the query: what this result was ranked by"
+    : "cosine distance to the query averaged with its nearest images: what this result was ranked by";
   distance.textContent = `d=${hit.distance.toFixed(4)}`;
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = hit.path.split("/").pop();
   const meta = document.createElement("div");
   meta.className = "meta";
-  meta.append(`#${hit.rank} · `, distance, document.createElement("br"),
-              `cluster ${hit.cluster}` + (hit.label ? ` · ${hit.label}` : ""));
-  if (hit.same_image) meta.append(document.createElement("br"), "same image");
-  else if (hit.ranked_by === "query" && expansion) meta.append(document.createElement("br"), "nearest to the query");
+  meta.title = `${hit.path}\ncluster ${hit.cluster}`;
+  meta.append(`#${hit.rank} · `, distance, name,
+              (hit.label ? `${hit.label} · ` : "") + `to the query ${hit.query_distance.toFixed(4)}`);
+  const note = hit.same_image ? "same image" : hit.ranked_by === "query" && expansion ? "nearest to the query" : "";
+  if (note) {
+    const marker = document.createElement("span");
+    marker.className = "note";
+    marker.textContent = note;
+    meta.append(document.createElement("br"), marker);
+  }
   a.append(img, meta);
   a.addEventListener("click", (event) => { event.preventDefault(); searchBy({id: hit.id}, true); });
   return a;
@@ -53,10 +63,17 @@ async function post(body, isForm) {
   return data;
 }
 
+// A new search clears the last one's results first: a failure never leaves old results under its message.
+function startSearch() {
+  $("query").replaceChildren();
+  $("results").replaceChildren();
+  status("searching…");
+}
+
 async function searchBy(query, remember) {
   const params = {...query, ...options()};
   if (remember) history.pushState(params, "", "?" + new URLSearchParams(params));
-  status("searching…");
+  startSearch();
   try {
     const data = await post({...params, n: Number(params.n), ...(query.id !== undefined ? {id: Number(query.id)} : {})});
     render(data, query.id !== undefined ? `/api/images/${query.id}` : query.url);
@@ -68,7 +85,7 @@ async function searchFile(file) {
   form.append("image", file);
   for (const [key, value] of Object.entries(options())) form.append(key, value);
   history.pushState(options(), "", "?" + new URLSearchParams(options()));
-  status("searching…");
+  startSearch();
   try { render(await post(form, true), URL.createObjectURL(file)); } catch (error) { status(error.message, true); }
 }
 
