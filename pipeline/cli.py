@@ -24,8 +24,7 @@ from typing import Callable, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .config import (BACKBONE_DEFAULTS, CHOICES, DUPLICATE_THRESHOLD, RUNTIMES, SETTING_HELP, WORDS, FitConfig,
-                     parse_count_or_word)
+from .config import BACKBONE_DEFAULTS, CHOICES, RUNTIMES, SETTING_HELP, WORDS, FitConfig, parse_count_or_word
 from . import __version__
 from .errors import InputError, PipelineError
 
@@ -133,11 +132,12 @@ def check_writable(path: str, folder: bool = False) -> None:
         raise InputError(f"{path}: cannot write the output there ({parent} is not writable)")
 
 
-def print_outcome(skipped: list, artifacts: object) -> None:
-    """The closing lines of a command that wrote artifacts: every skipped file, then where it went."""
+def print_outcome(skipped: list, artifacts: object, out=None) -> None:
+    """The closing lines of a command that wrote artifacts: every skipped file, then where it went
+    (on ``out``, default stdout)."""
     for item in skipped:
-        print(f"skipped {item.path}: {item.reason}")
-    print(f"artifacts: {artifacts}")
+        print(f"skipped {item.path}: {item.reason}", file=out)
+    print(f"artifacts: {artifacts}", file=out)
 
 
 # fit: one flag per FitConfig field
@@ -366,43 +366,75 @@ def _remove(args: argparse.Namespace) -> None:
 
 
 def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threshold", type=_non_negative_float, default=DUPLICATE_THRESHOLD, metavar="T",
-                        help="images closer than this (cosine distance between descriptors) are linked; calibrated "
-                             "on near-copies of real photos (docs/QUALITY.md)")
+    from .duplicates import CANDIDATE_DISTANCE
+
+    parser.add_argument("--max-distance", type=_non_negative_float, default=CANDIDATE_DISTANCE, metavar="D",
+                        help="compare two images only when their descriptors are closer than this (cosine "
+                             "distance); each image's nearest is always compared. Every pair compared is verified "
+                             "on the images themselves")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a list")
-    parser.add_argument("--html", metavar="FILE", help="also write a page of the groups' thumbnails")
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained page of the groups")
+    parser.add_argument("--move-to", metavar="DIR",
+                        help="move every group's images but the one to keep into DIR, at their paths relative to "
+                             "the fitted folder (never deleting, never overwriting), then drop them from the index")
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
 
 
-def _duplicates(args: argparse.Namespace) -> None:
+def _duplicates(args: argparse.Namespace) -> int:
     from .artifacts import Bundle
-    from .duplicates import find_duplicates, write_duplicates_page
+    from .duplicates import find_duplicates
+    from .pages import write_duplicates_page
 
     if args.html:
         check_writable(args.html)
     bundle = Bundle.load(args.artifacts)
-    groups = find_duplicates(bundle, args.threshold)
+    found = find_duplicates(bundle, args.max_distance)
     if args.json:
-        print(json.dumps({"threshold": args.threshold, "linkage": "connected components",
-                          "groups": [group.to_dict(bundle.catalog) for group in groups]}, indent=2))
+        print(json.dumps(found.to_dict(), indent=2))
     else:
-        print(f"{len(groups)} groups of near-duplicates ({sum(len(g.ids) for g in groups)} of {len(bundle.catalog)} "
-              f"images) within distance {args.threshold:g}")
-        for number, group in enumerate(groups, start=1):
-            print(f"group {number}: {len(group.ids)} images, links up to {group.max_link:.4f}")
-            for image_id in group.ids:
-                print(f"  {image_id:>7}  {bundle.catalog.paths[image_id]}")
+        images = sum(len(group.members) for group in found.groups)
+        groups, pairs = len(found.groups), found.compared
+        print(f"{groups} group{'' if groups == 1 else 's'} of copies ({images} of {len(bundle.catalog)} images), "
+              f"from {pairs} candidate pair{'' if pairs == 1 else 's'} verified on the images")
+        for number, group in enumerate(found.groups, start=1):
+            print(f"group {number}: {len(group.members)} images; keep {group.keeper.id}: {group.why}")
+            for member in group.members:
+                check = member.verification
+                mark = ", ".join(filter(None, ["keep" if member is group.keeper else "",
+                                               "representative" if check is None else check.alignment,
+                                               "mirrored" if check is not None and check.mirrored else ""]))
+                print(f"  {member.id:>7}  {member.path}  ({member.width}x{member.height}, {mark})")
+        for path in found.unreadable:
+            print(f"unreadable, not compared: {path}")
+    out = sys.stderr if args.json else sys.stdout
     if args.html:
-        print(f"page: {write_duplicates_page(groups, bundle, args.threshold, args.html)}", file=sys.stderr
-              if args.json else sys.stdout)
+        print(f"page: {write_duplicates_page(found, bundle, args.html)}", file=out)
+    if args.move_to:
+        return _move_duplicates(found.groups, bundle, args, out)
+    return 0
 
 
-def print_change(change) -> None:
-    """What an add, sync or removal did, every skipped file, and where the bundle is."""
+def _move_duplicates(groups, bundle, args: argparse.Namespace, out) -> int:
+    """--move-to: move the copies, drop what moved from the index, say what happened."""
+    from .collection import remove_images
+    from .duplicates import move_duplicates
+
+    moved, problem = move_duplicates(groups, bundle.manifest.roots, args.move_to)
+    print(f"moved {len(moved)} files into {args.move_to}", file=out)
+    if moved:
+        print_change(remove_images(moved, args.artifacts), out)
+    if problem is not None:
+        raise InputError(f"{problem}; the files moved before it are out of the index")
+    return 0
+
+
+def print_change(change, out=None) -> None:
+    """What an add, sync or removal did, every skipped file, and where the bundle is (on ``out``,
+    default stdout)."""
     print(f"{change.action}: {change.added} added, {change.changed} changed, {change.removed} removed, "
           f"{change.unchanged} unchanged, {len(change.skipped)} skipped in {change.seconds:.1f}s; "
-          f"{change.images} indexed, nprobe {change.nprobe}")
-    print_outcome(change.skipped, change.artifacts)
+          f"{change.images} indexed, nprobe {change.nprobe}", file=out)
+    print_outcome(change.skipped, change.artifacts, out)
 
 
 def _evaluate_flags(parser: argparse.ArgumentParser) -> None:

@@ -82,9 +82,6 @@ SETTING_HELP = {
     "max_removal_share": "a sync that would drop more than this share of the index (a folder emptied, a disk not "
                          "mounted) changes nothing unless given --allow-mass-removal",
 }
-# Cosine distance under which two images are near-duplicates (pipeline/duplicates.py). Calibrated on near-copies of
-# real photos (docs/QUALITY.md): the largest threshold keeping precision at 0.99 was 0.22; 0.2 keeps a margin.
-DUPLICATE_THRESHOLD = 0.2
 
 
 @dataclass

@@ -1,98 +1,441 @@
-"""Near-duplicates: groups of indexed images whose descriptors lie within a distance threshold.
+"""Near-duplicates: copies of the same photo (re-encoded, resized, cropped, rotated, padded,
+mirrored, recoloured, blurred, captioned), verified on the images and grouped without chains.
 
-Candidate pairs come from the routed index (each image's ``NEIGHBOURS`` nearest, in batches), so
-no dense n x n matrix is ever built; pairs closer than the threshold are linked and a group is a
-connected component of those links (single linkage: A-B and B-C close puts A, B and C in one
-group even when A and C are further apart). The default threshold is calibrated on near-copies
-made from real photos (re-encoded, resized, cropped, colour-shifted, mirrored, captioned):
-``benchmarks/bench_duplicates.py`` and docs/QUALITY.md.
+1. **Candidates** come from the index: each image's ``NEIGHBOURS`` nearest within ``max_distance``
+   of it, and its single nearest whatever the distance (in a small folder every distance is large),
+   searched in batches: no dense n x n matrix.
+2. **Verification** (:mod:`pipeline.verification`) decides each candidate pair on the two images'
+   own pixels; local features are found once per image and, with the verdicts, cached beside the
+   bundles by content hash, so a second run does almost no work.
+3. **Groups**: within each set of images joined by verified pairs, the image verified with the
+   most others becomes the representative, and an image joins its group only if it is verified
+   against that representative itself (pairs not yet compared are verified then; one refused is
+   tried once more against the representative's mirror image, for a copy both mirrored and cropped
+   or rotated); what is left forms the next group the same way. A chain of look-alikes (A like B,
+   B like C) never puts A and C together.
+4. **The image to keep** in each group: the most pixels of the photo (a border, padding or a
+   rotation's corners do not count), then the least border, then the largest file, then the oldest.
 """
 
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass
+import multiprocessing
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from PIL import Image
 from tqdm import tqdm
 
-from .artifacts import Bundle
-from .catalog import Catalog
-from .config import DUPLICATE_THRESHOLD
+from .errors import ArtifactError, ImageError, InputError
+from .images import content_hash, decode_image, read_file
+from .verification import FEATURE_SIDE, LocalFeatures, Verification, VerificationCache, verify, verify_mirrored
 
-NEIGHBOURS = 16  # candidates per image: a group larger than this still forms through chains of links
+NEIGHBOURS = 8  # candidates per image, by rank
+CANDIDATE_DISTANCE = 0.5  # pairs further apart (cosine, descriptors) are never compared, but each image's nearest
+PIXEL_TOLERANCE = 0.05  # pixels of the photo this close count as as many (borders are told apart to about 2%)
+BORDER_TOLERANCE = 0.05  # shares of photo this close count as as much
+CACHE_FOLDER = "duplicates-cache"  # inside the artifacts folder, beside the bundles
 _BATCH = 4096
+_CHUNK = 256  # pairs a worker decides at a time
+PARALLEL_FROM = 400  # images or pairs: fewer are done in this process (starting workers costs about a second)
+
+if TYPE_CHECKING:  # the command line reads this module's defaults: it stays light to import
+    from .artifacts import Bundle
+
+
+@dataclass
+class Member:
+    """An image of a group, with what the choice of the one to keep rests on."""
+
+    id: int
+    path: str
+    label: Optional[str]
+    width: int
+    height: int
+    bytes: int
+    modified: float  # seconds since the epoch
+    coverage: float  # the share of the image that shows the photo (not a border, padding or corners)
+    distance: float  # between its descriptor and the representative's
+    verification: Optional[Verification]  # the representative (first) against this image; None for it
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def to_dict(self, keep: bool) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, "label": self.label, "folder": os.path.dirname(self.path),
+                "width": self.width, "height": self.height, "bytes": self.bytes,
+                "modified": datetime.fromtimestamp(self.modified, timezone.utc).isoformat(timespec="seconds"),
+                "photo_share": round(self.coverage, 3), "distance": round(self.distance, 6), "keep": keep,
+                "verification": self.verification.to_dict() if self.verification else None}
 
 
 @dataclass
 class DuplicateGroup:
-    """Images linked by distances under the threshold; ``ids`` in catalog order."""
+    """Copies of one photo, the one to keep first; each verified against the representative."""
 
-    ids: list[int]
-    max_link: float  # the largest distance among the links that hold the group together
+    members: list[Member]
+    representative: int  # the id of the member the others were verified against
+    why: str  # why the first is the one to keep
 
-    def to_dict(self, catalog: Catalog) -> dict[str, Any]:
-        return {"ids": self.ids, "paths": [catalog.paths[i] for i in self.ids],
-                "labels": [catalog.labels[i] for i in self.ids], "max_link": round(self.max_link, 6)}
+    @property
+    def keeper(self) -> Member:
+        return self.members[0]
+
+    @property
+    def ids(self) -> list[int]:
+        return [member.id for member in self.members]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep": self.keeper.id, "why": self.why, "representative": self.representative,
+                "images": [member.to_dict(keep=number == 0) for number, member in enumerate(self.members)]}
 
 
-def duplicate_pairs(bundle: Bundle, threshold: float, neighbours: int = NEIGHBOURS,
+@dataclass
+class Duplicates:
+    """What a search for duplicates found, and what it compared."""
+
+    groups: list[DuplicateGroup]
+    compared: int  # candidate pairs verified (from the cache or anew)
+    max_distance: float
+    unreadable: list[str] = field(default_factory=list)  # indexed files that could not be read: never grouped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_distance": self.max_distance, "compared": self.compared, "unreadable": self.unreadable,
+                "grouping": "each image verified against the group's representative",
+                "groups": [group.to_dict() for group in self.groups]}
+
+
+def candidate_pairs(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, neighbours: int = NEIGHBOURS,
                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i < j) of indexed images closer than ``threshold``: ((pairs, 2) ids, (pairs,) distances)."""
+    """Rows (i < j) of the indexed images to compare: ((pairs, 2), (pairs,) descriptor distances)."""
     index, vectors = bundle.index, bundle.embeddings
     k = min(neighbours + 1, index.size)
     pairs, distances = [np.empty((0, 2), np.int64)], [np.empty(0, np.float32)]
-    for start in tqdm(range(0, index.size, _BATCH), desc="duplicates", unit="batch", disable=not progress):
+    for start in tqdm(range(0, index.size, _BATCH), desc="candidates", unit="batch", disable=not progress):
         stop = min(start + _BATCH, index.size)
         hits = index.search(np.asarray(vectors[start:stop]), k, expansion=0)
         rows = np.repeat(np.arange(start, stop), k).reshape(-1, k)
-        close = (hits.ids >= 0) & (hits.distances <= threshold) & (hits.ids != rows)
-        first, second = np.minimum(rows[close], hits.ids[close]), np.maximum(rows[close], hits.ids[close])
-        pairs.append(np.stack([first, second], axis=1))
-        distances.append(hits.distances[close])
+        found = hits.ids != rows  # not itself
+        nearest = found & (np.cumsum(found, axis=1) == 1)  # each image's nearest other
+        keep = (hits.ids >= 0) & found & ((hits.distances <= max_distance) | nearest)
+        pairs.append(np.sort(np.stack([rows[keep], hits.ids[keep]], axis=1), axis=1))
+        distances.append(hits.distances[keep].astype(np.float32))
     pairs, distances = np.concatenate(pairs), np.concatenate(distances)
-    pairs, unique = np.unique(pairs, axis=0, return_index=True)  # each pair is found from both ends
+    pairs, unique = np.unique(pairs, axis=0, return_index=True)
     return pairs, distances[unique]
 
 
-def find_duplicates(bundle: Bundle, threshold: float = DUPLICATE_THRESHOLD, neighbours: int = NEIGHBOURS,
-                    progress: bool = True) -> list[DuplicateGroup]:
-    """Groups of near-duplicates (connected components of pairs under ``threshold``), largest first
-    (``progress``: a bar on the terminal)."""
-    size = len(bundle.catalog)
-    pairs, distances = duplicate_pairs(bundle, threshold, neighbours, progress)
-    if not len(pairs):
-        return []
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(size, size))
-    _, component = connected_components(graph, directed=False)
+class _Verifier:
+    """Verdicts on pairs of indexed images (by row). Features are found once per image and kept in
+    the cache folder; verdicts are read from the cache or decided, in worker processes when there
+    is much to do (OpenCV's matching holds the interpreter too often for threads to scale)."""
+
+    def __init__(self, bundle: Bundle, cache: VerificationCache, progress: bool):
+        self.paths, self.cache, self.progress = bundle.catalog.paths, cache, progress
+        self.hashes = list(bundle.catalog.hashes)  # a file changed since it was indexed: its content's hash
+        self.ready: set[int] = set()  # rows whose features are in the cache
+        self.unreadable: set[int] = set()
+        self.workers = min(8, os.cpu_count() or 1)
+        self._pool: Optional[ProcessPoolExecutor] = None
+
+    def __enter__(self) -> "_Verifier":
+        return self
+
+    def __exit__(self, *_) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def _map(self, function, tasks: list, description: str, unit: str, sizes: Optional[list[int]] = None) -> list:
+        """``function`` over ``tasks``: in worker processes when there is enough work to be worth
+        starting them, else here; a bar counting ``sizes`` units a task (default one)."""
+        sizes = sizes or [1] * len(tasks)
+        bar = tqdm(total=sum(sizes), desc=description, unit=unit, disable=not self.progress or sum(sizes) < 100)
+        if self.workers > 1 and sum(sizes) >= PARALLEL_FROM:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            results = self._pool.map(function, tasks)
+        else:
+            results = map(function, tasks)
+        answers = []
+        for answer, size in zip(results, sizes):
+            answers.append(answer)
+            bar.update(size)
+        bar.close()
+        return answers
+
+    def _prepare(self, rows: set[int]) -> None:
+        """Put the features of ``rows`` into the cache, finding those it lacks."""
+        missing = sorted(row for row in rows - self.ready - self.unreadable if not self.cache.has_features(self.hashes[row]))
+        self.ready |= rows - set(missing) - self.unreadable
+        tasks = [(self.paths[row], self.hashes[row], str(self.cache.folder)) for row in missing]
+        for row, stored in zip(missing, self._map(_store_features, tasks, "local features", "img")):
+            if stored is None:
+                self.unreadable.add(row)
+            else:
+                self.hashes[row] = stored
+                self.ready.add(row)
+
+    def verdicts(self, pairs: list[tuple[int, int]]) -> list[Optional[Verification]]:
+        """The verdict on each pair, told from its first image's side; None where an image cannot be read."""
+        known = [self.cache.verdict(self.hashes[a], self.hashes[b]) for a, b in pairs]
+        todo = [number for number, verdict in enumerate(known) if verdict is None]
+        self._prepare({row for number in todo for row in pairs[number]})
+        todo = [number for number in todo if not set(pairs[number]) & self.unreadable]
+        todo.sort(key=lambda number: pairs[number])  # a worker meets the same first image again and again
+        chunks = [todo[start:start + _CHUNK] for start in range(0, len(todo), _CHUNK)]
+        tasks = [(str(self.cache.folder), [(self.hashes[pairs[n][0]], self.hashes[pairs[n][1]]) for n in chunk])
+                 for chunk in chunks]
+        for chunk, decided in zip(chunks, self._map(_decide, tasks, "verify", "pair", [len(c) for c in chunks])):
+            for number, values in zip(chunk, decided):
+                known[number] = Verification(**values)
+                a, b = pairs[number]
+                self.cache.store_verdict(self.hashes[a], self.hashes[b], known[number])
+        return known
+
+
+    def mirrored_verdicts(self, keeper: int, rows: list[int]) -> list[Optional[Verification]]:
+        """The verdicts on (keeper, row) by :func:`verify_mirrored`, for pairs :meth:`verdicts`
+        refused: the keeper's mirror image is decoded here, once (None where it cannot be read)."""
+        known = [self.cache.verdict(self.hashes[keeper], self.hashes[row], mirrored=True) for row in rows]
+        todo = [number for number, verdict in enumerate(known) if verdict is None]
+        if not todo:
+            return known
+        try:
+            mirrored = LocalFeatures.of(np.ascontiguousarray(decode_image(
+                read_file(self.paths[keeper]), self.paths[keeper], min_size=FEATURE_SIDE)[:, ::-1]))
+        except ImageError:
+            return known
+        for number in todo:
+            known[number] = verify_mirrored(mirrored, _cached_features(str(self.cache.folder), self.hashes[rows[number]]))
+            self.cache.store_verdict(self.hashes[keeper], self.hashes[rows[number]], known[number], mirrored=True)
+        return known
+
+
+def _store_features(task: tuple[str, str, str]) -> Optional[str]:
+    """(In a worker.) Find the features of one file and store them in the cache folder under its
+    content's hash, which is returned; None when the file cannot be read."""
+    path, indexed_hash, folder = task
+    try:
+        data = read_file(path)
+        features = LocalFeatures.of(decode_image(data, path, min_size=FEATURE_SIDE))
+    except ImageError:
+        return None
+    stored = content_hash(data)  # the indexed hash, unless the file changed since it was indexed
+    VerificationCache(folder, verdicts=False).store_features(stored, features)
+    return stored
+
+
+def _decide(task: tuple[str, list[tuple[str, str]]]) -> list[dict]:
+    """(In a worker.) The verdicts on pairs of images named by content hash, their features read
+    from the cache folder."""
+    folder, pairs = task
+    return [asdict(verify(_cached_features(folder, first), _cached_features(folder, second)))
+            for first, second in pairs]
+
+
+@lru_cache(maxsize=2048)
+def _cached_features(folder: str, stored_hash: str) -> LocalFeatures:
+    features = VerificationCache(folder, verdicts=False).features(stored_hash)
+    if features is None:
+        raise ArtifactError(f"{folder}: the features of {stored_hash} vanished from the cache while in use")
+    return features
+
+
+def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, neighbours: int = NEIGHBOURS,
+                    cache: Optional[VerificationCache] = None, progress: bool = True) -> Duplicates:
+    """The groups of copies among the indexed images, largest first (see the module's description).
+    ``cache`` defaults to the one in the bundle's artifacts folder; ``progress``: bars on the terminal."""
+    if not max_distance >= 0:
+        raise InputError(f"max_distance must be a number from 0, got {max_distance}")
+    if cache is None:
+        cache = VerificationCache(bundle.folder.parent / CACHE_FOLDER)
+    pairs, _ = candidate_pairs(bundle, max_distance, neighbours, progress)
+    candidates = [(int(a), int(b)) for a, b in pairs]
+    with _Verifier(bundle, cache, progress) as verifier:
+        verdicts = dict(zip(candidates, verifier.verdicts(candidates)))
+        groups = []
+        for component in _components([pair for pair, verdict in verdicts.items() if verdict and verdict.same]):
+            groups += _groups(bundle, component, verdicts, verifier)
+    cache.prune(set(bundle.catalog.hashes))
+    cache.save()
+    groups.sort(key=lambda group: (-len(group.members), group.keeper.id))
+    unreadable = sorted(bundle.catalog.paths[row] for row in verifier.unreadable)
+    return Duplicates(groups, len(candidates), max_distance, unreadable)
+
+
+def _components(links: list[tuple[int, int]]) -> list[list[int]]:
+    """Sets of rows joined by links (union-find), each sorted."""
+    parent: dict[int, int] = {}
+
+    def root(row: int) -> int:
+        while parent.setdefault(row, row) != row:
+            parent[row] = parent[parent[row]]
+            row = parent[row]
+        return row
+
+    for a, b in links:
+        parent[root(a)] = root(b)
+    sets: dict[int, list[int]] = {}
+    for row in parent:
+        sets.setdefault(root(row), []).append(row)
+    return [sorted(rows) for rows in sets.values()]
+
+
+def _groups(bundle: Bundle, rows: list[int], verdicts: dict[tuple[int, int], Optional[Verification]],
+            verifier: _Verifier) -> list[DuplicateGroup]:
+    """Groups among ``rows`` (joined by verified pairs), each member verified against its representative."""
+    coverage = dict.fromkeys(rows, 0.0)  # the largest share of each image that another one shows: 1 without a border
+    links = dict.fromkeys(rows, 0)  # verified pairs each image is in
+    for (a, b), verdict in verdicts.items():
+        if verdict is not None and verdict.same and a in coverage:
+            coverage[a], coverage[b] = max(coverage[a], verdict.covered_first), max(coverage[b], verdict.covered_second)
+            links[a], links[b] = links[a] + 1, links[b] + 1
+    facts = {row: _Facts.of(bundle.catalog.paths[row], coverage[row]) for row in rows}
+    remaining = set(rows)
     groups = []
-    for label in np.unique(component[pairs[:, 0]]):
-        ids = np.flatnonzero(component == label)
-        links = component[pairs[:, 0]] == label
-        groups.append(DuplicateGroup(ids.tolist(), float(distances[links].max())))
-    return sorted(groups, key=lambda group: (-len(group.ids), group.ids[0]))
+    while len(remaining) > 1:
+        representative = max(remaining, key=lambda row: (links[row], facts[row].photo_pixels, facts[row].bytes, -row))
+        others = sorted(remaining - {representative})
+        pairs = [(min(representative, row), max(representative, row)) for row in others]
+        unknown = [pair for pair in pairs if pair not in verdicts]
+        verdicts.update(zip(unknown, verifier.verdicts(unknown)))
+        against = {row: _told_from(verdicts, representative, row) for row, pair in zip(others, pairs)
+                   if verdicts[pair] is not None}
+        refused = [row for row, verdict in against.items() if not verdict.same]
+        if refused:  # linked to the group but not to its representative: a mirror image of it, cropped or rotated?
+            against.update((row, verdict) for row, verdict in zip(
+                refused, verifier.mirrored_verdicts(representative, refused)) if verdict is not None)
+        joined = [row for row, verdict in against.items() if verdict.same]
+        remaining.discard(representative)
+        if not joined:
+            continue
+        remaining -= set(joined)
+        group = [representative, *joined]
+        keeper = _keeper({row: facts[row] for row in group})
+        group.remove(keeper)
+        group.insert(0, keeper)
+        distances = _distances(np.asarray(bundle.embeddings[[representative, *group]], np.float32), bundle.index.metric)
+        members = [_member(bundle, row, facts[row], float(distance), against.get(row))
+                   for row, distance in zip(group, distances)]
+        groups.append(DuplicateGroup(members, bundle.catalog.ids[representative],
+                                     _why(facts[keeper], [facts[row] for row in group[1:]])))
+    return groups
 
 
-def write_duplicates_page(groups: list[DuplicateGroup], bundle: Bundle, threshold: float, path: str | Path) -> Path:
-    """A self-contained HTML page showing every group's thumbnails, largest group first."""
-    from .report import thumbnail_html  # thumbnails decode images: loaded only for the page
+def _told_from(verdicts: dict[tuple[int, int], Optional[Verification]], first: int, row: int) -> Verification:
+    """The verdict on (first, row), told from first's side (pairs are kept lower row first)."""
+    verdict = verdicts[(min(first, row), max(first, row))]
+    return verdict if first < row else verdict.swapped()
 
-    rows = "".join(
-        f"<section><h2>{len(group.ids)} images, links up to {group.max_link:.4f}</h2>"
-        + "".join(thumbnail_html(bundle.catalog.paths[i], bundle.catalog.labels[i]) for i in group.ids)
-        + "</section>"
-        for group in tqdm(groups, desc="page", unit="group"))
-    path = Path(path)
-    path.write_text(f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>Near-duplicates: {html.escape(bundle.manifest.data_dir)}</title>
-<style>body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; }}
-section {{ border-top: 1px solid #ddd; }} h2 {{ font-size: 1rem; }} img, .missing {{ width: 128px; height: 128px;
-object-fit: contain; background: #f4f4f4; margin: 2px; display: inline-block; }}</style></head><body>
-<h1>{len(groups)} groups of near-duplicates</h1>
-<p>Images of <code>{html.escape(bundle.manifest.data_dir)}</code> linked when their descriptors lie within cosine
-distance {threshold:g}; a group is a connected component of those links.</p>{rows}</body></html>""")
-    return path
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the choice of the image to keep looks at."""
+
+    width: int
+    height: int
+    bytes: int
+    modified: float
+    coverage: float  # the share of the image that shows the photo (a border, padding or corners do not)
+
+    @classmethod
+    def of(cls, path: str, coverage: float) -> "_Facts":
+        """The file as it is now (zeros when it is gone)."""
+        try:
+            status = os.stat(path)
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return cls(0, 0, 0, 0.0, coverage)
+        return cls(width, height, status.st_size, status.st_mtime, coverage)
+
+    @property
+    def photo_pixels(self) -> float:
+        return self.width * self.height * self.coverage
+
+    def close_to(self, other: "_Facts") -> bool:
+        """As many pixels of the photo as ``other``, within PIXEL_TOLERANCE."""
+        return abs(self.photo_pixels - other.photo_pixels) <= PIXEL_TOLERANCE * max(self.photo_pixels,
+                                                                                       other.photo_pixels)
+
+
+def _keeper(facts: dict[int, _Facts]) -> int:
+    """The image to keep: most pixels of the photo (within PIXEL_TOLERANCE: a rotated or
+    letterboxed copy gains pixels of border, not of photo), then the least border (within
+    BORDER_TOLERANCE), then the largest file, then the oldest."""
+    most = max(facts.values(), key=lambda fact: fact.photo_pixels)
+    rows = [row for row, fact in facts.items() if fact.close_to(most)]
+    coverage = max(facts[row].coverage for row in rows)
+    rows = [row for row in rows if facts[row].coverage >= coverage - BORDER_TOLERANCE]
+    return max(rows, key=lambda row: (facts[row].bytes, -facts[row].modified, -row))
+
+
+def _member(bundle: Bundle, row: int, facts: _Facts, distance: float, verification: Optional[Verification]) -> Member:
+    catalog = bundle.catalog
+    return Member(catalog.ids[row], catalog.paths[row], catalog.labels[row], facts.width, facts.height, facts.bytes,
+                  facts.modified, facts.coverage, distance, verification)
+
+
+def _distances(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """The distances from the first of ``vectors`` to the others, as the index measures them."""
+    if metric == "cosine":
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return 1.0 - vectors[1:] @ vectors[0]
+    return np.linalg.norm(vectors[1:] - vectors[0], axis=1)
+
+
+def _why(keeper: _Facts, others: list[_Facts]) -> str:
+    """Why ``keeper`` is the one to keep, in words, by the first of its reasons that decides."""
+    size = f"{keeper.width}x{keeper.height}" + (f", {keeper.coverage:.0%} of it the photo" if keeper.coverage < 0.98
+                                                else "")
+    tied = [other for other in others if other.close_to(keeper)]
+    if not tied:
+        return f"most pixels of the photo ({size})"
+    tied = [other for other in tied if other.coverage >= keeper.coverage - BORDER_TOLERANCE]
+    if not tied:
+        return f"as many pixels of the photo as another ({size}) and less border"
+    if all(other.bytes < keeper.bytes for other in tied):
+        return f"as many pixels of the photo as another ({size}) and the largest file ({keeper.bytes:,} bytes)"
+    return (f"as many pixels of the photo and bytes as another ({size}), and the oldest "
+            f"(modified {datetime.fromtimestamp(keeper.modified, timezone.utc):%Y-%m-%d %H:%M} UTC)")
+
+
+def move_duplicates(groups: list[DuplicateGroup], roots: list[str],
+                    destination: str | os.PathLike) -> tuple[list[str], Optional[str]]:
+    """Move every group's images but its keeper into ``destination``, each at its path relative to
+    the fitted folder it lies in: (the paths moved, the reason the moves stopped early or None).
+    Nothing is deleted and nothing overwritten: InputError before any move when a target exists,
+    two files would land on one target, or ``destination`` lies inside a fitted folder (a sync
+    would find the files again)."""
+    target_root = Path(destination).resolve()
+    folders = [Path(root).resolve() for root in roots]
+    for folder in folders:
+        if target_root == folder or folder in target_root.parents:
+            raise InputError(f"{destination}: inside the fitted folder {folder}; a sync would find the moved files "
+                             f"again: move them elsewhere")
+    moves: dict[Path, Path] = {}
+    for group in groups:
+        for member in group.members[1:]:
+            source = Path(member.path)
+            home = next((folder for folder in folders if folder in source.parents), source.parent)
+            target = target_root / source.relative_to(home)
+            if target.exists() or target.is_symlink() or target in moves.values():
+                raise InputError(f"{target}: already exists; nothing moved (move it away or choose another folder)")
+            moves[source] = target
+    moved: list[str] = []
+    for source, target in moves.items():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+        except OSError as exc:
+            return moved, f"{source}: cannot move it to {target} ({exc.strerror or exc})"
+        moved.append(str(source))
+    return moved, None

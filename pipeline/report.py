@@ -13,13 +13,11 @@ import base64
 import colorsys
 import html
 import io
-import json
 import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Optional
 
@@ -33,12 +31,12 @@ from .artifacts import Bundle
 from .dataset import to_model_input
 from .early_stopping import kept_epoch
 from .errors import ImageError
-from .images import prepare_image, read_file, thumbnail_jpeg
+from .images import prepare_image, read_file
 from .index import prepare_vectors
+from .pages import THUMBNAIL, script_json, thumbnail_base64, thumbnail_html, web_file
 from .plots import plt, reconstruction_figure, training_curve_figure, tsne_figure
 
 log = logging.getLogger(__name__)
-THUMBNAIL = 96
 MAP_THUMBNAIL = 80  # the picture shown on hovering a point of the map
 RECONSTRUCTIONS = 8
 OUTLINE_SHARE = 0.9  # a cluster's outline wraps this share of its points nearest its middle
@@ -194,7 +192,7 @@ class TsneMap:
                           "centre": np.round(middle, 4).tolist()} for cluster, polygon, middle in self.outlines()],
             "names": self.names, "colours": self.colours, "labelled": self.labelled,
         }
-        return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" inside
+        return script_json(data)
 
     def figure(self) -> plt.Figure:
         """The map as a static figure (for ``--png``): coloured by label when there are labels."""
@@ -207,7 +205,7 @@ class TsneMap:
 
 
 def _map_thumbnails(paths: list[str]) -> list[Optional[str]]:
-    return list(tqdm(ThreadPoolExecutor(min(8, os.cpu_count() or 1)).map(_thumbnail_base64, paths,
+    return list(tqdm(ThreadPoolExecutor(min(8, os.cpu_count() or 1)).map(thumbnail_base64, paths,
                                                                          [MAP_THUMBNAIL] * len(paths)),
                      total=len(paths), desc="map thumbnails", unit="img"))
 
@@ -245,22 +243,6 @@ def _figure_png(figure: plt.Figure) -> bytes:
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
-
-
-def _thumbnail_base64(path: str, size: int) -> Optional[str]:
-    try:
-        return base64.b64encode(thumbnail_jpeg(read_file(path), path, size, quality=75)).decode()
-    except ImageError:
-        return None
-
-
-def thumbnail_html(path: str, label: Optional[str]) -> str:
-    """An inline JPEG thumbnail of an image file titled with its path (and label), or a "missing" box."""
-    title = html.escape(f"{path}" + (f" ({label})" if label else ""), quote=True)
-    jpeg = _thumbnail_base64(path, THUMBNAIL)
-    if jpeg is None:
-        return f"<div class=missing title='{title}'>missing</div>"
-    return f"<img title='{title}' src='data:image/jpeg;base64,{jpeg}'>"
 
 
 def _image(data: bytes, alt: str) -> str:
@@ -315,7 +297,7 @@ def _page(bundle, raw_labels, clusters, labels, figures, tsne_map, galleries, nl
                            f"{reconstructions}</section>")
     colour_options = ("<option value=label selected>label</option>" if labels is not None else "") + (
         "<option value=cluster>cluster</option>")
-    script = resources.files("pipeline").joinpath("web/report-map.js").read_text()
+    script = web_file("report-map.js")
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
 <title>Fit report: {html.escape(manifest.data_dir)}</title>

@@ -7,10 +7,12 @@
   ``n`` and ``nprobe`` as form fields or JSON keys. Returns the ``predict.py --json`` object.
   ``max_distance`` keeps only results at most that far from the query.
 - ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
-- ``DELETE /api/images/{id}``: removes the image from the index (not from the disk). Off unless the
-  server was started with a write token; the request must carry it as ``Authorization: Bearer TOKEN``.
-  Every other image keeps its id.
-- ``GET /api/duplicates?threshold=T``: groups of near-duplicate images.
+- ``DELETE /api/images/{id}``, ``POST /api/remove`` (JSON ``{"ids": [...]}``): remove images from the
+  index (not from the disk). Off unless the server was started with a write token; the request must
+  carry it as ``Authorization: Bearer TOKEN``. Every other image keeps its id.
+- ``GET /duplicates``: a page of the groups of copies, to review and remove; ``GET
+  /api/duplicates?max_distance=D``: the groups as ``imgsim duplicates --json`` prints them (worked
+  out once per bundle and distance, then answered from memory).
 - ``GET /api/health``, ``GET /api/stats``.
 
 The service follows its artifacts folder: every ``reload_seconds`` it looks whether a fit, add,
@@ -52,8 +54,7 @@ from .errors import ArtifactError, ImageError, InputError, UnknownImage
 from .fetch import fetch_url
 from .images import content_hash, thumbnail_jpeg
 from .collection import is_id, remove_images
-from .config import DUPLICATE_THRESHOLD
-from .duplicates import find_duplicates
+from .duplicates import CANDIDATE_DISTANCE, Duplicates, find_duplicates
 from .search import Searcher
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,11 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'se
                            "img-src 'self' blob: data: http: https:; base-uri 'none'; form-action 'self'; "
                            "frame-ancestors 'none'")
 _PAGE_FILES = {"index.html": "text/html; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
-               "page.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+               "page.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml",
+               "duplicates.html": "text/html; charset=utf-8", "duplicates.js": "text/javascript; charset=utf-8"}
+# the page's files by route; browsers ask for /favicon.ico whatever the page says
+_PAGE_ROUTES = {"/": "index.html", "/page.js": "page.js", "/page.css": "page.css", "/duplicates": "duplicates.html",
+                "/duplicates.js": "duplicates.js", "/favicon.svg": "favicon.svg", "/favicon.ico": "favicon.svg"}
 
 
 def create_app(
@@ -134,22 +139,11 @@ def create_app(
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
 
-    @app.get("/")
-    def index_page() -> Response:
-        return Response(web["index.html"], media_type=_PAGE_FILES["index.html"])
+    def static_file(name: str):
+        return lambda: Response(web[name], media_type=_PAGE_FILES[name])
 
-    @app.get("/page.js")
-    def page_script() -> Response:
-        return Response(web["page.js"], media_type=_PAGE_FILES["page.js"])
-
-    @app.get("/page.css")
-    def page_style() -> Response:
-        return Response(web["page.css"], media_type=_PAGE_FILES["page.css"])
-
-    @app.get("/favicon.svg")
-    @app.get("/favicon.ico")  # asked for by browsers whatever the page says
-    def favicon() -> Response:
-        return Response(web["favicon.svg"], media_type=_PAGE_FILES["favicon.svg"])
+    for route, name in _PAGE_ROUTES.items():
+        app.add_api_route(route, static_file(name), methods=["GET"], response_class=Response, name=route)
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:  # on the event loop: it answers while every worker thread is busy
@@ -237,30 +231,56 @@ def create_app(
         return Response(_indexed_file(bundle, row),
                         media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
 
-    @app.delete("/api/images/{image_id}")
-    def delete_image(image_id: str, request: Request) -> dict[str, Any]:
+    def authorise(request: Request) -> None:
         if write_token is None:
-            raise HTTPException(403, "deleting is off: start the server with --write-token to allow it")
+            raise HTTPException(403, "removing is off: start the server with --write-token-file to allow it")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), write_token.encode()):
-            raise HTTPException(401, "deleting needs the server's write token: Authorization: Bearer TOKEN")
-        if not is_id(image_id):
-            raise HTTPException(404, f"no image with id {image_id[:32]!r}")
+            raise HTTPException(401, "removing needs the server's write token: Authorization: Bearer TOKEN")
+
+    def remove(ids: list[str]) -> dict[str, Any]:
         try:  # by id, in the bundle current now: an id that a sync or removal has taken out meanwhile is a 404
-            change = remove_images([image_id], searcher.bundle.folder.parent)
+            change = remove_images(ids, searcher.bundle.folder.parent)
         except ArtifactError as exc:  # another writer holds the bundle
             raise HTTPException(409, str(exc)) from None
         problem = _refresh(searcher)  # the removal is committed whatever happens here; the follower retries
         if problem is not None:
             log.warning(problem)
-        return {"removed": int(image_id), "images": change.images}
+        return {"removed": [int(image_id) for image_id in ids], "images": change.images}
+
+    @app.delete("/api/images/{image_id}")
+    def delete_image(image_id: str, request: Request) -> dict[str, Any]:
+        authorise(request)
+        if not is_id(image_id):
+            raise HTTPException(404, f"no image with id {image_id[:32]!r}")
+        answer = remove([image_id])
+        return {"removed": answer["removed"][0], "images": answer["images"]}
+
+    @app.post("/api/remove")
+    async def remove_many(request: Request) -> dict[str, Any]:
+        authorise(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InputError("expected a JSON object {\"ids\": [...]}") from None
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids or not all(type(i) is int and i >= 0 for i in ids):
+            raise InputError("ids must be a non-empty list of image ids (whole numbers from 0)")
+        return await run_in_threadpool(remove, [str(image_id) for image_id in ids])
+
+    groups_by_bundle: dict[tuple[str, float], Duplicates] = {}
+    grouping = threading.Lock()
 
     @app.get("/api/duplicates")
-    def duplicates(threshold: Optional[str] = None) -> dict[str, Any]:
-        limit = DUPLICATE_THRESHOLD if threshold in (None, "") else _distance(threshold, "threshold")
-        bundle = searcher.bundle  # one bundle for the whole answer, even if a delete swaps it meanwhile
-        return {"threshold": limit, "linkage": "connected components",
-                "groups": [group.to_dict(bundle.catalog) for group in find_duplicates(bundle, limit, progress=False)]}
+    def duplicates(max_distance: Optional[str] = None) -> dict[str, Any]:
+        limit = CANDIDATE_DISTANCE if max_distance in (None, "") else _distance(max_distance, "max_distance")
+        bundle = searcher.bundle  # one bundle for the whole answer, even if a removal swaps it meanwhile
+        with grouping:  # one search at a time; a second request for the same bundle reads the first's answer
+            key = (str(bundle.folder), limit)
+            if key not in groups_by_bundle:
+                groups_by_bundle.clear()  # only the current bundle's answers are worth keeping
+                groups_by_bundle[key] = find_duplicates(bundle, limit, progress=False)
+            return groups_by_bundle[key].to_dict()
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE"], include_in_schema=False)
     def not_found(path: str) -> None:

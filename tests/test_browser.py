@@ -1,5 +1,6 @@
 """The search page and the report in a real headless Chromium: upload, see results, click one, see them change;
-the page on a phone; the report's map on hover; hostile labels stay text."""
+the page on a phone; the duplicates view, removing a group's copies; the report's map on hover; hostile labels stay
+text."""
 
 import os
 import shutil
@@ -11,20 +12,22 @@ import pytest
 import uvicorn
 
 from conftest import copy_subset, tiny_config
+from helpers import save_near_copy
 from pipeline.server import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 SCREENSHOT_DIR = os.environ.get("SCREENSHOT_DIR")  # set it to keep the screenshots for a look
 HOSTILE_LABEL = "<img src=x onerror=window.hacked=1>"
+WRITE_TOKEN = "a-write-token-long-enough"
 
 
-def _serve(searcher):
-    """Run the app for ``searcher`` on a free port in a thread; yield its base URL."""
+def _serve(searcher, **options):
+    """Run the app for ``searcher`` (``options`` for ``create_app``) on a free port in a thread; yield its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(searcher, **options), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -58,6 +61,22 @@ def hostile_server_url(hostile_artifacts):
     from pipeline.search import Searcher
 
     yield from _serve(Searcher(Bundle.load(hostile_artifacts)))
+
+
+@pytest.fixture(scope="module")
+def copies_server_url(tmp_path_factory):
+    """A fit of 8 photos and two copies of one of them, served with a write token."""
+    from pipeline.artifacts import Bundle
+    from pipeline.fit import fit
+    from pipeline.search import Searcher
+
+    data = copy_subset(tmp_path_factory.mktemp("copies"), classes=("hat", "shoes"), per_class=4)
+    original = sorted((data / "hat").glob("*.jpg"))[0]
+    for seed, kind in enumerate(("jpeg15", "mirror")):
+        save_near_copy(original, kind, original.with_name(f"copy-{kind}.jpg"), seed)
+    artifacts = tmp_path_factory.mktemp("copies-artifacts")
+    fit(data, artifacts, tiny_config(image_size=224))
+    yield from _serve(Searcher(Bundle.load(artifacts)), write_token=WRITE_TOKEN)
 
 
 def _launch(playwright):
@@ -208,4 +227,28 @@ def test_a_label_that_looks_like_markup_stays_text_in_the_report(hostile_artifac
         page.goto(report.as_uri())
         expect(page.locator("#map-legend")).to_contain_text(HOSTILE_LABEL)
         assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.hacked") is None
+        browser.close()
+
+
+def test_the_duplicates_view_marks_the_keeper_and_removes_the_copies_with_the_token(copies_server_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(f"{copies_server_url}/duplicates")
+        expect(page.locator("#duplicates-status")).to_contain_text("1 group of copies (3 images)")
+        expect(page.locator(".copy")).to_have_count(3)
+        expect(page.locator(".copy.keep")).to_have_count(1)
+        expect(page.locator(".copy.keep .badge")).to_have_text("keep")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scroll on a phone
+        page.screenshot(path=os.path.join(SCREENSHOT_DIR or str(tmp_path), "duplicates-390.png"), full_page=True)
+        button = page.locator("section.group button")
+        page.fill("#token", "not-the-token-at-all")
+        button.click()
+        expect(page.locator("section.group .error")).to_contain_text("write token")
+        page.fill("#token", WRITE_TOKEN)
+        button.click()
+        expect(page.locator("section.group .note")).to_contain_text("removed 2 from the index")
+        expect(page.locator("section.group .note")).to_contain_text("8 images indexed")
         browser.close()

@@ -1,49 +1,108 @@
-"""Near-duplicates on a real fit of real photos mixed with near-copies made from some of them."""
+"""Copies on a real fit of real photos mixed with near-copies of some of them: verified groups, the image to keep,
+the cache, the command line (--json, --html, --move-to), the API and the page's removal."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from conftest import ROOT, copy_subset, tiny_config
-from helpers import NEAR_COPIES, save_near_copy
+from helpers import HARD_COPIES, NEAR_COPIES, copy_of_fit, save_near_copy
 from pipeline.artifacts import Bundle
-from pipeline.duplicates import find_duplicates
+from pipeline.duplicates import CACHE_FOLDER, PIXEL_TOLERANCE, find_duplicates
 from pipeline.search import Searcher
 from pipeline.server import create_app
+
+TOKEN = "a-write-token-long-enough"
 
 
 @pytest.fixture(scope="module")
 def with_copies(tmp_path_factory):
-    """16 photos (4 classes); 3 of them with a near-copy of each kind in the same class folder."""
+    """16 photos (4 classes); 2 of them with a near-copy of each of the 13 kinds in the same class folder."""
     from pipeline.fit import fit
 
     root = tmp_path_factory.mktemp("duplicates")
     photos = copy_subset(root / "photos", per_class=4)
-    originals = [sorted((photos / name).glob("*.jpg"))[1] for name in ("dress", "hat", "shoes")]
-    copies = {original: [save_near_copy(original, kind, original.with_name(f"{original.stem}-{kind}.jpg"))
-                         for kind in NEAR_COPIES] for original in originals}
+    originals = [sorted((photos / name).glob("*.jpg"))[1] for name in ("hat", "shoes")]
+    copies = {original: [save_near_copy(original, kind, original.with_name(f"{original.stem}-{kind}.jpg"), seed)
+                         for seed, kind in enumerate(NEAR_COPIES + HARD_COPIES)] for original in originals}
     artifacts = root / "artifacts"
     fit(photos, artifacts, tiny_config(image_size=224))
     return artifacts, copies
 
 
-def test_every_near_copy_is_grouped_with_its_original_and_nothing_else(with_copies):
+def paths_of(found):
+    return [{member.path for member in group.members} for group in found.groups]
+
+
+def test_copies_are_grouped_with_their_original_and_nothing_else(with_copies):
     artifacts, copies = with_copies
-    bundle = Bundle.load(artifacts)
-    groups = [{bundle.catalog.paths[i] for i in group.ids} for group in find_duplicates(bundle)]
+    found = find_duplicates(Bundle.load(artifacts), progress=False)
+    groups = paths_of(found)
     for original, made in copies.items():
-        expected = {str(original), *map(str, made)}
-        assert expected in groups, f"{original.name}: {[g for g in groups if str(original) in g]}"
+        group = next(group for group in groups if str(original) in group)
+        assert len(group - {str(original), *map(str, made)}) == 0  # nothing but its own copies
+        assert len(group) >= len(made)  # all 13 kinds but at most one
     assert len(groups) == len(copies)  # the other photos, all distinct, are in no group
+    for group in found.groups:
+        keeper = group.keeper
+        representative = next(member for member in group.members if member.id == group.representative)
+        others = [member for member in group.members if member is not representative]
+        assert representative.verification is None and all(member.verification.same for member in others)
+        assert "pixels of the photo" in group.why
+        photo = {member.path: member.width * member.height * member.coverage for member in group.members}
+        assert photo[keeper.path] >= (1 - PIXEL_TOLERANCE) * max(photo.values())  # a border gains no pixels of the photo
+        rotated = next(m for m in group.members if m.path.endswith("-rotate.jpg"))
+        assert rotated is not keeper and rotated.coverage < 0.9
+        letterboxed = next(m for m in group.members if m.path.endswith("-letterbox.jpg"))
+        assert letterboxed is not keeper and letterboxed.coverage < 0.9
 
 
-def test_a_tighter_threshold_links_less(with_copies):
-    bundle = Bundle.load(with_copies[0])
-    assert sum(len(g.ids) for g in find_duplicates(bundle, 0.001)) < sum(len(g.ids) for g in find_duplicates(bundle))
-    assert find_duplicates(bundle, 0.0) == []
+def test_a_small_folder_finds_a_rotated_and_a_grayscale_copy(tmp_path):
+    """30 photos: distances there are all large, so the candidates come from rank."""
+    from pipeline.fit import fit
+
+    photos = copy_subset(tmp_path / "photos", per_class=7)  # 28 photos
+    source = sorted((photos / "dress").glob("*.jpg"))[2]
+    rotated = save_near_copy(source, "rotate", source.with_name("rotated.jpg"), seed=25)  # 30 degrees
+    gray = save_near_copy(source, "grayscale", source.with_name("gray.jpg"))
+    fit(photos, tmp_path / "artifacts", tiny_config(image_size=224))
+    found = find_duplicates(Bundle.load(tmp_path / "artifacts"), progress=False)
+    assert paths_of(found) == [{str(source), str(rotated), str(gray)}]
+
+
+def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with_copies, tmp_path, monkeypatch):
+    import pipeline.verification as verification
+
+    artifacts, photos = copy_of_fit(with_copies[0], tmp_path)
+    bundle = Bundle.load(artifacts)
+    first = find_duplicates(bundle, progress=False)
+    cached = list((artifacts / CACHE_FOLDER).rglob("*.npz"))
+    assert cached and (artifacts / CACHE_FOLDER / "verdicts.json").is_file()
+
+    def no_new_work(*_):
+        raise AssertionError("features computed again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(verification.LocalFeatures, "of", no_new_work)
+        patch.setattr(verification, "verify", no_new_work)
+        again = find_duplicates(Bundle.load(artifacts), progress=False)
+    assert [group.to_dict() for group in again.groups] == [group.to_dict() for group in first.groups]
+
+    computed = []
+    real = verification.LocalFeatures.of.__func__
+    monkeypatch.setattr(verification.LocalFeatures, "of", classmethod(lambda cls, rgb: computed.append(1) or
+                                                                      real(cls, rgb)))
+    (artifacts / CACHE_FOLDER / "verdicts.json").unlink()
+    stale = next(path for path in cached if path.stem == bundle.catalog.hashes[0])
+    stale.unlink()  # as if the file had changed: its new hash has no features yet
+    find_duplicates(Bundle.load(artifacts), progress=False)
+    assert len(computed) == 1
 
 
 def test_the_command_prints_json_and_writes_a_page(with_copies, tmp_path):
@@ -53,14 +112,89 @@ def test_the_command_prints_json_and_writes_a_page(with_copies, tmp_path):
                               "--json", "--html", str(page)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert process.returncode == 0, process.stderr
     body = json.loads(process.stdout)
-    assert body["linkage"] == "connected components" and len(body["groups"]) == 3
-    assert all(len(group["paths"]) == 1 + len(NEAR_COPIES) for group in body["groups"])
-    assert page.read_text().count("<section>") == 3 and page.read_text().count("<img") == 3 * 7
+    assert body["grouping"] == "each image verified against the group's representative" and len(body["groups"]) == 2
+    for group in body["groups"]:
+        keeper = group["images"][0]
+        assert keeper["keep"] and keeper["id"] == group["keep"] and group["why"]
+        representative = [image for image in group["images"] if image["id"] == group["representative"]]
+        assert len(representative) == 1 and representative[0]["verification"] is None
+        for image in group["images"]:
+            assert {"id", "path", "label", "folder", "width", "height", "bytes", "modified", "photo_share", "distance",
+                    "verification"} <= set(image)
+            assert image["folder"] == os.path.dirname(image["path"]) and image["width"] > 0 and image["bytes"] > 0
+        checks = [image["verification"] for image in group["images"] if image["id"] != group["representative"]]
+        assert all(check["same"] and check["correlation"] >= 0.9 for check in checks)
+        assert any(check["mirrored"] for check in checks) and any(check["alignment"] == "affine" for check in checks)
+    html = page.read_text()  # self-contained: the thumbnails ride in its JSON, nothing is fetched
+    assert html.count('"keep":true') == 2 and html.count('"thumbnail":"') == sum(len(g["images"]) for g in body["groups"])
+    assert "<link" not in html and 'src="http' not in html and "<script src" not in html
 
 
-def test_the_api_lists_the_groups(with_copies):
-    client = TestClient(create_app(Searcher(Bundle.load(with_copies[0]))))
+def test_move_to_moves_the_copies_keeps_their_paths_and_drops_them_from_the_index(with_copies, tmp_path):
+    artifacts, photos = copy_of_fit(with_copies[0], tmp_path)
+    found = find_duplicates(Bundle.load(artifacts), progress=False)
+    copies = [member.path for group in found.groups for member in group.members[1:]]
+    keepers = [group.keeper.path for group in found.groups]
+    command = [sys.executable, str(ROOT / "scripts" / "duplicates.py"), "--artifacts", str(artifacts)]
+
+    inside = subprocess.run(command + ["--move-to", str(photos / "dups")], capture_output=True, text=True, timeout=300)
+    assert inside.returncode == 2 and "inside the fitted folder" in inside.stderr.splitlines()[-1]
+    blocker = tmp_path / "moved" / Path(copies[0]).relative_to(photos)
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"someone else's file")
+    refused = subprocess.run(command + ["--move-to", str(tmp_path / "moved")], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and "already exists; nothing moved" in refused.stderr.splitlines()[-1]
+    assert all(Path(path).exists() for path in copies) and blocker.read_bytes() == b"someone else's file"
+
+    blocker.unlink()
+    moved = subprocess.run(command + ["--move-to", str(tmp_path / "moved")], capture_output=True, text=True,
+                           timeout=300)
+    assert moved.returncode == 0, moved.stderr
+    assert f"moved {len(copies)} files into" in moved.stdout and f"remove: 0 added, 0 changed, {len(copies)} removed" \
+        in moved.stdout
+    for path in copies:
+        assert not Path(path).exists() and (tmp_path / "moved" / Path(path).relative_to(photos)).is_file()
+    assert all(Path(path).exists() for path in keepers)
+    indexed = set(Bundle.load(artifacts).catalog.paths)
+    assert not indexed & set(copies) and set(keepers) <= indexed
+    assert find_duplicates(Bundle.load(artifacts), progress=False).groups == []
+
+
+def test_the_api_lists_the_groups_and_removes_a_groups_copies_with_the_token(with_copies, tmp_path):
+    artifacts, _ = copy_of_fit(with_copies[0], tmp_path)
+    client = TestClient(create_app(Searcher(Bundle.load(artifacts)), write_token=TOKEN))
     body = client.get("/api/duplicates").json()
-    assert len(body["groups"]) == 3 and body["threshold"] > 0
-    assert client.get("/api/duplicates", params={"threshold": "0"}).json()["groups"] == []
-    assert client.get("/api/duplicates", params={"threshold": "nan"}).status_code == 422
+    assert len(body["groups"]) == 2 and body["max_distance"] > 0
+    assert client.get("/api/duplicates", params={"max_distance": "nan"}).status_code == 422
+    page = client.get("/duplicates")
+    assert page.status_code == 200 and "/duplicates.js" in page.text and client.get("/duplicates.js").status_code == 200
+
+    group = body["groups"][0]
+    others = [image["id"] for image in group["images"][1:]]
+    assert client.post("/api/remove", json={"ids": others}).status_code == 401
+    assert client.post("/api/remove", json={"ids": others}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    bad = client.post("/api/remove", json={"ids": ["1"]}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert bad.status_code == 422
+    answer = client.post("/api/remove", json={"ids": others}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200 and answer.json()["removed"] == others
+    catalog = Bundle.load(artifacts).catalog
+    assert all(catalog.row_of(image_id) is None for image_id in others)
+    assert catalog.row_of(group["keep"]) is not None and all(Path(i["path"]).exists() for i in group["images"])
+    assert len(client.get("/api/duplicates").json()["groups"]) == 1  # worked out again for the new bundle
+
+
+def test_removing_is_off_without_a_write_token(with_copies):
+    client = TestClient(create_app(Searcher(Bundle.load(with_copies[0]))))
+    answer = client.post("/api/remove", json={"ids": [1]}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 403 and "--write-token-file" in answer.json()["error"]
+
+
+def test_an_unreadable_file_is_listed_and_never_grouped(with_copies, tmp_path):
+    artifacts, photos = copy_of_fit(with_copies[0], tmp_path)
+    shutil.rmtree(artifacts / CACHE_FOLDER, ignore_errors=True)
+    bundle = Bundle.load(artifacts)
+    gone = next(path for path in bundle.catalog.paths if path.endswith("-rotate.jpg"))
+    os.unlink(gone)
+    found = find_duplicates(bundle, progress=False)
+    assert gone in found.unreadable and all(gone not in group for group in paths_of(found))

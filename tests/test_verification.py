@@ -1,0 +1,95 @@
+"""Verification on real photos: every kind of copy is the same photo; look-alikes of the sets (another hat on
+the same blanket, another shot of the same flower) are not; the cache keeps features and verdicts by content."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import SHARED
+from helpers import HARD_COPIES, NEAR_COPIES, near_copy
+from pipeline.verification import LocalFeatures, VerificationCache, verify, verify_mirrored
+
+SHARED_DATA = SHARED / "data"
+PHOTOS = sorted((SHARED_DATA / "clothing10").rglob("*.jpg"))[::300][:4] + sorted(
+    (SHARED_DATA / "caltech101").rglob("*.jpg"))[::600][:2] + sorted((SHARED_DATA / "flowers5").rglob("*.jpg"))[::400][:2]
+# Pairs of different photos that a descriptor finds alike: the same blanket under another hat, a burst of one daisy
+LOOK_ALIKES = [("clothing10/hat/6cc3d16a-545e-49a0-922d-dbe014dac610.jpg", "clothing10/hat/708af227-43ba-4e2b-b35b-652a13cd1c77.jpg"),
+               ("flowers5/daisy/19177263840_6a316ea639.jpg", "flowers5/daisy/19178753159_a471bf4b6b.jpg"),
+               ("clothing10/t-shirt/2475c540-ed7d-4d19-8c5c-171b7ab1d9af.jpg", "clothing10/t-shirt/ff3f01d5-0524-4851-8bcc-a1eb4bc096e6.jpg"),
+               ("flowers5/sunflowers/4933229095_f7e4218b28.jpg", "flowers5/sunflowers/4933228903_9ae82d0b9d.jpg")]
+
+
+def features(image: Image.Image) -> LocalFeatures:
+    return LocalFeatures.of(np.asarray(image.convert("RGB")))
+
+
+@pytest.mark.parametrize("kind", NEAR_COPIES + HARD_COPIES)
+def test_every_kind_of_copy_is_the_same_photo(kind, tmp_path):
+    missed = []  # a copy of a plain, low-contrast photo can be missed (the rate is measured in bench_duplicates)
+    for seed, path in enumerate(PHOTOS):
+        photo = Image.open(path)
+        near_copy(photo.convert("RGB"), kind, seed).save(tmp_path / "copy.jpg", quality=15 if kind == "jpeg15" else 90)
+        verdict = verify(features(photo), features(Image.open(tmp_path / "copy.jpg")))
+        backwards = verify(features(Image.open(tmp_path / "copy.jpg")), features(photo))
+        if not (verdict.same and backwards.same):
+            missed.append((path.name, verdict))
+        elif kind in ("mirror", "grayscale"):
+            assert verdict.mirrored == (kind == "mirror") and verdict.correlation > 0.99
+    assert len(missed) <= 1, missed
+
+
+@pytest.mark.parametrize("first, second", LOOK_ALIKES)
+def test_look_alikes_are_not_the_same_photo(first, second):
+    verdict = verify(features(Image.open(SHARED_DATA / first)), features(Image.open(SHARED_DATA / second)))
+    assert not verdict.same, verdict
+
+
+def test_a_thumbnail_sized_copy_is_verified_laid_over_its_source():
+    photo = Image.open(PHOTOS[0]).convert("RGB").resize((32, 32))
+    recoloured = Image.fromarray(np.clip(np.asarray(photo) * 1.1 + 8, 0, 255).astype(np.uint8))
+    verdict = verify(features(photo), features(recoloured))
+    assert verdict.same and verdict.alignment == "as is"
+    other = Image.open(PHOTOS[1]).convert("RGB").resize((32, 32))
+    assert not verify(features(photo), features(other)).same
+
+
+def test_a_copy_mirrored_and_rotated_is_found_against_the_mirror_image():
+    found, found_directly = 0, 0
+    for seed, path in enumerate(PHOTOS[:4]):
+        photo = Image.open(path)
+        copy = features(near_copy(ImageOps.mirror(photo), "rotate", seed=seed + 20))
+        found_directly += verify(features(photo), copy).same  # only a photo that is its own mirror image
+        verdict = verify_mirrored(features(ImageOps.mirror(photo)), copy)
+        found += verdict.same and verdict.mirrored and verdict.alignment == "affine"
+        other = Image.open(PHOTOS[(seed + 1) % len(PHOTOS)])
+        assert not verify_mirrored(features(ImageOps.mirror(other)), copy).same
+    assert found >= 3 and found_directly <= 1
+
+
+def test_the_cache_keeps_features_and_verdicts_by_content_hash(tmp_path):
+    first, second = (features(Image.open(path)) for path in PHOTOS[:2])
+    cache = VerificationCache(tmp_path / "cache")
+    cache.store_features("a" * 40, first)
+    verdict = verify(first, second)
+    cache.store_verdict("a" * 40, "b" * 40, verdict)
+    cache.save()
+    again = VerificationCache(tmp_path / "cache")
+    stored = again.features("a" * 40)
+    assert np.array_equal(stored.descriptors, first.descriptors) and np.array_equal(stored.gray, first.gray)
+    assert again.verdict("a" * 40, "b" * 40).to_dict() == verdict.to_dict()
+    assert again.verdict("b" * 40, "a" * 40).to_dict() == verdict.swapped().to_dict()  # told from b's side
+    assert again.verdict("a" * 40, "b" * 40, mirrored=True) is None  # the mirrored verdict is another one
+    assert again.features("c" * 40) is None and again.verdict("a" * 40, "c" * 40) is None
+    again.prune({"b" * 40})
+    again.save()
+    pruned = VerificationCache(tmp_path / "cache")
+    assert pruned.features("a" * 40) is None and pruned.verdict("a" * 40, "b" * 40) is None
+
+
+def test_a_torn_or_foreign_cache_is_ignored(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "verdicts.json").write_text('{"version": 1, "pairs": {"x:y": ')  # torn by a crash
+    assert VerificationCache(folder).verdict("x", "y") is None
+    (folder / "verdicts.json").write_text('{"version": 999, "pairs": {"x:y": {"same": true}}}')
+    assert VerificationCache(folder).verdict("x", "y") is None
