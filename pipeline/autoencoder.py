@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import keras
 import numpy as np
@@ -30,9 +31,13 @@ from .early_stopping import EarlyStopping
 from .dataset import RowCache
 from .pooling import MapPooling
 
+if TYPE_CHECKING:
+    from .tensorboard import TrainingBoard
+
 log = logging.getLogger(__name__)
 PROJECTION_DIM = 128  # width of the head that the consistency term compares (not part of the encoder)
 FEATURE_WIDTH = 32  # channels of the feature autoencoder's convolution
+DENSE_UNITS = (1024, 512)  # hidden layers of the dense pixel autoencoder, from the image down
 
 
 @dataclass
@@ -42,8 +47,9 @@ class Autoencoder:
     - ``model``: image (image_size) -> reconstruction (autoencoder_size), saved for the report.
     - ``to_latent``: image -> the learned latent (the code map flattened, or its global max or average).
     - ``downscale``: image -> the image at autoencoder size (area average; identity at equal size).
-    - ``maps``: autoencoder-size image -> (deepest conv map, code map); what training works on.
-    - ``decoder``: code map -> reconstruction.
+    - ``maps``: autoencoder-size image -> (deepest conv map, code map); what training works on
+      (dense: the last hidden layer and the latent).
+    - ``decoder``: code map (dense: the latent) -> reconstruction.
     """
 
     model: keras.Model
@@ -61,11 +67,12 @@ def _conv_block(x, filters: int, name: str, transpose: bool = False):
 
 
 def build_autoencoder(config: FitConfig) -> Autoencoder:
-    """Build the autoencoder for ``config``.
+    """Build the pixel autoencoder for ``config`` (``architecture`` conv or dense).
 
     Shapes with the defaults (input 64 px, autoencoder 32 px, filters 32-64-128-256, latent 128):
     image (64, 64, 3) -> area-downscaled to (32, 32, 3) -> 4 stride-2 conv blocks -> (2, 2, 256)
     -> 1x1 conv -> code (2, 2, 128), from which the decoder upsamples back to (32, 32, 3).
+    Dense: (32, 32, 3) flattened -> DENSE_UNITS with ReLU -> the latent (linear), and back.
     """
     size, small = config.image_size, config.learned_size
     image = keras.Input((size, size, 3), name="image")
@@ -73,28 +80,59 @@ def build_autoencoder(config: FitConfig) -> Autoencoder:
         image, layers.AveragePooling2D(size // small, name="area_average")(image) if small < size else image,
         name="downscale",
     )
-
     small_image = keras.Input((small, small, 3), name="small_image")
+    if config.architecture == "dense":
+        maps, decoder = _dense_halves(small_image, config)
+    else:
+        maps, decoder = _conv_halves(small_image, config)
+    code_map = maps(downscale(image))[1]
+    if config.architecture == "dense":
+        latent = layers.Identity(name="latent")(code_map)
+    else:
+        read_out = {"flatten": layers.Flatten, "max": layers.GlobalMaxPooling2D, "avg": layers.GlobalAveragePooling2D}
+        latent = read_out[config.pooling](name="latent")(code_map)
+    to_latent = keras.Model(image, latent, name="to_latent")
+    autoencoder = keras.Model(image, decoder(code_map), name="autoencoder")
+    return Autoencoder(autoencoder, to_latent, downscale, maps, decoder)
+
+
+def _conv_halves(small_image, config: FitConfig) -> tuple[keras.Model, keras.Model]:
+    """(maps, decoder) of the convolutional autoencoder: stride-2 blocks down, transposed ones up."""
     features = small_image
     for i, filters in enumerate(config.filters):
         features = _conv_block(features, filters, f"enc{i}")
     code = layers.Conv2D(config.latent_dim, 1, name="code")(features)
-    maps = keras.Model(small_image, [features, code], name="maps")
-
     code_input = keras.Input(code.shape[1:], name="code_map")
     y = code_input
     for i, filters in enumerate(reversed(config.filters)):
         y = _conv_block(y, filters, f"dec{i}", transpose=True)
     y = layers.Conv2D(3, 3, padding="same", activation=config.output_activation, name="pixels")(y)
-    if config.output_activation == "tanh":
-        y = layers.Rescaling(0.5, offset=0.5, name="to_unit_range")(y)  # targets lie in [0, 1]
-    decoder = keras.Model(code_input, y, name="decoder")
+    return keras.Model(small_image, [features, code], name="maps"), keras.Model(code_input, _unit_range(y, config),
+                                                                                 name="decoder")
 
-    code_map = maps(downscale(image))[1]
-    read_out = {"flatten": layers.Flatten, "max": layers.GlobalMaxPooling2D, "avg": layers.GlobalAveragePooling2D}
-    to_latent = keras.Model(image, read_out[config.pooling](name="latent")(code_map), name="to_latent")
-    autoencoder = keras.Model(image, decoder(code_map), name="autoencoder")
-    return Autoencoder(autoencoder, to_latent, downscale, maps, decoder)
+
+def _dense_halves(small_image, config: FitConfig) -> tuple[keras.Model, keras.Model]:
+    """(maps, decoder) of the deep, fully connected autoencoder: the image flattened, dense layers
+    with ReLU down to a linear latent, and the mirror image of them back up to the pixels."""
+    features = layers.Flatten(name="flatten")(small_image)
+    for i, units in enumerate(DENSE_UNITS):
+        features = layers.Dense(units, activation="relu", name=f"enc{i}_dense")(features)
+    code = layers.Dense(config.latent_dim, name="code")(features)
+    code_input = keras.Input(code.shape[1:], name="code_vector")
+    y = code_input
+    for i, units in enumerate(reversed(DENSE_UNITS)):
+        y = layers.Dense(units, activation="relu", name=f"dec{i}_dense")(y)
+    y = layers.Dense(int(np.prod(small_image.shape[1:])), activation=config.output_activation, name="pixels")(y)
+    y = layers.Reshape(small_image.shape[1:], name="image_shape")(y)
+    return keras.Model(small_image, [features, code], name="maps"), keras.Model(code_input, _unit_range(y, config),
+                                                                                 name="decoder")
+
+
+def _unit_range(pixels, config: FitConfig):
+    """The reconstruction in [0, 1], where the targets lie (tanh's [-1, 1] rescaled)."""
+    if config.output_activation == "tanh":
+        return layers.Rescaling(0.5, offset=0.5, name="to_unit_range")(pixels)
+    return pixels
 
 
 @dataclass
@@ -228,8 +266,9 @@ class ViewConsistencyTrainer(keras.Model):
         self.downscale = autoencoder.downscale
         self.maps = autoencoder.maps
         self.decoder = autoencoder.decoder
+        deep_shape = self.maps.outputs[0].shape[1:]
         self.head = keras.Sequential(
-            [keras.Input(self.maps.outputs[0].shape[1:]), layers.GlobalAveragePooling2D(),
+            [keras.Input(deep_shape), *([layers.GlobalAveragePooling2D()] if len(deep_shape) == 3 else []),
              layers.Dense(256, activation="relu"), layers.Dense(PROJECTION_DIM)],
             name="projection_head",
         ) if config.consistency else None
@@ -292,14 +331,15 @@ def train_autoencoder(
     validation_data: keras.utils.PyDataset | None,
     config: FitConfig,
     epochs: int,
+    board: Optional[TrainingBoard] = None,
 ) -> dict[str, list[float]]:
     """Train for up to ``epochs`` epochs (pixels: on pairs of views; feature maps: on their
     profiles); keeps the best epoch's weights.
 
     Stops early when the validation loss (the training loss without a validation set) has not
     improved for ``config.patience`` epochs (:class:`EarlyStopping`). Returns the per-epoch history: loss (for pixels also
-    reconstruction and consistency) and their ``val_`` twins. (A plain loop of compiled steps:
-    Keras's ``fit`` costs about a fifth more time per image here.)
+    reconstruction and consistency) and their ``val_`` twins; ``board`` receives them for TensorBoard.
+    (A plain loop of compiled steps: Keras's ``fit`` costs about a fifth more time per image here.)
     """
     optimizer = (
         keras.optimizers.Adam(config.learning_rate)
@@ -314,6 +354,7 @@ def train_autoencoder(
     test_step = tf.function(trainer.test_step, reduce_retracing=True)
     history: dict[str, list[float]] = {}
     stopping, best_weights = EarlyStopping(config.patience), trainer.get_weights()
+    watched = "val_loss" if validation_data is not None else "loss"
     with tqdm(total=epochs, desc="train", unit="epoch") as epoch_bar:  # ends its line on errors too
         for epoch in range(1, epochs + 1):
             logs = _run_epoch(trainer, train_step, train_data)
@@ -325,8 +366,10 @@ def train_autoencoder(
             for name, value in logs.items():
                 history.setdefault(name, []).append(value)
             log.info("epoch %d/%d: %s", epoch, epochs, ", ".join(f"{name} {value:.4f}" for name, value in logs.items()))
+            if board is not None:
+                board.epoch(epoch, logs, float(optimizer.learning_rate))
             epoch_bar.update()
-            if stopping.better(logs["val_loss" if validation_data is not None else "loss"]):
+            if stopping.better(logs[watched]):
                 best_weights = trainer.get_weights()
             elif stopping.should_stop:
                 epoch_bar.set_postfix_str(f"stopped early, kept epoch {stopping.best_epoch}")
@@ -335,6 +378,8 @@ def train_autoencoder(
                 break
             train_data.on_epoch_end()
     trainer.set_weights(best_weights)
+    if board is not None:
+        board.finish(stopping.best_epoch, watched, history[watched][stopping.best_epoch - 1])
     return history
 
 

@@ -146,6 +146,9 @@ def print_outcome(skipped: list, artifacts: object, out=None) -> None:
 def _fit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_dir", help="folder of images; first-level subfolder names are labels")
     parser.add_argument("--artifacts", default="artifacts", help="output folder")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="also write the training's curves (and, from pixels, reconstructions) for TensorBoard "
+                             "into DIR: tensorboard --logdir DIR")
     _ray_flags(parser)
     hints = typing.get_type_hints(FitConfig)
     for field in dataclasses.fields(FitConfig):
@@ -189,10 +192,13 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _fit(args: argparse.Namespace) -> None:
+    settings = {name[len("setting_"):]: value for name, value in vars(args).items() if name.startswith("setting_")}
+    config = FitConfig(**settings)
+    if args.tensorboard:
+        check_writable(args.tensorboard, folder=True)
     from .fit import fit  # TensorFlow takes seconds to load
 
-    settings = {name[len("setting_"):]: value for name, value in vars(args).items() if name.startswith("setting_")}
-    summary = fit(args.data_dir, args.artifacts, FitConfig(**settings), _engine(args))
+    summary = fit(args.data_dir, args.artifacts, config, _engine(args), args.tensorboard)
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.stage_seconds.items())
     print(f"fitted {summary.images} images ({len(summary.skipped)} skipped) in {summary.seconds:.1f}s: {stages}")
     print(f"{summary.epochs_run} epochs, {summary.clusters} clusters, nprobe {summary.nprobe} "
@@ -471,6 +477,9 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-points", type=_positive, default=3000, help="t-SNE sample size")
     parser.add_argument("--thumbnails", type=_positive, default=8, help="images shown per cluster")
     parser.add_argument("--max-clusters", type=_positive, default=60, help="clusters shown, largest first")
+    parser.add_argument("--projector", metavar="DIR",
+                        help="also write the vectors, labels, paths and a thumbnail sprite for TensorBoard's "
+                             "embedding projector into DIR: tensorboard --logdir DIR")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -478,11 +487,16 @@ def _report(args: argparse.Namespace) -> None:
     from .report import build_report
 
     check_writable(args.out)
-    if args.png:
-        check_writable(args.png, folder=True)
-    path = build_report(Bundle.load(args.artifacts), args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
+    for folder in filter(None, (args.png, args.projector)):
+        check_writable(folder, folder=True)
+    bundle = Bundle.load(args.artifacts)
+    path = build_report(bundle, args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
                         max_clusters=args.max_clusters, png_dir=args.png)
     print(f"report: {path}" + (f" (figures in {args.png})" if args.png else ""))
+    if args.projector:
+        from .tensorboard import write_projector
+
+        print(f"projector: {write_projector(bundle, args.projector)} (tensorboard --logdir {args.projector})")
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:

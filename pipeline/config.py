@@ -14,6 +14,7 @@ OUTPUT_ACTIVATIONS = ("sigmoid", "tanh")
 OPTIMIZERS = ("adam", "adadelta")
 LOSSES = ("mse", "bce")
 POOLINGS = ("flatten", "max", "avg")
+ARCHITECTURES = ("conv", "dense")  # of the pixel autoencoder (pipeline/autoencoder.py)
 METRICS = ("cosine", "euclidean")
 INDEX_DTYPES = ("float32", "float16")  # how the index stores its vectors
 BACKBONES = (*PRETRAINED, "none")
@@ -35,7 +36,7 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-CHOICES = {"backbone": BACKBONES, "feature_pooling": FEATURE_POOLINGS, "optimizer": OPTIMIZERS, "loss": LOSSES, "output_activation": OUTPUT_ACTIVATIONS,
+CHOICES = {"backbone": BACKBONES, "architecture": ARCHITECTURES, "feature_pooling": FEATURE_POOLINGS, "optimizer": OPTIMIZERS, "loss": LOSSES, "output_activation": OUTPUT_ACTIVATIONS,
            "pooling": POOLINGS, "metric": METRICS, "index_dtype": INDEX_DTYPES}
 WORDS = {"epochs": ("auto",), "clusters": ("auto",), "nprobe": ("auto", "all")}  # words a count setting accepts
 # One line of help per setting: the command line's flags are made from FitConfig's fields and these.
@@ -48,6 +49,8 @@ SETTING_HELP = {
     "image_size": "model input size in pixels",
     "feature_pooling": "with a backbone: how its feature map becomes the vector the autoencoder learns over: regional "
                        "(generalized means of the whole map and of four corner windows), gem or average",
+    "architecture": "from pixels (--backbone none): conv (stride-2 convolution blocks) or dense (the deep, fully "
+                    "connected autoencoder: the image flattened, dense layers with ReLU down to the latent, mirrored)",
     "autoencoder_size": "from pixels (--backbone none): size the pixel autoencoder works at: the input is area-downscaled to it",
     "latent_dim": "size of the learned latent and of each descriptor block after PCA",
     "filters": "from pixels (--backbone none): channels of each stride-2 conv block, comma-separated",
@@ -96,7 +99,8 @@ class FitConfig:
     Over a backbone, the autoencoder reads the backbone's feature map and reconstructs its channel
     profile through a ``latent_dim`` bottleneck (see :mod:`pipeline.autoencoder`). From pixels
     (``backbone="none"``), the conv autoencoder works on the image area-downscaled to
-    ``autoencoder_size`` (or at full size when that is not smaller) with ``filters``; training adds
+    ``autoencoder_size`` (or at full size when that is not smaller) with ``filters`` (``architecture``
+    "conv"), or flattened through dense layers (``architecture`` "dense", the filters ignored); training adds
     ``consistency`` times a view-consistency term between two random views of each image (crops of
     at least ``min_crop`` of the area, mirroring when ``flip_augment``, ``color_jitter``); 0 trains
     on reconstruction alone; ``pooling`` is how its code map becomes the latent (flatten it, or its
@@ -120,6 +124,7 @@ class FitConfig:
     backbone: str = "efficientnet-lite0"
     image_size: Optional[int] = None
     feature_pooling: str = "regional"
+    architecture: str = "conv"
     autoencoder_size: int = 32
     latent_dim: int = 128
     filters: tuple[int, ...] = (32, 64, 128, 256)
@@ -191,6 +196,7 @@ class FitConfig:
         """Raise InputError naming the first setting that is of the wrong type or out of range."""
         self._validate_types()
         choices = {
+            "architecture": ARCHITECTURES,
             "feature_pooling": FEATURE_POOLINGS,
             "optimizer": OPTIMIZERS,
             "loss": LOSSES,
@@ -212,8 +218,9 @@ class FitConfig:
         if self.orientation_weight > 0 and min(self.image_size, DESCRIPTOR_BLOCK_SIZE) % ORIENTATION_CELLS:
             raise InputError(f"image_size must be a multiple of {ORIENTATION_CELLS} for the orientation histogram "
                              f"(or orientation_weight 0), got {self.image_size}")
-        if self.loss == "bce" and self.output_activation != "sigmoid":
-            raise InputError("loss 'bce' needs output_activation 'sigmoid' (targets lie in [0, 1])")
+        if self.uses_backbone and self.architecture != "conv":
+            raise InputError(f"architecture {self.architecture!r} is for --backbone none (over a backbone the "
+                             "autoencoder reads its feature map)")
         if not 0.0 <= self.max_removal_share <= 1.0:
             raise InputError(f"max_removal_share must lie in [0, 1], got {self.max_removal_share}")
         for name in ("latent_dim", "batch_size", "max_file_mb", "train_sample", "keep_bundles"):
@@ -261,14 +268,15 @@ class FitConfig:
                                  f", got {value!r}")
 
     def _validate_pixel_autoencoder(self) -> None:
-        if not self.filters:
-            raise InputError("filters must name at least one convolution block")
-        stride = 2 ** len(self.filters)
-        if self.learned_size < stride or self.learned_size % stride:
-            name = "autoencoder_size" if self.autoencoder_size < self.image_size else "image_size"
-            raise InputError(
-                f"{name} must be a multiple of {stride} (2 ** number of filter blocks), got {self.learned_size}"
-            )
+        if self.architecture == "conv":
+            if not self.filters:
+                raise InputError("filters must name at least one convolution block")
+            stride = 2 ** len(self.filters)
+            if self.learned_size < stride or self.learned_size % stride:
+                name = "autoencoder_size" if self.autoencoder_size < self.image_size else "image_size"
+                raise InputError(
+                    f"{name} must be a multiple of {stride} (2 ** number of filter blocks), got {self.learned_size}"
+                )
         if self.image_size % self.learned_size:
             raise InputError(f"image_size ({self.image_size}) must be a multiple of autoencoder_size "
                              f"({self.autoencoder_size})")

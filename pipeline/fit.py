@@ -23,7 +23,8 @@ import sklearn
 from . import __version__
 from .artifacts import AUTOENCODER, ENCODER, EXPORT, ArtifactWriter, Bundle, load_model
 from .catalog import Catalog
-from .autoencoder import build_autoencoder, build_feature_autoencoder, pooled_profiles, train_autoencoder
+from .autoencoder import (FeatureAutoencoder, build_autoencoder, build_feature_autoencoder, pooled_profiles,
+                          train_autoencoder)
 from .backbone import BACKBONES, build_backbone
 from .config import FitConfig
 from .dataset import (DecodedImages, EmbeddedImages, RowCache, SkippedImage, TrainingBatches, decode_to_cache,
@@ -61,7 +62,7 @@ class FitSummary:
 
 def fit(
     data_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts", config: FitConfig | None = None,
-    engine: Optional[RayEngine] = None,
+    engine: Optional[RayEngine] = None, tensorboard: Optional[str | os.PathLike] = None,
 ) -> FitSummary:
     """Train the autoencoder on the images under ``data_dir`` and write a searchable bundle of all of them.
 
@@ -69,7 +70,8 @@ def fit(
     autoencoder -> descriptors; with ``backbone="none"``: decode -> train the pixel autoencoder ->
     descriptors. Then cluster and index. Training (and the descriptor's PCA) sees a random sample
     of at most ``config.train_sample`` images; the rest are embedded with the trained encoder, on
-    a Ray cluster with ``engine`` (where cluster assignment runs too).
+    a Ray cluster with ``engine`` (where cluster assignment runs too). ``tensorboard``: a folder
+    that receives the training's curves (and, from pixels, reconstructions) for TensorBoard.
 
     Raises InputError when the folder is missing or holds no decodable image. The previous
     artifacts in ``artifacts_dir`` stay in place unless the whole fit succeeds.
@@ -129,6 +131,7 @@ def fit(
                     TrainingBatches(training_rows, val_rows, **batches) if len(val_rows) else None,
                     config,
                     epochs,
+                    _board(tensorboard, autoencoder, decoded.cache, val_rows if len(val_rows) else train_rows),
                 )
                 autoencoder.model.save(writer.path / AUTOENCODER)
 
@@ -183,6 +186,18 @@ def fit(
     )
     log.info("wrote the bundle to %s", final)
     return summary
+
+
+def _board(folder: Optional[str | os.PathLike], autoencoder, images: RowCache, rows: np.ndarray):
+    """The TensorBoard writer of ``fit(tensorboard=folder)``, None without a folder; from pixels it
+    shows the reconstructions of a few of ``rows``."""
+    if folder is None:
+        return None
+    from .tensorboard import RECONSTRUCTIONS, TrainingBoard
+
+    if isinstance(autoencoder, FeatureAutoencoder):  # it rebuilds features, not pictures
+        return TrainingBoard(folder)
+    return TrainingBoard(folder, autoencoder, images.read(np.sort(rows[:RECONSTRUCTIONS])))
 
 
 def _feature_maps(backbone: keras.Model, cache: RowCache, path: str, batch_size: int) -> RowCache:

@@ -29,6 +29,19 @@ def test_shapes_and_output_range(pooling, activation):
     assert blocks["orientations"].shape == (3, 8 * 8 * 9) and blocks["colors"].shape == (3, 2 * 8**3)
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_the_dense_autoencoder_flattens_to_a_latent_vector_and_back(activation):
+    config = pixel_config(architecture="dense", output_activation=activation, latent_dim=12, color_weight=0.2)
+    autoencoder = build_autoencoder(config)
+    images = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
+    reconstruction = autoencoder.model.predict_on_batch(images)
+    assert reconstruction.shape == images.shape and 0.0 <= reconstruction.min() <= reconstruction.max() <= 1.0
+    assert not any("conv" in type(layer).__name__.lower() for model in (autoencoder.maps, autoencoder.decoder)
+                   for layer in model.layers)
+    assert build_blocks_model(autoencoder.to_latent, config).predict_on_batch(images)["latent"].shape == (3, 12)
+    assert autoencoder.maps.get_layer("enc0_dense").activation.__name__ == "relu"
+
+
 def test_the_autoencoder_works_downscaled_and_the_histogram_at_full_size():
     config = pixel_config(image_size=64, autoencoder_size=32)
     autoencoder = build_autoencoder(config)
@@ -136,7 +149,8 @@ def test_nt_xent_matches_a_computation_by_hand():
         (dict(backbone="resnet"), "backbone must be one of"),
         (dict(image_size=16), "at least 32 with a backbone"),
         (dict(orientation_weight=0.6, color_weight=0.4), "must be below 1"),
-        (dict(loss="bce", output_activation="tanh"), "needs output_activation 'sigmoid'"),
+        (dict(architecture="dense"), "is for --backbone none"),
+        (dict(PIXELS, architecture="mlp"), "architecture must be one of"),
         (dict(pooling="median"), "pooling must be one of"),
         (dict(optimizer="sgd"), "optimizer must be one of"),
         (dict(noise=1.5), "noise must lie"),

@@ -142,6 +142,12 @@ _REPORT_WHAT_LOADED = (  # the command, then which of the model's libraries it i
      "missing/figures: cannot write the output there (no folder {cwd}/missing)"),
     (["duplicates", "--html", "missing/groups.html"],
      "missing/groups.html: cannot write the output there (no folder {cwd}/missing)"),
+    (["report", "--projector", "missing/projector"],
+     "missing/projector: cannot write the output there (no folder {cwd}/missing)"),
+    (["fit", "photos", "--tensorboard", "missing/runs"],
+     "missing/runs: cannot write the output there (no folder {cwd}/missing)"),
+    (["fit", "photos", "--architecture", "dense"],
+     "architecture 'dense' is for --backbone none (over a backbone the autoencoder reads its feature map)"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, args, message):
     process = subprocess.run([sys.executable, "-c", _REPORT_WHAT_LOADED, *args], capture_output=True, text=True,
