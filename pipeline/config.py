@@ -160,7 +160,7 @@ class FitConfig:
     max_removal_share: float = 0.2  # a sync that would drop more of the index is refused (unless --allow-mass-removal)
 
     def __post_init__(self) -> None:
-        self.filters = tuple(int(f) for f in self.filters)
+        self.filters = tuple(self.filters) if isinstance(self.filters, (list, tuple)) else self.filters
         if self.backbone not in BACKBONES:
             raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         for name, default in BACKBONE_DEFAULTS[self.backbone].items():
@@ -259,7 +259,7 @@ class FitConfig:
             value, kind = getattr(self, field.name), hints[field.name]
             allowed = typing.get_args(kind) or (kind,)
             if field.name == "filters":
-                ok = all(type(f) is int for f in value)
+                ok = isinstance(value, tuple) and all(type(f) is int for f in value)
             else:
                 ok = any(type(value) is t or (t is float and type(value) is int) or (t is tuple and type(value) is tuple)
                          for t in allowed if t is not type(None)) or (value is None and type(None) in allowed)

@@ -10,32 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import FitConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "sample"
-SHARED = ROOT.parent / "shared"  # the team's real photo sets and tools, beside the project
-SHARED_SAMPLES = SHARED / "data" / "package-samples"
-CLASSES = ("dress", "hat", "pants", "shoes")
-PER_CLASS = 8
-
-# Small and fast, but every stage real: the pretrained backbone at 64 px (a 2 x 2 feature map), two epochs.
-TINY = dict(image_size=64, latent_dim=16, epochs=2, batch_size=16, seed=1)
-# The from-scratch path (--backbone none): 32 px images, two conv blocks.
-PIXELS = dict(backbone="none", image_size=32, filters=(16, 32))
-
-
-def tiny_config(**overrides) -> FitConfig:
-    return FitConfig(**{**TINY, **overrides})
-
-
-def copy_subset(destination: Path, classes=CLASSES, per_class=PER_CLASS) -> Path:
-    """Copy the first ``per_class`` photos of each class of the bundled sample."""
-    for name in classes:
-        (destination / name).mkdir(parents=True)
-        for path in sorted((SAMPLE / name).glob("*.jpg"))[:per_class]:
-            shutil.copy2(path, destination / name / path.name)
-    return destination
+from helpers import copy_subset, tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +26,14 @@ def fitted(photos, tmp_path_factory):
 
     artifacts = tmp_path_factory.mktemp("artifacts")
     return artifacts, fit(photos, artifacts, tiny_config())
+
+
+@pytest.fixture
+def fitted_copy(fitted, tmp_path) -> Path:
+    """A writable copy of the session's fit (its photos shared): for tests that change or break a bundle."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fitted[0], artifacts)
+    return artifacts
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,40 @@
-"""Test helpers shared between test files: near-copies of real photos."""
+"""Test helpers shared between test files: where the data lies, the tiny settings, folders of real photos, near-copies
+of real photos, a writable copy of a fit."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+from pipeline.config import FitConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+SHARED = ROOT.parent / "shared"  # the team's real photo sets and tools, beside the project
+SHARED_SAMPLES = SHARED / "data" / "package-samples"
+CLASSES = ("dress", "hat", "pants", "shoes")
+PER_CLASS = 8
+
+# Small and fast, but every stage real: the pretrained backbone at 64 px (a 2 x 2 feature map), two epochs.
+TINY = dict(image_size=64, latent_dim=16, epochs=2, batch_size=16, seed=1)
+# The from-scratch path (--backbone none): 32 px images, two conv blocks.
+PIXELS = dict(backbone="none", image_size=32, filters=(16, 32))
+
+
+def tiny_config(**overrides) -> FitConfig:
+    return FitConfig(**{**TINY, **overrides})
+
+
+def copy_subset(destination: Path, classes=CLASSES, per_class=PER_CLASS) -> Path:
+    """Copy the first ``per_class`` photos of each class of the bundled sample."""
+    for name in classes:
+        (destination / name).mkdir(parents=True)
+        for path in sorted((SAMPLE / name).glob("*.jpg"))[:per_class]:
+            shutil.copy2(path, destination / name / path.name)
+    return destination
+
 
 NEAR_COPIES = ("jpeg15", "half_size", "crop10", "colour_shift", "mirror", "caption")
 HARD_COPIES = ("rotate", "crop50", "letterbox", "grayscale", "screenshot", "blur", "squeeze")

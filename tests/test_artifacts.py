@@ -101,12 +101,9 @@ def test_a_bundle_round_trips_with_its_index_settings(fitted, tmp_path):
     assert np.array_equal(in_memory.index.search(bundle.embeddings[:7], 5).ids, hits.ids)
 
 
-def test_a_crafted_bundle_file_cannot_run_code(fitted, tmp_path):
-    import shutil
-
+def test_a_crafted_bundle_file_cannot_run_code(fitted_copy, tmp_path):
     marker = tmp_path / "ran"
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     folder = current_folder(artifacts)
     with np.load(folder / "index.npz") as arrays:
         stored = dict(arrays)
@@ -246,11 +243,8 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
-def test_a_corrupt_bundle_is_one_clear_error(fitted, tmp_path, kind):
-    import shutil
-
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+def test_a_corrupt_bundle_is_one_clear_error(fitted_copy, kind):
+    artifacts = fitted_copy
     corrupt, message = CORRUPTIONS[kind]
     corrupt(current_folder(artifacts))
     with pytest.raises(ArtifactError, match=message) as raised:
@@ -272,13 +266,10 @@ def _as_format_3(folder, index):
     return manifest
 
 
-def test_a_format_3_bundle_loads_and_answers_as_before(fitted, tmp_path):
-    import shutil
-
+def test_a_format_3_bundle_loads_and_answers_as_before(fitted_copy):
     from pipeline.search import Searcher
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     bundle = Bundle.load(artifacts)
     bundle.index.nprobe = 2  # not the default, so that reading it from the manifest is checked
     expected = Searcher(bundle).search_indexed(4, n=6)
@@ -289,15 +280,12 @@ def test_a_format_3_bundle_loads_and_answers_as_before(fitted, tmp_path):
     assert Searcher(old, runtime="keras").search_indexed(4, n=6) == expected
 
 
-def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted, tmp_path, caplog):
-    import shutil
-
+def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted_copy, caplog):
     import joblib
 
     from pipeline.search import Searcher
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     bundle = Bundle.load(artifacts)
     expected = [h.id for h in Searcher(bundle).search_indexed(4, n=6).results]
     # the format before 3: a pickled index, format version 2, no backbone setting
@@ -349,7 +337,7 @@ def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, 
     import subprocess
     import sys
 
-    from conftest import ROOT, tiny_config
+    from helpers import ROOT, tiny_config
     from pipeline.fit import fit
     from pipeline.search import Searcher
 
@@ -378,16 +366,12 @@ def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, 
     assert upgrade().stdout.startswith("the bundle has its LiteRT export already: ")
 
 
-def test_a_fit_whose_export_differs_from_its_encoder_fails_and_keeps_the_previous_bundle(fitted, photos, tmp_path,
-                                                                                          monkeypatch):
-    import shutil
-
+def test_a_fit_whose_export_differs_from_its_encoder_fails_and_keeps_the_previous_bundle(fitted_copy, photos, monkeypatch):
     import pipeline.export
-    from conftest import tiny_config
+    from helpers import tiny_config
     from pipeline.fit import fit
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     before = current_folder(artifacts)
     monkeypatch.setattr(pipeline.export, "MIN_COSINE", 1.5)  # no export can be that close
     with pytest.raises(ArtifactError, match=r"the LiteRT export differs from the Keras encoder \(cosine 1.0000000 on "
@@ -433,9 +417,7 @@ def test_restore_without_an_older_bundle_is_a_clear_error(tmp_path):
         restore(tmp_path, "bundle-nope")
 
 
-def test_a_bundle_with_no_image_left_answers_without_errors(fitted, tmp_path):
-    import shutil
-
+def test_a_bundle_with_no_image_left_answers_without_errors(fitted_copy):
     from fastapi.testclient import TestClient
 
     from pipeline.collection import remove_images
@@ -443,13 +425,12 @@ def test_a_bundle_with_no_image_left_answers_without_errors(fitted, tmp_path):
     from pipeline.search import Searcher
     from pipeline.server import create_app
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     bundle = Bundle.load(artifacts)
     query = bundle.catalog.paths[0]
     remove_images([str(image_id) for image_id in bundle.catalog.ids], artifacts)
     empty = Bundle.load(artifacts)
-    assert len(empty.catalog) == 0 and find_duplicates(empty) == []
+    assert len(empty.catalog) == 0 and find_duplicates(empty, progress=False).groups == []
     searcher = Searcher(empty)
     assert searcher.search_file(query, n=5).results == []
     client = TestClient(create_app(searcher))

@@ -4,10 +4,9 @@ fit at 512 px."""
 import numpy as np
 import pytest
 
-from conftest import PIXELS, copy_subset, tiny_config
+from helpers import PIXELS, copy_subset, tiny_config
 from pipeline.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
 from pipeline.descriptor import build_blocks_model
-from pipeline.errors import InputError
 
 
 def pixel_config(**overrides):
@@ -137,47 +136,6 @@ def test_nt_xent_matches_a_computation_by_hand():
     expected = -log_softmax[np.arange(8), partner].mean()
     assert float(nt_xent(first, second, 0.5)) == pytest.approx(expected, rel=1e-5)
     assert float(nt_xent(first, first, 0.1)) < float(nt_xent(first, second, 0.1))  # identical views: lower loss
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(PIXELS, image_size=30), "multiple of 4"),
-        (dict(PIXELS, image_size=64, autoencoder_size=30), "autoencoder_size must be a multiple of 4"),
-        (dict(PIXELS, image_size=48, autoencoder_size=32), "multiple of autoencoder_size"),
-        (dict(PIXELS, image_size=36, autoencoder_size=36), "multiple of 8 for the orientation histogram"),
-        (dict(backbone="resnet"), "backbone must be one of"),
-        (dict(image_size=16), "at least 32 with a backbone"),
-        (dict(orientation_weight=0.6, color_weight=0.4), "must be below 1"),
-        (dict(architecture="dense"), "is for --backbone none"),
-        (dict(PIXELS, architecture="mlp"), "architecture must be one of"),
-        (dict(pooling="median"), "pooling must be one of"),
-        (dict(optimizer="sgd"), "optimizer must be one of"),
-        (dict(noise=1.5), "noise must lie"),
-        (dict(whitening=2.0), "whitening must lie"),
-        (dict(orientation_weight=1.0), "orientation_weight \\+ color_weight must be below 1"),
-        (dict(color_weight=-0.1), "color_weight must lie"),
-        (dict(min_crop=0.0), "min_crop must lie"),
-        (dict(color_jitter=1.0), "color_jitter must lie"),
-        (dict(temperature=0.0), "temperature above 0"),
-        (dict(query_expansion=-1), "query_expansion must be"),
-        (dict(epochs=0), "epochs must be"),
-        (dict(clusters=0), "clusters must be"),
-    ],
-)
-def test_bad_settings_are_input_errors(overrides, message):
-    with pytest.raises(InputError, match=message):
-        tiny_config(**overrides)
-
-
-def test_auto_epochs_keep_the_training_budget_whatever_the_folder_size():
-    from pipeline.config import MAX_AUTO_EPOCHS, TRAINING_IMAGES, FitConfig
-
-    for backbone, budget in TRAINING_IMAGES.items():
-        config = FitConfig(backbone=backbone)
-        assert config.training_epochs(budget // 20) == 20
-        assert config.training_epochs(10) == MAX_AUTO_EPOCHS and config.training_epochs(10 * budget) == 1
-    assert FitConfig(epochs=7).training_epochs(10) == 7
 
 
 def test_training_lowers_both_loss_terms_and_records_them(photos, tmp_path):

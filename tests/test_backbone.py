@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import SHARED_SAMPLES
+from helpers import SHARED_SAMPLES
 from pipeline.backbone import _BN_EPSILON, build_backbone, fold_batch_norm, load_weights, weights_path
 from pipeline.errors import ArtifactError
 from pipeline.images import prepare_image, read_file

@@ -11,8 +11,7 @@ import time
 import pytest
 import uvicorn
 
-from conftest import copy_subset, tiny_config
-from helpers import save_near_copy
+from helpers import copy_subset, save_near_copy, tiny_config
 from pipeline.server import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, copy_subset
+from helpers import ROOT, TINY, copy_subset
 from pipeline.config import FitConfig
 
 IMGSIM = Path(sys.executable).parent / "imgsim"  # installed beside the interpreter by pip install -e .
@@ -79,15 +79,13 @@ def test_the_scripts_run_the_same_commands_from_any_folder(script, tmp_path):
     assert process.returncode == 0 and process.stdout.startswith(f"usage: imgsim {script[:-3]} ")
 
 
-def test_a_full_disk_during_a_fit_is_one_line_and_keeps_the_previous_fit(fitted, tmp_path):
+def test_a_full_disk_during_a_fit_is_one_line_and_keeps_the_previous_fit(fitted_copy, tmp_path):
     import resource
-    import shutil
     import signal
 
     from pipeline.artifacts import current_folder
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     before = current_folder(artifacts)
     data = copy_subset(tmp_path / "photos", classes=("hat",), per_class=4)
 

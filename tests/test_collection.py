@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLE, copy_subset, tiny_config
+from helpers import ROOT, SAMPLE, copy_subset, tiny_config
 from pipeline.artifacts import ArtifactWriter, Bundle, current_folder
 from pipeline.collection import add_images, sync
 from pipeline.embed import embed_files

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_subset, tiny_config
+from helpers import copy_subset, tiny_config
 
 ray = pytest.importorskip("ray")
 
@@ -157,7 +157,7 @@ def test_the_command_line_adds_on_a_local_cluster_without_noise(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
     from pipeline.fit import fit
 
     fit(copy_subset(tmp_path / "base", classes=("pants",), per_class=4), tmp_path / "artifacts", tiny_config())

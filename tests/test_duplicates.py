@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import ROOT, copy_subset, tiny_config
-from helpers import HARD_COPIES, NEAR_COPIES, copy_of_fit, save_near_copy
+from helpers import HARD_COPIES, NEAR_COPIES, ROOT, copy_of_fit, copy_subset, save_near_copy, tiny_config
 from pipeline.artifacts import Bundle
 from pipeline.duplicates import CACHE_FOLDER, PIXEL_TOLERANCE, find_duplicates
 from pipeline.search import Searcher

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED, copy_subset
+from helpers import ROOT, SHARED, copy_subset
 from pipeline.artifacts import Bundle
 from pipeline.evaluate import evaluate, reference_baselines
 from pipeline.metrics import exact_neighbours, map_at_k, precision_at_k

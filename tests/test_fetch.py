@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import SAMPLE
+from helpers import SAMPLE
 from pipeline.errors import ImageError
 from pipeline.fetch import fetch_url, is_public_address
 

@@ -4,7 +4,7 @@ real photos against an independent count."""
 import cv2
 import numpy as np
 
-from conftest import SAMPLE
+from helpers import SAMPLE
 from pipeline.histograms import ColorHistogram, OrientationHistogram
 from pipeline.images import prepare_image, read_file
 

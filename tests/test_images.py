@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLE
+from helpers import SAMPLE
 from pipeline.errors import ImageError, InputError
 from pipeline.images import decode_image, find_images, prepare_image, read_file
 
@@ -179,7 +179,7 @@ def test_only_regular_files_of_bounded_size_are_read(tmp_path):
 
 
 def test_a_fit_skips_and_lists_a_fifo_a_device_link_and_an_oversized_file(tmp_path):
-    from conftest import copy_subset, tiny_config
+    from helpers import copy_subset, tiny_config
     from pipeline.fit import fit
 
     data = copy_subset(tmp_path / "data", classes=("hat", "shoes"), per_class=3)

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from conftest import PIXELS, ROOT, SAMPLE, tiny_config
+from helpers import PIXELS, ROOT, SAMPLE, tiny_config
 from pipeline.artifacts import Bundle
 from pipeline.report import build_report, stratified_sample
 
@@ -139,7 +139,7 @@ def test_report_without_a_fit_is_a_clear_error(tmp_path):
 
 
 def test_report_when_the_photos_have_moved_since_the_fit(tmp_path):
-    from conftest import copy_subset
+    from helpers import copy_subset
     from pipeline.fit import fit
 
     photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=4)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLE
+from helpers import ROOT, SAMPLE
 from pipeline.artifacts import Bundle
 from pipeline.errors import InputError
 from pipeline.images import prepare_image, read_file
@@ -48,12 +48,9 @@ def test_the_default_runtime_is_litert_where_installed_and_keras_elsewhere(monke
         resolve_runtime("onnx")
 
 
-def test_a_search_a_sync_and_a_served_query_never_import_tensorflow(fitted, tmp_path):
+def test_a_search_a_sync_and_a_served_query_never_import_tensorflow(fitted_copy):
     """In a fresh process: a real predict, a sync that embeds a new photo, and a query to the service."""
-    import shutil
-
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     photo = sorted(SAMPLE.glob("hat/*.jpg"))[-1]
     data = Bundle.load(artifacts).manifest.data_dir
     script = f"""

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, copy_subset
+from helpers import ROOT, TINY, copy_subset
 from pipeline.artifacts import Bundle, current_folder
 
 

@@ -190,12 +190,11 @@ def test_max_distance_keeps_only_results_that_close_to_the_query(client, searche
         assert response.status_code == 422 and "max_distance" in response.json()["error"]
 
 
-def test_delete_is_off_without_a_token_and_needs_the_token(fitted, tmp_path):
+def test_delete_is_off_without_a_token_and_needs_the_token(fitted_copy):
     from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     searcher = Searcher(Bundle.load(artifacts))
     closed = TestClient(create_app(searcher))
     assert closed.delete("/api/images/3").status_code == 403
@@ -220,15 +219,14 @@ def test_delete_is_off_without_a_token_and_needs_the_token(fitted, tmp_path):
     assert len(results) == 31 and path not in [r["path"] for r in results]
 
 
-def test_an_image_keeps_its_id_whatever_is_removed_before_it(fitted, tmp_path):
+def test_an_image_keeps_its_id_whatever_is_removed_before_it(fitted_copy):
     """DELETE 10, then DELETE 11 removes the image that was 11, not the one after it; an id taken out by
     another writer is a 404, never another image."""
     from pipeline.artifacts import Bundle
     from pipeline.collection import remove_images
     from pipeline.search import Searcher
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     searcher = Searcher(Bundle.load(artifacts))
     client = TestClient(create_app(searcher, write_token=TOKEN))
     authorized = {"Authorization": f"Bearer {TOKEN}"}
@@ -246,15 +244,14 @@ def test_an_image_keeps_its_id_whatever_is_removed_before_it(fitted, tmp_path):
     assert client.delete("/api/images/12", headers=authorized).json()["removed"] == 12
 
 
-def test_the_service_serves_a_bundle_committed_while_it_runs(fitted, tmp_path, caplog):
+def test_the_service_serves_a_bundle_committed_while_it_runs(fitted_copy, caplog):
     import time
 
     from pipeline.artifacts import Bundle
     from pipeline.collection import remove_images
     from pipeline.search import Searcher
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(fitted[0], artifacts)
+    artifacts = fitted_copy
     searcher = Searcher(Bundle.load(artifacts))
     with TestClient(create_app(searcher, reload_seconds=0.05)) as client:  # the follower runs inside the block
         assert client.get("/api/stats").json()["images"] == 32

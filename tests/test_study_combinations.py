@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import PIXELS, copy_subset, tiny_config
+from helpers import PIXELS, copy_subset, tiny_config
 from pipeline.artifacts import Bundle
 from pipeline.search import Searcher
 

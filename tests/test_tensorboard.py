@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PIXELS, ROOT, copy_subset, tiny_config
+from helpers import PIXELS, ROOT, copy_subset, tiny_config
 from pipeline.artifacts import Bundle
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import SHARED
-from helpers import HARD_COPIES, NEAR_COPIES, near_copy
+from helpers import HARD_COPIES, NEAR_COPIES, SHARED, near_copy
 from pipeline.verification import LocalFeatures, VerificationCache, verify, verify_mirrored
 
 SHARED_DATA = SHARED / "data"
