@@ -1,8 +1,9 @@
 """Embedding speed of each backbone's fitted encoder, side by side in one run (LiteRT, as every CPU command runs it).
 
-    python benchmarks/bench_backbones.py [--backbones efficientnet-lite0,efficientnet-lite2] [--images 500] [--rounds 3]
+    python benchmarks/bench_backbones.py [--backbones efficientnet-lite0,efficientnet-lite2@224] [--images 500] [--rounds 3]
 
-Fits data/sample once per backbone with its defaults (in ``--workdir``, reused), then, the backbones
+Fits data/sample once per backbone with its defaults, or at the input size after ``@`` (in
+``--workdir``, reused), then, the backbones
 alternating round by round, embeds ``--images`` clothing10 photos in a fresh process: through
 ``embed_files`` (decode and embed, as add and sync run it) and through the encoder alone. Quality of
 the same backbones is in docs/QUALITY.md (bench_quality); written to docs/BENCHMARKS.md.
@@ -36,10 +37,11 @@ def main() -> None:
 
     for backbone in backbones:
         artifacts = args.workdir / backbone
+        name, _, size = backbone.partition("@")
         if not has_bundle(artifacts):
             subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
-                            "--artifacts", str(artifacts), "--backbone", backbone], check=True, cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--artifacts", str(artifacts), "--backbone", name, *(["--image-size", size] if size else [])],
+                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rounds: dict[str, list[dict]] = {backbone: [] for backbone in backbones}
     for _ in range(args.rounds):
         for backbone in backbones:
@@ -58,7 +60,8 @@ def main() -> None:
 ## Embedding speed by backbone (`python benchmarks/bench_backbones.py --backbones {args.backbones} --images {args.images} --rounds {args.rounds}`)
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}, CPU only, LiteRT, the backbones alternating round by round in
-one run. The encoder of a fit of `data/sample` with each backbone's defaults (its native input size); a fresh process
+one run. The encoder of a fit of `data/sample` with each backbone's defaults (its native input size, or the size
+after `@`); a fresh process
 per round embeds {args.images} clothing10 photos through `embed_files` (decode and embed) and through the encoder alone;
 medians of {args.rounds} rounds. Their precision@10 on the four dev sets is in docs/QUALITY.md.
 
