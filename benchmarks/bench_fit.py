@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import cv2
+from pipeline.search import SearchOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,7 +112,7 @@ def measure(backbone: str, source: Path, extra: Path, workdir: Path, images: int
     latencies = []
     for query in queries:
         tick = time.perf_counter()
-        searcher.search_file(query, n=10)
+        searcher.search_file(query, SearchOptions(n=10))
         latencies.append((time.perf_counter() - tick) * 1000)
     change_one_percent(data, images, workdir)
     syncs = timed_syncs(artifacts, workdir, f"artifacts-{backbone}-sync")
@@ -123,7 +124,7 @@ def measure(backbone: str, source: Path, extra: Path, workdir: Path, images: int
         "backbone": backbone, "images": fitted.manifest.images, "wall_s": round(wall, 1),
         "peak_rss_gb": round(peak_rss_gb, 2), "stage_seconds": fitted.manifest.stage_seconds,
         "epochs_run": len(fitted.manifest.history["loss"]), "clusters": fitted.index.nlist,
-        "nprobe": fitted.index.nprobe, "recall": fitted.manifest.recall_at_10[fitted.index.nprobe],
+        "nprobe": fitted.index.nprobe_, "recall": fitted.manifest.recall_at_10[fitted.index.nprobe_],
         "settings": fitted.settings.to_dict(),
         "predict_ms_median": round(statistics.median(latencies), 1), "predict_ms_max": round(max(latencies), 1),
         "queries": len(latencies), "add_wall_s": round(add_wall, 1),

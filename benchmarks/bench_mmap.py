@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_report import build_bundle  # noqa: E402
 from benchmarks.report import machine, write_section  # noqa: E402
 from pipeline.artifacts import has_bundle  # noqa: E402
+from pipeline.search import SearchOptions
 
 
 def rss_mb() -> float:
@@ -46,7 +47,7 @@ def child(bundle_dir: str, memory_map: bool, started: float) -> None:
     latencies = []
     for image_id in rng.choice(len(searcher.catalog), 300, replace=False):
         tick = time.perf_counter()
-        searcher.search_indexed(int(image_id), n=10)
+        searcher.search_indexed(int(image_id), SearchOptions(n=10))
         latencies.append((time.perf_counter() - tick) * 1000)
     print(json.dumps({"ready_s": ready_s, "ready_rss_mb": ready_rss, "p50_ms": statistics.median(latencies),
                       "p99_ms": float(np.percentile(latencies, 99)), "after_rss_mb": rss_mb()}))
@@ -96,7 +97,7 @@ def main() -> None:
                                 check=True, capture_output=True, text=True, cwd=ROOT).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])
         print(name, results[name], flush=True)
-    dim, nlist, nprobe = bundle.embeddings.shape[1], bundle.index.nlist, bundle.index.nprobe
+    dim, nlist, nprobe = bundle.embeddings.shape[1], bundle.index.nlist, bundle.index.nprobe_
     size_mb = sum(path.stat().st_size for path in bundle.folder.iterdir()) / 2**20
     vectors_mb = {name: (folder / "index_vectors.npy").stat().st_size / 2**20
                   for name, folder in (("float32", bundle.folder), ("float16", half.folder))}

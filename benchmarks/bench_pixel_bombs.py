@@ -33,13 +33,13 @@ def one_run(artifacts: str, parallel: int, side: int, budget: bool) -> dict:
     import pipeline.images as images
     from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
-    from pipeline.server import MAX_PIXELS, create_app
+    from pipeline.server import MAX_QUERY_PIXELS, create_app
 
     if not budget:
         images.DECODE_BUDGET = images.PixelBudget(10**15)
     buffer = io.BytesIO()
     Image.new("RGB", (side, side), (120, 30, 200)).save(buffer, "PNG", optimize=True)
-    client = TestClient(create_app(Searcher(Bundle.load(artifacts), max_pixels=MAX_PIXELS)))
+    client = TestClient(create_app(Searcher(Bundle.load(artifacts), max_pixels=MAX_QUERY_PIXELS)))
     client.get("/api/health")
     idle = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
     start = time.perf_counter()

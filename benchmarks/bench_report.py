@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
 from pipeline.artifacts import ArtifactWriter, Bundle, has_bundle  # noqa: E402
 from pipeline.catalog import Catalog  # noqa: E402
-from pipeline.index import build_index  # noqa: E402
+from pipeline.cluster import build_index  # noqa: E402
 
 
 def build_bundle(source: Path, target: Path, rows: int) -> Bundle:

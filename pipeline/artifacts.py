@@ -294,6 +294,7 @@ class Bundle:
             described = ", ".join(f"{name} {count}" for name, count in counts.items())
             raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
         index = _load_index(folder, embeddings, raw, memory_map)
+        index.nprobe = manifest.settings.nprobe  # the setting as given; the stored count is the tuned nprobe_
         if catalog.clusters != index.assignments_.tolist():
             raise ArtifactError(f"{folder / CATALOG}: corrupt catalog (its clusters are not the index's); fit again")
         manifest.next_id = max(manifest.next_id, max(catalog.ids, default=-1) + 1)  # bundles before ids

@@ -275,7 +275,7 @@ _non_negative_float, _positive_float = _number_from(0, strict=False), _number_fr
 def _predict(args: argparse.Namespace) -> None:
     from .artifacts import Bundle
     from .images import read_file
-    from .search import Searcher
+    from .search import Searcher, SearchOptions
 
     if args.plot:
         check_writable(args.plot)
@@ -283,12 +283,13 @@ def _predict(args: argparse.Namespace) -> None:
         from .fetch import check_url, fetch_url
 
         check_url(args.url)  # a malformed URL is told before anything loads
+    options = SearchOptions(n=args.n, nprobe=args.nprobe, expansion=args.expansion, exclude_self=args.exclude_self,
+                            max_distance=args.max_distance)
     data = read_file(args.file) if args.file else None
     bundle = Bundle.load(args.artifacts, args.allow_pickle)  # cheap: the model loads with the Searcher
     data, source = (data, args.file) if args.file else (fetch_url(args.url, args.timeout), args.url)
     searcher = Searcher(bundle, runtime=args.runtime)
-    result = searcher.search_bytes(data, source, n=args.n, nprobe=args.nprobe, exclude_self=args.exclude_self,
-                                   expansion=args.expansion, max_distance=args.max_distance)
+    result = searcher.search_bytes(data, source, options)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -384,6 +385,7 @@ def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
                         help="move every group's images but the one to keep into DIR, at their paths relative to "
                              "the fitted folder (never deleting, never overwriting), then drop them from the index")
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
 
 
 def _duplicates(args: argparse.Namespace) -> int:
@@ -393,7 +395,7 @@ def _duplicates(args: argparse.Namespace) -> int:
 
     if args.html:
         check_writable(args.html)
-    bundle = Bundle.load(args.artifacts)
+    bundle = Bundle.load(args.artifacts, args.allow_pickle)
     found = find_duplicates(bundle, args.max_distance)
     if args.json:
         print(json.dumps(found.to_dict(), indent=2))
@@ -446,6 +448,7 @@ def print_change(change, out=None) -> None:
 def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_dir", help="folder of images in class folders (the folder name is the label)")
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument("-k", type=_positive, default=10, help="neighbours per query")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _runtime_flag(parser)
@@ -455,7 +458,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .artifacts import Bundle
     from .evaluate import evaluate
 
-    report = evaluate(args.data_dir, Bundle.load(args.artifacts), args.k, args.runtime)
+    report = evaluate(args.data_dir, Bundle.load(args.artifacts, args.allow_pickle), args.k, args.runtime)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -472,6 +475,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument("--out", default="report.html", help="HTML file to write")
     parser.add_argument("--png", metavar="DIR", help="also save each figure as a PNG in DIR")
     parser.add_argument("--max-points", type=_positive, default=3000, help="t-SNE sample size")
@@ -489,7 +493,7 @@ def _report(args: argparse.Namespace) -> None:
     check_writable(args.out)
     for folder in filter(None, (args.png, args.projector)):
         check_writable(folder, folder=True)
-    bundle = Bundle.load(args.artifacts)
+    bundle = Bundle.load(args.artifacts, args.allow_pickle)
     path = build_report(bundle, args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
                         max_clusters=args.max_clusters, png_dir=args.png)
     print(f"report: {path}" + (f" (figures in {args.png})" if args.png else ""))
@@ -528,7 +532,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     from .artifacts import Bundle
     from .search import Searcher
-    from .server import MAX_PIXELS, check_write_token, create_app
+    from .server import MAX_QUERY_PIXELS, check_write_token, create_app
 
     token = _write_token(args.write_token_file)
     check_write_token(token)  # before anything loads
@@ -536,7 +540,7 @@ def _serve(args: argparse.Namespace) -> None:
         hosts = [host.strip() for host in args.allowed_hosts.split(",") if host.strip()]
     else:
         hosts = None if args.host in ("0.0.0.0", "::", "") else [args.host, "localhost", "127.0.0.1", "::1"]
-    searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle), max_pixels=MAX_PIXELS,
+    searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle), max_pixels=MAX_QUERY_PIXELS,
                         batch_window_ms=args.batch_window_ms, runtime=args.runtime)
     app = create_app(searcher, allow_private_urls=args.allow_private_urls, write_token=token,
                      reload_seconds=args.reload_seconds, allowed_hosts=hosts, max_queue_ms=args.max_queue_ms)

@@ -1,12 +1,16 @@
-"""KMeans over the latent vectors, and the choice of the number of clusters (nlist)."""
+"""KMeans over the latent vectors, the choice of the number of clusters (nlist), and the routed index built on them
+with a fit's settings."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Union
+from typing import Callable, Optional, Union
 
 import numpy as np
+
+from .config import FitConfig
+from .index import ClusteredIndex, prepare_vectors
 
 TRAINING_POINTS_PER_CLUSTER = 64  # KMeans learns from at most this many points per cluster (FAISS warns below 39)
 MINIBATCH_FROM = 10_000  # training points from which MiniBatchKMeans with one random start is used
@@ -41,3 +45,15 @@ def fit_kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(sample)
     return model.cluster_centers_.astype(np.float32)
+
+
+def build_index(vectors: np.ndarray, config: FitConfig,
+                assign: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
+                ) -> tuple[ClusteredIndex, dict[int, float]]:
+    """Cluster ``vectors`` with KMeans (learned on a sample), index them (``assign``: see
+    :meth:`ClusteredIndex.fit`), tune nprobe: the index and its recall@10 curve."""
+    index = ClusteredIndex(config.metric, config.nprobe, config.query_expansion, config.index_dtype)
+    prepared = prepare_vectors(vectors, config.metric)
+    centroids = fit_kmeans(prepared, choose_cluster_count(len(prepared), config.clusters), config.seed)
+    index.fit(vectors, centroids, assign)  # prepares them itself: once, as a bundle's load does
+    return index, index.tune_nprobe(config.target_recall, config.seed)

@@ -193,7 +193,7 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
             change.changed, change.added = len(replaced), len(embedded.records) - len(replaced)
         change.removed = len(drop) - change.changed
         unreadable = _remember_unreadable(bundle, planned, change.skipped, review.stats) if action != "remove" else None
-        change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe
+        change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe_
         if not drop and not change.added and unreadable in (None, bundle.manifest.unreadable):
             log.info("nothing to change in %s", bundle.folder)
             change.drift = _drift(bundle)
@@ -209,8 +209,8 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
                                   hashes=embedded.hashes, clusters=[], ids=[],
                                   stats=[review.stats[r.path] for r in embedded.records]), embedded.vectors)
         config = bundle.settings
-        bundle.manifest.recall_at_10 = bundle.index.tune_nprobe(config.nprobe, config.target_recall, config.seed)
-        change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe
+        bundle.manifest.recall_at_10 = bundle.index.tune_nprobe(config.target_recall, config.seed)
+        change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe_
         change.seconds = time.perf_counter() - start
         bundle.manifest.changes.append(change.record(**details))
         change.drift = _drift(bundle)

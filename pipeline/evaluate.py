@@ -21,7 +21,8 @@ from .dataset import decode_to_cache
 from .embed import embed_decoded
 from .errors import InputError
 from .images import ImageRecord, decode_image, find_images, read_file
-from .index import ClusteredIndex, build_index, recall_at_k
+from .cluster import build_index
+from .index import ClusteredIndex, recall_at_k
 from .metrics import LabelledSet, exact_neighbours, without_self
 from .runtime import DESCRIPTOR
 from .whitening import fit_whitening
@@ -105,7 +106,7 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
 
     scored = LabelledSet.of([r.label for r in embedded.records])
     k = min(k, len(embedded.records) - 1)
-    routed, routed_ms = _timed_search(index, vectors, k, index.nprobe, index.expansion)
+    routed, routed_ms = _timed_search(index, vectors, k, index.nprobe_, index.expansion)
     exact, exact_ms = _timed_search(index, vectors, k, index.nlist, index.expansion)
     blocks = {f"{name}_block": scored.score(exact_neighbours(block @ kernel + bias, k))
               for name, block in outputs.items()
@@ -116,7 +117,7 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
             "recall_vs_exact": round(recall_at_k(routed, exact), 4),
             "query_ms": round(routed_ms, 3),
             "exact_query_ms": round(exact_ms, 3),
-            "nprobe": index.resolve_nprobe(index.nprobe),
+            "nprobe": index.resolve_nprobe(index.nprobe_),
             "clusters": index.nlist,
             "query_expansion": index.expansion,
         },

@@ -35,7 +35,7 @@ from .embed import collect, embed_files, map_cache
 from .errors import InputError
 from .export import CHECK_IMAGES, check_export, export_litert
 from .images import IMAGE_EXTENSIONS, file_stat, find_images
-from .index import build_index
+from .cluster import build_index
 from .manifest import Manifest
 from .runtime import LiteRTEncoder
 
@@ -178,8 +178,8 @@ def fit(
         images=len(embedded.records),
         skipped=embedded.skipped,
         clusters=index.nlist,
-        nprobe=index.nprobe,
-        recall_at_10=curve.get(index.nprobe, curve[max(curve)]),
+        nprobe=index.nprobe_,
+        recall_at_10=curve.get(index.nprobe_, curve[max(curve)]),
         epochs_run=len(history.get("loss", [])),
         artifacts=final,
         stage_seconds=seconds,

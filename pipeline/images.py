@@ -33,7 +33,7 @@ else:
 # every format Pillow decodes that photos come in (HEIC and HEIF through pillow-heif; a GIF or an MPO by its first frame)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".heic", ".heif", ".avif",
                               ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".mpo"})
-MAX_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
+MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
 MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
 DECODE_BUDGET_PIXELS = 64_000_000  # pixels being decoded at once in this process, all threads together
 
@@ -133,7 +133,7 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode image bytes to an upright RGB uint8 array of shape (height, width, 3).
 
     Handles every format Pillow reads (HEIC too; a GIF or an MPO by its first frame), EXIF
@@ -189,7 +189,7 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interpolation)
 
 
-def prepare_image(data: bytes, source: str, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def prepare_image(data: bytes, source: str, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike."""
     return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
 

@@ -4,8 +4,8 @@ This is the idea of FAISS's IndexIVFFlat (``nlist`` clusters, ``nprobe`` probed 
 probing few clusters is fast but can miss neighbours that lie across a cluster border, so
 :func:`recall_curve` measures recall against exact search (``nprobe = nlist``) and
 :meth:`ClusteredIndex.tune_nprobe` keeps the smallest nprobe that reaches a target recall.
-The index's whole life cycle lives here: :func:`build_index` clusters and tunes, ``add`` and
-``remove`` change it, ``to_arrays``/``from_arrays`` store it.
+The index's life after clustering lives here (:func:`pipeline.cluster.build_index` clusters and
+tunes it): ``add`` and ``remove`` change it, ``to_arrays``/``from_arrays`` store it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from numba import types
 from numba.extending import overload
 from threadpoolctl import ThreadpoolController
 
-from .cluster import choose_cluster_count, fit_kmeans
-from .config import INDEX_DTYPES, METRICS, FitConfig
+from .config import INDEX_DTYPES, METRICS
 
 # Numba's default threading layer must not launch parallel kernels from two threads at once, so callers of the
 # parallel kernels take turns; a few queries run in the caller's thread instead (_run).
@@ -161,10 +160,11 @@ class ClusteredIndex:
 
     Each cluster's vectors lie next to each other in one contiguous array, so a probed cluster
     is scanned with one matrix product for every query of a batch that probes it (exact KNN
-    within the cluster). Parameters: ``metric`` is ``"cosine"`` or ``"euclidean"``; ``nprobe``
-    (a count or ``"all"``) and ``expansion`` are what :meth:`search` uses when not told
-    otherwise, stored with the index (:meth:`tune_nprobe` sets ``nprobe``). Learned state after
-    :meth:`fit`: ``centroids_`` (nlist, dim), ``assignments_`` (cluster of each indexed vector),
+    within the cluster). Parameters, kept as given (as scikit-learn does): ``metric`` is
+    ``"cosine"`` or ``"euclidean"``; ``nprobe`` a count, ``"all"`` or ``"auto"`` (the smallest
+    count reaching a target recall, found by :meth:`tune_nprobe`); ``expansion`` what
+    :meth:`search` uses when not told otherwise. Learned state after :meth:`fit`: ``nprobe_`` (the
+    count searched when not told otherwise; tuned by :meth:`tune_nprobe`), ``centroids_`` (nlist, dim), ``assignments_`` (cluster of each indexed vector),
     ``vectors_`` (the vectors sorted by cluster), ``ids_`` (their original positions), ``rows_``
     (the row of ``vectors_`` holding each id) and ``offsets_`` (cluster c is rows
     ``offsets_[c]:offsets_[c + 1]``).
@@ -202,12 +202,13 @@ class ClusteredIndex:
         used, assignments = np.unique(nearest, return_inverse=True)
         self.centroids_ = self.centroids_[used]
         self._lay_out(vectors, assignments)
+        self.nprobe_ = self.nlist if self.nprobe == "auto" else self.resolve_nprobe(self.nprobe)
         return self
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The state beside the stored vectors (:attr:`vectors_`), as plain arrays: what a bundle stores."""
         return {"metric": np.array(self.metric), "centroids": self.centroids_, "assignments": self.assignments_,
-                "norms": self.norms_, "nprobe": np.array(self.resolve_nprobe(self.nprobe)),
+                "norms": self.norms_, "nprobe": np.array(self.nprobe_),
                 "expansion": np.array(self.expansion)}
 
     @classmethod
@@ -244,6 +245,7 @@ class ClusteredIndex:
                                              for start in range(0, len(laid_out), 65_536)))):
             raise ValueError("values that are not finite (NaN or infinity)")
         index.centroids_ = centroids
+        index.nprobe_ = nprobe  # as stored; a search clamps it to the clusters there are
         if laid_out is None:
             index._lay_out(prepare_vectors(vectors, index.metric), assignments)
         else:
@@ -268,8 +270,8 @@ class ClusteredIndex:
         """The indexed (prepared) vectors in id order, as float32."""
         return self._stored(np.arange(self.size))
 
-    def tune_nprobe(self, setting: int | str = "auto", target_recall: float = 0.95, seed: int = 0) -> dict[int, float]:
-        """Set ``nprobe`` from ``setting`` and return the recall@10 curve it was chosen from.
+    def tune_nprobe(self, target_recall: float = 0.95, seed: int = 0) -> dict[int, float]:
+        """Set ``nprobe_`` from the ``nprobe`` setting and return the recall@10 curve it was chosen from.
 
         The curve is measured on up to RECALL_QUERIES indexed vectors used as queries. With
         ``"auto"`` the smallest nprobe reaching ``target_recall`` is kept, or every cluster (exact
@@ -277,12 +279,12 @@ class ClusteredIndex:
         """
         sample = np.sort(np.random.default_rng(seed).permutation(self.size)[:RECALL_QUERIES])
         curve = recall_curve(self, self._stored(sample), sample)
-        if setting != "auto":
-            self.nprobe = self.resolve_nprobe(setting)
+        if self.nprobe != "auto":
+            self.nprobe_ = self.resolve_nprobe(self.nprobe)
         elif self.size < EXACT_SEARCH_BELOW:
-            self.nprobe = self.nlist
+            self.nprobe_ = self.nlist
         else:
-            self.nprobe = smallest_nprobe(curve, target_recall)
+            self.nprobe_ = smallest_nprobe(curve, target_recall)
         return curve
 
     def _nearest_cluster(self, vectors: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -335,7 +337,7 @@ class ClusteredIndex:
     ) -> SearchHits:
         """The ``n`` nearest indexed vectors of each query among its ``nprobe`` nearest clusters.
 
-        ``nprobe`` and ``expansion`` default to the index's own. With ``expansion`` > 0 (average
+        ``nprobe`` (a count or ``"all"``) defaults to the tuned ``nprobe_``, ``expansion`` to the index's own. With ``expansion`` > 0 (average
         query expansion), each query is first averaged with its ``expansion`` nearest indexed
         vectors, leaving out the ids in its row of ``exclude`` (queries, m; -1 pads), and the
         neighbours are ranked by their distance to that average, but for the nearest to the query
@@ -345,7 +347,7 @@ class ClusteredIndex:
         parallel, each over its probed clusters' contiguous vectors.
         """
         queries = prepare_vectors(np.atleast_2d(queries), self.metric)
-        nprobe = self.resolve_nprobe(self.nprobe if nprobe is None else nprobe)
+        nprobe = self.resolve_nprobe(self.nprobe_ if nprobe is None else nprobe)
         expansion = self.expansion if expansion is None else expansion
         if not expansion:
             return self._search_prepared(queries, n, nprobe)
@@ -407,18 +409,6 @@ def _nearest_first(hits: SearchHits, first: SearchHits, usable: np.ndarray) -> S
         ids[row] = np.concatenate([[nearest], rest_ids])[: ids.shape[1]]
         distances[row] = np.concatenate([[distance], rest_distances])[: ids.shape[1]]
     return SearchHits(distances, ids, hits.probed)
-
-
-def build_index(vectors: np.ndarray, config: FitConfig,
-                assign: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
-                ) -> tuple[ClusteredIndex, dict[int, float]]:
-    """Cluster ``vectors`` with KMeans (learned on a sample), index them (``assign``: see
-    :meth:`ClusteredIndex.fit`), tune nprobe: the index and its recall@10 curve."""
-    index = ClusteredIndex(config.metric, expansion=config.query_expansion, dtype=config.index_dtype)
-    prepared = prepare_vectors(vectors, config.metric)
-    centroids = fit_kmeans(prepared, choose_cluster_count(len(prepared), config.clusters), config.seed)
-    index.fit(vectors, centroids, assign)  # prepares them itself: once, as a bundle's load does
-    return index, index.tune_nprobe(config.nprobe, config.target_recall, config.seed)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -279,7 +279,7 @@ def _page(bundle, raw_labels, clusters, labels, figures, tsne_map, galleries, nl
     skipped = manifest.skipped
     skipped_html = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in skipped)
     facts = [f"{manifest.images} images indexed", f"{len(skipped)} skipped", f"{nlist} clusters",
-             f"nprobe {bundle.index.nprobe}", f"fitted {html.escape(manifest.created)}"]
+             f"nprobe {bundle.index.nprobe_}", f"fitted {html.escape(manifest.created)}"]
     if labels is not None:
         known = np.array([label is not None for label in raw_labels])
         majority = sum(Counter(labels[known & (clusters == c)]).most_common(1)[0][1]

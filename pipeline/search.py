@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections import defaultdict
@@ -15,7 +16,7 @@ from .artifacts import Bundle, pointed_folder
 from .catalog import Catalog
 from .errors import InputError, UnknownImage
 from .fetch import fetch_url
-from .images import MAX_PIXELS, content_hash, prepare_image, read_file
+from .images import MAX_IMAGE_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
 from .runtime import BatchingEncoder
 
@@ -50,6 +51,63 @@ class SearchResult:
         return asdict(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SearchOptions:
+    """How one query is searched, checked once, when made (InputError naming the option).
+
+    ``n`` results; ``nprobe`` clusters searched: a count, ``"all"`` (exact search), or None for the
+    index's tuned ``nprobe_``; ``expansion`` nearest neighbours averaged into the query to rank the
+    rest (None: the fit's ``query_expansion``; 0 ranks by distance to the query alone);
+    ``exclude_self`` leaves out indexed copies of the query; ``max_distance`` keeps only results at
+    most that far from the query itself.
+    """
+
+    n: int = 10
+    nprobe: Union[int, str, None] = None
+    expansion: Optional[int] = None
+    exclude_self: bool = False
+    max_distance: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if type(self.n) is not int or self.n < 1:
+            raise InputError(f"n must be a whole number from 1, got {self.n!r}")
+        if not (self.nprobe is None or self.nprobe == "all" or (type(self.nprobe) is int and self.nprobe >= 1)):
+            raise InputError(f"nprobe must be a positive whole number or 'all', got {self.nprobe!r}")
+        if self.expansion is not None and (type(self.expansion) is not int or self.expansion < 0):
+            raise InputError(f"expansion must be a whole number from 0, got {self.expansion!r}")
+        if self.max_distance is not None and not 0 <= self.max_distance < math.inf:
+            raise InputError(f"max_distance must be a finite number from 0, got {self.max_distance!r}")
+
+    @classmethod
+    def parse(cls, n: Any = None, nprobe: Any = None, max_distance: Any = None,
+              max_n: Optional[int] = None) -> "SearchOptions":
+        """Options from a request's text fields (None or empty: the default; nprobe "auto" too),
+        ``n`` at most ``max_n``."""
+        text = {name: None if value in (None, "") else str(value)[:32]
+                for name, value in (("n", n), ("nprobe", nprobe), ("max_distance", max_distance))}
+        if text["n"] is not None and not (text["n"].isascii() and text["n"].isdecimal()):
+            raise InputError(f"n must be a whole number, got {text['n']!r}")
+        count = 10 if text["n"] is None else int(text["n"])
+        if max_n is not None and not 1 <= count <= max_n:
+            raise InputError(f"n must lie between 1 and {max_n}, got {count}")
+        probe = None if text["nprobe"] in (None, "auto") else text["nprobe"]
+        if probe not in (None, "all") and not (probe.isascii() and probe.isdecimal() and len(probe) <= 9):
+            raise InputError(f"nprobe must be a positive whole number, 'all' or 'auto', got {probe!r}")
+        distance = None if text["max_distance"] is None else parse_distance(text["max_distance"], "max_distance")
+        return cls(n=count, nprobe=int(probe) if probe not in (None, "all") else probe, max_distance=distance)
+
+
+def parse_distance(value: Any, name: str) -> float:
+    """A distance from a request's text: a finite number from 0."""
+    try:
+        number = float(str(value)[:32])
+    except ValueError:
+        raise InputError(f"{name} must be a number, got {str(value)[:32]!r}") from None
+    if not 0 <= number < math.inf:  # also refuses nan
+        raise InputError(f"{name} must be a finite number from 0, got {str(value)[:32]}")
+    return number
+
+
 @dataclass(frozen=True)
 class _Served:
     """What one query reads, all of a piece: a bundle, the encoder of its fit, and the catalog rows
@@ -73,7 +131,7 @@ class Searcher:
     pair or the new.
     """
 
-    def __init__(self, bundle: Bundle, max_pixels: int = MAX_PIXELS, batch_window_ms: float = 0.0,
+    def __init__(self, bundle: Bundle, max_pixels: int = MAX_IMAGE_PIXELS, batch_window_ms: float = 0.0,
                  runtime: Optional[str] = None):
         self.max_pixels = max_pixels
         self.batch_window_ms = batch_window_ms
@@ -141,19 +199,19 @@ class Searcher:
     def image_size(self) -> int:
         return self._served.bundle.settings.image_size
 
-    def search_file(self, path: Union[str, os.PathLike], **options) -> SearchResult:
-        return self.search_bytes(read_file(path), str(path), **options)
+    def search_file(self, path: Union[str, os.PathLike], options: SearchOptions = SearchOptions()) -> SearchResult:
+        return self.search_bytes(read_file(path), str(path), options)
 
-    def search_url(self, url: str, **options) -> SearchResult:
-        return self.search_bytes(fetch_url(url), url, **options)
+    def search_url(self, url: str, options: SearchOptions = SearchOptions()) -> SearchResult:
+        return self.search_bytes(fetch_url(url), url, options)
 
-    def search_bytes(self, data: bytes, source: str, **options) -> SearchResult:
-        """Search with an encoded image (options as in :meth:`search_vector`)."""
+    def search_bytes(self, data: bytes, source: str, options: SearchOptions = SearchOptions()) -> SearchResult:
+        """Search with an encoded image (see :meth:`search_vector`)."""
         served = self._served
         image = prepare_image(data, source, served.bundle.settings.image_size, self.max_pixels)
-        return self._search(served, served.encoder.embed(image), content_hash(data), source, **options)
+        return self._search(served, served.encoder.embed(image), content_hash(data), source, options)
 
-    def search_indexed(self, image_id: int, **options) -> SearchResult:
+    def search_indexed(self, image_id: int, options: SearchOptions = SearchOptions()) -> SearchResult:
         """Search with an indexed image, by its id, using its stored vector; UnknownImage when no
         indexed image has that id (it was removed, say)."""
         served = self._served
@@ -162,25 +220,12 @@ class Searcher:
         if row is None:
             raise UnknownImage(f"no indexed image has id {image_id}")
         return self._search(served, np.asarray(served.bundle.embeddings[row]), catalog.hashes[row], catalog.paths[row],
-                            **options)
+                            options)
 
-    def search_vector(
-        self,
-        vector: np.ndarray,
-        query_hash: str,
-        source: str,
-        n: int = 10,
-        nprobe: Union[int, str, None] = None,
-        exclude_self: bool = False,
-        expansion: Optional[int] = None,
-        max_distance: Optional[float] = None,
-    ) -> SearchResult:
-        """The ``n`` indexed images most like a query vector, best first.
+    def search_vector(self, vector: np.ndarray, query_hash: str, source: str,
+                      options: SearchOptions = SearchOptions()) -> SearchResult:
+        """The ``options.n`` indexed images most like a query vector, best first (see :class:`SearchOptions`).
 
-        ``nprobe`` is the number of clusters searched (``"all"`` = exact search; default: the
-        index's, tuned at fit time). ``expansion`` is the number of first neighbours averaged into
-        the query to rank the rest (default: the index's, the fit's ``query_expansion``; 0 = rank
-        by distance).
         Each result's ``distance`` is the number it was ranked by, and ``ranked_by`` says which:
         indexed copies of the query (same content hash) come first at distance 0, with
         ``same_image=True`` (or are left out with ``exclude_self``; they are never used for the
@@ -190,35 +235,30 @@ class Searcher:
         results whose ``query_distance`` is at most that are kept (fewer than ``n`` when fewer are
         that close), in the same order.
         """
-        return self._search(self._served, vector, query_hash, source, n, nprobe, exclude_self, expansion,
-                            max_distance)
+        return self._search(self._served, vector, query_hash, source, options)
 
     @staticmethod
-    def _search(served: _Served, vector: np.ndarray, query_hash: str, source: str, n: int = 10,
-                nprobe: Union[int, str, None] = None, exclude_self: bool = False, expansion: Optional[int] = None,
-                max_distance: Optional[float] = None) -> SearchResult:
+    def _search(served: _Served, vector: np.ndarray, query_hash: str, source: str,
+                options: SearchOptions) -> SearchResult:
         """:meth:`search_vector` against the bundle of ``served``."""
-        if n < 1 or (expansion is not None and expansion < 0) or (max_distance is not None and not max_distance >= 0):
-            raise InputError(f"n must be at least 1, expansion and max_distance at least 0, got {n}, {expansion} "
-                             f"and {max_distance}")
         catalog, index, copies_of = served.bundle.catalog, served.bundle.index, served.copies
-        n = min(n, len(catalog))  # never more results than images: no huge allocation for a huge n
+        n = min(options.n, len(catalog))  # never more results than images: no huge allocation for a huge n
         copies = copies_of.get(query_hash, [])
-        nprobe = index.resolve_nprobe(index.nprobe if nprobe is None else nprobe)
-        expansion = min(index.expansion if expansion is None else expansion, len(catalog))
+        nprobe = index.resolve_nprobe(index.nprobe_ if options.nprobe is None else options.nprobe)
+        expansion = min(index.expansion if options.expansion is None else options.expansion, len(catalog))
         hits = index.search(vector[None], n + len(copies), nprobe, expansion, np.array([copies or [-1]]))
         by_expanded = "expanded query" if expansion else "query"
         ranked = [(int(i), float(d), "query" if position == 0 else by_expanded)  # the index keeps the nearest first
                   for position, (i, d) in enumerate(zip(hits.ids[0], hits.distances[0])) if i >= 0 and i not in copies]
-        if not exclude_self:
+        if not options.exclude_self:
             ranked = [(row, 0.0, "query") for row in copies] + ranked  # identical images: ranked first, at 0
         ranked = ranked[:n]
         rows = np.array([[row for row, _, _ in ranked]], dtype=np.int64)
         query_distances = index.distances_to(vector[None], rows)[0] if ranked else []
         kept = [(row, distance, 0.0 if row in copies else float(query_distance), by)
                 for (row, distance, by), query_distance in zip(ranked, query_distances)]
-        if max_distance is not None:
-            kept = [entry for entry in kept if entry[2] <= max_distance]
+        if options.max_distance is not None:
+            kept = [entry for entry in kept if entry[2] <= options.max_distance]
         results = [
             Neighbor(
                 rank=rank,

@@ -55,11 +55,11 @@ from .fetch import fetch_url
 from .images import content_hash, thumbnail_jpeg
 from .collection import is_id, remove_images
 from .duplicates import CANDIDATE_DISTANCE, Duplicates, find_duplicates
-from .search import Searcher
+from .search import Searcher, SearchOptions, parse_distance
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_PIXELS = 40_000_000
+MAX_QUERY_PIXELS = 40_000_000  # a query (upload or URL) decoding to more is refused (413); files of the collection: images.MAX_IMAGE_PIXELS
 MAX_RESULTS = 100
 THUMBNAIL = 256
 MAX_QUEUE_MS = 500.0  # a search expected to wait longer than this is refused at once (503)
@@ -156,7 +156,7 @@ def create_app(
         return {
             "images": len(bundle.catalog),
             "clusters": bundle.index.nlist,
-            "nprobe": bundle.index.nprobe,
+            "nprobe": bundle.index.nprobe_,
             "skipped": len(manifest.skipped),
             "created": manifest.created,
             "data_dir": manifest.data_dir,
@@ -193,8 +193,8 @@ def create_app(
             data = await upload.read(max_upload_bytes + 1)
             if len(data) > max_upload_bytes:
                 raise HTTPException(413, f"upload over the {max_upload_bytes}-byte limit")
-            options = _options(form.get("n"), form.get("nprobe"), form.get("max_distance"))
-            result = await run_in_threadpool(searcher.search_bytes, data, upload.filename or "upload", **options)
+            options = SearchOptions.parse(form.get("n"), form.get("nprobe"), form.get("max_distance"), MAX_RESULTS)
+            result = await run_in_threadpool(searcher.search_bytes, data, upload.filename or "upload", options)
         elif content_type.startswith("application/json"):
             try:
                 body = await request.json()
@@ -202,17 +202,17 @@ def create_app(
                 raise HTTPException(400, "the request body is not valid JSON") from None
             if not isinstance(body, dict) or ("url" in body) == ("id" in body):
                 raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
-            options = _options(body.get("n"), body.get("nprobe"), body.get("max_distance"))
+            options = SearchOptions.parse(body.get("n"), body.get("nprobe"), body.get("max_distance"), MAX_RESULTS)
             if "id" in body:
                 text = str(body["id"])
                 if not is_id(text):
                     raise HTTPException(404, f"no image with id {text[:32]!r}")
-                result = await run_in_threadpool(searcher.search_indexed, int(text), **options)
+                result = await run_in_threadpool(searcher.search_indexed, int(text), options)
             else:
                 url = str(body["url"])
                 data = await run_in_threadpool(fetch_url, url, allow_private=allow_private_urls,
                                                max_bytes=max_upload_bytes)
-                result = await run_in_threadpool(searcher.search_bytes, data, url, **options)
+                result = await run_in_threadpool(searcher.search_bytes, data, url, options)
         else:
             raise HTTPException(415, "send multipart/form-data with an 'image' file, or JSON with a url or an id")
         return result.to_dict()
@@ -273,7 +273,7 @@ def create_app(
 
     @app.get("/api/duplicates")
     def duplicates(max_distance: Optional[str] = None) -> dict[str, Any]:
-        limit = CANDIDATE_DISTANCE if max_distance in (None, "") else _distance(max_distance, "max_distance")
+        limit = CANDIDATE_DISTANCE if max_distance in (None, "") else parse_distance(max_distance, "max_distance")
         bundle = searcher.bundle  # one bundle for the whole answer, even if a removal swaps it meanwhile
         with grouping:  # one search at a time; a second request for the same bundle reads the first's answer
             key = (str(bundle.folder), limit)
@@ -397,37 +397,6 @@ def _row(text: str, catalog: Catalog) -> int:
     if row is None:
         raise HTTPException(404, f"no image with id {text[:32]!r}")
     return row
-
-
-def _options(n: Optional[Any], nprobe: Optional[Any], max_distance: Optional[Any] = None) -> dict[str, Any]:
-    """Validate ``n`` (1..MAX_RESULTS, default 10), ``nprobe`` (a count, "all", or empty for the
-    default) and ``max_distance`` (a number from 0, or empty for none)."""
-    try:
-        count = 10 if n in (None, "") else int(n)
-    except (TypeError, ValueError):
-        raise InputError(f"n must be a whole number, got {n!r}") from None
-    if not 1 <= count <= MAX_RESULTS:
-        raise InputError(f"n must lie between 1 and {MAX_RESULTS}, got {count}")
-    options = {"n": count, "nprobe": None,
-               "max_distance": None if max_distance in (None, "") else _distance(max_distance, "max_distance")}
-    if nprobe in (None, "", "auto"):
-        return options
-    if str(nprobe) == "all":
-        return {**options, "nprobe": "all"}
-    if not str(nprobe).isdecimal() or len(str(nprobe)) > 9 or int(nprobe) < 1:
-        raise InputError(f"nprobe must be a positive whole number, 'all' or 'auto', got {nprobe!r}")
-    return {**options, "nprobe": int(nprobe)}
-
-
-def _distance(value: Any, name: str) -> float:
-    """A distance from a request: a finite number from 0."""
-    try:
-        number = float(str(value)[:32])
-    except ValueError:
-        raise InputError(f"{name} must be a number, got {str(value)[:32]!r}") from None
-    if not 0 <= number < math.inf:  # also refuses nan
-        raise InputError(f"{name} must be a finite number from 0, got {str(value)[:32]}")
-    return number
 
 
 def _indexed_file(bundle: Bundle, row: int) -> bytes:

@@ -10,6 +10,7 @@ import pytest
 from pipeline.artifacts import LOCK, REQUIRED_FILES, ArtifactWriter, Bundle, current_folder
 from pipeline.manifest import FORMAT_VERSION
 from pipeline.errors import ArtifactError
+from pipeline.search import SearchOptions
 
 
 class _RunsCode:
@@ -86,11 +87,12 @@ def test_partial_and_foreign_artifacts_are_clear_errors(tmp_path):
 
 def test_a_bundle_round_trips_with_its_index_settings(fitted, tmp_path):
     bundle = Bundle.load(fitted[0])
-    bundle.index.nprobe, bundle.index.expansion = 1, 2
+    bundle.index.nprobe_, bundle.index.expansion = 1, 2
     with ArtifactWriter(tmp_path) as writer:
         bundle.save(writer)
     again = Bundle.load(tmp_path)
-    assert (again.index.nprobe, again.index.expansion) == (1, 2) and again.folder.parent == tmp_path
+    assert (again.index.nprobe_, again.index.expansion) == (1, 2) and again.folder.parent == tmp_path
+    assert again.index.nprobe == again.settings.nprobe == "auto"  # the setting as given, beside the tuned count
     assert again.manifest == bundle.manifest and again.catalog == bundle.catalog
     assert np.array_equal(again.embeddings, bundle.embeddings)
     hits, reloaded = bundle.index.search(bundle.embeddings[:7], 5), again.index.search(again.embeddings[:7], 5)
@@ -255,7 +257,7 @@ def test_a_corrupt_bundle_is_one_clear_error(fitted_copy, kind):
 def _as_format_3(folder, index):
     """Rewrite a bundle as format 3 wrote it: nprobe in the manifest, not on the index; additions."""
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest.update(format_version=3, nprobe=int(index.nprobe), clusters=index.nlist,
+    manifest.update(format_version=3, nprobe=int(index.nprobe_), clusters=index.nlist,
                     additions=[{"added": 1, "data_dir": manifest["data_dir"]}])
     del manifest["changes"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -271,13 +273,13 @@ def test_a_format_3_bundle_loads_and_answers_as_before(fitted_copy):
 
     artifacts = fitted_copy
     bundle = Bundle.load(artifacts)
-    bundle.index.nprobe = 2  # not the default, so that reading it from the manifest is checked
-    expected = Searcher(bundle).search_indexed(4, n=6)
+    bundle.index.nprobe_ = 2  # not the default, so that reading it from the manifest is checked
+    expected = Searcher(bundle).search_indexed(4, SearchOptions(n=6))
     _as_format_3(bundle.folder, bundle.index)
     old = Bundle.load(artifacts)
-    assert (old.index.nprobe, old.index.expansion) == (2, bundle.settings.query_expansion)
+    assert (old.index.nprobe_, old.index.expansion) == (2, bundle.settings.query_expansion)
     assert old.manifest.changes == [{"action": "add", "added": 1, "data_dir": bundle.manifest.data_dir}]
-    assert Searcher(old, runtime="keras").search_indexed(4, n=6) == expected
+    assert Searcher(old, runtime="keras").search_indexed(4, SearchOptions(n=6)) == expected
 
 
 def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted_copy, caplog):
@@ -287,7 +289,7 @@ def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted_co
 
     artifacts = fitted_copy
     bundle = Bundle.load(artifacts)
-    expected = [h.id for h in Searcher(bundle).search_indexed(4, n=6).results]
+    expected = [h.id for h in Searcher(bundle).search_indexed(4, SearchOptions(n=6)).results]
     # the format before 3: a pickled index, format version 2, no backbone setting
     folder = bundle.folder
     manifest = _as_format_3(folder, bundle.index)
@@ -302,7 +304,7 @@ def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted_co
         Bundle.load(artifacts)
     legacy = Searcher(Bundle.load(artifacts, allow_pickle=True), runtime="keras")
     assert "unpickling its index (--allow-pickle)" in caplog.text
-    assert [h.id for h in legacy.search_indexed(4, n=6).results] == expected
+    assert [h.id for h in legacy.search_indexed(4, SearchOptions(n=6)).results] == expected
 
 
 def _as_format_5_with_an_encoder_of_then(folder):
@@ -344,7 +346,7 @@ def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, 
     artifacts = tmp_path / "artifacts"
     fit(photos, artifacts, tiny_config(image_size=96))  # above 64 px: the orientation block is area-resized
     query = sorted((photos / "pants").glob("*.jpg"))[3]
-    expected = [hit.id for hit in Searcher(Bundle.load(artifacts)).search_file(query, n=8).results]
+    expected = [hit.id for hit in Searcher(Bundle.load(artifacts)).search_file(query, SearchOptions(n=8)).results]
     _as_format_5_with_an_encoder_of_then(current_folder(artifacts))
 
     old = Bundle.load(artifacts)
@@ -352,7 +354,7 @@ def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, 
     with pytest.raises(ArtifactError, match=f"no LiteRT export; add it with: imgsim upgrade --artifacts {artifacts} "
                                             r"\(or use --runtime keras\)"):
         Searcher(old)
-    assert [hit.id for hit in Searcher(old, runtime="keras").search_file(query, n=8).results] == expected
+    assert [hit.id for hit in Searcher(old, runtime="keras").search_file(query, SearchOptions(n=8)).results] == expected
 
     def upgrade():
         return subprocess.run([sys.executable, "-m", "pipeline.cli", "upgrade", "--artifacts", str(artifacts)],
@@ -362,7 +364,7 @@ def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, 
     assert process.returncode == 0 and process.stdout.startswith("added the LiteRT export: "), process.stderr
     upgraded = Bundle.load(artifacts)
     assert upgraded.exported and upgraded.manifest.format_version == FORMAT_VERSION
-    assert [hit.id for hit in Searcher(upgraded).search_file(query, n=8).results] == expected
+    assert [hit.id for hit in Searcher(upgraded).search_file(query, SearchOptions(n=8)).results] == expected
     assert upgrade().stdout.startswith("the bundle has its LiteRT export already: ")
 
 
@@ -432,7 +434,7 @@ def test_a_bundle_with_no_image_left_answers_without_errors(fitted_copy):
     empty = Bundle.load(artifacts)
     assert len(empty.catalog) == 0 and find_duplicates(empty, progress=False).groups == []
     searcher = Searcher(empty)
-    assert searcher.search_file(query, n=5).results == []
+    assert searcher.search_file(query, SearchOptions(n=5)).results == []
     client = TestClient(create_app(searcher))
     assert client.get("/api/stats").json()["images"] == 0
     assert client.get("/api/duplicates").json()["groups"] == []

@@ -7,6 +7,7 @@ import pytest
 from helpers import PIXELS, copy_subset, tiny_config
 from pipeline.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
 from pipeline.descriptor import build_blocks_model
+from pipeline.search import SearchOptions
 
 
 def pixel_config(**overrides):
@@ -223,7 +224,7 @@ def test_fit_at_512_pixels_the_design_cards_size(tmp_path, backbone):
     summary = fit(photos, tmp_path / "artifacts", FitConfig(backbone=backbone, image_size=512, epochs=1, batch_size=6))
     assert summary.images == 6 and summary.epochs_run == 1
     query = sorted((photos / "hat").glob("*.jpg"))[0]
-    assert Searcher(Bundle.load(tmp_path / "artifacts")).search_file(query, n=2).results[0].same_image
+    assert Searcher(Bundle.load(tmp_path / "artifacts")).search_file(query, SearchOptions(n=2)).results[0].same_image
 
 
 def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tmp_path):

@@ -13,6 +13,7 @@ import uvicorn
 
 from helpers import copy_subset, save_near_copy, tiny_config
 from pipeline.server import create_app
+from pipeline.search import SearchOptions
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
@@ -113,7 +114,7 @@ def test_upload_then_click_a_result(server_url, searcher, tmp_path):
         expect(page.locator("#query")).to_contain_text(searcher.catalog.paths[int(clicked)])
         page.screenshot(path=os.path.join(screenshots, "clicked.png"), full_page=True)
         after_click = [hits.nth(i).get_attribute("data-id") for i in range(6)]
-        assert after_click == [str(h.id) for h in searcher.search_indexed(int(clicked), n=6).results]
+        assert after_click == [str(h.id) for h in searcher.search_indexed(int(clicked), SearchOptions(n=6)).results]
 
         page.reload()  # the search lives in the URL: a reload shows the same results
         expect(hits.first).to_have_attribute("data-id", clicked)
@@ -154,7 +155,7 @@ def test_the_page_fits_the_screen_and_a_failed_search_clears_the_old_results(ser
         assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing cut off, no sideways scroll
         for box in (page.locator(selector).bounding_box() for selector in ("#url", "#search button", "#results")):
             assert box["x"] >= 0 and box["x"] + box["width"] <= width
-        second = searcher.search_indexed(3, n=6).results[1]
+        second = searcher.search_indexed(3, SearchOptions(n=6)).results[1]
         meta = hits.nth(1).locator(".meta")
         expect(meta).to_contain_text(os.path.basename(second.path))  # the file name, not a cluster number
         expect(meta).to_contain_text(f"to the query {second.query_distance:.4f}")

@@ -15,7 +15,7 @@ from pipeline.collection import add_images, sync
 from pipeline.embed import embed_files
 from pipeline.errors import InputError
 from pipeline.images import find_images
-from pipeline.search import Searcher
+from pipeline.search import Searcher, SearchOptions
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_added_images_are_found_and_old_results_are_kept(base, tmp_path):
     before_fit = before.bundle.folder
     assert len(before.catalog) == 16
     old_query = sorted((old / "hat").glob("*.jpg"))[2]
-    old_result = before.search_file(old_query, n=3)
+    old_result = before.search_file(old_query, SearchOptions(n=3))
 
     summary = add_images(new, artifacts)
     assert summary.added == 10 and summary.unchanged == 0 and summary.changed == summary.removed == 0
@@ -51,15 +51,15 @@ def test_added_images_are_found_and_old_results_are_kept(base, tmp_path):
     after = Searcher(Bundle.load(artifacts))
     assert after.catalog.paths[:16] == before.catalog.paths  # old ids unchanged
     for query in sorted((new / "pants").glob("*.jpg"))[:2] + sorted((new / "shoes").glob("*.jpg"))[:2]:
-        first = after.search_file(query, n=1, nprobe="all").results[0]
+        first = after.search_file(query, SearchOptions(n=1, nprobe="all")).results[0]
         assert first.path == str(query) and first.same_image and first.distance < 1e-5
-    again = after.search_file(old_query, n=3)
+    again = after.search_file(old_query, SearchOptions(n=3))
     assert again.results[0].path == old_result.results[0].path == str(old_query)
     manifest = after.bundle.manifest
     assert manifest.images == 26 and manifest.changes[-1]["action"] == "add" and manifest.changes[-1]["added"] == 10
     assert manifest.changes[-1]["skipped"] == [{"path": str(new / "shoes" / "broken.jpg"),
                                                 "reason": "not a decodable image"}]
-    assert after.index.nprobe == summary.nprobe and manifest.recall_at_10[summary.nprobe] >= 0.95
+    assert after.index.nprobe_ == summary.nprobe and manifest.recall_at_10[summary.nprobe] >= 0.95
 
 
 def added_once(base):
@@ -140,7 +140,7 @@ def test_sync_matches_a_fresh_index_after_new_changed_and_deleted_files(collecti
     assert after.catalog.labels[after.catalog.paths.index(str(changed))] == "dress"  # its folder, new content
     searcher = Searcher(after)
     for query in [changed, photos / "shoes" / spare[0].name, sorted((photos / "pants").glob("*.jpg"))[3]]:
-        result = searcher.search_file(query, n=6, nprobe="all")
+        result = searcher.search_file(query, SearchOptions(n=6, nprobe="all"))
         assert result.results[0].path == str(query) and result.results[0].same_image
         paths = [hit.path for hit in result.results]
         vectors = np.array([v for _, _, v in fresh.values()])
@@ -148,7 +148,7 @@ def test_sync_matches_a_fresh_index_after_new_changed_and_deleted_files(collecti
         q = fresh[str(query)][2] / np.linalg.norm(fresh[str(query)][2])
         by_exact = [list(fresh)[i] for i in np.argsort(-(unit @ q), kind="stable")]
         assert set(paths[:2]) <= set(by_exact[:4])  # the nearest agree with a brute force over fresh vectors
-    gone = searcher.search_bytes(deleted_bytes, "the deleted photo", n=19, nprobe="all")
+    gone = searcher.search_bytes(deleted_bytes, "the deleted photo", SearchOptions(n=19, nprobe="all"))
     assert str(deleted) not in [hit.path for hit in gone.results] and not any(h.same_image for h in gone.results)
 
     again = sync(artifacts)  # nothing changed since
@@ -260,7 +260,7 @@ def test_a_file_that_cannot_be_read_is_not_read_again_until_it_changes(collectio
 def test_a_sync_killed_at_any_point_leaves_the_previous_bundle(collection, monkeypatch):
     photos, spare, artifacts = collection
     before = Bundle.load(artifacts)
-    expected = Searcher(before).search_indexed(3, n=5)
+    expected = Searcher(before).search_indexed(3, SearchOptions(n=5))
     for path in spare:
         shutil.copy2(path, photos / "hat" / path.name)
 
@@ -284,7 +284,7 @@ def test_a_sync_killed_at_any_point_leaves_the_previous_bundle(collection, monke
     finally:
         process.kill()
     assert current_folder(artifacts) == before.folder
-    assert Searcher(Bundle.load(artifacts)).search_indexed(3, n=5) == expected
+    assert Searcher(Bundle.load(artifacts)).search_indexed(3, SearchOptions(n=5)) == expected
     assert sync(artifacts).added == 3  # and the next sync does the work
 
 
@@ -302,7 +302,7 @@ def test_removed_images_never_come_back_until_their_content_changes(collection):
     assert len(after.catalog) == 16 and {str(by_path), by_id_path}.isdisjoint(after.catalog.paths)
     assert after.index.size == 16 and after.manifest.changes[-1]["action"] == "remove"
     searcher = Searcher(after)
-    result = searcher.search_file(by_path, n=16, nprobe="all")
+    result = searcher.search_file(by_path, SearchOptions(n=16, nprobe="all"))
     assert str(by_path) not in [hit.path for hit in result.results]
 
     assert sync(artifacts).added == 0  # still on disk, still removed

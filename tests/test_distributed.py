@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 from pipeline.artifacts import Bundle  # noqa: E402
 from pipeline.distributed import RayEngine, embed_files_on_ray  # noqa: E402
 from pipeline.images import find_images  # noqa: E402
-from pipeline.search import Searcher  # noqa: E402
+from pipeline.search import Searcher, SearchOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_a_fit_on_ray_gives_the_same_bundle_as_one_machine(cluster, messy, tmp_p
     np.testing.assert_allclose(again.vectors, one.embeddings, atol=1e-4)  # LiteRT on the cluster, Keras at the fit
     searcher = Searcher(one)
     for image_id in (0, 9, 17):
-        expected = [hit.id for hit in searcher.search_indexed(image_id, n=6, nprobe="all").results]
+        expected = [hit.id for hit in searcher.search_indexed(image_id, SearchOptions(n=6, nprobe="all")).results]
         hits = one.index.search(again.vectors[image_id][None], 7, "all", exclude=np.array([[image_id]])).ids[0]
         assert [image_id] + [i for i in hits if i != image_id][:5] == expected
 

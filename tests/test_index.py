@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from pipeline.cluster import fit_kmeans
+from pipeline.cluster import build_index, fit_kmeans
 from helpers import tiny_config
-from pipeline.index import ClusteredIndex, build_index, prepare_vectors, recall_at_k, recall_curve, smallest_nprobe
+from pipeline.index import ClusteredIndex, prepare_vectors, recall_at_k, recall_curve, smallest_nprobe
 
 
 def gaussian_mixture(n=3000, dim=16, centers=30, seed=0):
@@ -146,15 +146,17 @@ def test_remove_drops_vectors_and_renumbers_the_rest_in_order():
 def test_the_tuned_nprobe_and_expansion_are_the_index_defaults_and_are_stored():
     vectors = gaussian_mixture(n=4000, dim=32, centers=40)
     index = build(vectors, "cosine", nlist=64)
-    index.expansion = 2
-    curve = index.tune_nprobe("auto", target_recall=0.9)
-    assert index.nprobe == smallest_nprobe(curve, 0.9) < 64 and curve[index.nprobe] >= 0.9
-    assert index.tune_nprobe(3) == curve and index.nprobe == 3
+    index.nprobe, index.expansion = "auto", 2
+    curve = index.tune_nprobe(target_recall=0.9)
+    assert index.nprobe == "auto"  # the setting stays as given
+    assert index.nprobe_ == smallest_nprobe(curve, 0.9) < 64 and curve[index.nprobe_] >= 0.9
+    index.nprobe = 3
+    assert index.tune_nprobe() == curve and index.nprobe_ == 3
     default = index.search(vectors[:30], n=5)
     assert default.probed.shape == (30, 3)
     assert np.array_equal(default.ids, index.search(vectors[:30], n=5, nprobe=3, expansion=2).ids)
     again = ClusteredIndex.from_arrays(index.to_arrays(), vectors)
-    assert (again.metric, again.nprobe, again.expansion) == ("cosine", 3, 2)
+    assert (again.metric, again.nprobe_, again.expansion) == ("cosine", 3, 2)
     assert np.array_equal(again.search(vectors[:30], n=5).ids, default.ids)
 
 
@@ -163,7 +165,7 @@ def test_auto_nprobe_reaches_its_target_on_held_out_queries():
     indexed, held_out = data[:8000], data[8000:]
     config = tiny_config(target_recall=0.9)
     index, curve = build_index(indexed, config)
-    nprobe = index.nprobe
+    nprobe = index.nprobe_
     assert index.nlist == 200  # min(4 sqrt(8000) = 358, 8000 / 40)
     assert 1 < nprobe < index.nlist and curve[nprobe] >= 0.9
     # 300 unseen queries x 10 neighbours: a standard error of about 0.005 on the measured recall
@@ -174,7 +176,7 @@ def test_auto_nprobe_reaches_its_target_on_held_out_queries():
 
 def test_small_sets_search_every_cluster():
     index, _ = build_index(gaussian_mixture(n=500), tiny_config())
-    assert index.nlist == 12 and index.nprobe == 12
+    assert index.nlist == 12 and index.nprobe_ == 12 and index.nprobe == "auto"
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

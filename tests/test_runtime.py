@@ -59,11 +59,11 @@ from fastapi.testclient import TestClient
 from pipeline.cli import build_parser
 from pipeline.artifacts import Bundle
 from pipeline.collection import sync
-from pipeline.search import Searcher
+from pipeline.search import Searcher, SearchOptions
 from pipeline.server import create_app
 
 searcher = Searcher(Bundle.load({str(artifacts)!r}))
-assert searcher.search_file({str(photo)!r}, n=3).results
+assert searcher.search_file({str(photo)!r}, SearchOptions(n=3)).results
 shutil.copy({str(photo)!r}, {data!r} + "/hat/new-for-the-runtime-test.jpg")
 change = sync({str(artifacts)!r})
 assert change.added == 1, change

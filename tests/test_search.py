@@ -10,6 +10,7 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 
 from pipeline.artifacts import Bundle
+from pipeline.search import SearchOptions
 
 
 def test_fit_summary_and_manifest(fitted, photos):
@@ -24,7 +25,7 @@ def test_fit_summary_and_manifest(fitted, photos):
     curve = {int(p): recall for p, recall in manifest["recall_at_10"].items()}
     assert summary.nprobe == min(p for p, recall in curve.items() if recall >= 0.95)  # the smallest that reaches it
     assert manifest["changes"] == []
-    assert bundle.index.nprobe == summary.nprobe and bundle.index.expansion == 3  # the default setting
+    assert bundle.index.nprobe_ == summary.nprobe and bundle.index.expansion == 3  # the default setting
     assert sorted(set(bundle.catalog.labels)) == ["dress", "hat", "pants", "shoes"]
 
 
@@ -45,7 +46,7 @@ def test_a_query_through_the_saved_encoder_gives_the_stored_embedding_for_the_sa
 
 def test_an_indexed_image_finds_itself_first_at_distance_zero(searcher, photos):
     query = sorted((photos / "hat").glob("*.jpg"))[2]
-    result = searcher.search_file(query, n=5, expansion=0)
+    result = searcher.search_file(query, SearchOptions(n=5, expansion=0))
     assert len(result.results) == 5 and result.expansion == 0
     first = result.results[0]
     assert first.path == str(query) and first.same_image and first.distance < 1e-5
@@ -59,7 +60,7 @@ def test_query_expansion_ranks_by_the_expanded_query_keeping_the_copy_and_the_ne
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     query = sorted((photos / "pants").glob("*.jpg"))[1]
     row = searcher.catalog.paths.index(str(query))
-    result = searcher.search_file(query, n=8, nprobe="all")
+    result = searcher.search_file(query, SearchOptions(n=8, nprobe="all"))
     by_distance = [i for i in np.argsort(cdist(unit[row : row + 1], unit, "cosine")[0], kind="stable") if i != row]
     expanded = unit[row] + unit[by_distance[:3]].sum(axis=0)  # the query and its 3 nearest others
     by_expanded = [i for i in np.argsort(cdist(expanded[None], unit, "cosine")[0], kind="stable")
@@ -75,13 +76,13 @@ def test_query_expansion_ranks_by_the_expanded_query_keeping_the_copy_and_the_ne
     assert [hit.distance for hit in result.results[2:]] == sorted(hit.distance for hit in result.results[2:])
     assert [hit.ranked_by for hit in result.results] == ["query", "query"] + ["expanded query"] * 6
     np.testing.assert_allclose([hit.query_distance for hit in result.results], to_query, atol=1e-4)
-    alone = [h.id for h in searcher.search_file(query, n=8, nprobe="all", exclude_self=True).results]
+    alone = [h.id for h in searcher.search_file(query, SearchOptions(n=8, nprobe="all", exclude_self=True)).results]
     assert alone == [by_distance[0]] + by_expanded[:7]
 
 
 def test_exclude_self_drops_the_query_and_still_returns_n(searcher, photos):
     query = sorted((photos / "shoes").glob("*.jpg"))[0]
-    result = searcher.search_file(query, n=5, exclude_self=True)
+    result = searcher.search_file(query, SearchOptions(n=5, exclude_self=True))
     assert len(result.results) == 5 and not any(hit.same_image for hit in result.results)
     assert str(query) not in [hit.path for hit in result.results]
 
@@ -89,8 +90,8 @@ def test_exclude_self_drops_the_query_and_still_returns_n(searcher, photos):
 def test_url_query_gives_the_same_result_as_the_file(searcher, photos, http_root, http_url):
     query = sorted((photos / "dress").glob("*.jpg"))[1]
     shutil.copy(query, http_root / "dress.jpg")
-    by_file = searcher.search_file(query, n=8)
-    by_url = searcher.search_url(f"{http_url}/dress.jpg", n=8)
+    by_file = searcher.search_file(query, SearchOptions(n=8))
+    by_url = searcher.search_url(f"{http_url}/dress.jpg", SearchOptions(n=8))
     assert [h.path for h in by_url.results] == [h.path for h in by_file.results]
     np.testing.assert_allclose([h.distance for h in by_url.results], [h.distance for h in by_file.results], atol=1e-6)
     assert by_url.query == f"{http_url}/dress.jpg" and by_url.results[0].same_image
@@ -99,7 +100,7 @@ def test_url_query_gives_the_same_result_as_the_file(searcher, photos, http_root
 def test_nprobe_all_equals_brute_force_over_the_stored_embeddings(searcher, photos):
     embeddings = np.load(searcher.bundle.folder / "embeddings.npy")
     query = sorted((photos / "pants").glob("*.jpg"))[3]
-    result = searcher.search_file(query, n=10, nprobe="all", expansion=0)
+    result = searcher.search_file(query, SearchOptions(n=10, nprobe="all", expansion=0))
     assert result.nprobe == searcher.index.nlist
     row = searcher.catalog.paths.index(str(query))
     exact = cdist(embeddings[row : row + 1].astype(np.float64), embeddings.astype(np.float64), "cosine")[0]
@@ -114,7 +115,7 @@ def test_grayscale_and_rgba_queries_find_their_source_first(searcher, photos):
     for mode, fmt in (("L", "PNG"), ("RGBA", "PNG"), ("L", "JPEG")):
         buffer = io.BytesIO()
         photo.convert(mode).save(buffer, fmt)
-        result = searcher.search_bytes(buffer.getvalue(), f"query.{mode}.{fmt}", n=3)
+        result = searcher.search_bytes(buffer.getvalue(), f"query.{mode}.{fmt}", SearchOptions(n=3))
         assert len(result.results) == 3 and not result.results[0].same_image  # other bytes than the indexed file
         assert result.results[0].path == str(source), (mode, fmt)
 
@@ -123,10 +124,10 @@ def test_concurrent_searches_match_sequential_ones(searcher, photos):
     from concurrent.futures import ThreadPoolExecutor
 
     queries = sorted(photos.rglob("*.jpg"))[:12]
-    expected = [[h.id for h in searcher.search_file(q, n=5, nprobe=2).results] for q in queries]
+    expected = [[h.id for h in searcher.search_file(q, SearchOptions(n=5, nprobe=2)).results] for q in queries]
     with ThreadPoolExecutor(8) as pool:
         for _ in range(3):
-            found = list(pool.map(lambda q: [h.id for h in searcher.search_file(q, n=5, nprobe=2).results], queries))
+            found = list(pool.map(lambda q: [h.id for h in searcher.search_file(q, SearchOptions(n=5, nprobe=2)).results], queries))
             assert found == expected
 
 
@@ -164,12 +165,12 @@ def test_a_searcher_follows_its_folder_to_a_newer_bundle_and_to_a_new_fit(fitted
     removed = searcher.catalog.paths[5]
     remove_images([removed], artifacts)  # another writer: imgsim remove, say
     assert searcher.refresh() and len(searcher.catalog) == 31 and searcher.encoder is encoder  # the same fit's
-    found = searcher.search_file(removed, n=31, nprobe="all")
+    found = searcher.search_file(removed, SearchOptions(n=31, nprobe="all"))
     assert removed not in [hit.path for hit in found.results] and not any(hit.same_image for hit in found.results)
 
     fit(photos, artifacts, tiny_config(image_size=48, latent_dim=8))  # a new fit: another encoder, other settings
     assert searcher.refresh() and searcher.encoder is not encoder and searcher.image_size == 48
-    result = searcher.search_file(removed, n=3)
+    result = searcher.search_file(removed, SearchOptions(n=3))
     assert result.results[0].path == removed and result.results[0].same_image  # indexed again by the new fit
     assert searcher.bundle.embeddings.shape[1] != Bundle.load(fitted[0]).embeddings.shape[1]
 
@@ -188,7 +189,7 @@ def test_queries_running_while_bundles_are_swapped_each_read_one_bundle(fitted_c
     queries = sorted(photos.rglob("*.jpg"))[:8]
 
     def search(query):
-        result = searcher.search_file(query, n=20, nprobe="all")
+        result = searcher.search_file(query, SearchOptions(n=20, nprobe="all"))
         paths = [hit.path for hit in result.results]
         assert len(paths) in (16, 20) and set(paths) <= set(full.catalog.paths)
         if len(paths) == 16:  # the half bundle: its own paths, under its own ids
@@ -220,3 +221,27 @@ def test_a_batching_encoder_let_go_ends_its_thread(searcher, photos):
     gc.collect()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_search_options_are_checked_once_when_made():
+    import dataclasses
+
+    from pipeline.errors import InputError
+
+    for bad, message in ((dict(n=0), "^n must"), (dict(n=2.5), "^n must"), (dict(nprobe=0), "^nprobe must"),
+                         (dict(nprobe="auto"), "^nprobe must"), (dict(expansion=-1), "^expansion must"),
+                         (dict(max_distance=float("nan")), "^max_distance must")):
+        with pytest.raises(InputError, match=message):
+            SearchOptions(**bad)
+    with pytest.raises(TypeError):
+        SearchOptions(5)  # keyword-only
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SearchOptions().n = 3
+    assert SearchOptions.parse("7", "auto", "") == SearchOptions(n=7)
+    assert SearchOptions.parse(None, "all", "0.25") == SearchOptions(nprobe="all", max_distance=0.25)
+    assert SearchOptions.parse("", "12") == SearchOptions(nprobe=12)
+    for fields, message in (((" 7",), "^n must be a whole number"), (("101", None, None, 100), "^n must lie between"),
+                            ((None, "-1"), "^nprobe must"), ((None, "１"), "^nprobe must"),
+                            ((None, None, "inf"), "^max_distance must")):
+        with pytest.raises(InputError, match=message):
+            SearchOptions.parse(*fields)

@@ -13,6 +13,7 @@ from PIL import Image
 from helpers import copy_of_fit
 from pipeline.errors import InputError
 from pipeline.server import create_app
+from pipeline.search import SearchOptions
 
 TOKEN = "a-write-token-of-24-chars"
 
@@ -51,7 +52,7 @@ def test_page_is_served_without_external_resources_under_a_strict_policy(client)
 def test_health_and_stats(client, searcher):
     assert client.get("/api/health").json() == {"status": "ok", "images": 32}
     stats = client.get("/api/stats").json()
-    assert stats["images"] == 32 and stats["clusters"] == searcher.index.nlist and stats["nprobe"] == searcher.index.nprobe
+    assert stats["images"] == 32 and stats["clusters"] == searcher.index.nlist and stats["nprobe"] == searcher.index.nprobe_
     assert stats["labels"] == ["dress", "hat", "pants", "shoes"] and stats["settings"]["image_size"] == 64
 
 
@@ -60,12 +61,12 @@ def test_upload_search_matches_the_searcher(client, searcher):
     response = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"n": "4"})
     assert response.status_code == 200, response.text
     body = response.json()
-    expected = searcher.search_bytes(data, "q.jpg", n=4)
+    expected = searcher.search_bytes(data, "q.jpg", SearchOptions(n=4))
     assert [r["id"] for r in body["results"]] == [r.id for r in expected.results]
     first = body["results"][0]
     assert first["id"] == 5 and first["same_image"] and first["distance"] < 1e-5
     assert set(first) >= {"rank", "id", "path", "distance", "cluster", "label"}
-    assert body["nprobe"] == searcher.index.nprobe and len(body["clusters"]) == body["nprobe"]
+    assert body["nprobe"] == searcher.index.nprobe_ and len(body["clusters"]) == body["nprobe"]
 
 
 def test_search_by_id_and_nprobe_all(client, searcher):
@@ -170,10 +171,10 @@ def test_hostile_numbers_and_bodies_are_clean_errors_not_500s(client):
 
 
 def test_a_huge_n_or_expansion_from_python_is_bounded_by_the_collection(searcher):
-    result = searcher.search_indexed(3, n=10**12, expansion=10**12)
+    result = searcher.search_indexed(3, SearchOptions(n=10**12, expansion=10**12))
     assert len(result.results) == len(searcher.catalog) and result.expansion == len(searcher.catalog)
-    with pytest.raises(InputError, match="n must be at least 1"):
-        searcher.search_indexed(3, n=0)
+    with pytest.raises(InputError, match="n must be a whole number from 1"):
+        SearchOptions(n=0)
 
 
 def test_max_distance_keeps_only_results_that_close_to_the_query(client, searcher):

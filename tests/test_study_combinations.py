@@ -8,7 +8,7 @@ import pytest
 
 from helpers import PIXELS, copy_subset, tiny_config
 from pipeline.artifacts import Bundle
-from pipeline.search import Searcher
+from pipeline.search import Searcher, SearchOptions
 
 KINDS = {"conv": dict(architecture="conv"), "denoising": dict(architecture="conv", noise=0.1),
          "dense": dict(architecture="dense")}
@@ -33,5 +33,5 @@ def test_each_kind_and_combination_fits_and_answers(kind, activation, optimizer,
     assert bundle.manifest.settings.noise == KINDS[kind].get("noise", 0.0)
     assert len(bundle.manifest.history["loss"]) == 2 and all(map(math.isfinite, bundle.manifest.history["loss"]))
     query = sorted((tiny_folder / "hat").glob("*.jpg"))[1]
-    results = Searcher(bundle).search_file(query, n=4).results
+    results = Searcher(bundle).search_file(query, SearchOptions(n=4)).results
     assert len(results) == 4 and results[0].path == str(query) and results[0].same_image
