@@ -9,9 +9,7 @@ pixels only); and the training curves, with what they measure and which epoch wa
 
 from __future__ import annotations
 
-import base64
 import colorsys
-import html
 import io
 import logging
 import os
@@ -33,11 +31,10 @@ from .early_stopping import kept_epoch
 from .errors import ImageError
 from .images import prepare_image, read_file
 from .index import prepare_vectors
-from .pages import THUMBNAIL, script_json, thumbnail_base64, thumbnail_html, web_file
+from .pages import MAP_THUMBNAIL, cluster_gallery, report_page, script_json, thumbnail_base64
 from .plots import plt, reconstruction_figure, training_curve_figure, tsne_figure
 
 log = logging.getLogger(__name__)
-MAP_THUMBNAIL = 80  # the picture shown on hovering a point of the map
 RECONSTRUCTIONS = 8
 OUTLINE_SHARE = 0.9  # a cluster's outline wraps this share of its points nearest its middle
 
@@ -101,22 +98,27 @@ def build_report(
         for name, data in encoded.items():
             (Path(png_dir) / f"{name}.png").write_bytes(data)
 
-    galleries = []
-    for cluster in tqdm(shown, desc="galleries", unit="cluster"):
-        thumbs = "".join(thumbnail_html(catalog.paths[i], catalog.labels[i]) for i in nearest[cluster])
-        mix = ""
-        if labelled:
-            counted = Counter(labels[members[cluster]]).most_common()
-            mix = "<p class=mix>" + ", ".join(f"{html.escape(name)} {n}" for name, n in counted) + (
-                f" &middot; purity {counted[0][1] / len(members[cluster]):.0%}</p>"
-            )
-        galleries.append(f"<div class=cluster><h3>cluster {cluster} &middot; {len(members[cluster])} images</h3>{mix}"
-                         f"<div class=thumbs>{thumbs}</div></div>")
-
+    galleries = [cluster_gallery(cluster, len(members[cluster]),
+                                 [(catalog.paths[i], catalog.labels[i]) for i in nearest[cluster]],
+                                 Counter(labels[members[cluster]]).most_common() if labelled else None)
+                 for cluster in tqdm(shown, desc="galleries", unit="cluster")]
+    facts = [f"{manifest.images} images indexed", f"{len(manifest.skipped)} skipped", f"{index.nlist} clusters",
+             f"nprobe {index.nprobe_}", f"fitted {manifest.created}",
+             *(_agreement(catalog.labels, clusters, labels) if labelled else [])]
+    reconstructions = encoded.get("reconstructions", b"" if manifest.settings.uses_backbone else None)
     out_path = Path(out_path)
-    out_path.write_text(_page(bundle, catalog.labels, clusters, labels if labelled else None, encoded, tsne_map,
-                              galleries, index.nlist, len(shown)))
+    out_path.write_text(report_page(
+        manifest, facts, tsne_map, labelled, galleries, (len(shown), index.nlist), reconstructions,
+        encoded["training_curves"], training_caption(bundle.settings, manifest.history)))
     return out_path
+
+
+def _agreement(raw_labels: list[Optional[str]], clusters: np.ndarray, labels: np.ndarray) -> list[str]:
+    """How well the clusters agree with the labels: purity and the adjusted Rand index."""
+    known = np.array([label is not None for label in raw_labels])
+    majority = sum(Counter(labels[known & (clusters == c)]).most_common(1)[0][1] for c in np.unique(clusters[known]))
+    return [f"cluster purity {majority / known.sum():.1%}",
+            f"adjusted Rand index {adjusted_rand_score(labels[known], clusters[known]):.3f}"]
 
 
 def palette(count: int) -> list[str]:
@@ -245,10 +247,6 @@ def _figure_png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _image(data: bytes, alt: str) -> str:
-    return f"<img class=figure alt='{alt}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
-
-
 def training_caption(settings, history: dict[str, list[float]]) -> str:
     """What the training curves show, in words: the loss, the data it is measured on, the kept epoch."""
     if settings.uses_backbone:
@@ -270,85 +268,3 @@ def training_caption(settings, history: dict[str, list[float]]) -> str:
             if run - kept >= settings.patience else f"training ran all {run} epochs")
     return (f"<p>Per epoch, {on}, lower is better: {measured}.{start} The weights of epoch {kept} (dotted line: "
             f"the lowest {'validation ' if 'val_loss' in history else ''}loss) were kept; {stop}.</p>")
-
-
-def _page(bundle, raw_labels, clusters, labels, figures, tsne_map, galleries, nlist, shown) -> str:
-    settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in bundle.settings.to_dict().items())
-    manifest = bundle.manifest
-    skipped = manifest.skipped
-    skipped_html = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in skipped)
-    facts = [f"{manifest.images} images indexed", f"{len(skipped)} skipped", f"{nlist} clusters",
-             f"nprobe {bundle.index.nprobe_}", f"fitted {html.escape(manifest.created)}"]
-    if labels is not None:
-        known = np.array([label is not None for label in raw_labels])
-        majority = sum(Counter(labels[known & (clusters == c)]).most_common(1)[0][1]
-                       for c in np.unique(clusters[known]))
-        facts += [f"cluster purity {majority / known.sum():.1%}",
-                  f"adjusted Rand index {adjusted_rand_score(labels[known], clusters[known]):.3f}"]
-    reconstructions = ""
-    if "reconstructions" in figures:
-        reconstructions = _image(figures["reconstructions"], "reconstructions")
-    elif not bundle.settings.uses_backbone:
-        reconstructions = "<p>None of the sampled images can be read any more.</p>"
-    if reconstructions:
-        reconstructions = ("<section id=reconstructions><h2>Reconstructions</h2><p>Images nearest the centroids of "
-                           f"the largest clusters, above what the autoencoder rebuilds from their latents.</p>"
-                           f"{reconstructions}</section>")
-    colour_options = ("<option value=label selected>label</option>" if labels is not None else "") + (
-        "<option value=cluster>cluster</option>")
-    script = web_file("report-map.js")
-    return f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
-<title>Fit report: {html.escape(manifest.data_dir)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }}
-.facts span {{ display: inline-block; background: #eef; border-radius: 4px; padding: 2px 8px; margin: 2px; }}
-table {{ border-collapse: collapse; font-size: 0.85rem; }} th, td {{ text-align: left; padding: 1px 10px 1px 0; }}
-img.figure {{ max-width: 100%; }}
-.cluster {{ border-top: 1px solid #ddd; padding: 0.4rem 0; }} .cluster h3 {{ margin: 0.2rem 0; font-size: 1rem; }}
-.thumbs img, .missing {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit: contain; background: #f4f4f4;
-  margin: 2px; display: inline-block; }}
-.mix {{ margin: 0.1rem 0; font-size: 0.85rem; color: #555; }}
-.map {{ display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }}
-.map-view {{ position: relative; flex: 1 1 480px; max-width: 680px; }}
-#map {{ width: 100%; height: auto; border: 1px solid #ddd; background: #fff; }}
-#map circle {{ stroke: #fff; stroke-width: 0.6; }} #map circle:hover {{ r: 6; stroke: #000; }}
-#map.focus circle:not(.on) {{ opacity: 0.1; }}
-#map .outlines path {{ fill: none; stroke: #555; stroke-width: 0.8; stroke-dasharray: 3 2; opacity: 0.55; }}
-#map .outlines text {{ font-size: 9px; fill: #333; text-anchor: middle; dominant-baseline: middle; opacity: 0.8;
-  pointer-events: none; }}
-#map .outlines .hot path {{ stroke: #000; stroke-width: 2; stroke-dasharray: none; opacity: 1; }}
-#map:not(.outlined) .outlines g:not(.hot) {{ display: none; }}
-#map-tip {{ position: absolute; width: 208px; background: #fff; border: 1px solid #999; border-radius: 4px;
-  padding: 4px; font-size: 0.75rem; overflow-wrap: anywhere; box-shadow: 0 2px 6px #0003; pointer-events: none; }}
-#map-tip img, #map-tip .missing {{ display: block; margin: 0 auto 2px; width: {MAP_THUMBNAIL}px;
-  height: {MAP_THUMBNAIL}px; object-fit: contain; }}
-#map-legend {{ flex: 0 1 260px; max-height: 640px; overflow: auto; list-style: none; padding: 0; margin: 0;
-  font-size: 0.8rem; }}
-#map-legend li {{ cursor: default; padding: 1px 2px; }} #map-legend li:hover {{ background: #eef; }}
-.swatch {{ display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 5px; }}
-</style></head><body>
-<header id=summary><h1>What the model learned</h1>
-<p>Fit of <code>{html.escape(manifest.data_dir)}</code></p>
-<p class=facts>{''.join(f'<span>{fact}</span>' for fact in facts)}</p>
-<details><summary>settings</summary><table>{settings}</table></details>
-<details><summary>{len(skipped)} skipped files</summary><ul>{skipped_html}</ul></details></header>
-<section id=tsne><h2>t-SNE map of the latent vectors</h2>
-<p>{len(tsne_map.paths)} of {manifest.images} images (sampled in proportion to cluster size). Near points have near
-latent vectors; the distance between far-apart groups means little. Hover a point for its image and path, a legend
-entry to pick out its group.</p>
-<p><label>colour by <select id=map-colour-by>{colour_options}</select></label>
-<label><input type=checkbox id=map-outlines> every cluster's outline (dashed, numbered; a point's own
-cluster is outlined on hover)</label></p>
-<div class=map><div class=map-view><svg id=map role=img aria-label="t-SNE map"></svg><div id=map-tip hidden></div></div>
-<ul id=map-legend></ul></div>
-<script id=map-data type="application/json">{tsne_map.to_json()}</script>
-<script>{script}</script></section>
-<section id=clusters><h2>Clusters</h2><p>The images nearest each centroid; {shown} of {nlist} clusters, largest first.</p>
-{''.join(galleries)}</section>
-{reconstructions}
-<section id=training><h2>Training curves</h2>{_image(figures['training_curves'], 'training curves')}
-{training_caption(bundle.settings, manifest.history)}</section>
-</body></html>
-"""
