@@ -173,7 +173,8 @@ class _Verifier:
 
     def _prepare(self, rows: set[int]) -> None:
         """Put the features of ``rows`` into the cache, finding those it lacks."""
-        missing = sorted(row for row in rows - self.ready - self.unreadable if not self.cache.has_features(self.hashes[row]))
+        missing = sorted(row for row in rows - self.ready - self.unreadable
+                         if not self.cache.has_features(self.hashes[row]))
         self.ready |= rows - set(missing) - self.unreadable
         tasks = [(self.paths[row], self.hashes[row], str(self.cache.folder)) for row in missing]
         for row, stored in zip(missing, self._map(_store_features, tasks, "local features", "img")):
@@ -214,7 +215,8 @@ class _Verifier:
         except ImageError:
             return known
         for number in todo:
-            known[number] = verify_mirrored(mirrored, _cached_features(str(self.cache.folder), self.hashes[rows[number]]))
+            features = _cached_features(str(self.cache.folder), self.hashes[rows[number]])
+            known[number] = verify_mirrored(mirrored, features)
             self.cache.store_verdict(self.hashes[keeper], self.hashes[rows[number]], known[number], mirrored=True)
         return known
 

@@ -15,6 +15,7 @@ TensorFlow, so ``report`` stays on the inference runtime.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -37,10 +38,8 @@ PROJECTOR_TENSOR = "images"  # the embedding's name in the projector
 
 
 def _require_tensorboard() -> None:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise InputError("TensorBoard is not installed: pip install -e \".[tensorboard]\"") from None
+    if importlib.util.find_spec("tensorboard") is None:
+        raise InputError("TensorBoard is not installed: pip install -e \".[tensorboard]\"")
 
 
 class TrainingBoard:
@@ -68,8 +67,9 @@ class TrainingBoard:
             if self._autoencoder is not None and self._images is not None:
                 originals = self._autoencoder.downscale.predict_on_batch(self._images)
                 rebuilt = self._autoencoder.model.predict_on_batch(self._images)
-                tf.summary.image("reconstructions (left: image, right: reconstruction)",
-                                 np.clip(np.concatenate([originals, rebuilt], axis=2), 0, 1), max_outputs=RECONSTRUCTIONS)
+                pairs = np.clip(np.concatenate([originals, rebuilt], axis=2), 0, 1)
+                tf.summary.image("reconstructions (left: image, right: reconstruction)", pairs,
+                                 max_outputs=RECONSTRUCTIONS)
         self._writer.flush()
 
     def finish(self, best_epoch: int, loss_name: str, best_loss: float) -> None:
@@ -128,6 +128,7 @@ def _write_sprite(paths: list[str], destination: Path, progress: bool) -> int:
             continue
         thumbnail.thumbnail((side, side))
         row, column = divmod(number, per_row)
-        sprite.paste(thumbnail, (column * side + (side - thumbnail.width) // 2, row * side + (side - thumbnail.height) // 2))
+        sprite.paste(thumbnail, (column * side + (side - thumbnail.width) // 2,
+                                 row * side + (side - thumbnail.height) // 2))
     sprite.save(destination)
     return side

@@ -7,10 +7,11 @@ of a similar thing, so a candidate pair is verified on the images themselves:
    other as they are, and mirrored. Otherwise, or when that fails: ORB local features (found
    once per image, on its grayscale at most ``FEATURE_SIDE`` pixels a side), matched by Lowe's
    ratio test, and an affine model fitted by RANSAC (rotation, scale, crop, padding, squeeze);
-   at least ``MIN_INLIERS`` matches must agree with it. A mirrored copy is thus found when it
-   keeps the framing; one that was also cropped or rotated only by :func:`verify_mirrored`,
-   against the features of the mirror image (matching every candidate pair a second time that
-   way would double the time, so it is asked only where a group's keeper is concerned).
+   at least ``MIN_INLIERS`` matches, and ``MIN_INLIER_RATIO`` of them, must agree with it. A
+   mirrored copy is thus found when it keeps the framing; one that was also cropped or rotated
+   only by :func:`verify_mirrored`, against the features of the mirror image (matching every
+   candidate pair a second time that way would double the time, so it is asked only of pairs a
+   group's representative refused).
 2. **Comparison.** The second image is warped onto the first; on a small, slightly blurred
    grayscale of the overlap (so a re-encode, a blur or a colour change does not count), leaving
    out flat borders joined to either image's edge (padding, bars, a frame, a rotation's corners), the
@@ -35,7 +36,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-VERSION = 4  # of the features, the rule and the verdict's fields: a cache written under another version is ignored
+VERSION = 5  # of the features, the rule and the verdict's fields: a cache written under another version is ignored
 FEATURE_SIDE = 384  # features are found on the grayscale image scaled to at most this side
 MIN_FEATURE_SIDE = 160  # a smaller image is scaled up to this side first (a thumbnail has few corners)
 FEATURES = 400  # ORB keypoints an image
@@ -43,6 +44,7 @@ GRAY_SIDE = 192  # the longer side of the stored grayscale, warped at this size 
 BLUR = 1.2  # the Gaussian blur (pixels at half GRAY_SIDE) of both before they are compared
 RATIO = 0.8  # Lowe's ratio test: the best match must be this much closer than the second best
 MIN_INLIERS = 12
+MIN_INLIER_RATIO = 0.15  # of the matches that passed the ratio test (copies in bench_duplicates: 0.19 and more)
 RANSAC_PIXELS = 7.0  # at FEATURE_SIDE
 MIN_CORRELATION = 0.9
 MAX_CHANGED = 0.05
@@ -211,7 +213,7 @@ def _affine(first: LocalFeatures, second: LocalFeatures) -> Optional[tuple[np.nd
     threshold = RANSAC_PIXELS * max(first.feature_shape) / FEATURE_SIDE
     matrix, inliers = cv2.estimateAffine2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=threshold,
                                            maxIters=2000, confidence=0.995)
-    if matrix is None or int(inliers.sum()) < MIN_INLIERS:
+    if matrix is None or int(inliers.sum()) < MIN_INLIERS or inliers.sum() < MIN_INLIER_RATIO * len(good):
         return None
     return matrix.astype(np.float32), int(inliers.sum()), float(inliers.sum()) / len(good)
 
@@ -230,13 +232,16 @@ def _compare(first: LocalFeatures, second: LocalFeatures, matrix: np.ndarray, mi
     height, width = first.gray.shape
     inverse = cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(target, small, (width, height), flags=cv2.INTER_LINEAR | inverse)
-    inside = cv2.warpAffine(np.ones(target.shape, np.float32), small, (width, height), flags=cv2.INTER_NEAREST | inverse)
+    inside = cv2.warpAffine(np.ones(target.shape, np.float32), small, (width, height),
+                            flags=cv2.INTER_NEAREST | inverse)
     half = (max(1, width // 2), max(1, height // 2))
     a, b = (cv2.resize(image.astype(np.float32), half, interpolation=cv2.INTER_AREA) for image in (first.gray, warped))
     inside = cv2.resize(inside, half, interpolation=cv2.INTER_AREA) > 0.999
     overlap = float(inside.mean())
-    border_first, border_second = (cv2.resize(border, half, interpolation=cv2.INTER_NEAREST).astype(bool) for border in (
-        _border(first.gray), cv2.warpAffine(_border(target), small, (width, height), flags=cv2.INTER_NEAREST | inverse)))
+    borders = (_border(first.gray),
+               cv2.warpAffine(_border(target), small, (width, height), flags=cv2.INTER_NEAREST | inverse))
+    border_first, border_second = (cv2.resize(border, half, interpolation=cv2.INTER_NEAREST).astype(bool)
+                                   for border in borders)
     # the photo both show: in the overlap, and not a flat border in both (padding, bars, a window's frame
     # or a rotation's corners); told from the same pixels for both images, so noise cannot favour either
     covered_first = float((inside & ~(border_first & border_second)).mean())
