@@ -195,7 +195,10 @@ def _fit(args: argparse.Namespace) -> None:
     settings = {name[len("setting_"):]: value for name, value in vars(args).items() if name.startswith("setting_")}
     config = FitConfig(**settings)
     if args.tensorboard:
+        from .tensorboard import require_tensorboard
+
         check_writable(args.tensorboard, folder=True)
+        require_tensorboard()
     from .fit import fit  # TensorFlow takes seconds to load
 
     summary = fit(args.data_dir, args.artifacts, config, _engine(args), args.tensorboard)
@@ -493,6 +496,10 @@ def _report(args: argparse.Namespace) -> None:
     check_writable(args.out)
     for folder in filter(None, (args.png, args.projector)):
         check_writable(folder, folder=True)
+    if args.projector:
+        from .tensorboard import require_tensorboard
+
+        require_tensorboard()
     bundle = Bundle.load(args.artifacts, args.allow_pickle)
     path = build_report(bundle, args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
                         max_clusters=args.max_clusters, png_dir=args.png)

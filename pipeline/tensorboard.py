@@ -37,7 +37,8 @@ MAX_THUMBNAIL = 64  # pixels a side of a thumbnail in the sprite, fewer when the
 PROJECTOR_TENSOR = "images"  # the embedding's name in the projector
 
 
-def _require_tensorboard() -> None:
+def require_tensorboard() -> None:
+    """InputError, before any work, when TensorBoard (an optional extra) is not installed."""
     if importlib.util.find_spec("tensorboard") is None:
         raise InputError("TensorBoard is not installed: pip install -e \".[tensorboard]\"")
 
@@ -48,7 +49,7 @@ class TrainingBoard:
     shown each epoch by ``autoencoder`` (a pixel :class:`~pipeline.autoencoder.Autoencoder`)."""
 
     def __init__(self, folder: str | os.PathLike, autoencoder=None, images: Optional[np.ndarray] = None):
-        _require_tensorboard()
+        require_tensorboard()
         import tensorflow as tf
 
         self.folder = Path(folder)
@@ -85,7 +86,7 @@ class TrainingBoard:
 def write_projector(bundle: Bundle, folder: str | os.PathLike, progress: bool = True) -> Path:
     """Write the bundle's vectors, metadata and sprite for TensorBoard's projector into ``folder``
     (``projector_config.pbtxt``, ``vectors.tsv``, ``metadata.tsv``, ``sprite.png``); returns it."""
-    _require_tensorboard()
+    require_tensorboard()
     from google.protobuf import text_format
     from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 

@@ -184,3 +184,16 @@ def test_the_fits_estimate_counts_every_stage_it_will_run():
     assert abs(sum(beyond.values()) - 1) < 1e-9
     assert beyond["embed rest"] == pytest.approx(2 * (beyond["decode"] + beyond["features"] + beyond["embed"]))
     assert "embed rest" not in stage_shares(True, 1000, 3000, on_ray=True)  # the cluster embeds those
+
+
+def test_tensorboard_flags_without_tensorboard_say_how_to_get_it(monkeypatch):
+    import importlib.util
+
+    from pipeline.errors import InputError
+    from pipeline.tensorboard import require_tensorboard
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "tensorboard" else real(name, *rest))
+    with pytest.raises(InputError, match=r'^TensorBoard is not installed: pip install -e "\.\[tensorboard\]"$'):
+        require_tensorboard()
