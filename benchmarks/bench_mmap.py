@@ -79,7 +79,7 @@ def main() -> None:
     if not has_bundle(half_dir):
         half = Bundle.load(bundle_dir)
         full = half.index
-        half.index = ClusteredIndex(full.metric, full.nprobe, full.expansion, "float16").fit(full.stored_vectors(),
+        half.index = ClusteredIndex(full.metric, full.nprobe_, full.expansion, "float16").fit(full.stored_vectors(),
                                                                                           full.centroids_)
         half.manifest.settings.index_dtype = "float16"
         with ArtifactWriter(half_dir) as writer:
