@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from .errors import ArtifactError, ImageError, InputError
@@ -201,23 +203,24 @@ class _Verifier:
                 self.cache.store_verdict(self.hashes[a], self.hashes[b], known[number])
         return known
 
-
-    def mirrored_verdicts(self, keeper: int, rows: list[int]) -> list[Optional[Verification]]:
-        """The verdicts on (keeper, row) by :func:`verify_mirrored`, for pairs :meth:`verdicts`
-        refused: the keeper's mirror image is decoded here, once (None where it cannot be read)."""
-        known = [self.cache.verdict(self.hashes[keeper], self.hashes[row], mirrored=True) for row in rows]
+    def mirrored_verdicts(self, representative: int, rows: list[int]) -> list[Optional[Verification]]:
+        """The verdicts on (representative, row) by :func:`verify_mirrored`, for pairs :meth:`verdicts`
+        refused: the representative's mirror image is decoded here, once (None where it cannot be read)."""
+        known = [self.cache.verdict(self.hashes[representative], self.hashes[row], mirrored=True) for row in rows]
         todo = [number for number, verdict in enumerate(known) if verdict is None]
         if not todo:
             return known
         try:
-            mirrored = LocalFeatures.of(np.ascontiguousarray(decode_image(
-                read_file(self.paths[keeper]), self.paths[keeper], min_size=FEATURE_SIDE)[:, ::-1]))
+            path = self.paths[representative]
+            mirrored = LocalFeatures.of(np.ascontiguousarray(
+                decode_image(read_file(path), path, min_size=FEATURE_SIDE)[:, ::-1]))
         except ImageError:
             return known
         for number in todo:
             features = _cached_features(str(self.cache.folder), self.hashes[rows[number]])
             known[number] = verify_mirrored(mirrored, features)
-            self.cache.store_verdict(self.hashes[keeper], self.hashes[rows[number]], known[number], mirrored=True)
+            self.cache.store_verdict(self.hashes[representative], self.hashes[rows[number]], known[number],
+                                     mirrored=True)
         return known
 
 
@@ -274,21 +277,15 @@ def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, ne
 
 
 def _components(links: list[tuple[int, int]]) -> list[list[int]]:
-    """Sets of rows joined by links (union-find), each sorted."""
-    parent: dict[int, int] = {}
-
-    def root(row: int) -> int:
-        while parent.setdefault(row, row) != row:
-            parent[row] = parent[parent[row]]
-            row = parent[row]
-        return row
-
-    for a, b in links:
-        parent[root(a)] = root(b)
-    sets: dict[int, list[int]] = {}
-    for row in parent:
-        sets.setdefault(root(row), []).append(row)
-    return [sorted(rows) for rows in sets.values()]
+    """Sets of rows joined by links (connected components), each sorted; rows in no link are in none."""
+    if not links:
+        return []
+    pairs = np.asarray(links)
+    rows, joined = np.unique(pairs, return_inverse=True)  # the linked rows, numbered 0..n-1
+    joined = joined.reshape(pairs.shape)
+    graph = coo_matrix((np.ones(len(joined)), (joined[:, 0], joined[:, 1])), shape=(len(rows), len(rows)))
+    _, component = connected_components(graph, directed=False)
+    return [rows[component == label].tolist() for label in np.unique(component)]
 
 
 def _groups(bundle: Bundle, rows: list[int], verdicts: dict[tuple[int, int], Optional[Verification]],
