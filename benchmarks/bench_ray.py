@@ -3,7 +3,7 @@
     python benchmarks/bench_ray.py [--images 5000] [--small 200] [--workdir /tmp/bench-ray]
 
 The same 512x512 JPEGs as bench_fit.py, embedded with the encoder of a default fit of ``--small`` of
-them, side by side in one run: ``embed_files`` in this process, then ``embed_files_on_ray`` on a
+them, side by side in one run: ``LocalEngine.embed`` in this process, then ``RayEngine.embed`` on a
 local cluster of this machine's cores with 1 and 2 actors (one CPU and one TensorFlow thread
 each). Each is timed on ``--images`` and on ``--small`` images; the difference gives the rate
 without Ray's fixed start-up (actors loading TensorFlow and the encoder), and that start-up.
@@ -52,19 +52,19 @@ def main() -> None:
     import ray
 
     from pipeline.artifacts import Bundle
-    from pipeline.distributed import RayEngine, embed_files_on_ray
-    from pipeline.embed import embed_files
+    from pipeline.distributed import RayEngine
+    from pipeline.engine import LocalEngine
     from pipeline.images import find_images
 
     bundle = Bundle.load(artifacts)
     records = find_images(data)
     small = records[: args.small]
-    runs = {"one process": lambda r: embed_files(r, bundle.encoder(), bundle.settings)}
+    runs = {"one process": lambda r: LocalEngine().embed(r, bundle, bundle.settings)}
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     for workers in (1, 2):
         engine = RayEngine(workers=workers, cpus_per_worker=1.0)
         runs[f"Ray, {workers} worker{'s' * (workers > 1)}"] = (
-            lambda r, engine=engine: embed_files_on_ray(r, bundle.folder, bundle.settings, engine))
+            lambda r, engine=engine: engine.embed(r, bundle, bundle.settings))
     figures = {}
     for name, embed in runs.items():
         full, few = timed(embed, records), timed(embed, small)

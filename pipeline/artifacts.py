@@ -338,6 +338,16 @@ class Bundle:
             self._encoders[runtime] = encoder
         return self._encoders[runtime]
 
+    def model_bytes(self, runtime: str) -> bytes:
+        """The encoder's file that ``runtime`` loads, for workers elsewhere: the export (checked),
+        or the Keras model."""
+        if runtime == "litert":
+            return self.export()
+        try:
+            return (self.folder / ENCODER).read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"{self.folder / ENCODER}: cannot read the encoder ({exc.strerror})") from None
+
     def keras_encoder(self):
         """image -> descriptor, the Keras model as the fit saved it."""
         if not self.exported and not self.settings.uses_backbone and self.settings.color_weight > 0:

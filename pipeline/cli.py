@@ -240,8 +240,8 @@ def _runtime_flag(parser: argparse.ArgumentParser) -> None:
                              "LiteRT is installed) or its Keras model (TensorFlow; for GPUs and comparison)")
 
 
-def _whole_at_least(least: int) -> Callable[[str], int]:
-    """A flag's type: a whole number from ``least``."""
+def _whole_at_least(least: int, most: Optional[int] = None) -> Callable[[str], int]:
+    """A flag's type: a whole number from ``least`` (to ``most``)."""
 
     def parse(text: str) -> int:
         try:
@@ -250,6 +250,8 @@ def _whole_at_least(least: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < least:
             raise argparse.ArgumentTypeError(f"must be at least {least}, got {text}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
         return value
 
     return parse
@@ -326,7 +328,7 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
 def _add(args: argparse.Namespace) -> None:
     from .collection import add_images
 
-    print_change(add_images(args.new_dir, args.artifacts, _engine(args), args.runtime))
+    print_change(add_images(args.new_dir, args.artifacts, _engine(args)))
 
 
 def _sync_flags(parser: argparse.ArgumentParser) -> None:
@@ -341,7 +343,7 @@ def _sync_flags(parser: argparse.ArgumentParser) -> None:
 def _sync(args: argparse.Namespace) -> None:
     from .collection import sync
 
-    print_change(sync(args.artifacts, _engine(args), args.runtime, args.allow_mass_removal))
+    print_change(sync(args.artifacts, _engine(args), args.allow_mass_removal))
 
 
 def _ray_flags(parser: argparse.ArgumentParser) -> None:
@@ -355,9 +357,11 @@ def _ray_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine(args: argparse.Namespace):
-    """The Ray engine the flags ask for, or None for this process alone."""
+    """Where the command embeds: on the Ray cluster the flags ask for, else here."""
     if args.ray is None:
-        return None
+        from .engine import LocalEngine
+
+        return LocalEngine(getattr(args, "runtime", None))
     from .distributed import RayEngine
 
     return RayEngine(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
@@ -491,7 +495,6 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from .artifacts import Bundle
-    from .report import build_report
 
     check_writable(args.out)
     for folder in filter(None, (args.png, args.projector)):
@@ -501,6 +504,8 @@ def _report(args: argparse.Namespace) -> None:
 
         require_tensorboard()
     bundle = Bundle.load(args.artifacts, args.allow_pickle)
+    from .report import build_report  # Matplotlib and scikit-learn's t-SNE: only once the bundle is known good
+
     path = build_report(bundle, args.out, max_points=args.max_points, thumbnails_per_cluster=args.thumbnails,
                         max_clusters=args.max_clusters, png_dir=args.png)
     print(f"report: {path}" + (f" (figures in {args.png})" if args.png else ""))
@@ -513,7 +518,7 @@ def _report(args: argparse.Namespace) -> None:
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--port", type=_whole_at_least(1, 65535), default=8000, help="port to listen on")
     parser.add_argument("--allow-private-urls", action="store_true",
                         help="let URL queries reach loopback and private-network addresses")
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
@@ -539,7 +544,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     from .artifacts import Bundle
     from .search import Searcher
-    from .server import MAX_QUERY_PIXELS, check_write_token, create_app
+    from .server import create_app
+    from .service import MAX_QUERY_PIXELS, check_write_token
 
     token = _write_token(args.write_token_file)
     check_write_token(token)  # before anything loads
@@ -595,6 +601,9 @@ def _upgrade_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _upgrade(args: argparse.Namespace) -> None:
+    from .artifacts import current_folder
+
+    current_folder(args.artifacts)  # no fit there: one line before TensorFlow loads
     from .export import upgrade  # TensorFlow: the export is made from the Keras encoder
 
     folder, changed = upgrade(args.artifacts)

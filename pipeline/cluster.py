@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import numpy as np
 
 from .config import FitConfig
-from .index import ClusteredIndex, prepare_vectors
+from .index import ClusteredIndex, nearest_centroids, prepare_vectors
 
 TRAINING_POINTS_PER_CLUSTER = 64  # KMeans learns from at most this many points per cluster (FAISS warns below 39)
 MINIBATCH_FROM = 10_000  # training points from which MiniBatchKMeans with one random start is used
@@ -48,7 +48,7 @@ def fit_kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
 
 
 def build_index(vectors: np.ndarray, config: FitConfig,
-                assign: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
+                assign: Callable[[np.ndarray, np.ndarray, str], np.ndarray] = nearest_centroids
                 ) -> tuple[ClusteredIndex, dict[int, float]]:
     """Cluster ``vectors`` with KMeans (learned on a sample), index them (``assign``: see
     :meth:`ClusteredIndex.fit`), tune nprobe: the index and its recall@10 curve."""

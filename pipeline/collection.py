@@ -32,11 +32,10 @@ from tqdm import tqdm
 
 from .artifacts import ArtifactWriter, Bundle, current_folder
 from .catalog import Catalog
-from .dataset import EmbeddedImages, SkippedImage
-from .distributed import RayEngine, embed_files_on_ray, find_images_on_ray
-from .embed import embed_files
+from .dataset import SkippedImage
+from .engine import Engine, LocalEngine
 from .errors import ImageError, InputError, UnknownImage
-from .images import ImageRecord, content_hash, file_stat, find_images, read_file
+from .images import ImageRecord, content_hash, file_stat, read_file
 
 log = logging.getLogger(__name__)
 REFIT_SHARE = 0.3  # a refit is advised once this share of the images was added or changed since the fit
@@ -82,31 +81,32 @@ class _Plan:
 
 
 def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts",
-               engine: Optional[RayEngine] = None, runtime: Optional[str] = None) -> CollectionChange:
-    """Index the images under ``new_dir`` with the fitted encoder and clusters (embedded on a Ray
-    cluster with ``engine``, else here on ``runtime``: see :mod:`pipeline.runtime`).
+               engine: Optional[Engine] = None) -> CollectionChange:
+    """Index the images under ``new_dir`` with the fitted encoder and clusters, embedded where
+    ``engine`` runs (default: here, see :mod:`pipeline.engine`).
 
     Images already indexed (same path and same content) and unreadable files are skipped; a path
     indexed with other content is re-embedded. Later syncs rescan ``new_dir`` too.
     """
     current_folder(artifacts_dir)  # a clear error before anything else when there is no fit
-    records = find_images_on_ray(new_dir, engine) if engine else find_images(new_dir)
+    engine = engine or LocalEngine()
+    records = engine.find_images(new_dir)
     if not records:
         raise InputError(f"{new_dir}: no image files found")
-    return _update(artifacts_dir, "add", lambda bundle: _Plan(records), engine, runtime,
-                   data_dir=str(Path(new_dir).resolve()))
+    return _update(artifacts_dir, "add", lambda bundle: _Plan(records), engine, data_dir=str(Path(new_dir).resolve()))
 
 
-def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEngine] = None,
-         runtime: Optional[str] = None, allow_mass_removal: bool = False) -> CollectionChange:
+def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[Engine] = None,
+         allow_mass_removal: bool = False) -> CollectionChange:
     """Bring the bundle in step with the folders it was made from (the fitted one and every added one);
-    new and changed images are embedded on a Ray cluster with ``engine``, else here on ``runtime``.
+    new and changed images are embedded where ``engine`` runs (default: here).
 
     Raises InputError, and changes nothing, when one of those folders is gone, cannot be read or
     holds no image file while images from it are indexed (an unmounted disk must not empty the
     index), or when the sync would drop more than the settings' ``max_removal_share`` of the index;
     ``allow_mass_removal`` lets the last two through.
     """
+    engine = engine or LocalEngine()
 
     def plan(bundle: Bundle) -> _Plan:
         on_disk: dict[str, ImageRecord] = {}
@@ -114,7 +114,7 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEng
             if not Path(root).is_dir():
                 raise InputError(f"{root}: the folder this collection was made from is gone; nothing changed "
                                  f"(mount it again, or fit anew)")
-            found = find_images_on_ray(root, engine) if engine else find_images(root)
+            found = engine.find_images(root)
             indexed = sum(1 for path in bundle.catalog.paths if _inside(path, root))
             if not found and indexed and not allow_mass_removal:
                 raise InputError(f"{root}: holds no image file now, while {indexed} indexed images came from it; "
@@ -125,7 +125,7 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[RayEng
         gone = [row for row, path in enumerate(bundle.catalog.paths) if path not in on_disk]
         return _Plan(list(on_disk.values()), gone=gone)
 
-    return _update(artifacts_dir, "sync", plan, engine, runtime, allow_mass_removal=allow_mass_removal)
+    return _update(artifacts_dir, "sync", plan, engine, allow_mass_removal=allow_mass_removal)
 
 
 def remove_images(targets: Sequence[str], artifacts_dir: str | os.PathLike = "artifacts") -> CollectionChange:
@@ -146,7 +146,7 @@ def remove_images(targets: Sequence[str], artifacts_dir: str | os.PathLike = "ar
             bundle.manifest.removed[bundle.catalog.paths[row]] = bundle.catalog.hashes[row]
         return _Plan([], removed=sorted(set(chosen)))
 
-    return _update(artifacts_dir, "remove", plan, None, None)
+    return _update(artifacts_dir, "remove", plan, LocalEngine())  # nothing to embed
 
 
 def is_id(text: str) -> bool:
@@ -165,9 +165,8 @@ class _Review:
     stats: dict[str, Optional[list[int]]]  # [size, mtime] of each candidate, taken before it was read
 
 
-def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundle], _Plan],
-            engine: Optional[RayEngine], runtime: Optional[str], allow_mass_removal: bool = False,
-            **details) -> CollectionChange:
+def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundle], _Plan], engine: Engine,
+            allow_mass_removal: bool = False, **details) -> CollectionChange:
     """Load the bundle under the lock, review what ``plan`` names, embed what is new or changed,
     and save a new bundle if anything changed."""
     start = time.perf_counter()
@@ -182,7 +181,7 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
             raise InputError(f"{bundle.folder.parent}: this sync would drop {lost} of the {len(bundle.catalog)} indexed "
                              f"images (more than {share:.0%}); nothing changed (if they are meant to go, sync with "
                              f"--allow-mass-removal)")
-        embedded = _embed(review.todo, bundle, engine, runtime, writer.path) if review.todo else None
+        embedded = engine.embed(review.todo, bundle, bundle.settings, writer.path) if review.todo else None
         change.unchanged, change.skipped, drop = review.unchanged, review.skipped, review.drop
         if embedded is not None:
             indexed = {path: row for row, path in enumerate(bundle.catalog.paths)}
@@ -254,16 +253,6 @@ def _review(bundle: Bundle, plan: _Plan, action: str) -> _Review:
             manifest.removed.pop(path, None)
             todo.append(record)
     return _Review(todo, drop, unchanged, skipped, stats)
-
-
-def _embed(records: list[ImageRecord], bundle: Bundle, engine: Optional[RayEngine], runtime: Optional[str],
-           scratch: Path) -> EmbeddedImages:
-    """The records embedded by the fit's encoder: on a Ray cluster with ``engine``, else here."""
-    if engine is None:  # the encoder is loaded only when there is something to embed
-        return embed_files(records, bundle.encoder(runtime), bundle.settings, scratch)
-    if engine.encoder_runtime == "litert":
-        bundle.export()  # a bundle made before the export: a clear error here, not on the cluster
-    return embed_files_on_ray(records, bundle.folder, bundle.settings, engine, scratch)
 
 
 def _remember_unreadable(bundle: Bundle, plan: _Plan, skipped: list[SkippedImage],

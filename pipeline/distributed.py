@@ -1,13 +1,14 @@
-"""The images-to-vectors step on a Ray cluster (Ray Data), for folders one machine cannot embed in time.
+"""The engine on a Ray cluster (Ray Data), for folders one machine cannot embed in time.
 
-The same step as :func:`pipeline.embed.embed_files`, spread over a cluster: the folder is listed
-by tasks (one a first-level folder), the file paths become a Ray Dataset; decoding (the project's own :func:`pipeline.images.prepare_image`) runs in CPU tasks;
-embedding runs in a pool of actors that each load the fitted encoder once (its LiteRT export on
-CPUs, its Keras model in mixed precision on GPUs); the vectors come back in
-shards, written to disk as they arrive and put back in input order. A file that cannot be decoded is skipped and listed
-exactly as on one machine. Ray Data retries a task whose worker dies and restarts a dead actor
-(its default for actor pools), so a killed worker costs time, not images; the rows are checked to
-come back exactly once. Ray is an optional extra: ``pip install -e ".[ray]"``.
+:class:`RayEngine` does what :class:`pipeline.engine.LocalEngine` does, spread over a cluster: the
+folder is listed by tasks (one a first-level folder), the file paths become a Ray Dataset;
+decoding (the project's own :func:`pipeline.images.prepare_image`) runs in CPU tasks; embedding
+runs in a pool of actors that each load the fitted encoder once (its LiteRT export on CPUs, its
+Keras model in mixed precision on GPUs); the vectors come back in shards, written to disk as they
+arrive and put back in input order. A file that cannot be decoded is skipped and listed exactly as
+on one machine. Ray Data retries a task whose worker dies and restarts a dead actor (its default
+for actor pools), so a killed worker costs time, not images; the rows are checked to come back
+exactly once. Ray is an optional extra: ``pip install -e ".[ray]"``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .artifacts import load_model
 from .config import FitConfig
 from .dataset import EmbeddedImages, SkippedImage, load_image
+from .engine import EncoderSource
 from .errors import InputError
 from .images import ImageRecord, find_images, list_images
+from .index import nearest_centroids
 from .runtime import KerasEncoder, LiteRTEncoder, resolve_runtime
 
 log = logging.getLogger(__name__)
@@ -69,19 +73,73 @@ class RayEngine:
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data sets its own level when imported
         return ray
 
-    def assign(self, vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    def assign(self, vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
         """The nearest centroid of each (prepared) vector, found by tasks on the cluster, in order."""
         ray = self.connect()
         options = ray.data.DataContext.get_current().execution_options
         options.preserve_order, ordered = True, options.preserve_order
         try:
             data = ray.data.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-            nearest = data.map_batches(_nearest_centroid, fn_kwargs={"centroids": centroids}, batch_size=16_384,
-                                       num_cpus=0.5)
+            nearest = data.map_batches(_nearest_centroid, fn_kwargs={"centroids": centroids, "metric": metric},
+                                       batch_size=16_384, num_cpus=0.5)
             return np.concatenate([batch["cluster"] for batch in nearest.iter_batches(batch_size=None,
                                                                                       batch_format="numpy")])
         finally:
             options.preserve_order = ordered
+
+    def find_images(self, root: str | os.PathLike) -> list[ImageRecord]:
+        """:func:`pipeline.images.find_images` with each first-level folder listed by a task on the cluster:
+        the same records in the same order (the files of ``root`` itself first, then each folder's, sorted;
+        a folder linked twice, listed once)."""
+        if not Path(root).is_dir():
+            raise InputError(f"{root}: not a folder")
+        folder = Path(os.path.realpath(root))
+        ray = self.connect()
+        top = find_images(folder, recursive=False)
+        subfolders, seen = [], {str(folder)}
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+        for name in names:
+            real = os.path.realpath(folder / name)
+            if real not in seen:
+                seen.add(real)
+                subfolders.append(name)
+        if not subfolders:
+            return top
+        listed = ray.data.from_items([{"folder": str(folder / name), "root": str(folder)} for name in subfolders],
+                                     override_num_blocks=len(subfolders))
+        found = listed.map_batches(_list_folder, batch_size=1, num_cpus=0.25)
+        position = {name: number for number, name in enumerate(subfolders)}
+        rows = sorted(found.iter_rows(), key=lambda row: (position[row["label"]], row["order"]))
+        return top + [ImageRecord(row["path"], row["label"]) for row in rows]
+
+    def embed(self, records: Sequence[ImageRecord], source: EncoderSource, config: FitConfig,
+              scratch_dir: Optional[str | os.PathLike] = None) -> EmbeddedImages:
+        """Decode and embed image files on the cluster with the encoder of ``source`` (a bundle, or
+        a fit's staging folder), as ``config`` says; the vectors arrive in shards under
+        ``scratch_dir``. The encoder's file travels to the actors in Ray's object store."""
+        ray = self.connect()
+        runtime = self.encoder_runtime
+        model = source.model_bytes(runtime)
+        rows = ray.data.from_items([{"row": row, "path": record.path} for row, record in enumerate(records)],
+                                   override_num_blocks=max(1, min(len(records) // DECODE_BATCH, 1000)))
+        decoded = rows.map_batches(_decode_batch, batch_size=DECODE_BATCH, num_cpus=0.25,
+                                   fn_kwargs={"image_size": config.image_size, "max_bytes": config.max_file_bytes})
+        vectors = decoded.map_batches(
+            EncoderActor, fn_constructor_kwargs={"model": model, "runtime": runtime,
+                                                 "threads": max(1, round(self.cpus_per_worker)),
+                                                 "gpu": self.gpus_per_worker > 0},
+            batch_size=(LiteRTEncoder if runtime == "litert" else KerasEncoder).batch_size,
+            compute=ray.data.ActorPoolStrategy(size=self.pool_size()),
+            # three quarters of a worker's CPUs are reserved, so that decode tasks (a quarter each) always find room
+            num_cpus=self.cpus_per_worker * 0.75, num_gpus=self.gpus_per_worker or None)
+        with tempfile.TemporaryDirectory(prefix="imgsim-shards-", dir=scratch_dir) as shards:
+            with tqdm(total=len(records), desc="embed (ray)", unit="img") as progress:
+                for number, batch in enumerate(vectors.iter_batches(batch_size=None, batch_format="numpy")):
+                    plain = {name: column.astype(str) if column.dtype == object else column
+                             for name, column in batch.items()}
+                    np.savez(Path(shards) / f"{number:06d}.npz", **plain)  # the driver holds one batch at a time
+                    progress.update(len(batch["row"]))
+            return _read_shards(Path(shards), records)
 
     def pool_size(self) -> int:
         """The number of encoder actors. Actors that ask for more GPUs than the cluster has would
@@ -97,31 +155,6 @@ class RayEngine:
         return self.workers or max(1, int(resources.get("CPU", 2) // 2))
 
 
-def find_images_on_ray(root: str | os.PathLike, engine: RayEngine) -> list[ImageRecord]:
-    """:func:`pipeline.images.find_images` with each first-level folder listed by a task on the cluster:
-    the same records in the same order (the files of ``root`` itself first, then each folder's, sorted;
-    a folder linked twice, listed once)."""
-    if not Path(root).is_dir():
-        raise InputError(f"{root}: not a folder")
-    folder = Path(os.path.realpath(root))
-    ray = engine.connect()
-    top = find_images(folder, recursive=False)
-    subfolders, seen = [], {str(folder)}
-    for name in sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")):
-        real = os.path.realpath(folder / name)
-        if real not in seen:
-            seen.add(real)
-            subfolders.append(name)
-    if not subfolders:
-        return top
-    listed = ray.data.from_items([{"folder": str(folder / name), "root": str(folder)} for name in subfolders],
-                                 override_num_blocks=len(subfolders))
-    found = listed.map_batches(_list_folder, batch_size=1, num_cpus=0.25)
-    position = {name: number for number, name in enumerate(subfolders)}
-    rows = sorted(found.iter_rows(), key=lambda row: (position[row["label"]], row["order"]))
-    return top + [ImageRecord(row["path"], row["label"]) for row in rows]
-
-
 def _list_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The image files under one first-level folder, labelled with its name, in find_images' order."""
     folder, root = Path(str(batch["folder"][0])), Path(str(batch["root"][0]))
@@ -130,41 +163,9 @@ def _list_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "order": np.arange(len(paths))}
 
 
-def embed_files_on_ray(records: Sequence[ImageRecord], encoder_files: Path, config: FitConfig, engine: RayEngine,
-                       scratch_dir: Optional[str | os.PathLike] = None) -> EmbeddedImages:
-    """Decode and embed image files on the cluster with the encoder saved in the folder
-    ``encoder_files`` (a bundle's, or a fit's staging folder), as ``config`` says; the vectors
-    arrive in shards under ``scratch_dir``. The encoder travels to the actors in Ray's object store."""
-    from .artifacts import ENCODER, EXPORT
-
-    ray = engine.connect()
-    runtime = engine.encoder_runtime
-    model = (Path(encoder_files) / (EXPORT if runtime == "litert" else ENCODER)).read_bytes()
-    rows = ray.data.from_items([{"row": row, "path": record.path} for row, record in enumerate(records)],
-                               override_num_blocks=max(1, min(len(records) // DECODE_BATCH, 1000)))
-    decoded = rows.map_batches(_decode_batch, batch_size=DECODE_BATCH, num_cpus=0.25,
-                               fn_kwargs={"image_size": config.image_size, "max_bytes": config.max_file_bytes})
-    vectors = decoded.map_batches(
-        EncoderActor, fn_constructor_kwargs={"model": model, "runtime": runtime,
-                                             "threads": max(1, round(engine.cpus_per_worker)),
-                                             "gpu": engine.gpus_per_worker > 0},
-        batch_size=(LiteRTEncoder if runtime == "litert" else KerasEncoder).batch_size,
-        compute=ray.data.ActorPoolStrategy(size=engine.pool_size()),
-        # three quarters of a worker's CPUs are reserved, so that decode tasks (a quarter each) always find room
-        num_cpus=engine.cpus_per_worker * 0.75, num_gpus=engine.gpus_per_worker or None)
-    with tempfile.TemporaryDirectory(prefix="imgsim-shards-", dir=scratch_dir) as shards:
-        with tqdm(total=len(records), desc="embed (ray)", unit="img") as progress:
-            for number, batch in enumerate(vectors.iter_batches(batch_size=None, batch_format="numpy")):
-                plain = {name: column.astype(str) if column.dtype == object else column for name, column in batch.items()}
-                np.savez(Path(shards) / f"{number:06d}.npz", **plain)  # the driver holds one batch at a time
-                progress.update(len(batch["row"]))
-        return _read_shards(Path(shards), records)
-
-
-def _nearest_centroid(batch: dict[str, np.ndarray], centroids: np.ndarray) -> dict[str, np.ndarray]:
-    """argmin |c|^2 - 2 v.c: the nearest centroid (for unit vectors and centroids, the cosine's too)."""
-    scores = np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2 * batch["data"] @ centroids.T
-    return {"cluster": scores.argmin(axis=1).astype(np.int32)}
+def _nearest_centroid(batch: dict[str, np.ndarray], centroids: np.ndarray, metric: str) -> dict[str, np.ndarray]:
+    """The nearest centroid of each vector of a batch, as the index routes a query."""
+    return {"cluster": nearest_centroids(batch["data"], centroids, metric).astype(np.int32)}
 
 
 def _decode_batch(batch: dict[str, np.ndarray], image_size: int, max_bytes: int) -> dict[str, np.ndarray]:
@@ -193,8 +194,6 @@ class EncoderActor:
             self.encoder = LiteRTEncoder(model, threads)
             return
         import tensorflow as tf  # quiet: importing the package silenced it
-
-        from .artifacts import load_model
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)

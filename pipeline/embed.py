@@ -1,8 +1,8 @@
 """Images to vectors: the decoded images of a cache, batch by batch, through a model.
 
-:func:`embed_files` is the images-to-vectors step of add, sync and evaluate (decode as at fit
-time, then the fitted encoder, :mod:`pipeline.runtime`); a fit runs its two halves with training
-in between. :func:`map_cache` is the loop under all of them, a Keras model's at fit time
+:func:`embed_files` is the images-to-vectors step of this process's engine
+(:class:`pipeline.engine.LocalEngine`) and of evaluate: decode as at fit time, then the fitted
+encoder (:mod:`pipeline.runtime`); a fit's training runs its two halves with training in between. :func:`map_cache` is the loop under all of them, a Keras model's at fit time
 included. Nothing here imports TensorFlow.
 """
 

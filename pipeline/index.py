@@ -36,6 +36,25 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+def centroid_scores(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    """Scores of each (prepared) centroid for each (prepared) vector that rank the centroids as the
+    distance does, nearest lowest: -v.c for cosine, |c|^2 - 2 v.c for euclidean."""
+    if len(vectors) < PARALLEL_FROM:  # too few for BLAS to start its threads
+        products = vectors @ centroids.T
+    else:  # one BLAS thread: idle OpenBLAS threads spinning beside Numba's workers halved search throughput
+        with _blas().limit(limits=1, user_api="blas"):
+            products = vectors @ centroids.T
+    if metric == "cosine":
+        return -products
+    return np.einsum("ij,ij->i", centroids, centroids) - 2 * products
+
+
+def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, metric: str, chunk: int = 8192) -> np.ndarray:
+    """The nearest centroid of each (prepared) vector: the cluster a query equal to it probes first."""
+    return np.concatenate([centroid_scores(vectors[i : i + chunk], centroids, metric).argmin(axis=1)
+                           for i in range(0, len(vectors), chunk)] or [np.empty(0, np.int64)])
+
+
 def prepare_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
     """float32 vectors as the index stores them: L2-normalised for the cosine metric."""
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -190,15 +209,16 @@ class ClusteredIndex:
         return [self.ids_[start:stop] for start, stop in zip(self.offsets_[:-1], self.offsets_[1:])]
 
     def fit(self, vectors: np.ndarray, centroids: np.ndarray,
-            assign: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None) -> "ClusteredIndex":
+            assign: Callable[[np.ndarray, np.ndarray, str], np.ndarray] = nearest_centroids) -> "ClusteredIndex":
         """Index ``vectors``, each in the cluster a query equal to it would probe first.
 
-        ``assign(prepared vectors, prepared centroids)`` finds those clusters elsewhere (on a Ray
-        cluster); by default they are found here. Centroids that no vector is nearest to are dropped.
+        ``assign(prepared vectors, prepared centroids, metric)`` finds those clusters: here by
+        default, or where an engine runs (:mod:`pipeline.engine`). Centroids that no vector is
+        nearest to are dropped.
         """
         vectors = prepare_vectors(vectors, self.metric)
         self.centroids_ = prepare_vectors(centroids, self.metric)
-        nearest = assign(vectors, self.centroids_) if assign else self._nearest_cluster(vectors)
+        nearest = assign(vectors, self.centroids_, self.metric)
         used, assignments = np.unique(nearest, return_inverse=True)
         self.centroids_ = self.centroids_[used]
         self._lay_out(vectors, assignments)
@@ -257,7 +277,7 @@ class ClusteredIndex:
         vectors = prepare_vectors(vectors, self.metric)
         old = self.stored_vectors()
         self._lay_out(np.concatenate([old, vectors]),
-                      np.concatenate([self.assignments_, self._nearest_cluster(vectors)]))
+                      np.concatenate([self.assignments_, nearest_centroids(vectors, self.centroids_, self.metric)]))
         return np.arange(len(old), len(old) + len(vectors))
 
     def remove(self, ids: np.ndarray) -> None:
@@ -287,9 +307,6 @@ class ClusteredIndex:
             self.nprobe_ = smallest_nprobe(curve, target_recall)
         return curve
 
-    def _nearest_cluster(self, vectors: np.ndarray, chunk: int = 8192) -> np.ndarray:
-        return np.concatenate([self.route(vectors[i : i + chunk], 1)[:, 0] for i in range(0, len(vectors), chunk)])
-
     def _lay_out(self, vectors: Optional[np.ndarray], assignments: np.ndarray, laid_out: Optional[np.ndarray] = None,
                  norms: Optional[np.ndarray] = None) -> None:
         """Store prepared vectors (in insertion order) sorted by cluster, with the offsets of each
@@ -313,16 +330,7 @@ class ClusteredIndex:
 
     def route(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
         """The ``nprobe`` clusters nearest each (prepared) query, nearest first."""
-        if len(queries) < PARALLEL_FROM:  # too few for BLAS to start its threads
-            products = queries @ self.centroids_.T
-        else:  # one BLAS thread: idle OpenBLAS threads spinning beside Numba's workers halved search throughput
-            with _blas().limit(limits=1, user_api="blas"):
-                products = queries @ self.centroids_.T
-        # ranks like the distance: -q.c for cosine, |c|^2 - 2 q.c for euclidean
-        if self.metric == "cosine":
-            scores = -products
-        else:
-            scores = np.einsum("ij,ij->i", self.centroids_, self.centroids_) - 2 * products
+        scores = centroid_scores(queries, self.centroids_, self.metric)
         if nprobe == 1:
             return scores.argmin(axis=1)[:, None]
         return _run(_smallest_parallel, _smallest_serial, len(scores), scores, nprobe)

@@ -11,6 +11,7 @@ import pytest
 
 from helpers import ROOT, TINY, copy_subset
 from pipeline.config import FitConfig
+from pipeline.images import IMAGE_EXTENSIONS
 
 IMGSIM = Path(sys.executable).parent / "imgsim"  # installed beside the interpreter by pip install -e .
 
@@ -144,6 +145,12 @@ _REPORT_WHAT_LOADED = (  # the command, then which of the model's libraries it i
      "missing/projector: cannot write the output there (no folder {cwd}/missing)"),
     (["fit", "photos", "--tensorboard", "missing/runs"],
      "missing/runs: cannot write the output there (no folder {cwd}/missing)"),
+    (["fit", "missing"], "missing: not a folder"),
+    (["fit", "."], f".: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"),
+    (["serve", "--port", "99999"],
+     "imgsim serve: argument --port: must be at most 65535, got 99999 (see imgsim serve --help)"),
+    (["upgrade"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
+    (["report"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
     (["fit", "photos", "--architecture", "dense"],
      "architecture 'dense' is for --backbone none (over a backbone the autoencoder reads its feature map)"),
 ])
@@ -178,12 +185,11 @@ def test_a_users_tensorflow_log_level_lets_no_tensorflow_noise_through(fitted, p
 def test_the_fits_estimate_counts_every_stage_it_will_run():
     from pipeline.fit import stage_shares
 
-    assert list(stage_shares(False, 100, 100, on_ray=False)) == ["decode", "train", "embed", "export", "cluster+index"]
-    beyond = stage_shares(True, 1000, 3000, on_ray=False)  # 2,000 images beyond the training sample
+    assert list(stage_shares(False, 100, 100)) == ["decode", "train", "embed", "export", "cluster+index"]
+    beyond = stage_shares(True, 1000, 3000)  # 2,000 images beyond the training sample
     assert list(beyond) == ["decode", "features", "train", "embed", "export", "embed rest", "cluster+index"]
     assert abs(sum(beyond.values()) - 1) < 1e-9
     assert beyond["embed rest"] == pytest.approx(2 * (beyond["decode"] + beyond["features"] + beyond["embed"]))
-    assert "embed rest" not in stage_shares(True, 1000, 3000, on_ray=True)  # the cluster embeds those
 
 
 def test_tensorboard_flags_without_tensorboard_say_how_to_get_it(monkeypatch):

@@ -235,8 +235,8 @@ def test_a_folder_that_cannot_be_read_stops_a_sync(collection, monkeypatch):
 
 
 def test_a_file_that_cannot_be_read_is_not_read_again_until_it_changes(collection, monkeypatch):
-    import pipeline.collection as collection_module
     from pipeline.collection import STILL_UNREADABLE
+    from pipeline.engine import LocalEngine
 
     photos, spare, artifacts = collection
     broken = photos / "hat" / "broken.jpg"
@@ -248,7 +248,7 @@ def test_a_file_that_cannot_be_read_is_not_read_again_until_it_changes(collectio
     def no_model(*args, **kwargs):
         raise AssertionError("the model was asked to embed")
 
-    monkeypatch.setattr(collection_module, "embed_files", no_model)
+    monkeypatch.setattr(LocalEngine, "embed", no_model)
     again = sync(artifacts)  # a no-op sync: the broken file is not decoded again, nothing is written
     assert [(s.path, s.reason) for s in again.skipped] == [(str(broken), STILL_UNREADABLE)]
     assert current_folder(artifacts) == remembered and again.added == 0

@@ -15,7 +15,7 @@ from helpers import copy_subset, tiny_config
 ray = pytest.importorskip("ray")
 
 from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.distributed import RayEngine, embed_files_on_ray  # noqa: E402
+from pipeline.distributed import RayEngine  # noqa: E402
 from pipeline.images import find_images  # noqa: E402
 from pipeline.search import Searcher, SearchOptions  # noqa: E402
 
@@ -43,8 +43,6 @@ def test_listing_on_ray_finds_what_find_images_finds(cluster, tmp_path):
     import os
     import shutil
 
-    from pipeline.distributed import find_images_on_ray
-
     folder = copy_subset(tmp_path / "photos", classes=("dress", "hat"), per_class=3)
     some = next((folder / "hat").glob("*.jpg"))
     shutil.copy2(some, folder / "loose.jpg")  # no label
@@ -53,7 +51,7 @@ def test_listing_on_ray_finds_what_find_images_finds(cluster, tmp_path):
     (folder / ".hidden").mkdir()
     shutil.copy2(some, folder / ".hidden" / "skip.jpg")
     os.symlink(folder / "hat", folder / "linked")  # a link to a folder is not followed, as by os.walk
-    assert find_images_on_ray(folder, cluster) == find_images(folder)
+    assert cluster.find_images(folder) == find_images(folder)
     assert len(find_images(folder)) == 8
 
 
@@ -69,7 +67,7 @@ def test_a_fit_on_ray_gives_the_same_bundle_as_one_machine(cluster, messy, tmp_p
     assert {Path(s.path).name for s in spread.skipped} == {"truncated.jpg", "empty.jpg"}
     assert other.manifest.skipped == one.manifest.skipped
     # the same encoder's vectors, computed on the cluster: the same neighbours
-    again = embed_files_on_ray(find_images(messy), one.folder, one.settings, cluster)
+    again = cluster.embed(find_images(messy), one, one.settings)
     assert [r.path for r in again.records] == one.catalog.paths
     np.testing.assert_allclose(again.vectors, one.embeddings, atol=1e-4)  # LiteRT on the cluster, Keras at the fit
     searcher = Searcher(one)
@@ -102,7 +100,7 @@ def test_encoder_actors_given_a_gpu_compute_in_mixed_precision_with_the_same_nei
     fit(messy, tmp_path / "artifacts", tiny_config())
     bundle = Bundle.load(tmp_path / "artifacts")
     on_gpu = RayEngine(workers=1, cpus_per_worker=1.0, gpus_per_worker=0.5)
-    half = embed_files_on_ray(find_images(messy), bundle.folder, bundle.settings, on_gpu)
+    half = on_gpu.embed(find_images(messy), bundle, bundle.settings)
     assert [r.path for r in half.records] == bundle.catalog.paths and len(half.skipped) == 2
     exact = np.asarray(bundle.embeddings)
     cosine = np.sum(exact * half.vectors, axis=1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(half.vectors, axis=1)
@@ -134,8 +132,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_doubled(cluster, mess
     bundle = Bundle.load(tmp_path / "artifacts")
     records = find_images(messy) * 20  # 520 files, each many times: rows are told apart by position, not path
     outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(result=embed_files_on_ray(
-        records, bundle.folder, bundle.settings, cluster)))
+    worker = threading.Thread(target=lambda: outcome.update(result=cluster.embed(records, bundle, bundle.settings)))
     worker.start()
     deadline, killed = time.monotonic() + 120, None
     while killed is None and time.monotonic() < deadline and worker.is_alive():
