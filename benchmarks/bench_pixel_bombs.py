@@ -33,7 +33,8 @@ def one_run(artifacts: str, parallel: int, side: int, budget: bool) -> dict:
     import pipeline.images as images
     from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
-    from pipeline.server import MAX_QUERY_PIXELS, create_app
+    from pipeline.server import create_app
+    from pipeline.service import MAX_QUERY_PIXELS
 
     if not budget:
         images.DECODE_BUDGET = images.PixelBudget(10**15)

@@ -268,7 +268,8 @@ def test_the_service_serves_a_bundle_committed_while_it_runs(fitted_copy, caplog
         assert len(results) == 31 and removed not in [r["path"] for r in results]
 
         served = (artifacts / "CURRENT").read_text()
-        (artifacts / "CURRENT").write_text("bundle-gone\n")  # a pointer to nothing: it cannot be loaded
+        (artifacts / "CURRENT.new").write_text("bundle-gone\n")  # a pointer to nothing: it cannot be loaded
+        os.replace(artifacts / "CURRENT.new", artifacts / "CURRENT")  # at once, as a writer does: never half-written
         time.sleep(0.5)
         assert client.get("/api/stats").json()["images"] == 31
         assert caplog.text.count("still serving") == 1  # once, not at every look
@@ -321,7 +322,7 @@ def test_a_request_for_another_host_is_refused(searcher):
 
 def test_a_search_that_would_wait_too_long_is_refused_at_once_and_health_is_answered(searcher, photos):
     """Admission: past the budget a search hears 503 and Retry-After before its body is read."""
-    from pipeline.server import Admission
+    from pipeline.service import Admission
 
     admission = Admission(budget_s=0.1, first_cost_s=0.04)
     assert [admission.admit() for _ in range(4)] == [None, None, None, 1]  # 3 waiting at 40 ms: 120 ms is over

@@ -1,0 +1,275 @@
+"""What the search service does for each request, apart from HTTP: :class:`SearchService`.
+
+:func:`pipeline.server.create_app` parses a request and calls one method here; each method is
+plain Python over one shared :class:`Searcher` (testable without an HTTP client) and says what
+went wrong by raising :class:`HTTPException` with the status the client gets, or one of the
+project's errors, which the application maps to a status (:mod:`pipeline.server`).
+:class:`Admission` keeps the searches' wait under a budget.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import math
+import mimetypes
+import os
+import stat
+import threading
+import time
+from typing import Any, Mapping, Optional
+
+from starlette.exceptions import HTTPException
+
+from .artifacts import Bundle
+from .catalog import Catalog
+from .collection import is_id, remove_images
+from .duplicates import CANDIDATE_DISTANCE, Duplicates, find_duplicates
+from .errors import ArtifactError, ImageError, InputError
+from .fetch import fetch_url
+from .images import content_hash, thumbnail_jpeg
+from .search import Searcher, SearchOptions, parse_distance
+
+log = logging.getLogger(__name__)
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_QUERY_PIXELS = 40_000_000  # a query (upload or URL) decoding to more is refused (413); files of the collection: images.MAX_IMAGE_PIXELS
+MAX_RESULTS = 100
+THUMBNAIL = 256
+MAX_QUEUE_MS = 500.0  # a search expected to wait longer than this is refused at once (503)
+MIN_TOKEN_CHARACTERS = 16
+_STATUS_OF_KIND = {"too_large": 413, "not_image": 415}
+
+
+class SearchService:
+    """Each request's work over one shared :class:`Searcher`. URL queries may reach loopback and
+    private addresses only with ``allow_private_urls``; uploads and fetched images are capped at
+    ``max_upload_bytes``; images can be removed only with ``write_token`` set (at least
+    MIN_TOKEN_CHARACTERS long), by requests that carry it; a search whose expected wait is over
+    ``max_queue_ms`` is refused (:class:`Admission`)."""
+
+    def __init__(self, searcher: Searcher, allow_private_urls: bool = False, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+                 write_token: Optional[str] = None, max_queue_ms: float = MAX_QUEUE_MS):
+        check_write_token(write_token)
+        self.searcher = searcher
+        self.allow_private_urls = allow_private_urls
+        self.max_upload_bytes = max_upload_bytes
+        self.write_token = write_token
+        self.max_queue_ms = max_queue_ms
+        self.admission = Admission(max_queue_ms / 1000)
+        self._groups: dict[tuple[str, float], Duplicates] = {}  # the current bundle's answers only
+        self._grouping = threading.Lock()
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "images": len(self.searcher.catalog)}
+
+    def stats(self) -> dict[str, Any]:
+        bundle = self.searcher.bundle  # one bundle for the whole answer
+        manifest = bundle.manifest
+        return {
+            "images": len(bundle.catalog),
+            "clusters": bundle.index.nlist,
+            "nprobe": bundle.index.nprobe_,
+            "skipped": len(manifest.skipped),
+            "created": manifest.created,
+            "data_dir": manifest.data_dir,
+            "labels": self.searcher.labels,
+            "settings": manifest.settings.to_dict(),
+            "queue": {"searches": self.admission.pending,
+                      "expected_wait_ms": round(self.admission.expected_wait() * 1000, 1),
+                      "max_queue_ms": self.max_queue_ms},
+        }
+
+    def search_upload(self, data: bytes, name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """The answer to an uploaded image, with the options of the form's ``fields``."""
+        if len(data) > self.max_upload_bytes:
+            raise HTTPException(413, f"upload over the {self.max_upload_bytes}-byte limit")
+        return self.searcher.search_bytes(data, name, _options(fields)).to_dict()
+
+    def search_json(self, body: Any) -> dict[str, Any]:
+        """The answer to a JSON query: ``{"url": ...}`` or ``{"id": ...}``, with its options."""
+        if not isinstance(body, dict) or ("url" in body) == ("id" in body):
+            raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
+        options = _options(body)
+        if "id" in body:
+            text = str(body["id"])
+            if not is_id(text):
+                raise HTTPException(404, f"no image with id {text[:32]!r}")
+            return self.searcher.search_indexed(int(text), options).to_dict()
+        url = str(body["url"])
+        data = fetch_url(url, allow_private=self.allow_private_urls, max_bytes=self.max_upload_bytes)
+        return self.searcher.search_bytes(data, url, options).to_dict()
+
+    def thumbnail(self, image_id: str) -> bytes:
+        """A JPEG thumbnail of an indexed image."""
+        bundle = self.searcher.bundle  # one bundle for the request, even if a newer one is swapped in meanwhile
+        return _thumbnail(bundle, _row(image_id, bundle.catalog))
+
+    def full_image(self, image_id: str) -> tuple[bytes, str]:
+        """The indexed image's file, as it was indexed, and its media type."""
+        bundle = self.searcher.bundle
+        row = _row(image_id, bundle.catalog)
+        media_type = mimetypes.guess_type(bundle.catalog.paths[row])[0] or "application/octet-stream"
+        return _indexed_file(bundle, row), media_type
+
+    def authorise(self, authorization: str) -> None:
+        """Let a write through only with the write token in its Authorization header (403 when
+        writing is off, 401 without the token)."""
+        if self.write_token is None:
+            raise HTTPException(403, "removing is off: start the server with --write-token-file to allow it")
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.write_token.encode()):
+            raise HTTPException(401, "removing needs the server's write token: Authorization: Bearer TOKEN")
+
+    def remove(self, ids: list[str]) -> dict[str, Any]:
+        """Remove images by id from the index (not from the disk) and serve the new bundle."""
+        if not all(is_id(image_id) for image_id in ids):
+            raise HTTPException(404, f"no image with id {next(i for i in ids if not is_id(i))[:32]!r}")
+        try:  # by id, in the bundle current now: an id that a sync or removal has taken out meanwhile is a 404
+            change = remove_images(ids, self.searcher.bundle.folder.parent)
+        except ArtifactError as exc:  # another writer holds the bundle
+            raise HTTPException(409, str(exc)) from None
+        problem = refresh(self.searcher)  # the removal is committed whatever happens here; the follower retries
+        if problem is not None:
+            log.warning(problem)
+        return {"removed": [int(image_id) for image_id in ids], "images": change.images}
+
+    def remove_listed(self, body: Any) -> dict[str, Any]:
+        """:meth:`remove` for a JSON body ``{"ids": [...]}``."""
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids or not all(type(i) is int and i >= 0 for i in ids):
+            raise InputError("ids must be a non-empty list of image ids (whole numbers from 0)")
+        return self.remove([str(image_id) for image_id in ids])
+
+    def duplicates(self, max_distance: Optional[str] = None) -> dict[str, Any]:
+        """The groups of copies, worked out once per bundle and distance, then answered from memory."""
+        limit = CANDIDATE_DISTANCE if max_distance in (None, "") else parse_distance(max_distance, "max_distance")
+        bundle = self.searcher.bundle  # one bundle for the whole answer, even if a removal swaps it meanwhile
+        with self._grouping:  # one search at a time; a second request for the same bundle reads the first's answer
+            key = (str(bundle.folder), limit)
+            if key not in self._groups:
+                self._groups.clear()
+                self._groups[key] = find_duplicates(bundle, limit, progress=False)
+            return self._groups[key].to_dict()
+
+
+def refresh(searcher: Searcher) -> Optional[str]:
+    """:meth:`Searcher.refresh`; what went wrong, as one line, instead of an exception."""
+    try:
+        searcher.refresh()
+    except Exception as exc:  # a background look must never take the service down
+        reason = exc if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+        return f"still serving {searcher.bundle.folder}: {reason}"
+    return None
+
+
+def _options(fields: Mapping[str, Any]) -> SearchOptions:
+    return SearchOptions.parse(fields.get("n"), fields.get("nprobe"), fields.get("max_distance"), MAX_RESULTS)
+
+
+def check_write_token(token: Optional[str]) -> None:
+    """InputError for a write token too short to resist guessing (None: deleting is off)."""
+    if token is not None and len(token) < MIN_TOKEN_CHARACTERS:
+        raise InputError(f"the write token must be at least {MIN_TOKEN_CHARACTERS} characters long")
+
+
+class Admission:
+    """Keeps a search's wait under a budget: a search that would wait longer is refused at once.
+
+    The expected wait of a new search is the searches already admitted and not yet answered times
+    the time a search costs the service, measured as the mean interval between answers while
+    searches were waiting (the service's own throughput, whatever the machine), so the estimate
+    follows the load without a setting. A refused search costs nothing but this check, made before
+    its body is read: under any overload, the accepted searches keep their latency and the rest hear
+    "busy" within milliseconds, with a Retry-After of the seconds the queue needs to drain to the budget.
+    """
+
+    def __init__(self, budget_s: float, first_cost_s: float = 0.02, smoothing: float = 0.05):
+        self.budget_s = budget_s
+        self.cost_s = first_cost_s  # until measured: a search at 50 a second
+        self.smoothing = smoothing
+        self.pending = 0
+        self._last_answer: Optional[float] = None
+        self._lock = threading.Lock()
+
+    def expected_wait(self) -> float:
+        return self.pending * self.cost_s
+
+    def admit(self) -> Optional[int]:
+        """None when the search may go on (it is counted until :meth:`done`), else the seconds to
+        wait before trying again."""
+        with self._lock:
+            wait = self.expected_wait()
+            if wait > self.budget_s:
+                return max(1, math.ceil(wait - self.budget_s))
+            if self.pending == 0:
+                self._last_answer = time.monotonic()  # a busy spell starts: an idle one is not service time
+            self.pending += 1
+            return None
+
+    def done(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._last_answer is not None:
+                self.cost_s += self.smoothing * (now - self._last_answer - self.cost_s)
+            self.pending -= 1
+            self._last_answer = now if self.pending else None
+
+
+def _row(text: str, catalog: Catalog) -> int:
+    """The catalog row of the image a request names by id (plain ASCII digits), else 404."""
+    row = catalog.row_of(int(text)) if is_id(text) else None
+    if row is None:
+        raise HTTPException(404, f"no image with id {text[:32]!r}")
+    return row
+
+
+def _indexed_file(bundle: Bundle, row: int) -> bytes:
+    """The bytes of the image indexed in ``row``, only while the file at its path is that image:
+    the path resolved (links and all) lies under one of the collection's folders, the file is opened
+    without following a link, is a regular file, and holds the bytes that were indexed (content
+    hash); else 404. A photo replaced by a link to another file, or a tampered path, serves nothing."""
+    path, expected = bundle.catalog.paths[row], bundle.catalog.hashes[row]
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(root) for root in bundle.manifest.roots]
+    if not any(os.path.commonpath([real, root]) == root for root in roots):
+        raise HTTPException(404, f"image {bundle.catalog.ids[row]} is not inside the collection's folders")
+    try:
+        descriptor = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise HTTPException(404, f"image {bundle.catalog.ids[row]} is no longer on disk") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        data = handle.read(bundle.settings.max_file_bytes + 1) if stat.S_ISREG(status.st_mode) else b""
+    if content_hash(data) != expected:
+        raise HTTPException(404, f"image {bundle.catalog.ids[row]} is no longer the file that was indexed")
+    return data
+
+
+class _Thumbnails:
+    """The most recent thumbnails by (path, content hash): a photo that a sync re-indexed with new bytes gets
+    a new one. Shared by the request threads."""
+
+    def __init__(self, size: int = 4096):
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def __call__(self, bundle: Bundle, row: int) -> bytes:
+        key = (bundle.catalog.paths[row], bundle.catalog.hashes[row])
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        try:
+            thumbnail = thumbnail_jpeg(_indexed_file(bundle, row), key[0], THUMBNAIL)
+        except ImageError:
+            raise HTTPException(404, f"image {bundle.catalog.ids[row]} is no longer readable") from None
+        with self._lock:
+            self._items[key] = thumbnail
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return thumbnail
+
+
+_thumbnail = _Thumbnails()
