@@ -145,6 +145,8 @@ def bundles(artifacts_dir: str | os.PathLike) -> list[Path]:
 def restore(artifacts_dir: str | os.PathLike, name: Optional[str] = None) -> Path:
     """Make a kept bundle the current one again: ``name`` (a folder that :func:`bundles` lists), or
     by default the newest one older than the current. Whatever bundle is current stays kept."""
+    if not Path(artifacts_dir).is_dir():  # the writer's lock would make it
+        raise _no_fit(Path(artifacts_dir))
     with ArtifactWriter(artifacts_dir) as writer:
         current, kept = pointed_folder(artifacts_dir), bundles(artifacts_dir)
         if name is not None:
@@ -221,9 +223,13 @@ def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False)
     root = Path(artifacts_dir)
     folder = pointed_folder(root)
     if folder is None:
-        hint = "it does not exist" if not root.exists() else "it holds no completed fit"
-        raise ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
+        raise _no_fit(root)
     return checked_folder(folder, allow_pickle)
+
+
+def _no_fit(root: Path) -> ArtifactError:
+    hint = "it does not exist" if not root.exists() else "it holds no completed fit"
+    return ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
 
 
 def checked_folder(folder: Path, allow_pickle: bool = False) -> Path:

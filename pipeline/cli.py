@@ -380,12 +380,12 @@ def _remove(args: argparse.Namespace) -> None:
 
 
 def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
-    from .duplicates import CANDIDATE_DISTANCE
-
-    parser.add_argument("--max-distance", type=_non_negative_float, default=CANDIDATE_DISTANCE, metavar="D",
+    # the default is duplicates.CANDIDATE_DISTANCE, not imported here: that module loads OpenCV and SciPy, and every
+    # command builds this parser (tests/test_duplicates.py checks that the help states it)
+    parser.add_argument("--max-distance", type=_non_negative_float, metavar="D",
                         help="compare two images only when their descriptors are closer than this (cosine "
-                             "distance); each image's nearest is always compared. Every pair compared is verified "
-                             "on the images themselves")
+                             "distance; default: 0.5); each image's nearest is always compared. Every pair compared "
+                             "is verified on the images themselves")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a list")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained page of the groups")
     parser.add_argument("--move-to", metavar="DIR",
@@ -397,13 +397,14 @@ def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
 
 def _duplicates(args: argparse.Namespace) -> int:
     from .artifacts import Bundle
-    from .duplicates import find_duplicates
-    from .pages import write_duplicates_page
 
     if args.html:
         check_writable(args.html)
     bundle = Bundle.load(args.artifacts, args.allow_pickle)
-    found = find_duplicates(bundle, args.max_distance)
+    from .duplicates import CANDIDATE_DISTANCE, find_duplicates  # OpenCV and SciPy: once the input is known good
+    from .pages import write_duplicates_page
+
+    found = find_duplicates(bundle, CANDIDATE_DISTANCE if args.max_distance is None else args.max_distance)
     if args.json:
         print(json.dumps(found.to_dict(), indent=2))
     else:

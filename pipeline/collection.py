@@ -170,6 +170,7 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
     """Load the bundle under the lock, review what ``plan`` names, embed what is new or changed,
     and save a new bundle if anything changed."""
     start = time.perf_counter()
+    current_folder(artifacts_dir)  # no fit there: a clear error, and no empty folder made by the writer's lock
     with ArtifactWriter(artifacts_dir) as writer:
         bundle = Bundle.load(artifacts_dir)
         change = CollectionChange(action, artifacts=bundle.folder)

@@ -151,6 +151,9 @@ _REPORT_WHAT_LOADED = (  # the command, then which of the model's libraries it i
      "imgsim serve: argument --port: must be at most 65535, got 99999 (see imgsim serve --help)"),
     (["upgrade"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
     (["report"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
+    (["sync"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
+    (["remove", "3"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
+    (["restore"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
     (["fit", "photos", "--architecture", "dense"],
      "architecture 'dense' is for --backbone none (over a backbone the autoencoder reads its feature map)"),
 ])
@@ -159,6 +162,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, args,
                              cwd=tmp_path, timeout=60)
     assert process.returncode == 2 and process.stdout == ""
     assert process.stderr.splitlines() == [f"error: {message.format(cwd=tmp_path)}", "loaded: []"]
+    assert list(tmp_path.iterdir()) == []  # and nothing left behind (an empty artifacts folder, say)
 
 
 def test_the_version_and_every_subcommand_are_in_the_readme_and_scripts(tmp_path):

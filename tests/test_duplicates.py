@@ -104,6 +104,14 @@ def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with
     assert len(computed) == 1
 
 
+def test_the_commands_help_states_the_default_distance():
+    from pipeline.cli import build_parser
+    from pipeline.duplicates import CANDIDATE_DISTANCE
+
+    command = build_parser()._subparsers._group_actions[0].choices["duplicates"]
+    assert f"default: {CANDIDATE_DISTANCE:g})" in " ".join(command.format_help().split())
+
+
 def test_the_command_prints_json_and_writes_a_page(with_copies, tmp_path):
     artifacts, copies = with_copies
     page = tmp_path / "groups.html"
