@@ -359,7 +359,9 @@ class Bundle:
         if not self.exported and not self.settings.uses_backbone and self.settings.color_weight > 0:
             raise ArtifactError(f"{self.folder}: a bundle made before format {FORMAT_VERSION} whose colour histogram "
                                 f"is computed otherwise since; fit again")
-        return load_model(self.folder / ENCODER)
+        from .runtime import load_keras_model
+
+        return load_keras_model(self.folder / ENCODER)
 
     def encoder_sha256(self) -> str:
         """What identifies the fit's encoder, which add, sync and remove keep: the SHA-256 of its
@@ -375,7 +377,9 @@ class Bundle:
 
     def autoencoder(self):
         """The full autoencoder, as the fit saved it."""
-        return load_model(self.folder / AUTOENCODER)
+        from .runtime import load_keras_model
+
+        return load_keras_model(self.folder / AUTOENCODER)
 
     def append(self, catalog: Catalog, vectors: np.ndarray) -> list[int]:
         """Index more images (``catalog``'s clusters and ids are set here: each image goes to its
@@ -478,15 +482,3 @@ def _load_legacy_index(folder: Path, embeddings: np.ndarray, older: dict[str, An
                                            "assignments": pickled.assignments_, **older}, embeddings)
     except Exception as exc:  # an old pickle can fail in many ways
         raise ArtifactError(f"{folder / LEGACY_INDEX}: cannot load the index ({exc}); fit again") from None
-
-
-def load_model(path: Path):
-    """A saved Keras model of a bundle (the encoder or the autoencoder)."""
-    import keras
-
-    from . import histograms, pooling, resize  # noqa: F401  (register the custom layers that encoders hold)
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises assorted types for corrupt or foreign files
-        raise ArtifactError(f"{path}: cannot load the model ({exc})") from None

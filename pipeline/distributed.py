@@ -23,14 +23,13 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import load_model
 from .config import FitConfig
 from .dataset import EmbeddedImages, SkippedImage, load_image
 from .engine import EncoderSource
 from .errors import InputError
 from .images import ImageRecord, find_images, list_images
 from .index import nearest_centroids
-from .runtime import KerasEncoder, LiteRTEncoder, resolve_runtime
+from .runtime import KerasEncoder, LiteRTEncoder, load_keras_model, resolve_runtime
 
 log = logging.getLogger(__name__)
 DECODE_BATCH = 32  # images per decode task
@@ -199,7 +198,7 @@ class EncoderActor:
         tf.config.threading.set_inter_op_parallelism_threads(1)
         with tempfile.TemporaryDirectory() as scratch:  # Keras loads a model from a file only
             (Path(scratch) / "encoder.keras").write_bytes(model)
-            self.encoder = KerasEncoder(load_model(Path(scratch) / "encoder.keras"), float16=gpu)
+            self.encoder = KerasEncoder(load_keras_model(Path(scratch) / "encoder.keras"), float16=gpu)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors = self.encoder.encode(batch["image"])

@@ -16,13 +16,13 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from .artifacts import ENCODER, EXPORT, load_model
+from .artifacts import ENCODER, EXPORT
 from .config import FitConfig
 from .dataset import EmbeddedImages
 from .embed import embed_files
 from .images import ImageRecord, find_images
 from .index import nearest_centroids
-from .runtime import Encoder, KerasEncoder, LiteRTEncoder, resolve_runtime
+from .runtime import Encoder, KerasEncoder, LiteRTEncoder, load_keras_model, resolve_runtime
 
 
 class EncoderSource(Protocol):
@@ -46,7 +46,7 @@ class StagedEncoder:
         runtime = resolve_runtime(runtime)
         if runtime == "litert":
             return LiteRTEncoder(self.model_bytes(runtime))
-        return KerasEncoder(load_model(self.folder / ENCODER))
+        return KerasEncoder(load_keras_model(self.folder / ENCODER))
 
     def model_bytes(self, runtime: str) -> bytes:
         return (self.folder / (EXPORT if runtime == "litert" else ENCODER)).read_bytes()

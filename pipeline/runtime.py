@@ -21,13 +21,14 @@ import time
 import warnings
 import weakref
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Optional, Protocol
 
 import numpy as np
 
 from .config import RUNTIMES
 from .dataset import to_model_input
-from .errors import InputError
+from .errors import ArtifactError, InputError
 from .quiet import native_stderr_silenced
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,19 @@ class KerasEncoder:
             self._outputs = encoder_outputs(self.model)
         outputs = self._outputs.predict_on_batch(to_model_input(images))
         return {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
+
+
+def load_keras_model(path: Path):
+    """A fit's saved Keras model (the encoder or the autoencoder), with the project's own layers that
+    it holds (histograms, pooling, resizing) registered first; ArtifactError when it cannot be loaded."""
+    import keras
+
+    from . import histograms, pooling, resize  # noqa: F401  (importing them registers their layers with Keras)
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises assorted types for corrupt or foreign files
+        raise ArtifactError(f"{path}: cannot load the model ({exc})") from None
 
 
 def mixed_precision(encoder):

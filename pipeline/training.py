@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import keras
 import numpy as np
 
-from .artifacts import AUTOENCODER, ENCODER, EXPORT, load_model
+from .artifacts import AUTOENCODER, ENCODER, EXPORT
 from .autoencoder import (FeatureAutoencoder, build_autoencoder, build_feature_autoencoder, pooled_profiles,
                           train_autoencoder)
 from .backbone import build_backbone
@@ -26,7 +26,7 @@ from .dataset import DecodedImages, RowCache, TrainingBatches, split_indices, to
 from .descriptor import DescriptorHead, block_weights, build_blocks_model, image_blocks_model
 from .embed import collect, map_cache
 from .export import CHECK_IMAGES, check_export, export_litert
-from .runtime import LiteRTEncoder
+from .runtime import LiteRTEncoder, load_keras_model
 
 if TYPE_CHECKING:
     from .fit import FitClock
@@ -82,7 +82,7 @@ def train_encoder(decoded: DecodedImages, config: FitConfig, folder: Path, scrat
         descriptors = head.apply(blocks)
         head.encoder(build_blocks_model(autoencoder.to_latent, config, backbone)).save(folder / ENCODER)
     with clock.stage("export"):  # from the saved file: its layers belong to the encoder alone
-        export_litert(load_model(folder / ENCODER), folder / EXPORT)
+        export_litert(load_keras_model(folder / ENCODER), folder / EXPORT)
         checked = np.unique(np.linspace(0, decoded.cache.count - 1, CHECK_IMAGES).astype(int))
         check_export(LiteRTEncoder((folder / EXPORT).read_bytes()), decoded.cache.read(checked), descriptors[checked],
                      folder / EXPORT)

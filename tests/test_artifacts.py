@@ -312,10 +312,10 @@ def _as_format_5_with_an_encoder_of_then(folder):
     (TensorFlow's area resizing, layer names with a leading underscore)."""
     import keras
 
-    from pipeline.artifacts import load_model
+    from pipeline.runtime import load_keras_model
     from pipeline.resize import AreaResize
 
-    encoder = load_model(folder / "encoder.keras")
+    encoder = load_keras_model(folder / "encoder.keras")
 
     def then(layer):
         config = layer.get_config()

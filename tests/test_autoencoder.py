@@ -257,9 +257,9 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
     np.testing.assert_allclose(np.linalg.norm(vectors[:, :10], axis=1), 0.25, rtol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(vectors[:, 10:], axis=1), 0.75, rtol=1e-4)
     model.save(tmp_path / "encoder.keras")
-    from pipeline.artifacts import load_model
+    from pipeline.runtime import load_keras_model
 
-    reloaded = load_model(tmp_path / "encoder.keras")
+    reloaded = load_keras_model(tmp_path / "encoder.keras")
     np.testing.assert_allclose(KerasEncoder(reloaded).encode(images), vectors, atol=1e-5)
     read_back = keras.Model(reloaded.input, block_tensors(reloaded)).predict_on_batch(images.astype(np.float32) / 255)
     assert set(read_back) == {"latent", "orientations"}
