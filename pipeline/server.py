@@ -30,10 +30,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 from importlib import resources
 from typing import Any, AsyncIterator, Optional, Sequence
 from urllib.parse import urlsplit
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -44,9 +46,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ImageError, InputError, UnknownImage
 from .search import Searcher
-from .service import MAX_QUEUE_MS, MAX_UPLOAD_BYTES, SearchService, refresh
+from .service import MAX_QUEUE_MS, MAX_UPLOAD_BYTES, Admission, SearchService, refresh
 
 log = logging.getLogger(__name__)
+# searches run in this many threads at most, the rest wait their turn without running: more threads than this, all
+# taking turns on the GIL, starved the event loop under overload (refusals took seconds; docs/BENCHMARKS.md)
+SEARCH_THREADS = max(4, 2 * (os.cpu_count() or 1))
 _STATUS_OF_KIND = {"too_large": 413, "not_image": 415}
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -95,7 +100,9 @@ def create_app(
     app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None, lifespan=lifespan)
     web = {name: resources.files("pipeline").joinpath(f"web/{name}").read_bytes() for name in _PAGE_FILES}
 
-    app.add_middleware(_HostAndHeaders, hosts=hosts)
+    app.add_middleware(_AdmissionGate, admission=service.admission)
+    app.add_middleware(_HostAndHeaders, hosts=hosts)  # the outermost: every answer, refusals too, gets the headers
+    search_threads = CapacityLimiter(SEARCH_THREADS)
 
     @app.exception_handler(ImageError)
     async def image_error(_: Request, exc: ImageError) -> JSONResponse:
@@ -127,18 +134,8 @@ def create_app(
     async def stats() -> dict[str, Any]:  # on the event loop too: cheap, answered under any load
         return service.stats()
 
-    @app.post("/api/search")
-    async def search(request: Request) -> Any:
-        retry_after = service.admission.admit()
-        if retry_after is not None:  # refused before the body is read: at once, whatever the load
-            return JSONResponse({"error": "the server is busy; try again in a moment"}, status_code=503,
-                                headers={"Retry-After": str(retry_after)})
-        try:
-            return await _search(request)
-        finally:
-            service.admission.done()
-
-    async def _search(request: Request) -> dict[str, Any]:
+    @app.post("/api/search")  # admitted by _AdmissionGate
+    async def search(request: Request) -> dict[str, Any]:
         content_type = request.headers.get("content-type", "")
         declared = request.headers.get("content-length") or "0"
         if not declared.isdecimal():
@@ -152,9 +149,10 @@ def create_app(
             if upload is None or isinstance(upload, str):
                 raise HTTPException(400, "the form needs a file field named 'image'")
             data = await upload.read(max_upload_bytes + 1)
-            return await run_in_threadpool(service.search_upload, data, upload.filename or "upload", form)
+            return await to_thread.run_sync(service.search_upload, data, upload.filename or "upload", form,
+                                            limiter=search_threads)
         if content_type.startswith("application/json"):
-            return await run_in_threadpool(service.search_json, await _json(request))
+            return await to_thread.run_sync(service.search_json, await _json(request), limiter=search_threads)
         raise HTTPException(415, "send multipart/form-data with an 'image' file, or JSON with a url or an id")
 
     @app.get("/api/images/{image_id}")
@@ -186,6 +184,28 @@ def create_app(
         raise HTTPException(404, f"no such page: /{path}")
 
     return app
+
+
+class _AdmissionGate:
+    """Plain ASGI middleware that lets a search (``POST /api/search``) in only when ``admission``
+    does: else 503 with Retry-After, answered before routing and before the body is read, so that a
+    refusal costs the service as little as can be. An admitted search counts until its answer is sent."""
+
+    def __init__(self, app: ASGIApp, admission: Admission):
+        self.app, self.admission = app, admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/search":
+            return await self.app(scope, receive, send)
+        retry_after = self.admission.admit()
+        if retry_after is not None:
+            busy = JSONResponse({"error": "the server is busy; try again in a moment"}, status_code=503,
+                                headers={"Retry-After": str(retry_after)})
+            return await busy(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.done()
 
 
 class _HostAndHeaders:

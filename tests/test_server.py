@@ -329,17 +329,47 @@ def test_a_search_that_would_wait_too_long_is_refused_at_once_and_health_is_answ
     admission.done()
     assert admission.admit() is None and 0.0 < admission.cost_s
 
-    client = TestClient(create_app(searcher, max_queue_ms=0))  # every search after the first waits too long
     query = sorted(photos.rglob("*.jpg"))[0].read_bytes()
-    with ThreadPoolExecutor(8) as pool:
+    with TestClient(create_app(searcher, max_queue_ms=0)) as client, ThreadPoolExecutor(8) as pool:
+        # every search after the first waits too long
         answers = list(pool.map(lambda _: client.post("/api/search", files={"image": ("q.jpg", query, "image/jpeg")}),
                                 range(16)))
         health = client.get("/api/health")
-    statuses = sorted(answer.status_code for answer in answers)
-    assert 200 in statuses and 503 in statuses and set(statuses) == {200, 503}
-    busy = next(answer for answer in answers if answer.status_code == 503)
-    assert int(busy.headers["Retry-After"]) >= 1 and "busy" in busy.json()["error"]
-    assert health.status_code == 200 and client.get("/api/stats").json()["queue"]["searches"] == 0
+        statuses = sorted(answer.status_code for answer in answers)
+        assert 200 in statuses and 503 in statuses and set(statuses) == {200, 503}
+        busy = next(answer for answer in answers if answer.status_code == 503)
+        assert int(busy.headers["Retry-After"]) >= 1 and "busy" in busy.json()["error"]
+        assert "default-src 'none'" in busy.headers["content-security-policy"]  # a refusal is an answer like any
+        assert health.status_code == 200 and client.get("/api/stats").json()["queue"]["searches"] == 0
+
+
+def test_searches_run_in_a_few_threads_and_the_rest_wait_their_turn(searcher, photos, monkeypatch):
+    import threading
+    import time
+
+    import pipeline.server as server_module
+
+    running, most, lock = [0], [0], threading.Lock()
+    search_bytes = searcher.search_bytes
+
+    def counted(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.1)
+        try:
+            return search_bytes(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(server_module, "SEARCH_THREADS", 2)
+    monkeypatch.setattr(searcher, "search_bytes", counted)
+    query = sorted(photos.rglob("*.jpg"))[0].read_bytes()
+    with TestClient(create_app(searcher, max_queue_ms=60_000)) as client, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.post("/api/search", files={"image": ("q.jpg", query, "image/jpeg")}),
+                                range(8)))
+    assert [answer.status_code for answer in answers] == [200] * 8 and most[0] == 2
 
 
 def test_requests_beside_writers_that_sync_and_remove_meet_no_error_and_lose_no_photo(fitted, tmp_path):
