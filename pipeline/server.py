@@ -19,8 +19,9 @@ The service follows its artifacts folder: every ``reload_seconds`` it looks whet
 sync or removal has committed another bundle there, and serves that one from then on (with the
 new fit's encoder after a fit), so deleted photos stop coming back without a restart.
 
-Errors are JSON ``{"error": message}`` with status 400, 401, 403, 404, 409, 413, 415 or 422.
-Images are served only by catalog id, never by a path taken from the request.
+Errors are JSON ``{"error": message}`` with status 400, 401, 403, 404, 409, 413, 415 or 422, and 503
+with Retry-After for a search refused under overload. Images are served only by catalog id, never by a
+path taken from the request. Each route's work is :class:`pipeline.service.SearchService`'s.
 """
 
 from __future__ import annotations
