@@ -1,5 +1,5 @@
 """The search page and the report in a real headless Chromium: upload, see results, click one, see them change;
-the page on a phone; the duplicates view, removing a group's copies; the report's map on hover; hostile labels stay
+the page on a phone; a busy server; the duplicates view, removing a group's copies; the report's map on hover; hostile labels stay
 text."""
 
 import os
@@ -170,6 +170,47 @@ def test_the_page_fits_the_screen_and_a_failed_search_clears_the_old_results(ser
         expect(page.locator("#query img")).to_have_count(0)
         page.screenshot(path=os.path.join(screenshots, f"failed-{width}.png"), full_page=True)
         browser.close()
+
+
+@pytest.fixture
+def slow_server(fitted):
+    """A service whose searches take 4 s each, with an admission budget of 0 ms: (its URL, a photo it indexed)."""
+    from pipeline.artifacts import Bundle
+    from pipeline.search import Searcher
+
+    slow = Searcher(Bundle.load(fitted[0]))
+    search_bytes = slow.search_bytes
+    slow.search_bytes = lambda *args: time.sleep(4) or search_bytes(*args)
+    for url in _serve(slow, max_queue_ms=0):
+        yield url, slow.catalog.paths[0]
+
+
+def test_a_busy_server_is_said_at_once_not_waited_for(slow_server, tmp_path):
+    """Overload: while a slow search holds the admission budget, the page's search hears 'busy' at once and shows
+    it, with no results, instead of waiting its turn."""
+    from pathlib import Path
+
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    url, photo = slow_server
+    upload = {"image": ("q.jpg", Path(photo).read_bytes(), "image/jpeg")}
+    holder = threading.Thread(target=lambda: httpx.post(f"{url}/api/search", files=upload, timeout=30))
+    holder.start()
+    time.sleep(0.5)  # the slow search is in: every other search would wait
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url)
+        started = time.monotonic()
+        page.set_input_files("#file", photo)
+        expect(page.locator("#status")).to_contain_text("busy; try again", timeout=2000)
+        assert time.monotonic() - started < 2 and holder.is_alive()  # told before the slow search ended
+        expect(page.locator("#status")).to_have_class("error")
+        expect(page.locator("#results .hit")).to_have_count(0)
+        page.screenshot(path=os.path.join(SCREENSHOT_DIR or str(tmp_path), "busy.png"), full_page=True)
+        browser.close()
+    holder.join()
 
 
 def test_the_reports_map_shows_a_points_photo_on_hover_and_fetches_nothing(fitted, tmp_path):
