@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .artifacts import ArtifactWriter, Bundle, current_folder
 from .catalog import Catalog
-from .dataset import SkippedImage
+from .dataset import EmbeddedImages, SkippedImage
 from .engine import Engine, LocalEngine
 from .errors import ImageError, InputError, UnknownImage
 from .images import ImageRecord, content_hash, file_stat, read_file
@@ -173,27 +173,13 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
     current_folder(artifacts_dir)  # no fit there: a clear error, and no empty folder made by the writer's lock
     with ArtifactWriter(artifacts_dir) as writer:
         bundle = Bundle.load(artifacts_dir)
-        change = CollectionChange(action, artifacts=bundle.folder)
         planned = plan(bundle)
         review = _review(bundle, planned, action)
-        lost = len(review.drop) - len(planned.removed)  # gone, or unreadable now
-        share = bundle.settings.max_removal_share
-        if action == "sync" and not allow_mass_removal and lost > share * len(bundle.catalog):
-            raise InputError(f"{bundle.folder.parent}: this sync would drop {lost} of the {len(bundle.catalog)} indexed "
-                             f"images (more than {share:.0%}); nothing changed (if they are meant to go, sync with "
-                             f"--allow-mass-removal)")
+        if action == "sync" and not allow_mass_removal:
+            _refuse_mass_removal(bundle, lost=len(review.drop) - len(planned.removed))  # gone, or unreadable now
         embedded = engine.embed(review.todo, bundle, bundle.settings, writer.path) if review.todo else None
-        change.unchanged, change.skipped, drop = review.unchanged, review.skipped, review.drop
-        if embedded is not None:
-            indexed = {path: row for row, path in enumerate(bundle.catalog.paths)}
-            change.skipped += embedded.skipped
-            drop |= {indexed[s.path] for s in embedded.skipped if s.path in indexed}  # changed into junk
-            replaced = {indexed[r.path] for r in embedded.records if r.path in indexed}
-            drop |= replaced
-            change.changed, change.added = len(replaced), len(embedded.records) - len(replaced)
-        change.removed = len(drop) - change.changed
+        change, drop = _tally(action, bundle, review, embedded)
         unreadable = _remember_unreadable(bundle, planned, change.skipped, review.stats) if action != "remove" else None
-        change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe_
         if not drop and not change.added and unreadable in (None, bundle.manifest.unreadable):
             log.info("nothing to change in %s", bundle.folder)
             change.drift = _drift(bundle)
@@ -202,14 +188,7 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
 
         if unreadable is not None:
             bundle.manifest.unreadable = unreadable
-        if drop:
-            bundle.remove(np.array(sorted(drop)))
-        if embedded is not None and embedded.records:
-            bundle.append(Catalog(paths=[r.path for r in embedded.records], labels=[r.label for r in embedded.records],
-                                  hashes=embedded.hashes, clusters=[], ids=[],
-                                  stats=[review.stats[r.path] for r in embedded.records]), embedded.vectors)
-        config = bundle.settings
-        bundle.manifest.recall_at_10 = bundle.index.tune_nprobe(config.target_recall, config.seed)
+        _apply(bundle, drop, embedded, review.stats)
         change.images, change.nprobe = len(bundle.catalog), bundle.index.nprobe_
         change.seconds = time.perf_counter() - start
         bundle.manifest.changes.append(change.record(**details))
@@ -221,6 +200,47 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
         log.warning("%.0f%% of the images were added or changed since the fit: a new fit would cluster them better",
                     100 * change.drift)
     return change
+
+
+def _refuse_mass_removal(bundle: Bundle, lost: int) -> None:
+    """InputError, nothing changed, when a sync would drop more than the settings' share of the index."""
+    share = bundle.settings.max_removal_share
+    if lost > share * len(bundle.catalog):
+        raise InputError(f"{bundle.folder.parent}: this sync would drop {lost} of the {len(bundle.catalog)} indexed "
+                         f"images (more than {share:.0%}); nothing changed (if they are meant to go, sync with "
+                         f"--allow-mass-removal)")
+
+
+def _tally(action: str, bundle: Bundle, review: _Review, embedded: Optional[EmbeddedImages]
+           ) -> tuple[CollectionChange, set[int]]:
+    """What the update will do, counted, and the rows to take out of the index: the review's, those
+    whose file changed (re-embedded) and those whose file changed into one that cannot be read."""
+    change = CollectionChange(action, unchanged=review.unchanged, skipped=list(review.skipped),
+                              images=len(bundle.catalog), nprobe=bundle.index.nprobe_, artifacts=bundle.folder)
+    drop = set(review.drop)
+    if embedded is not None:
+        indexed = {path: row for row, path in enumerate(bundle.catalog.paths)}
+        change.skipped += embedded.skipped
+        drop |= {indexed[s.path] for s in embedded.skipped if s.path in indexed}  # changed into junk
+        replaced = {indexed[r.path] for r in embedded.records if r.path in indexed}
+        drop |= replaced
+        change.changed, change.added = len(replaced), len(embedded.records) - len(replaced)
+    change.removed = len(drop) - change.changed
+    return change, drop
+
+
+def _apply(bundle: Bundle, drop: set[int], embedded: Optional[EmbeddedImages],
+           stats: dict[str, Optional[list[int]]]) -> None:
+    """Take ``drop`` out of the bundle, index the embedded images (each in its nearest cluster) and
+    tune nprobe again."""
+    if drop:
+        bundle.remove(np.array(sorted(drop)))
+    if embedded is not None and embedded.records:
+        bundle.append(Catalog(paths=[r.path for r in embedded.records], labels=[r.label for r in embedded.records],
+                              hashes=embedded.hashes, clusters=[], ids=[],
+                              stats=[stats[r.path] for r in embedded.records]), embedded.vectors)
+    config = bundle.settings
+    bundle.manifest.recall_at_10 = bundle.index.tune_nprobe(config.target_recall, config.seed)
 
 
 def _review(bundle: Bundle, plan: _Plan, action: str) -> _Review:
