@@ -38,7 +38,6 @@ MAX_RESULTS = 100
 THUMBNAIL = 256
 MAX_QUEUE_MS = 500.0  # a search expected to wait longer than this is refused at once (503)
 MIN_TOKEN_CHARACTERS = 16
-_STATUS_OF_KIND = {"too_large": 413, "not_image": 415}
 
 
 class SearchService:
