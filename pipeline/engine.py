@@ -55,10 +55,6 @@ class StagedEncoder:
 class Engine(Protocol):
     """What fit, add and sync need from where they run."""
 
-    @property
-    def encoder_runtime(self) -> str:
-        """What the encoder runs on: "litert" or "keras"."""
-
     def find_images(self, root: str | os.PathLike) -> list[ImageRecord]:
         """:func:`pipeline.images.find_images`: every image file under ``root``, labelled, sorted."""
 
@@ -77,10 +73,6 @@ class LocalEngine:
     in threads (``config.decode_workers``)."""
 
     runtime: Optional[str] = None
-
-    @property
-    def encoder_runtime(self) -> str:
-        return resolve_runtime(self.runtime)
 
     def find_images(self, root: str | os.PathLike) -> list[ImageRecord]:
         return find_images(root)
