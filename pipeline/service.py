@@ -122,8 +122,9 @@ class SearchService:
 
     def remove(self, ids: list[str]) -> dict[str, Any]:
         """Remove images by id from the index (not from the disk) and serve the new bundle."""
-        if not all(is_id(image_id) for image_id in ids):
-            raise HTTPException(404, f"no image with id {next(i for i in ids if not is_id(i))[:32]!r}")
+        for image_id in ids:
+            if not is_id(image_id):
+                raise HTTPException(404, f"no image with id {image_id[:32]!r}")
         try:  # by id, in the bundle current now: an id that a sync or removal has taken out meanwhile is a 404
             change = remove_images(ids, self.searcher.bundle.folder.parent)
         except ArtifactError as exc:  # another writer holds the bundle
