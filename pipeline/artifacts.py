@@ -13,6 +13,9 @@ Layout of an artifacts folder::
         index_vectors.npy  the index's vectors as it scans them (prepared, in cluster order): memory-mapped
         catalog.json       path, label, content hash and cluster of every indexed image
         embeddings.npy     the descriptors, row i = catalog entry i
+        probes.npz         a few fitted images and their descriptors: what ties the encoder to this bundle
+      LEDGER.json          what outlives the bundles: the id the next indexed image gets (restoring an older
+                           bundle never hands out an id again) and the restore points (see kept_bundles)
 
 :class:`Bundle` reads and checks all of it (:meth:`Bundle.load`) and writes it (:meth:`Bundle.save`)
 through an :class:`ArtifactWriter`, which stages a new folder and only then points CURRENT at it,
@@ -33,13 +36,13 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from .catalog import Catalog
 from .config import FitConfig
-from .errors import ArtifactError
+from .errors import ArtifactError, shown
 from .index import ClusteredIndex
 from .manifest import FORMAT_VERSION, LEGACY_VERSION, READABLE_VERSIONS, Manifest
 
@@ -47,14 +50,18 @@ log = logging.getLogger(__name__)
 
 LEGACY_INDEX = "index.joblib"
 POINTER = "CURRENT"
+LEDGER = "LEDGER.json"
 LOCK = ".lock"
-MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS = (
+MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS, PROBES = (
     "manifest.json", "encoder.keras", "encoder.tflite", "autoencoder.keras", "index.npz", "index_vectors.npy",
-    "catalog.json", "embeddings.npy")
-REQUIRED_FILES = (MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS)
-MODEL_FILES = (ENCODER, EXPORT, AUTOENCODER)
+    "catalog.json", "embeddings.npy", "probes.npz")
+REQUIRED_FILES = (MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS, PROBES)
+MODEL_FILES = (ENCODER, EXPORT, AUTOENCODER, PROBES)  # written by a fit, shared by the bundles of its changes
 # where a file appeared: a bundle of an older format has no such file
-SINCE_VERSION = {INDEX_VECTORS: 5, EXPORT: 6}
+SINCE_VERSION = {INDEX_VECTORS: 5, EXPORT: 6, PROBES: 7}
+MAX_EXPORT_BYTES = 512 * 1024 * 1024  # a larger export is refused before it is read (a fit's: 5 to 20 MB)
+PROBE_IMAGES = 2  # fitted images whose descriptors the encoder must give again, whenever it is loaded
+PROBE_MIN_COSINE = 0.999  # per probe image: an export gives 0.99999 (checked at the fit), float16 on a GPU 0.9999
 _STAGING_PREFIX = ".staging-"
 _BUNDLE_PREFIXES = ("bundle-", "fit-")  # "fit-": folders written before format 4
 
@@ -107,9 +114,10 @@ class ArtifactWriter:
             raise ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror or exc}); the previous "
                                 f"bundle is unchanged") from None
 
-    def commit(self, version: int = FORMAT_VERSION, keep: int = 2) -> Path:
-        """Move the staged bundle (of format ``version``) into place, point CURRENT at it, and keep
-        the ``keep`` newest bundles (the previous ones can be restored: :func:`restore`)."""
+    def commit(self, version: int = FORMAT_VERSION, keep: int = 2, next_id: int = 0) -> Path:
+        """Move the staged bundle (of format ``version``) into place, point CURRENT at it, raise the
+        folder's id high-water mark to ``next_id``, and keep the bundles :func:`kept_bundles` names
+        (the earlier ones can be restored: :func:`restore`)."""
         missing = [name for name in required_files(version) if not (self.path / name).exists()]
         if missing:
             raise ArtifactError(f"cannot commit the bundle: {', '.join(missing)} not written")
@@ -117,22 +125,109 @@ class ArtifactWriter:
         final = self.root / f"{_BUNDLE_PREFIXES[0]}{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
         self.path.rename(final)
         self.path = None
+        ledger = _read_ledger(self.root)
+        ledger["next_id"] = max(next_id, ledger["next_id"])
+        parent, lost = _dropped(final)
+        if lost:
+            ledger["restore_points"][parent] = max(lost, ledger["restore_points"].get(parent, 0))
+        _write_durably(self.root / LEDGER, json.dumps(ledger))  # before CURRENT moves
         self.point_at(final)
-        for old in bundles(self.root)[:-max(1, keep)]:
-            if old != final:
+        kept = kept_bundles(self.root, keep)
+        for old in bundles(self.root):
+            if old != final and old not in kept:
                 shutil.rmtree(old, ignore_errors=True)
+        ledger["restore_points"] = {name: count for name, count in ledger["restore_points"].items()
+                                    if (self.root / name) in kept}
+        _write_durably(self.root / LEDGER, json.dumps(ledger))
         return final
 
     def point_at(self, folder: Path) -> None:
         """Make ``folder`` (a committed bundle of this artifacts folder) the current one, durably."""
         _sync_folder(self.root)  # the bundle's own entry
-        pointer_tmp = self.root / f"{POINTER}.tmp-{os.getpid()}"
-        with open(pointer_tmp, "w") as handle:
-            handle.write(folder.name + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(pointer_tmp, self.root / POINTER)
-        _sync_folder(self.root)
+        _write_durably(self.root / POINTER, folder.name + "\n")
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Replace the small file ``path`` with ``text`` atomically and durably (its folder synced)."""
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _sync_folder(path.parent)
+
+
+def read_next_id(artifacts_dir: str | os.PathLike) -> int:
+    """The id the next indexed image of ``artifacts_dir`` gets at least: its high-water mark, which
+    outlives every bundle (0 when there is none yet: the bundles' own then rule)."""
+    return _read_ledger(Path(artifacts_dir))["next_id"]
+
+
+def _read_ledger(root: Path) -> dict[str, Any]:
+    """The artifacts folder's ledger, checked: an unreadable or tampered one counts as empty (the
+    bundles' own next ids still hold; restore points are kept by age alone until the next drop)."""
+    empty: dict[str, Any] = {"next_id": 0, "restore_points": {}}
+    try:
+        raw = json.loads((root / LEDGER).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return empty
+    points = raw.get("restore_points") if isinstance(raw, dict) else None
+    if (not isinstance(raw, dict) or type(raw.get("next_id")) is not int or raw["next_id"] < 0
+            or not isinstance(points, dict) or not all(type(n) is int and n > 0 for n in points.values())):
+        log.warning("%s: unreadable ledger, ignored", root / LEDGER)
+        return empty
+    return {"next_id": raw["next_id"], "restore_points": points}
+
+
+def kept_bundles(artifacts_dir: str | os.PathLike, keep: int) -> set[Path]:
+    """The bundles a commit keeps, so that neither a run of small changes nor a restore can take
+    away the way back from a large loss:
+
+    - the ``keep`` newest;
+    - the ``keep`` newest *restore points*: each bundle that a later change dropped images from (a
+      sync, a removal, a ``--move-to``; a new fit drops all of them), as the ledger records them;
+    - the restore point of the largest drop, however old.
+
+    An add drops nothing and a change that changes nothing writes no bundle, so neither uses up a
+    restore point.
+    """
+    folders = bundles(artifacts_dir)
+    kept = set(folders[-max(1, keep):])
+    dropped = _read_ledger(Path(artifacts_dir))["restore_points"]
+    points = [folder for folder in folders if dropped.get(folder.name, 0) > 0]
+    kept |= set(points[-max(1, keep):])
+    if points:
+        kept.add(max(points, key=lambda folder: dropped[folder.name]))
+    return kept
+
+
+def _dropped(folder: Path) -> tuple[Optional[str], int]:
+    """(the bundle ``folder`` was made from, how many of its images the change dropped): every one
+    for a new fit, the removed ones for an add, sync or removal, none for an upgrade."""
+    parent, created, changes, _ = _lineage(folder)
+    if parent is None or not (folder.parent / parent).is_dir():
+        return parent, 0
+    _, parent_created, parent_changes, parent_images = _lineage(folder.parent / parent)
+    if created != parent_created:  # a new fit
+        return parent, parent_images
+    if len(changes) > len(parent_changes) and isinstance(changes[-1], dict):
+        removed = changes[-1].get("removed", 0)
+        return parent, removed if type(removed) is int and removed > 0 else 0
+    return parent, 0
+
+
+def _lineage(folder: Path) -> tuple[Optional[str], Any, list, int]:
+    """(parent, created, changes, images) of a bundle's manifest, as far as it can be read."""
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None, None, [], 0
+    if not isinstance(raw, dict):
+        return None, None, [], 0
+    changes, images = raw.get("changes"), raw.get("images")
+    return (raw.get("parent") if isinstance(raw.get("parent"), str) else None, raw.get("created"),
+            changes if isinstance(changes, list) else [], images if type(images) is int else 0)
 
 
 def bundles(artifacts_dir: str | os.PathLike) -> list[Path]:
@@ -155,9 +250,9 @@ def restore(artifacts_dir: str | os.PathLike, name: Optional[str] = None) -> Pat
             chosen = kept[: kept.index(current) if current in kept else len(kept)][-1:]
         if not chosen:
             available = ", ".join(folder.name for folder in kept) or "none"
-            raise ArtifactError(f"{writer.root}: no {'bundle ' + name if name else 'older bundle'} to restore "
+            raise ArtifactError(f"{writer.root}: no {'bundle ' + shown(name, 80) if name else 'older bundle'} to restore "
                                 f"(kept: {available})")
-        Bundle.load_folder(chosen[0])  # refuses one that is incomplete or corrupt
+        Bundle.load_folder(chosen[0]).check_export_file()  # refuses one that is incomplete or corrupt
         writer.point_at(chosen[0])
         return chosen[0]
 
@@ -179,7 +274,7 @@ def _sync_folder(folder: Path, files: bool = False) -> None:
 
 def _remove_abandoned(root: Path) -> None:
     """Delete staging folders and pointer files left by writers whose process no longer runs."""
-    for leftover in [*root.glob(f"{_STAGING_PREFIX}*"), *root.glob(f"{POINTER}.tmp-*")]:
+    for leftover in [*root.glob(f"{_STAGING_PREFIX}*"), *root.glob(f"{POINTER}.tmp-*"), *root.glob(f"{LEDGER}.tmp-*")]:
         pid = leftover.name.split("-")[1] if leftover.name.startswith(_STAGING_PREFIX) else leftover.name.split("-")[-1]
         if not pid.isdigit() or not _process_alive(int(pid)):
             if leftover.is_dir():
@@ -284,8 +379,11 @@ class Bundle:
 
         The embeddings and the index's vectors are memory-mapped: the operating system reads the
         pages a search touches, and start-up and memory do not grow with the collection's vectors;
-        ``memory_map=False`` reads the index's vectors into memory instead."""
-        return cls.load_folder(current_folder(artifacts_dir, allow_pickle), allow_pickle, memory_map)
+        ``memory_map=False`` reads the index's vectors into memory instead. The next image gets an id
+        above every id this folder has handed out, in any bundle."""
+        bundle = cls.load_folder(current_folder(artifacts_dir, allow_pickle), allow_pickle, memory_map)
+        bundle.manifest.next_id = max(bundle.manifest.next_id, read_next_id(artifacts_dir))
+        return bundle
 
     @classmethod
     def load_folder(cls, folder: Path, allow_pickle: bool = False, memory_map: bool = True) -> "Bundle":
@@ -304,10 +402,7 @@ class Bundle:
         if catalog.clusters != index.assignments_.tolist():
             raise ArtifactError(f"{folder / CATALOG}: corrupt catalog (its clusters are not the index's); fit again")
         manifest.next_id = max(manifest.next_id, max(catalog.ids, default=-1) + 1)  # bundles before ids
-        bundle = cls(manifest, catalog, embeddings, index, folder)
-        if bundle.exported:
-            bundle.export()  # checked against the SHA-256 that the manifest records
-        return bundle
+        return cls(manifest, catalog, embeddings, index, folder)  # the encoder's files are read when it is used
 
     @property
     def exported(self) -> bool:
@@ -315,19 +410,49 @@ class Bundle:
         return self.manifest.format_version >= SINCE_VERSION[EXPORT]
 
     def export(self) -> bytes:
-        """The LiteRT export of the encoder, checked against the SHA-256 in the manifest."""
-        path = self.folder / EXPORT
-        if not self.exported:
-            raise ArtifactError(f"{self.folder}: a bundle made before format {FORMAT_VERSION} has no LiteRT export; add "
-                                f"it with: imgsim upgrade --artifacts {self.folder.parent} (or use --runtime keras)")
+        """The LiteRT export of the encoder, checked against the SHA-256 in the manifest (its size
+        first: one over MAX_EXPORT_BYTES is refused unread)."""
+        path = self._export_path()
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise ArtifactError(f"{path}: cannot read the encoder's export ({exc.strerror}); fit again") from None
-        if hashlib.sha256(data).hexdigest() != self.manifest.export_sha256:
-            raise ArtifactError(f"{path}: the encoder's export is not the one this bundle was made with (SHA-256 "
-                                f"differs from the manifest's); fit again")
+        self._check_export_sha256(hashlib.sha256(data).hexdigest())
         return data
+
+    def check_export_file(self) -> None:
+        """Check the export's size and SHA-256 as :meth:`export` does, reading it in blocks (memory
+        stays flat): for commands that keep a bundle without running its encoder."""
+        if not self.exported:
+            return
+        path, digest = self._export_path(), hashlib.sha256()
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read the encoder's export ({exc.strerror}); fit again") from None
+        self._check_export_sha256(digest.hexdigest())
+
+    def _export_path(self) -> Path:
+        """The export's path, once it is known to be there and not too large to read."""
+        path = self.folder / EXPORT
+        if not self.exported:
+            raise ArtifactError(f"{self.folder}: a bundle made before format 6 has no LiteRT export; add it with: "
+                                f"imgsim upgrade --artifacts {self.folder.parent} (or use --runtime keras)")
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read the encoder's export ({exc.strerror}); fit again") from None
+        if size > MAX_EXPORT_BYTES:
+            raise ArtifactError(f"{path}: the encoder's export is {size:,} bytes, over the {MAX_EXPORT_BYTES:,}-byte "
+                                f"limit of any fit's; fit again")
+        return path
+
+    def _check_export_sha256(self, digest: str) -> None:
+        if digest != self.manifest.export_sha256:
+            raise ArtifactError(f"{self.folder / EXPORT}: the encoder's export is not the one this bundle was made with "
+                                f"(SHA-256 differs from the manifest's); fit again")
 
     def encoder(self, runtime: Optional[str] = None):
         """The fit's encoder ready to run (:class:`pipeline.runtime.Encoder`), on ``runtime``
@@ -336,18 +461,54 @@ class Bundle:
 
         runtime = resolve_runtime(runtime)
         if runtime not in self._encoders:
-            encoder = LiteRTEncoder(self.export()) if runtime == "litert" else KerasEncoder(self.keras_encoder())
-            if encoder.image_size != self.settings.image_size or encoder.dims != self.embeddings.shape[1]:
+            expected = (self.settings.image_size, int(self.embeddings.shape[1]))
+            if runtime == "litert":
+                encoder = LiteRTEncoder(self.export(), expected=expected, source=str(self.folder / EXPORT))
+            else:
+                encoder = KerasEncoder(self.keras_encoder())
+            if (encoder.image_size, encoder.dims) != expected:
                 raise ArtifactError(f"{self.folder}: the encoder takes {encoder.image_size} px images to "
                                     f"{encoder.dims} values, the manifest says {self.settings.image_size} px and the "
                                     f"embeddings have {self.embeddings.shape[1]} values; fit again")
+            self._check_probes(encoder)
             self._encoders[runtime] = encoder
         return self._encoders[runtime]
+
+    def _check_probes(self, encoder) -> None:
+        """ArtifactError unless ``encoder`` gives the stored probe images the descriptors the fit gave
+        them, and those are the indexed ones of the same images (where still indexed): a model that
+        merely has the right shapes (another fit's, re-hashed into this manifest) is refused."""
+        if self.manifest.format_version < SINCE_VERSION[PROBES]:
+            return
+        path = self.folder / PROBES
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                images, descriptors, hashes = stored["images"], stored["descriptors"], stored["hashes"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise ArtifactError(f"{path}: cannot load the probe images ({exc}); fit again") from None
+        size, dims = self.settings.image_size, self.embeddings.shape[1]
+        if (images.dtype != np.uint8 or images.shape[1:] != (size, size, 3) or not 0 < len(images) <= 16
+                or descriptors.shape != (len(images), dims) or descriptors.dtype != np.float32
+                or hashes.shape != (len(images),) or hashes.dtype.kind != "U"):
+            raise ArtifactError(f"{path}: corrupt probe images (not {size} px images with their {dims}-value "
+                                f"descriptors and content hashes); fit again")
+        cosine = min_cosine(encoder.encode(images), descriptors)
+        if not cosine >= PROBE_MIN_COSINE:  # also catches nan
+            raise ArtifactError(f"{self.folder}: the encoder is not the one this bundle's images were embedded with "
+                                f"(its descriptors of the stored probe images differ, cosine {cosine:.4f}); fit again")
+        wanted = set(hashes.tolist())
+        rows = {digest: row for row, digest in enumerate(self.catalog.hashes) if digest in wanted}
+        present = [number for number, digest in enumerate(hashes.tolist()) if digest in rows]
+        if present and not min_cosine(descriptors[present], np.asarray(self.embeddings[
+                [rows[hashes[number]] for number in present]])) >= PROBE_MIN_COSINE:
+            raise ArtifactError(f"{path}: the probe images' descriptors are not those indexed for the same images; "
+                                f"fit again")
 
     def model_bytes(self, runtime: str) -> bytes:
         """The encoder's file that ``runtime`` loads, for workers elsewhere: the export (checked),
         or the Keras model."""
         if runtime == "litert":
+            self.encoder(runtime)  # checked here before workers elsewhere run it
             return self.export()
         try:
             return (self.folder / ENCODER).read_bytes()
@@ -386,7 +547,7 @@ class Bundle:
         nearest cluster and gets a new id); their ids."""
         rows = self.index.add(vectors)
         catalog.clusters = self.index.assignments_[rows].tolist()
-        catalog.ids = list(range(self.manifest.next_id, self.manifest.next_id + len(catalog)))
+        catalog.ids = list(range(self.manifest.next_id, self.manifest.next_id + len(catalog)))  # see Bundle.load
         self.manifest.next_id += len(catalog)
         self.catalog = self.catalog + catalog
         self.embeddings = np.concatenate([np.asarray(self.embeddings), np.asarray(vectors, dtype=np.float32)])
@@ -418,8 +579,10 @@ class Bundle:
         self.catalog.clusters = self.index.assignments_.tolist()
         (staging / CATALOG).write_text(json.dumps(self.catalog.columns()))
         self.manifest.images = len(self.catalog)
+        current = pointed_folder(writer.root)  # under the writer's lock: the bundle this one replaces
+        self.manifest.parent = current.name if current is not None else None
         (staging / MANIFEST).write_text(json.dumps(self.manifest.to_dict(), indent=2))
-        self.folder = writer.commit(self.manifest.format_version, self.settings.keep_bundles)
+        self.folder = writer.commit(self.manifest.format_version, self.settings.keep_bundles, self.manifest.next_id)
         return self.folder
 
 
@@ -447,6 +610,24 @@ def _load_embeddings(folder: Path) -> np.ndarray:
     if not all_finite(embeddings):
         raise ArtifactError(f"{path}: the embeddings hold values that are not finite (NaN or infinity); fit again")
     return embeddings
+
+
+def save_probes(folder: Path, images: np.ndarray, descriptors: np.ndarray, hashes: Sequence[str]) -> None:
+    """Write a fit's probe images (uint8), the descriptors it indexed for them and their content
+    hashes into ``folder``: what :meth:`Bundle.encoder` checks every encoder against."""
+    np.savez(folder / PROBES, images=np.asarray(images, np.uint8), descriptors=np.asarray(descriptors, np.float32),
+             hashes=np.asarray(list(hashes), dtype="<U40"))
+
+
+def min_cosine(found: np.ndarray, expected: np.ndarray) -> float:
+    """The smallest cosine between the rows of ``found`` and of ``expected`` (1.0 for none; nan
+    where a row is not finite)."""
+    found, expected = np.asarray(found, np.float64), np.asarray(expected, np.float64)
+    if not len(found):
+        return 1.0
+    norms = np.linalg.norm(found, axis=1) * np.linalg.norm(expected, axis=1)
+    cosines = np.sum(found * expected, axis=1) / np.maximum(norms, 1e-30)
+    return float(np.nan if not np.isfinite(cosines).all() else cosines.min())
 
 
 def all_finite(array: np.ndarray, rows: int = 65_536) -> bool:

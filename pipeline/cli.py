@@ -24,11 +24,12 @@ from typing import Callable, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .config import BACKBONE_DEFAULTS, CHOICES, RUNTIMES, SETTING_HELP, WORDS, FitConfig, parse_count_or_word
+from .config import BACKBONE_DEFAULTS, CHOICES, MAX_BATCH_WINDOW_MS, RUNTIMES, SETTING_HELP, WORDS, FitConfig, parse_count_or_word
 from . import __version__
-from .errors import InputError, PipelineError
+from .errors import InputError, PipelineError, shown
 
 ARTIFACTS_HELP = "fitted artifacts folder"
+MAX_ERROR_CHARACTERS = 2000  # an error line longer than this is cut in the middle
 ALLOW_PICKLE_HELP = ("read a bundle of the previous format, whose index is a pickle: loading it can run code, so only "
                      "for a bundle you made yourself")
 
@@ -42,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         with logging_redirect_tqdm():  # log lines above the progress bars, never glued onto one
             code = args.command(args) or 0
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(str(exc), MAX_ERROR_CHARACTERS)}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -50,7 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except BrokenPipeError:  # the reader of the output went away (| head): stop quietly, as Unix tools do
         code = 1
     except OSError as exc:  # e.g. an output file in a read-only folder
-        print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        where = f"{shown(str(exc.filename))}: " if exc.filename else ""
+        print(f"error: {where}{shown(str(exc.strerror or exc))}", file=sys.stderr)
         code = 1
     _exit(code)
 
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("report", _report_flags, _report, "a self-contained HTML report of what the model learned"),
         ("serve", _serve_flags, _serve, "serve a web page at / and a JSON API at /api"),
         ("restore", _restore_flags, _restore, "make a kept earlier bundle the current one again"),
-        ("upgrade", _upgrade_flags, _upgrade, "add the LiteRT export to a bundle made before format 6"),
+        ("upgrade", _upgrade_flags, _upgrade, "bring a bundle of an older format to the current one"),
     ):
         sub = commands.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
                                   formatter_class=_HelpFormatter, allow_abbrev=False)
@@ -136,7 +138,7 @@ def print_outcome(skipped: list, artifacts: object, out=None) -> None:
     """The closing lines of a command that wrote artifacts: every skipped file, then where it went
     (on ``out``, default stdout)."""
     for item in skipped:
-        print(f"skipped {item.path}: {item.reason}", file=out)
+        print(f"skipped {shown(item.path)}: {shown(item.reason)}", file=out)
     print(f"artifacts: {artifacts}", file=out)
 
 
@@ -257,17 +259,19 @@ def _whole_at_least(least: int, most: Optional[int] = None) -> Callable[[str], i
     return parse
 
 
-def _number_from(least: float, strict: bool) -> Callable[[str], float]:
-    """A flag's type: a finite number above ``least`` (``strict``) or from it."""
+def _number_from(least: float, strict: bool, most: float = math.inf) -> Callable[[str], float]:
+    """A flag's type: a finite number above ``least`` (``strict``) or from it, and at most ``most``."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a number, got {shown(text, 40)!r}") from None
         if not (value > least if strict else value >= least) or value == math.inf:  # also refuses nan
             raise argparse.ArgumentTypeError(f"must be a finite number {'above' if strict else 'from'} {least:g}, "
-                                             f"got {text}")
+                                             f"got {shown(text, 40)}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:g}, got {shown(text, 40)}")
         return value
 
     return parse
@@ -306,7 +310,8 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"{hit.rank:>4}  {hit.distance:>8.4f}  {hit.query_distance:>8.4f}  {hit.cluster:>7}  "
                   f"{hit.label or '-':<12}  {hit.path}{marker}")
         if not result.results:
-            print(f"no indexed image within distance {args.max_distance} of the query")
+            print("the index holds no image" if not len(bundle.catalog) else
+                  f"no indexed image within distance {args.max_distance} of the query")
     if args.plot:
         from .images import decode_image
         from .plots import save_montage
@@ -321,6 +326,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("new_dir", help="folder of new images; first-level subfolder names are labels")
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
+    _mass_removal_flag(parser, "add")
     _ray_flags(parser)
     _runtime_flag(parser)
 
@@ -328,14 +334,12 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
 def _add(args: argparse.Namespace) -> None:
     from .collection import add_images
 
-    print_change(add_images(args.new_dir, args.artifacts, _engine(args)))
+    print_change(add_images(args.new_dir, args.artifacts, _engine(args), args.allow_mass_removal))
 
 
 def _sync_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help=ARTIFACTS_HELP)
-    parser.add_argument("--allow-mass-removal", action="store_true",
-                        help="let the sync drop more than the fit's max_removal_share of the index (20%% by default) "
-                             "or every image of an emptied folder; without it such a sync changes nothing")
+    _mass_removal_flag(parser, "sync")
     _ray_flags(parser)
     _runtime_flag(parser)
 
@@ -344,6 +348,14 @@ def _sync(args: argparse.Namespace) -> None:
     from .collection import sync
 
     print_change(sync(args.artifacts, _engine(args), args.allow_mass_removal))
+
+
+def _mass_removal_flag(parser: argparse.ArgumentParser, command: str) -> None:
+    emptied = " or every image of an emptied folder" if command == "sync" else ""
+    parser.add_argument("--allow-mass-removal", action="store_true",
+                        help=f"let the {command} drop more than the fit's max_removal_share of the index (20%% by "
+                             f"default), whether the files are gone or no longer decode{emptied}; without it such "
+                             f"a {command} changes nothing")
 
 
 def _ray_flags(parser: argparse.ArgumentParser) -> None:
@@ -421,7 +433,7 @@ def _duplicates(args: argparse.Namespace) -> int:
                                                "mirrored" if check is not None and check.mirrored else ""]))
                 print(f"  {member.id:>7}  {member.path}  ({member.width}x{member.height}, {mark})")
         for path in found.unreadable:
-            print(f"unreadable, not compared: {path}")
+            print(f"unreadable, not compared: {shown(path)}")
     out = sys.stderr if args.json else sys.stdout
     if args.html:
         print(f"page: {write_duplicates_page(found, bundle, args.html)}", file=out)
@@ -435,7 +447,9 @@ def _move_duplicates(groups, bundle, args: argparse.Namespace, out) -> int:
     from .collection import remove_images
     from .duplicates import move_duplicates
 
-    moved, problem = move_duplicates(groups, bundle.manifest.roots, args.move_to)
+    moved, left, problem = move_duplicates(groups, bundle.manifest.roots, args.move_to)
+    for path in left:
+        print(f"not moved, not verified as a copy on the images now: {shown(path)}", file=out)
     print(f"moved {len(moved)} files into {args.move_to}", file=out)
     if moved:
         print_change(remove_images(moved, args.artifacts), out)
@@ -522,8 +536,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=_whole_at_least(1, 65535), default=8000, help="port to listen on")
     parser.add_argument("--allow-private-urls", action="store_true",
                         help="let URL queries reach loopback and private-network addresses")
-    parser.add_argument("--batch-window-ms", type=float, default=5.0,
-                        help="queries arriving within this many ms of each other are encoded in one call (0: each alone)")
+    parser.add_argument("--batch-window-ms", type=_number_from(0, strict=False, most=MAX_BATCH_WINDOW_MS), default=5.0,
+                        metavar="MS", help="queries arriving within this many ms of each other are encoded in one call "
+                                           f"(0: each alone; at most {MAX_BATCH_WINDOW_MS:g})")
     parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument("--reload-seconds", type=_non_negative_float, default=2.0, metavar="S",
                         help="look this often for a newer bundle in the artifacts folder (from a fit, add, sync or "
@@ -602,13 +617,18 @@ def _upgrade_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _upgrade(args: argparse.Namespace) -> None:
-    from .artifacts import current_folder
+    from .artifacts import Bundle
+    from .manifest import FORMAT_VERSION
 
-    current_folder(args.artifacts)  # no fit there: one line before TensorFlow loads
+    bundle = Bundle.load(args.artifacts)  # no fit there: one line before TensorFlow loads
+    if bundle.manifest.format_version == FORMAT_VERSION:
+        print(f"the bundle is of the current format ({FORMAT_VERSION}) already: {bundle.folder}")
+        return
     from .export import upgrade  # TensorFlow: the export is made from the Keras encoder
 
-    folder, changed = upgrade(args.artifacts)
-    print(f"{'added the LiteRT export' if changed else 'the bundle has its LiteRT export already'}: {folder}")
+    folder, _ = upgrade(args.artifacts)
+    print(f"upgraded the bundle to format {FORMAT_VERSION} (the LiteRT export and the probe images, checked "
+          f"against the indexed descriptors): {folder}")
 
 
 if __name__ == "__main__":

@@ -30,11 +30,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import ArtifactWriter, Bundle, current_folder
+from .artifacts import ArtifactWriter, Bundle, all_finite, current_folder
 from .catalog import Catalog
 from .dataset import EmbeddedImages, SkippedImage
 from .engine import Engine, LocalEngine
-from .errors import ImageError, InputError, UnknownImage
+from .errors import ArtifactError, ImageError, InputError, UnknownImage
 from .images import ImageRecord, content_hash, file_stat, read_file
 
 log = logging.getLogger(__name__)
@@ -78,22 +78,27 @@ class _Plan:
     candidates: list[ImageRecord]
     gone: list[int] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
+    scanned: list[str] = field(default_factory=list)  # the folders listed whole: what is not found there is gone
 
 
 def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "artifacts",
-               engine: Optional[Engine] = None) -> CollectionChange:
+               engine: Optional[Engine] = None, allow_mass_removal: bool = False) -> CollectionChange:
     """Index the images under ``new_dir`` with the fitted encoder and clusters, embedded where
     ``engine`` runs (default: here, see :mod:`pipeline.engine`).
 
     Images already indexed (same path and same content) and unreadable files are skipped; a path
-    indexed with other content is re-embedded. Later syncs rescan ``new_dir`` too.
+    indexed with other content is re-embedded, and one that no longer decodes is dropped (as in a
+    sync, more than ``max_removal_share`` of the index only with ``allow_mass_removal``). Later
+    syncs rescan ``new_dir`` too.
     """
     current_folder(artifacts_dir)  # a clear error before anything else when there is no fit
     engine = engine or LocalEngine()
     records = engine.find_images(new_dir)
     if not records:
         raise InputError(f"{new_dir}: no image files found")
-    return _update(artifacts_dir, "add", lambda bundle: _Plan(records), engine, data_dir=str(Path(new_dir).resolve()))
+    root = str(Path(new_dir).resolve())
+    return _update(artifacts_dir, "add", lambda bundle: _Plan(records, scanned=[root]), engine,
+                   allow_mass_removal=allow_mass_removal, data_dir=root)
 
 
 def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[Engine] = None,
@@ -103,8 +108,9 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[Engine
 
     Raises InputError, and changes nothing, when one of those folders is gone, cannot be read or
     holds no image file while images from it are indexed (an unmounted disk must not empty the
-    index), or when the sync would drop more than the settings' ``max_removal_share`` of the index;
-    ``allow_mass_removal`` lets the last two through.
+    index), or when the sync would drop more than the settings' ``max_removal_share`` of the index,
+    whatever the reason (files gone, or turned unreadable); ``allow_mass_removal`` lets the last two
+    through.
     """
     engine = engine or LocalEngine()
 
@@ -123,7 +129,7 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[Engine
             for record in found:
                 on_disk.setdefault(record.path, record)
         gone = [row for row, path in enumerate(bundle.catalog.paths) if path not in on_disk]
-        return _Plan(list(on_disk.values()), gone=gone)
+        return _Plan(list(on_disk.values()), gone=gone, scanned=bundle.manifest.roots)
 
     return _update(artifacts_dir, "sync", plan, engine, allow_mass_removal=allow_mass_removal)
 
@@ -150,8 +156,9 @@ def remove_images(targets: Sequence[str], artifacts_dir: str | os.PathLike = "ar
 
 
 def is_id(text: str) -> bool:
-    """Whether ``text`` names an image by id: plain ASCII digits, short enough to be one."""
-    return text.isascii() and text.isdigit() and len(text) < 19
+    """Whether ``text`` names an image by id: plain ASCII digits without a leading zero (one spelling
+    an id), short enough to be one."""
+    return text.isascii() and text.isdigit() and len(text) < 19 and (text == "0" or not text.startswith("0"))
 
 
 @dataclass
@@ -175,10 +182,16 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
         bundle = Bundle.load(artifacts_dir)
         planned = plan(bundle)
         review = _review(bundle, planned, action)
-        if action == "sync" and not allow_mass_removal:
-            _refuse_mass_removal(bundle, lost=len(review.drop) - len(planned.removed))  # gone, or unreadable now
+        guarded = action != "remove" and not allow_mass_removal
+        if guarded:  # what is known before embedding: files gone, or no longer readable
+            _refuse_mass_removal(bundle, action, len(planned.gone), len(review.drop) - len(planned.gone))
         embedded = engine.embed(review.todo, bundle, bundle.settings, writer.path) if review.todo else None
+        if embedded is not None and not all_finite(embedded.vectors):
+            raise ArtifactError(f"{bundle.folder}: the encoder gave descriptors that are not finite (NaN or infinity); "
+                                f"nothing changed")
         change, drop = _tally(action, bundle, review, embedded)
+        if guarded:  # and what embedding found: files that no longer decode
+            _refuse_mass_removal(bundle, action, len(planned.gone), change.removed - len(planned.gone))
         unreadable = _remember_unreadable(bundle, planned, change.skipped, review.stats) if action != "remove" else None
         if not drop and not change.added and unreadable in (None, bundle.manifest.unreadable):
             log.info("nothing to change in %s", bundle.folder)
@@ -202,13 +215,16 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
     return change
 
 
-def _refuse_mass_removal(bundle: Bundle, lost: int) -> None:
-    """InputError, nothing changed, when a sync would drop more than the settings' share of the index."""
-    share = bundle.settings.max_removal_share
+def _refuse_mass_removal(bundle: Bundle, action: str, gone: int, unreadable: int) -> None:
+    """InputError, nothing changed, when an add or sync would drop more than the settings' share of
+    the index: ``gone`` files no longer there and ``unreadable`` ones that no longer read or decode."""
+    share, lost = bundle.settings.max_removal_share, gone + unreadable
     if lost > share * len(bundle.catalog):
-        raise InputError(f"{bundle.folder.parent}: this sync would drop {lost} of the {len(bundle.catalog)} indexed "
-                         f"images (more than {share:.0%}); nothing changed (if they are meant to go, sync with "
-                         f"--allow-mass-removal)")
+        reasons = " and ".join(text for count, text in ((gone, f"{gone} gone"), (unreadable, f"{unreadable} no longer "
+                                                        "readable as images")) if count)
+        raise InputError(f"{bundle.folder.parent}: this {action} would drop {lost} of the {len(bundle.catalog)} indexed "
+                         f"images ({reasons}; more than {share:.0%}); nothing changed (if they are meant to go, "
+                         f"{action} with --allow-mass-removal)")
 
 
 def _tally(action: str, bundle: Bundle, review: _Review, embedded: Optional[EmbeddedImages]
@@ -280,10 +296,10 @@ def _remember_unreadable(bundle: Bundle, plan: _Plan, skipped: list[SkippedImage
                          stats: dict[str, Optional[list[int]]]) -> dict[str, list[int]]:
     """The manifest's record of unreadable files after this update: each file skipped now, with the
     size and time it had then (a later sync reads it again only once it changes); files that were
-    read, or are no longer candidates, leave the record."""
-    candidates = {record.path for record in plan.candidates}
+    read, or are gone from the folders listed, leave the record; files elsewhere stay in it."""
+    candidates, unread = {record.path for record in plan.candidates}, {s.path for s in skipped}
     kept = {path: stat for path, stat in bundle.manifest.unreadable.items()
-            if path in candidates and path in {s.path for s in skipped}}
+            if path in unread or (path not in candidates and not any(_inside(path, root) for root in plan.scanned))}
     return {**kept, **{s.path: stats[s.path] for s in skipped if stats.get(s.path) is not None}}
 
 

@@ -25,6 +25,7 @@ DESCRIPTOR_BLOCK_SIZE = 64  # the orientation histogram is taken at this size at
 TRAINING_IMAGES = {"none": 100_000, **{name: 20_000 for name in PRETRAINED}}  # images an "auto" training sees in all
 MAX_AUTO_EPOCHS = 60
 MIN_BACKBONE_SIZE = 32  # the backbone downsamples 32 times
+MAX_BATCH_WINDOW_MS = 1000.0  # a service's batching window: a longer one would hold every upload search that long
 MAX_IMAGE_SIZE = 1024  # model input sizes above this are refused (a tampered manifest must not make queries huge)
 BACKBONE_BATCH_SIZE = 32  # images per backbone call: its activations at 224 px take about 5 MB an image
 # Settings whose default depends on the backbone (None in FitConfig means "the backbone's default");

@@ -175,8 +175,8 @@ class _Verifier:
 
     def _prepare(self, rows: set[int]) -> None:
         """Put the features of ``rows`` into the cache, finding those it lacks."""
-        missing = sorted(row for row in rows - self.ready - self.unreadable
-                         if not self.cache.has_features(self.hashes[row]))
+        missing = sorted(row for row in rows - self.ready - self.unreadable  # absent, or unsound: found again
+                         if self.cache.features(self.hashes[row]) is None)
         self.ready |= rows - set(missing) - self.unreadable
         tasks = [(self.paths[row], self.hashes[row], str(self.cache.folder)) for row in missing]
         for row, stored in zip(missing, self._map(_store_features, tasks, "local features", "img")):
@@ -408,12 +408,12 @@ def _why(keeper: _Facts, others: list[_Facts]) -> str:
 
 
 def move_duplicates(groups: list[DuplicateGroup], roots: list[str],
-                    destination: str | os.PathLike) -> tuple[list[str], Optional[str]]:
-    """Move every group's images but its keeper into ``destination``, each at its path relative to
-    the fitted folder it lies in: (the paths moved, the reason the moves stopped early or None).
-    Nothing is deleted and nothing overwritten: InputError before any move when a target exists,
-    two files would land on one target, or ``destination`` lies inside a fitted folder (a sync
-    would find the files again)."""
+                    destination: str | os.PathLike) -> tuple[list[str], list[str], Optional[str]]:
+    """Move every group's copies, verified anew (:func:`copies_to_move`), into ``destination``, each
+    at its path relative to the fitted folder it lies in: (the paths moved, the paths left because
+    they could not be verified now, the reason the moves stopped early or None). Nothing is deleted
+    and nothing overwritten: InputError before any move when a target exists, two files would land on
+    one target, or ``destination`` lies inside a fitted folder (a sync would find the files again)."""
     target_root = Path(destination).resolve()
     folders = [Path(root).resolve() for root in roots]
     for folder in folders:
@@ -421,8 +421,11 @@ def move_duplicates(groups: list[DuplicateGroup], roots: list[str],
             raise InputError(f"{destination}: inside the fitted folder {folder}; a sync would find the moved files "
                              f"again: move them elsewhere")
     moves: dict[Path, Path] = {}
+    left: list[str] = []
     for group in groups:
-        for member in group.members[1:]:
+        copies = copies_to_move(group)
+        left += [member.path for member in group.members[1:] if member not in copies]
+        for member in copies:
             source = Path(member.path)
             home = next((folder for folder in folders if folder in source.parents), source.parent)
             target = target_root / source.relative_to(home)
@@ -435,6 +438,34 @@ def move_duplicates(groups: list[DuplicateGroup], roots: list[str],
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
         except OSError as exc:
-            return moved, f"{source}: cannot move it to {target} ({exc.strerror or exc})"
+            return moved, left, f"{source}: cannot move it to {target} ({exc.strerror or exc})"
         moved.append(str(source))
-    return moved, None
+    return moved, left, None
+
+
+def copies_to_move(group: DuplicateGroup) -> list[Member]:
+    """The members of ``group`` but its keeper that are copies of it by the images themselves, now:
+    each, and the keeper, verified again against the representative from their files (as the groups
+    were: the lower id first, a mirrored retry), never from the cache, whose verdicts only spare
+    work in finding the groups. A group whose keeper fails moves nothing."""
+    representative = next(member for member in group.members if member.id == group.representative)
+    try:
+        image = decode_image(read_file(representative.path), representative.path, min_size=FEATURE_SIDE)
+    except ImageError:
+        return []
+    features = LocalFeatures.of(image)
+    mirrored = LocalFeatures.of(np.ascontiguousarray(image[:, ::-1]))
+
+    def verified(member: Member) -> bool:
+        if member is representative:
+            return True
+        try:
+            other = LocalFeatures.of(decode_image(read_file(member.path), member.path, min_size=FEATURE_SIDE))
+        except ImageError:
+            return False
+        pair = (features, other) if representative.id < member.id else (other, features)
+        return verify(*pair).same or verify_mirrored(mirrored, other).same
+
+    if not verified(group.keeper):
+        return []
+    return [member for member in group.members[1:] if verified(member)]

@@ -1,6 +1,14 @@
 """Typed errors of the package; scripts turn them into one-line messages and exit codes."""
 
 
+def shown(text: str, limit: int = 300) -> str:
+    """``text`` (a path, a URL, a name someone typed) fit for a one-line message: cut in the middle
+    past ``limit`` characters, and control characters (a newline in a file name) escaped."""
+    if len(text) > limit:
+        text = f"{text[: limit // 2]}...({len(text) - limit:,} characters)...{text[-limit // 2:]}"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class PipelineError(Exception):
     """Base of every error this package raises on purpose."""
 
@@ -22,7 +30,7 @@ class ImageError(InputError):
     """
 
     def __init__(self, source: str, reason: str, kind: str = "invalid"):
-        super().__init__(f"{source}: {reason}")
+        super().__init__(f"{shown(source)}: {reason}")
         self.source = source
         self.reason = reason
         self.kind = kind

@@ -6,7 +6,8 @@ the fit runs (:mod:`pipeline.runtime`). The export takes uint8 images, as they c
 decoder, and computes :func:`encoder_outputs`: the descriptor, each of its blocks, and the
 backbone's feature map averaged over positions (the baseline that ``evaluate`` reports).
 :func:`check_export` compares the export's descriptors of real images with the ones the Keras
-models gave them before a fit commits. This module imports TensorFlow: only a fit and ``imgsim upgrade`` use it.
+models gave them before a fit commits; a few of those images are kept in the bundle as its probes
+(:func:`pipeline.artifacts.save_probes`). This module imports TensorFlow: only a fit and ``imgsim upgrade`` use it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .artifacts import EXPORT, PROBE_IMAGES, ArtifactWriter, Bundle, min_cosine, save_probes
 from .backbone import keras_name
 from .errors import ArtifactError
+from .manifest import FORMAT_VERSION
 from .quiet import native_stderr_silenced
 from .resize import AreaResize
 
@@ -90,46 +93,61 @@ def check_export(exported, images: np.ndarray, expected: np.ndarray, path: str |
     """The smallest cosine between the descriptors of ``images`` (uint8) from ``exported`` (a
     :class:`pipeline.runtime.LiteRTEncoder`) and ``expected``, the ones the Keras models gave them
     (what a fit indexes); ArtifactError naming ``path`` when it is under MIN_COSINE."""
-    expected = np.asarray(expected, dtype=np.float64)
-    found = np.asarray(exported.encode(images), dtype=np.float64)
-    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(found, axis=1)
-    cosine = float(np.min(np.sum(expected * found, axis=1) / np.maximum(norms, 1e-30))) if len(images) else 1.0
+    cosine = min_cosine(exported.encode(images), expected)
     if not cosine >= MIN_COSINE:  # also catches nan
         raise ArtifactError(f"{path}: the LiteRT export differs from the Keras encoder (cosine {cosine:.7f} on one of "
                             f"{len(images)} images, at least {MIN_COSINE} expected); nothing was written")
     return cosine
 
 
+def probe_rows(count: int) -> np.ndarray:
+    """Which of ``count`` checked images become a bundle's probe images: spread over them."""
+    return np.unique(np.linspace(0, count - 1, min(PROBE_IMAGES, count)).astype(int))
+
+
 def upgrade(artifacts_dir: str | Path) -> tuple[Path, bool]:
-    """Add the LiteRT export to a bundle made before format 6 (``imgsim upgrade``), checked against
-    the stored descriptors of up to CHECK_IMAGES of its indexed images, as a fit checks its own; the
-    bundle's folder, and whether it changed (a bundle that has the export already is left as it is)."""
+    """Bring a bundle of an older format to the current one (``imgsim upgrade``): add the LiteRT
+    export to a bundle made before format 6, and the probe images to one made before format 7,
+    both checked against the stored descriptors of up to CHECK_IMAGES of its indexed images, as a fit
+    checks its own; the bundle's folder, and whether it changed (a current bundle is left as it is)."""
     import hashlib
 
-    from .artifacts import EXPORT, ArtifactWriter, Bundle
-    from .manifest import FORMAT_VERSION
-    from .dataset import load_image
-    from .images import ImageRecord
     from .runtime import LiteRTEncoder
 
     with ArtifactWriter(artifacts_dir) as writer:
         bundle = Bundle.load(artifacts_dir)
-        if bundle.exported:
+        if bundle.manifest.format_version == FORMAT_VERSION:
             return bundle.folder, False
-        path = writer.path / EXPORT
-        export_litert(bundle.keras_encoder(), path)
-        images, rows = [], []
-        for row, (image_path, digest) in enumerate(zip(bundle.catalog.paths, bundle.catalog.hashes)):
-            loaded = load_image(ImageRecord(image_path, None), bundle.settings.image_size, bundle.settings.max_file_bytes)
-            if isinstance(loaded, tuple) and loaded[1] == digest:  # the image as it was indexed
-                images.append(loaded[0])
-                rows.append(row)
-            if len(images) == CHECK_IMAGES:
-                break
-        if not images:
-            raise ArtifactError(f"{bundle.folder}: none of the indexed images can be read as they were indexed, to check "
-                                f"the export; nothing was written")
-        check_export(LiteRTEncoder(path.read_bytes()), np.stack(images), np.asarray(bundle.embeddings)[rows], path)
-        bundle.manifest.export_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        images, rows = _as_indexed(bundle)
+        expected = np.asarray(bundle.embeddings)[rows]
+        if bundle.exported:
+            check_export(bundle.encoder("litert"), images, expected, bundle.folder / EXPORT)
+        else:
+            path = writer.path / EXPORT
+            export_litert(bundle.keras_encoder(), path)
+            check_export(LiteRTEncoder(path.read_bytes()), images, expected, path)
+            bundle.manifest.export_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        probes = probe_rows(len(rows))
+        save_probes(writer.path, images[probes], expected[probes], [bundle.catalog.hashes[rows[i]] for i in probes])
         bundle.manifest.format_version = FORMAT_VERSION
         return bundle.save(writer), True
+
+
+def _as_indexed(bundle: Bundle) -> tuple[np.ndarray, list[int]]:
+    """Up to CHECK_IMAGES indexed images decoded as they were indexed (their files unchanged since),
+    and their catalog rows; ArtifactError when none can be."""
+    from .dataset import load_image
+    from .images import ImageRecord
+
+    images, rows = [], []
+    for row, (image_path, digest) in enumerate(zip(bundle.catalog.paths, bundle.catalog.hashes)):
+        loaded = load_image(ImageRecord(image_path, None), bundle.settings.image_size, bundle.settings.max_file_bytes)
+        if isinstance(loaded, tuple) and loaded[1] == digest:  # the image as it was indexed
+            images.append(loaded[0])
+            rows.append(row)
+        if len(images) == CHECK_IMAGES:
+            break
+    if not images:
+        raise ArtifactError(f"{bundle.folder}: none of the indexed images can be read as they were indexed, to check "
+                            f"the encoder; nothing was written")
+    return np.stack(images), rows

@@ -24,6 +24,7 @@ from .errors import ImageError
 URL_MAX_BYTES = 20 * 1024 * 1024
 URL_TIMEOUT_S = 10.0
 MAX_REDIRECTS = 5
+MAX_URL_CHARACTERS = 8192  # longer URLs are refused unfetched (and never echoed whole)
 _NON_IMAGE_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 
 
@@ -84,6 +85,9 @@ def check_url(url: str, original: Optional[str] = None) -> tuple[str, Optional[i
     """The host and port of an http(s) URL, checked without touching the network: ImageError naming
     ``original`` (default: ``url``) for a malformed URL, another scheme, or no host."""
     original = original or url
+    if len(url) > MAX_URL_CHARACTERS:
+        raise ImageError(original, f"the URL is {len(url):,} characters long, over the {MAX_URL_CHARACTERS:,} allowed",
+                         "refused")
     try:
         parsed = urlparse(url)
         if parsed.hostname and not parsed.hostname.startswith("["):

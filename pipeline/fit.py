@@ -21,14 +21,14 @@ from typing import Iterator, Optional
 import numpy as np
 
 from . import __version__
-from .artifacts import EXPORT, ArtifactWriter, Bundle
+from .artifacts import EXPORT, ArtifactWriter, Bundle, all_finite, read_next_id
 from .backbone import BACKBONES
 from .catalog import Catalog
 from .cluster import build_index
 from .config import FitConfig
 from .dataset import DecodedImages, EmbeddedImages, SkippedImage, decode_to_cache
 from .engine import Engine, LocalEngine, StagedEncoder
-from .errors import InputError
+from .errors import ArtifactError, InputError
 from .images import IMAGE_EXTENSIONS, ImageRecord, file_stat
 from .index import ClusteredIndex
 from .manifest import Manifest
@@ -90,10 +90,15 @@ def fit(
             else:  # every image through the export, the sample's again: one encoder for all
                 with clock.stage("embed rest"):
                     embedded = engine.embed(records, StagedEncoder(writer.path), config, scratch)
+        if not all_finite(embedded.vectors):
+            raise ArtifactError(f"{data_dir}: the encoder gave descriptors that are not finite (NaN or infinity); "
+                                f"nothing was written")
         with clock.stage("cluster+index"):
             index, curve = build_index(embedded.vectors, config, engine.assign)
-        manifest = _manifest(config, data_dir, embedded, writer.path, trained.history, curve, clock.seconds)
-        final = Bundle(manifest, _catalog(embedded, index, stats), embedded.vectors, index, writer.path).save(writer)
+        first_id = read_next_id(artifacts_dir)  # a new fit into the folder hands out no id of an earlier one again
+        manifest = _manifest(config, data_dir, embedded, writer.path, trained.history, curve, clock.seconds, first_id)
+        final = Bundle(manifest, _catalog(embedded, index, stats, first_id), embedded.vectors, index,
+                       writer.path).save(writer)
 
     log.info("wrote the bundle to %s", final)
     return FitSummary(
@@ -131,7 +136,7 @@ def _decode_sample(sample: list[ImageRecord], data_dir: str | os.PathLike, confi
 
 
 def _manifest(config: FitConfig, data_dir: str | os.PathLike, embedded: EmbeddedImages, folder: Path,
-              history: dict, curve: dict[int, float], seconds: dict[str, float]) -> Manifest:
+              history: dict, curve: dict[int, float], seconds: dict[str, float], first_id: int) -> Manifest:
     """The new bundle's manifest: the settings, where the images came from, what was skipped, how
     training went, the export's hash, the recall curve and the stages' times."""
     return Manifest(
@@ -145,16 +150,18 @@ def _manifest(config: FitConfig, data_dir: str | os.PathLike, embedded: Embedded
         history=history,
         recall_at_10=curve,
         stage_seconds=seconds,
-        next_id=len(embedded.records),
+        next_id=first_id + len(embedded.records),
     )
 
 
-def _catalog(embedded: EmbeddedImages, index: ClusteredIndex, stats: dict[str, Optional[list[int]]]) -> Catalog:
-    """The new bundle's catalog: each image's path, label, content hash, cluster, file stat and id."""
+def _catalog(embedded: EmbeddedImages, index: ClusteredIndex, stats: dict[str, Optional[list[int]]],
+             first_id: int) -> Catalog:
+    """The new bundle's catalog: each image's path, label, content hash, cluster, file stat and id
+    (from ``first_id`` on)."""
     records = embedded.records
     return Catalog(paths=[r.path for r in records], labels=[r.label for r in records], hashes=embedded.hashes,
                    clusters=index.assignments_.tolist(), stats=[stats[r.path] for r in records],
-                   ids=list(range(len(records))))
+                   ids=list(range(first_id, first_id + len(records))))
 
 
 def library_versions() -> dict[str, str]:

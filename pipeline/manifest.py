@@ -17,10 +17,11 @@ from typing import Any, Callable, Optional
 from .config import FitConfig
 from .errors import ArtifactError, PipelineError
 
-# 6: the LiteRT export, ids for life; 5: the index's vectors in their own file; 4: nprobe on the index;
-# 3: nprobe in the manifest
-FORMAT_VERSION = 6
-READABLE_VERSIONS = (3, 4, 5, 6)
+# 7: probe images that tie the encoder to the fitted images; 6: the LiteRT export, ids for life; 5: the index's
+# vectors in their own file; 4: nprobe on the index; 3: nprobe in the manifest
+FORMAT_VERSION = 7
+READABLE_VERSIONS = (3, 4, 5, 6, 7)
+EXPORTED_VERSION = 6  # the first with the LiteRT export
 UNEXPORTED_VERSION = 5  # what a bundle of an older format becomes when an add, sync or remove rewrites it
 LEGACY_VERSION = 2  # no backbone; read only when asked to (allow_pickle): its index is a pickle
 ACTIONS = ("add", "sync", "remove", "restore")
@@ -46,6 +47,7 @@ class Manifest:
     removed: dict[str, str] = field(default_factory=dict)  # path -> content hash of images removed by hand
     unreadable: dict[str, list[int]] = field(default_factory=dict)  # path -> [size, mtime] of files a sync skipped
     next_id: int = 0  # the id the next indexed image gets (ids are never reused)
+    parent: Optional[str] = None  # the bundle folder this one was made from (the current one when it was committed)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -73,8 +75,10 @@ class Manifest:
         except (PipelineError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{path}: corrupt settings ({exc}); fit again") from None
         known = {name: raw[name] for name in cls.__dataclass_fields__ if name in raw}
-        # older layouts are brought to the current one, but for the LiteRT export (imgsim upgrade adds it)
-        version = FORMAT_VERSION if raw.get("format_version") == FORMAT_VERSION else UNEXPORTED_VERSION
+        # older layouts are brought to the current one, but for the LiteRT export and the probes (imgsim upgrade
+        # adds them)
+        version = raw.get("format_version")
+        version = version if version in (EXPORTED_VERSION, FORMAT_VERSION) else UNEXPORTED_VERSION
         recall = {int(k): float(v) for k, v in raw.get("recall_at_10", {}).items()}
         return cls(**{**known, "settings": settings, "recall_at_10": recall, "format_version": version})
 
@@ -85,7 +89,7 @@ def _upgraded(raw: dict[str, Any]) -> dict[str, Any]:
     raw = dict(raw)
     if raw.get("format_version") == LEGACY_VERSION and isinstance(raw.get("settings"), dict):
         raw["settings"] = {"backbone": "none", **raw["settings"]}  # before the backbone, every fit learned from pixels
-    if raw.get("format_version") != FORMAT_VERSION and isinstance(raw.get("settings"), dict):
+    if raw.get("format_version") not in (EXPORTED_VERSION, FORMAT_VERSION) and isinstance(raw.get("settings"), dict):
         raw["settings"] = {"feature_pooling": "average", **raw["settings"]}  # the only pooling before format 6
     if raw.get("format_version") in (LEGACY_VERSION, 3) and isinstance(raw.get("additions", []), list):
         raw.setdefault("changes", [{"action": "add", **change} if isinstance(change, dict) else change
@@ -141,4 +145,6 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unreadable": (_mapping(_text, lambda value: type(value) is list and len(value) == 2 and all(map(_whole, value))),
                    "an object of [size, time] pairs"),
     "next_id": (_whole, "a whole number from 0"),
+    "parent": (lambda value: value is None or (_text(value) and "/" not in value and len(value) < 256),
+               "a bundle folder's name or null"),
 }

@@ -26,7 +26,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from .config import RUNTIMES
+from .config import MAX_BATCH_WINDOW_MS, MAX_IMAGE_SIZE, RUNTIMES
 from .dataset import to_model_input
 from .errors import ArtifactError, InputError
 from .quiet import native_stderr_silenced
@@ -79,7 +79,12 @@ class LiteRTEncoder:
     runtime = "litert"
     batch_size = 8  # images a call when embedding many: XNNPACK was fastest at 8 (docs/BENCHMARKS.md)
 
-    def __init__(self, model: bytes, threads: Optional[int] = None):
+    def __init__(self, model: bytes, threads: Optional[int] = None, expected: Optional[tuple[int, int]] = None,
+                 source: str = "the encoder's export"):
+        """``expected``: the (image size, descriptor values) the export must declare, checked before
+        it runs. ArtifactError naming ``source`` for anything LiteRT cannot run or that is not such an
+        encoder: no flatbuffer, no single image input of a fixed square size, no ``descriptor`` output,
+        other sizes than ``expected``, or descriptors that are not finite."""
         if litert_installed():
             from ai_edge_litert.interpreter import Interpreter
         else:
@@ -89,13 +94,23 @@ class LiteRTEncoder:
         self._turn = threading.Lock()
         with native_stderr_silenced(), warnings.catch_warnings():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
             warnings.simplefilter("ignore")  # TensorFlow's copy says it is deprecated in favour of LiteRT
-            self._interpreter = Interpreter(model_content=model, num_threads=threads or os.cpu_count() or 1)
-            self._signature = self._interpreter.get_signature_runner()
-            self._input, details = next(iter(self._signature.get_input_details().items()))
-            self.image_size = int(details["shape_signature"][1])
-            outputs = self._signature.get_output_details()
-            self.outputs, self.dims = tuple(outputs), int(outputs[DESCRIPTOR]["shape_signature"][-1])
-            self.encode_outputs(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))  # the delegate starts
+            try:  # nothing is allocated or run here: a crafted export can cost no memory before it is checked
+                self._interpreter = Interpreter(model_content=model, num_threads=threads or os.cpu_count() or 1)
+                self._signature = self._interpreter.get_signature_runner()
+                inputs, outputs = self._signature.get_input_details(), self._signature.get_output_details()
+            except Exception as exc:  # LiteRT raises assorted types for a file that is no model of its own
+                raise ArtifactError(f"{source}: not a LiteRT model that can be run ({_one_line(exc)})") from None
+            self._input, self.image_size, self.dims = _declared_shape(inputs, outputs, source)
+            self.outputs = tuple(outputs)
+            if expected is not None and (self.image_size, self.dims) != tuple(expected):
+                raise ArtifactError(f"{source}: the export takes {self.image_size} px images to {self.dims} values, the "
+                                    f"bundle says {expected[0]} px and {expected[1]} values")
+            try:  # the delegate starts
+                probe = self.encode(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+            except Exception as exc:
+                raise ArtifactError(f"{source}: the export fails to run ({_one_line(exc)})") from None
+        if not np.isfinite(probe).all():
+            raise ArtifactError(f"{source}: the export gives descriptors that are not finite (NaN or infinity)")
 
     def encode_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         with self._turn:
@@ -104,6 +119,32 @@ class LiteRTEncoder:
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return self.encode_outputs(images)[DESCRIPTOR]
+
+
+def _declared_shape(inputs: dict, outputs: dict, source: str) -> tuple[str, int, int]:
+    """(input name, image size, descriptor values) that an export declares; ArtifactError naming
+    ``source`` unless it takes one uint8 image batch of a fixed square size, at most MAX_IMAGE_SIZE,
+    and gives a ``descriptor`` of a fixed length."""
+    if len(inputs) != 1:
+        raise ArtifactError(f"{source}: the export takes {len(inputs)} inputs, not one image batch")
+    name, details = next(iter(inputs.items()))
+    shape = [int(value) for value in details["shape_signature"]]
+    if (len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or not 0 < shape[1] <= MAX_IMAGE_SIZE
+            or details["dtype"] != np.uint8):
+        raise ArtifactError(f"{source}: the export takes {np.dtype(details['dtype']).name} input of shape {shape}, not "
+                            f"uint8 images (batch, size, size, 3) of a fixed size up to {MAX_IMAGE_SIZE} px")
+    descriptor = outputs.get(DESCRIPTOR)
+    dims = [int(value) for value in descriptor["shape_signature"]] if descriptor is not None else []
+    if len(dims) != 2 or dims[1] <= 0:
+        raise ArtifactError(f"{source}: the export has no '{DESCRIPTOR}' output of a fixed length "
+                            f"(its outputs: {', '.join(sorted(outputs))[:200]})")
+    return name, shape[1], dims[1]
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message as one short line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
 class KerasEncoder:
@@ -176,6 +217,8 @@ class BatchingEncoder:
     """
 
     def __init__(self, encoder: Encoder, window_ms: float = 5.0, max_batch: int = 16):
+        if not 0 <= window_ms <= MAX_BATCH_WINDOW_MS:  # also refuses nan
+            raise InputError(f"the batching window must lie between 0 and {MAX_BATCH_WINDOW_MS:g} ms, got {window_ms}")
         self.encoder = encoder
         self.window_s = window_ms / 1000
         self._queue: queue.Queue = queue.Queue()

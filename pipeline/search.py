@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -14,11 +15,13 @@ import numpy as np
 
 from .artifacts import Bundle, pointed_folder
 from .catalog import Catalog
-from .errors import InputError, UnknownImage
+from .errors import InputError, UnknownImage, shown
 from .fetch import fetch_url
 from .images import MAX_IMAGE_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
 from .runtime import BatchingEncoder
+
+_DECIMAL = re.compile(r"[+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # what a distance may look like
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +101,12 @@ class SearchOptions:
 
 
 def parse_distance(value: Any, name: str) -> float:
-    """A distance from a request's text: a finite number from 0."""
-    try:
-        number = float(str(value)[:32])
-    except ValueError:
-        raise InputError(f"{name} must be a number, got {str(value)[:32]!r}") from None
+    """A distance from a request's text: a finite number from 0, in plain ASCII decimal notation
+    (no digits of other scripts, no underscores, which Python's ``float`` would take)."""
+    text = str(value)[:33]
+    if len(text) > 32 or not _DECIMAL.fullmatch(text):
+        raise InputError(f"{name} must be a number, got {shown(text, 32)!r}")
+    number = float(text)
     if not 0 <= number < math.inf:  # also refuses nan
         raise InputError(f"{name} must be a finite number from 0, got {str(value)[:32]}")
     return number

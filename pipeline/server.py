@@ -7,7 +7,7 @@
   ``n`` and ``nprobe`` as form fields or JSON keys. Returns the ``predict.py --json`` object.
   ``max_distance`` keeps only results at most that far from the query.
 - ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
-- ``DELETE /api/images/{id}``, ``POST /api/remove`` (JSON ``{"ids": [...]}``): remove images from the
+- ``DELETE /api/images/{id}``, ``POST /api/remove`` (JSON ``{"ids": [...]}``, at most MAX_REMOVE_BYTES): remove images from the
   index (not from the disk). Off unless the server was started with a write token; the request must
   carry it as ``Authorization: Bearer TOKEN``. Every other image keeps its id.
 - ``GET /duplicates``: a page of the groups of copies, to review and remove; ``GET
@@ -19,9 +19,11 @@ The service follows its artifacts folder: every ``reload_seconds`` it looks whet
 sync or removal has committed another bundle there, and serves that one from then on (with the
 new fit's encoder after a fit), so deleted photos stop coming back without a restart.
 
-Errors are JSON ``{"error": message}`` with status 400, 401, 403, 404, 409, 413, 415 or 422, and 503
-with Retry-After for a search refused under overload. Images are served only by catalog id, never by a
-path taken from the request. Each route's work is :class:`pipeline.service.SearchService`'s.
+Errors are JSON ``{"error": message}`` with status 400, 401, 403, 404, 408, 409, 413, 415 or 422, and 503
+with Retry-After for a search refused under overload. A request body must arrive within BODY_GRACE_S
+seconds plus one second per MIN_BODY_RATE bytes (else 408): a client that trickles its body holds a
+connection, never a search's place. Images are served only by catalog id, never by a path taken from
+the request. Each route's work is :class:`pipeline.service.SearchService`'s.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ log = logging.getLogger(__name__)
 # searches run in this many threads at most, the rest wait their turn without running: more threads than this, all
 # taking turns on the GIL, starved the event loop under overload (refusals took seconds; docs/BENCHMARKS.md)
 SEARCH_THREADS = max(4, 2 * (os.cpu_count() or 1))
+BODY_GRACE_S = 10.0  # a request body may take this long, plus a second for each MIN_BODY_RATE bytes
+MIN_BODY_RATE = 16 * 1024  # bytes a second: a 20 MB upload has 20 min, a slow-loris client at 1 byte/s 10 s
+MAX_REMOVE_BYTES = 1024 * 1024  # the body of POST /api/remove: some 100,000 ids
 _STATUS_OF_KIND = {"too_large": 413, "not_image": 415}
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -76,6 +81,7 @@ def create_app(
     reload_seconds: float = 0.0,
     allowed_hosts: Optional[Sequence[str]] = None,
     max_queue_ms: float = MAX_QUEUE_MS,
+    body_grace_s: float = BODY_GRACE_S,
 ) -> FastAPI:
     """The FastAPI application around one shared :class:`Searcher`: each route reads its request and
     calls :class:`pipeline.service.SearchService` (which says what the other arguments mean).
@@ -84,8 +90,9 @@ def create_app(
     that many seconds (while the application runs: under uvicorn, or inside ``with
     TestClient(app)``). With ``allowed_hosts``, a request whose Host header names another host is
     refused (400): a page on another site cannot reach this service through DNS rebinding. A search
-    refused by the admission limit gets 503 with Retry-After before its body is read; health and
-    stats are always answered.
+    refused by the admission limit gets 503 with Retry-After before its body is read; an admitted
+    one counts once its body has arrived (``body_grace_s``: see BODY_GRACE_S); health and stats are
+    always answered.
     """
     service = SearchService(searcher, allow_private_urls, max_upload_bytes, write_token, max_queue_ms)
     hosts = None if allowed_hosts is None else {host.lower().strip("[]") for host in allowed_hosts}
@@ -98,7 +105,7 @@ def create_app(
         if follower is not None:
             follower.cancel()
 
-    app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="Image similarity search", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     web = {name: resources.files("pipeline").joinpath(f"web/{name}").read_bytes() for name in _PAGE_FILES}
 
     app.add_middleware(_AdmissionGate, admission=service.admission)
@@ -143,18 +150,24 @@ def create_app(
             raise HTTPException(400, f"Content-Length must be a whole number of bytes, got {declared!r}")
         if len(declared) > 15 or int(declared) > max_upload_bytes:
             raise HTTPException(413, f"request of {declared} bytes is over the {max_upload_bytes}-byte limit")
-        request = await _with_capped_body(request, max_upload_bytes)  # chunked bodies declare no length
-        if content_type.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=4)
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(400, "the form needs a file field named 'image'")
-            data = await upload.read(max_upload_bytes + 1)
-            return await to_thread.run_sync(service.search_upload, data, upload.filename or "upload", form,
-                                            limiter=search_threads)
-        if content_type.startswith("application/json"):
+        if not content_type.startswith(("multipart/form-data", "application/json")):
+            raise HTTPException(415, "send multipart/form-data with an 'image' file, or JSON with a url or an id")
+        request = await _with_capped_body(request, max_upload_bytes, body_grace_s)  # chunked bodies declare no length
+        retry_after = service.admission.admit()  # counted from here: its body has arrived, its work starts
+        if retry_after is not None:
+            return _busy(retry_after)
+        try:
+            if content_type.startswith("multipart/form-data"):
+                form = await request.form(max_files=1, max_fields=4)
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise HTTPException(400, "the form needs a file field named 'image'")
+                data = await upload.read(max_upload_bytes + 1)
+                return await to_thread.run_sync(service.search_upload, data, upload.filename or "upload", form,
+                                                limiter=search_threads)
             return await to_thread.run_sync(service.search_json, await _json(request), limiter=search_threads)
-        raise HTTPException(415, "send multipart/form-data with an 'image' file, or JSON with a url or an id")
+        finally:
+            service.admission.done()
 
     @app.get("/api/images/{image_id}")
     def thumbnail(image_id: str) -> Response:
@@ -174,6 +187,7 @@ def create_app(
     @app.post("/api/remove")
     async def remove_many(request: Request) -> dict[str, Any]:
         service.authorise(request.headers.get("authorization", ""))
+        request = await _with_capped_body(request, MAX_REMOVE_BYTES, body_grace_s)
         return await run_in_threadpool(service.remove_listed, await _json(request))
 
     @app.get("/api/duplicates")
@@ -188,25 +202,25 @@ def create_app(
 
 
 class _AdmissionGate:
-    """Plain ASGI middleware that lets a search (``POST /api/search``) in only when ``admission``
-    does: else 503 with Retry-After, answered before routing and before the body is read, so that a
-    refusal costs the service as little as can be. An admitted search counts until its answer is sent."""
+    """Plain ASGI middleware that refuses a search (``POST /api/search``) that ``admission`` would
+    not let in now: 503 with Retry-After, answered before routing and before the body is read, so
+    that a refusal costs the service as little as can be. The search handler asks again once the
+    body has arrived, and from then on the search counts until its answer is sent."""
 
     def __init__(self, app: ASGIApp, admission: Admission):
         self.app, self.admission = app, admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/search":
-            return await self.app(scope, receive, send)
-        retry_after = self.admission.admit()
-        if retry_after is not None:
-            busy = JSONResponse({"error": "the server is busy; try again in a moment"}, status_code=503,
-                                headers={"Retry-After": str(retry_after)})
-            return await busy(scope, receive, send)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.admission.done()
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/search":
+            retry_after = self.admission.retry_after()
+            if retry_after is not None:
+                return await _busy(retry_after)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _busy(retry_after: int) -> JSONResponse:
+    return JSONResponse({"error": "the server is busy; try again in a moment"}, status_code=503,
+                        headers={"Retry-After": str(retry_after)})
 
 
 class _HostAndHeaders:
@@ -241,11 +255,22 @@ async def _json(request: Request) -> Any:
         raise HTTPException(400, "the request body is not valid JSON") from None
 
 
-async def _with_capped_body(request: Request, limit: int) -> Request:
+async def _with_capped_body(request: Request, limit: int, grace_s: float) -> Request:
     """The request with its body read into memory, refused (413) as soon as it passes ``limit``
-    bytes, whatever its Content-Length said; parsing then works on that bounded copy."""
+    bytes, whatever its Content-Length said, and (408) when it has not arrived within ``grace_s``
+    seconds plus one for every MIN_BODY_RATE bytes; parsing then works on that bounded copy."""
     body = bytearray()
-    async for chunk in request.stream():
+    loop, chunks = asyncio.get_running_loop(), request.stream()
+    started = loop.time()
+    while True:
+        left = started + grace_s + len(body) / MIN_BODY_RATE - loop.time()
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), timeout=max(left, 0.0))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"the request body arrived too slowly (at least {MIN_BODY_RATE} bytes a second "
+                                     f"after the first {grace_s:g} s)") from None
         body.extend(chunk)
         if len(body) > limit:
             raise HTTPException(413, f"request body over the {limit}-byte limit")

@@ -38,6 +38,7 @@ MAX_RESULTS = 100
 THUMBNAIL = 256
 MAX_QUEUE_MS = 500.0  # a search expected to wait longer than this is refused at once (503)
 MIN_TOKEN_CHARACTERS = 16
+MAX_REMOVE_IDS = 100_000
 
 
 class SearchService:
@@ -121,24 +122,30 @@ class SearchService:
             raise HTTPException(401, "removing needs the server's write token: Authorization: Bearer TOKEN")
 
     def remove(self, ids: list[str]) -> dict[str, Any]:
-        """Remove images by id from the index (not from the disk) and serve the new bundle."""
+        """Remove images by id from the index (not from the disk) and serve the new bundle; the
+        ids removed, each once."""
         for image_id in ids:
             if not is_id(image_id):
                 raise HTTPException(404, f"no image with id {image_id[:32]!r}")
+        ids = list(dict.fromkeys(ids))
         try:  # by id, in the bundle current now: an id that a sync or removal has taken out meanwhile is a 404
             change = remove_images(ids, self.searcher.bundle.folder.parent)
-        except ArtifactError as exc:  # another writer holds the bundle
-            raise HTTPException(409, str(exc)) from None
+        except ArtifactError as exc:  # another writer holds the bundle: said in the log, not to the client
+            log.warning("a removal waits: %s", exc)
+            raise HTTPException(409, "another fit, add, sync or remove is changing the collection; try again when "
+                                     "it has finished") from None
         problem = refresh(self.searcher)  # the removal is committed whatever happens here; the follower retries
         if problem is not None:
             log.warning(problem)
         return {"removed": [int(image_id) for image_id in ids], "images": change.images}
 
     def remove_listed(self, body: Any) -> dict[str, Any]:
-        """:meth:`remove` for a JSON body ``{"ids": [...]}``."""
+        """:meth:`remove` for a JSON body ``{"ids": [...]}`` (at most MAX_REMOVE_IDS)."""
         ids = body.get("ids") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not ids or not all(type(i) is int and i >= 0 for i in ids):
             raise InputError("ids must be a non-empty list of image ids (whole numbers from 0)")
+        if len(ids) > MAX_REMOVE_IDS:
+            raise InputError(f"at most {MAX_REMOVE_IDS:,} ids a request, got {len(ids):,}")
         return self.remove([str(image_id) for image_id in ids])
 
     def duplicates(self, max_distance: Optional[str] = None) -> dict[str, Any]:
@@ -195,13 +202,18 @@ class Admission:
     def expected_wait(self) -> float:
         return self.pending * self.cost_s
 
+    def retry_after(self) -> Optional[int]:
+        """None when a search would be let in now, else the seconds to wait before trying again."""
+        wait = self.expected_wait()
+        return max(1, math.ceil(wait - self.budget_s)) if wait > self.budget_s else None
+
     def admit(self) -> Optional[int]:
         """None when the search may go on (it is counted until :meth:`done`), else the seconds to
-        wait before trying again."""
+        wait before trying again (:meth:`retry_after`)."""
         with self._lock:
-            wait = self.expected_wait()
-            if wait > self.budget_s:
-                return max(1, math.ceil(wait - self.budget_s))
+            refused = self.retry_after()
+            if refused is not None:
+                return refused
             if self.pending == 0:
                 self._last_answer = time.monotonic()  # a busy spell starts: an idle one is not service time
             self.pending += 1

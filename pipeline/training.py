@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import keras
 import numpy as np
 
-from .artifacts import AUTOENCODER, ENCODER, EXPORT
+from .artifacts import AUTOENCODER, ENCODER, EXPORT, save_probes
 from .autoencoder import (FeatureAutoencoder, build_autoencoder, build_feature_autoencoder, pooled_profiles,
                           train_autoencoder)
 from .backbone import build_backbone
@@ -25,7 +25,7 @@ from .config import FitConfig
 from .dataset import DecodedImages, RowCache, TrainingBatches, split_indices, to_model_input
 from .descriptor import DescriptorHead, block_weights, build_blocks_model, image_blocks_model
 from .embed import collect, map_cache
-from .export import CHECK_IMAGES, check_export, export_litert
+from .export import CHECK_IMAGES, check_export, export_litert, probe_rows
 from .runtime import LiteRTEncoder, load_keras_model
 
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ def train_encoder(decoded: DecodedImages, config: FitConfig, folder: Path, scrat
     with clock.stage("export"):  # from the saved file: its layers belong to the encoder alone
         export_litert(load_keras_model(folder / ENCODER), folder / EXPORT)
         checked = np.unique(np.linspace(0, decoded.cache.count - 1, CHECK_IMAGES).astype(int))
-        check_export(LiteRTEncoder((folder / EXPORT).read_bytes()), decoded.cache.read(checked), descriptors[checked],
-                     folder / EXPORT)
+        images = decoded.cache.read(checked)
+        check_export(LiteRTEncoder((folder / EXPORT).read_bytes()), images, descriptors[checked], folder / EXPORT)
+        probes = probe_rows(len(checked))
+        save_probes(folder, images[probes], descriptors[checked[probes]], [decoded.hashes[checked[i]] for i in probes])
     return TrainedEncoder(descriptors, history)
 
 

@@ -27,15 +27,20 @@ The thresholds are measured on near-copies of real photos against their look-ali
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import re
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import cv2
 import numpy as np
 
+log = logging.getLogger(__name__)
 VERSION = 5  # of the features, the rule and the verdict's fields: a cache written under another version is ignored
 FEATURE_SIDE = 384  # features are found on the grayscale image scaled to at most this side
 MIN_FEATURE_SIDE = 160  # a smaller image is scaled up to this side first (a thumbnail has few corners)
@@ -53,6 +58,7 @@ BORDER_LEVELS = 3  # grey levels a flat border may vary by
 SAME_FRAMING = 0.03  # aspect ratios this close are first compared laid over each other
 ROUGH_CORRELATION = 0.7  # ... when their rough look correlates this much (copies: 0.94 or more, measured)
 
+_PAIR_KEY = re.compile(r"[0-9a-f]{40}:[0-9a-f]{40}(/mirrored)?")
 GRID = 4  # features are spread over GRID x GRID cells of the image
 _ORB = dict(nfeatures=3 * FEATURES, fastThreshold=10, edgeThreshold=15, patchSize=15)  # the candidates to spread
 
@@ -85,11 +91,20 @@ class LocalFeatures:
 
     @classmethod
     def from_arrays(cls, arrays) -> "LocalFeatures":
-        gray = cv2.imdecode(arrays["gray"], cv2.IMREAD_GRAYSCALE)
-        if gray is None:
-            raise ValueError("the cached grayscale is no JPEG")
-        return cls(arrays["points"], arrays["descriptors"], gray, tuple(int(v) for v in arrays["feature_shape"]),
-                   arrays["gray"])
+        """The features a cache file holds; ValueError unless they are what :meth:`to_arrays` writes."""
+        points, descriptors, encoded, shape = (arrays[name] for name in ("points", "descriptors", "gray",
+                                                                         "feature_shape"))
+        if (points.dtype != np.float32 or points.ndim != 2 or points.shape[1:] != (2,)
+                or descriptors.dtype != np.uint8 or descriptors.shape != (len(points), 32)
+                or len(points) > _ORB["nfeatures"] or shape.dtype != np.int64 or shape.shape != (2,)
+                or not (0 < shape).all() or not (shape <= 4 * FEATURE_SIDE).all()
+                or not np.isfinite(points).all() or (points < 0).any() or (points >= shape[::-1]).any()
+                or encoded.dtype != np.uint8 or encoded.ndim != 1):
+            raise ValueError("the cached features are not of the shapes and types this version writes")
+        gray = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+        if gray is None or gray.ndim != 2 or min(gray.shape) < 1 or max(gray.shape) > GRAY_SIDE:
+            raise ValueError("the cached grayscale is no JPEG of the stored size")
+        return cls(points, descriptors, gray, (int(shape[0]), int(shape[1])), encoded)
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,19 @@ class Verification:
         return {name: round(value, 4) if isinstance(value, float) else value for name, value in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Verification":
+    def from_dict(cls, values: Any) -> "Verification":
+        """The verdict a cache holds; ValueError unless it has every field, each of its type."""
+        if not isinstance(values, dict) or set(values) != set(cls.__dataclass_fields__):
+            raise ValueError("a verdict must have exactly the fields of Verification")
+        for name, kind in _FIELD_TYPES.items():
+            value = values[name]
+            if kind is float:
+                if type(value) not in (int, float) or not math.isfinite(value):
+                    raise ValueError(f"a verdict's {name} must be a finite number")
+            elif type(value) is not kind:
+                raise ValueError(f"a verdict's {name} must be a {kind.__name__}")
+        if values["alignment"] not in ALIGNMENTS or values["inliers"] < 0:
+            raise ValueError("a verdict's alignment or inliers is out of range")
         return cls(**values)
 
     def swapped(self) -> "Verification":
@@ -119,6 +146,9 @@ class Verification:
 
 
 NO_ALIGNMENT = Verification(False, "none", False, 0, 0.0, 0.0, 1.0, 0.0, 0.0)
+ALIGNMENTS = ("as is", "affine", "none")
+_FIELD_TYPES = {"same": bool, "alignment": str, "mirrored": bool, "inliers": int, "inlier_ratio": float,
+                "correlation": float, "changed": float, "covered_first": float, "covered_second": float}
 
 
 def verify(first: LocalFeatures, second: LocalFeatures) -> Verification:
@@ -279,29 +309,64 @@ class VerificationCache:
     :meth:`prune` drops what belongs to no indexed image any more."""
 
     def __init__(self, folder: str | os.PathLike, verdicts: bool = True):
-        """``verdicts=False``: for features only (the verdicts file is not read)."""
+        """``verdicts=False``: for features only (the verdicts file is not read). Every file is
+        checked as it is read; one that is torn, tampered or of another version is ignored (and
+        rebuilt), with one warning."""
         self.folder = Path(folder)
         self._verdicts_path = self.folder / "verdicts.json"
         self._verdicts: dict[str, dict] = {}
+        self._warned = False
         if verdicts and self._verdicts_path.is_file():
+            self._verdicts = self._read_verdicts()
+
+    def _read_verdicts(self) -> dict[str, dict]:
+        """The stored verdicts that are well formed; the others are dropped (and decided again)."""
+        try:
+            stored = json.loads(self._verdicts_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            self._warn(self._verdicts_path, "unreadable")
+            return {}
+        if not isinstance(stored, dict):
+            self._warn(self._verdicts_path, "not a verdicts file")
+            return {}
+        if stored.get("version") != VERSION:  # written by another version: its verdicts rest on another rule
+            return {}
+        pairs = stored.get("pairs")
+        if not isinstance(pairs, dict):
+            self._warn(self._verdicts_path, "its pairs are not an object")
+            return {}
+        kept = {}
+        for key, value in pairs.items():
             try:
-                stored = json.loads(self._verdicts_path.read_text())
-                if stored.get("version") == VERSION and isinstance(stored.get("pairs"), dict):
-                    self._verdicts = stored["pairs"]
-            except (OSError, ValueError):  # unreadable or torn: verify again
-                self._verdicts = {}
+                if not _PAIR_KEY.fullmatch(key):
+                    raise ValueError("not a pair of content hashes")
+                Verification.from_dict(value)
+            except ValueError:
+                continue
+            kept[key] = value
+        if len(kept) < len(pairs):
+            self._warn(self._verdicts_path, f"{len(pairs) - len(kept)} verdicts malformed")
+        return kept
+
+    def _warn(self, path: Path, reason: str) -> None:
+        """Say once per cache that a file of it was ignored."""
+        if not self._warned:
+            log.warning("%s: %s; ignored, verified anew from the images", path, reason)
+            self._warned = True
 
     def _features_path(self, content_hash: str) -> Path:
         return self.folder / f"features-v{VERSION}" / content_hash[:2] / f"{content_hash}.npz"
 
-    def has_features(self, content_hash: str) -> bool:
-        return self._features_path(content_hash).is_file()
-
     def features(self, content_hash: str) -> Optional[LocalFeatures]:
+        """The stored features of an image, or None when there are none or they are not sound."""
+        path = self._features_path(content_hash)
         try:
-            with np.load(self._features_path(content_hash), allow_pickle=False) as arrays:
+            with np.load(path, allow_pickle=False) as arrays:
                 return LocalFeatures.from_arrays(arrays)
-        except (OSError, ValueError, KeyError):
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            self._warn(path, f"unusable features ({str(exc)[:120]})")
             return None
 
     def store_features(self, content_hash: str, features: LocalFeatures) -> None:

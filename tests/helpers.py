@@ -109,3 +109,29 @@ def copy_of_fit(artifacts: Path, destination: Path) -> tuple[Path, Path]:
         text = (folder / name).read_text()
         (folder / name).write_text(text.replace(json.dumps(source)[1:-1], json.dumps(str(photos))[1:-1]))
     return copied, photos
+
+
+def serve_app(searcher, **options):
+    """Run the service for ``searcher`` (``options`` for ``create_app``) under uvicorn on a free port of 127.0.0.1 in
+    a thread; yield its base URL, then stop it."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from pipeline.server import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(searcher, **options), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

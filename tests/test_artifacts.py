@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.artifacts import LOCK, REQUIRED_FILES, ArtifactWriter, Bundle, current_folder
+from pipeline.artifacts import LOCK, LEDGER, REQUIRED_FILES, ArtifactWriter, Bundle, current_folder
 from pipeline.manifest import FORMAT_VERSION
 from pipeline.errors import ArtifactError
 from pipeline.search import SearchOptions
@@ -52,7 +52,7 @@ def test_a_failed_fit_keeps_the_previous_one_and_leaves_no_staging(tmp_path):
             (writer.path / "encoder.keras").write_text("half written")
             raise RuntimeError("training blew up")
     assert current_folder(tmp_path) == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["CURRENT", LOCK, good.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["CURRENT", LEDGER, LOCK, good.name])
 
 
 def test_staging_left_by_a_killed_fit_is_cleaned_by_the_next(tmp_path):
@@ -173,13 +173,90 @@ def _with_nan(array):
     return array
 
 
+def _edit_probes(folder, **change):
+    with np.load(folder / "probes.npz") as arrays:
+        stored = dict(arrays)
+    np.savez(folder / "probes.npz", **{**stored, **{k: f(stored[k]) for k, f in change.items()}})
+
+
 def _drop_from_index(folder, name):
     with np.load(folder / "index.npz") as arrays:
         stored = {k: v for k, v in arrays.items() if k != name}
     np.savez(folder / "index.npz", **stored)
 
 
+def _crafted_export(size=64, dims=None, outputs="descriptor", fill=None):
+    """A LiteRT export of a tiny Keras model, re-hashed into the manifest as a tamperer would: uint8 images of
+    ``size`` px (None: any) to an output ``outputs`` of ``dims`` values (default: the bundle's), each ``fill``
+    (None: computed from the image)."""
+    def corrupt(folder):
+        import tempfile
+
+        import keras
+
+        width = dims or np.load(folder / "embeddings.npy").shape[1]
+        image = keras.Input((size, size, 3), dtype="uint8", name="image")
+        pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(image))
+        vector = keras.layers.Dense(width, kernel_initializer="ones")(pooled)
+        if fill is not None:
+            vector = keras.layers.Lambda(lambda v: v * 0.0 + fill)(vector)
+        with tempfile.TemporaryDirectory() as scratch:
+            keras.Model(image, {outputs: vector}).export(f"{scratch}/m.tflite", format="litert", verbose=False)
+            _rehashed(folder, Path(f"{scratch}/m.tflite").read_bytes())
+    return corrupt
+
+
+def _rehashed(folder, data):
+    """Write ``data`` as the bundle's export and its SHA-256 into the manifest."""
+    import hashlib
+
+    (folder / "encoder.tflite").write_bytes(data)
+    _edit_json("manifest.json", lambda m: {**m, "export_sha256": hashlib.sha256(data).hexdigest()})(folder)
+
+
+def _flip_header(folder):
+    data = bytearray((folder / "encoder.tflite").read_bytes())
+    for offset in range(4, 28):
+        data[offset] ^= 0xFF
+    _rehashed(folder, bytes(data))
+
+
+def _other_fit_export(folder):
+    """The export of another fit with the same settings and shapes, re-hashed: only the probes can tell."""
+    import shutil
+
+    from helpers import CLASSES, SAMPLE, tiny_config
+    from pipeline.fit import fit
+
+    other = folder.parent.parent / "other"
+    for name in CLASSES:  # other photos of the same classes, as many as the fit's
+        (other / "photos" / name).mkdir(parents=True)
+        for path in sorted((SAMPLE / name).glob("*.jpg"))[8:16]:
+            shutil.copy2(path, other / "photos" / name / path.name)
+    fit(other / "photos", other / "artifacts", tiny_config(seed=7))
+    _rehashed(folder, (current_folder(other / "artifacts") / "encoder.tflite").read_bytes())
+
+
 CORRUPTIONS = {
+    "export-random-bytes": (lambda folder: _rehashed(folder, np.random.default_rng(0).bytes(4096)),
+                            "encoder.tflite: not a LiteRT model that can be run"),
+    "export-header-flipped": (_flip_header, "encoder.tflite: not a LiteRT model that can be run"),
+    "export-without-descriptor": (_crafted_export(outputs="features"),
+                                  "encoder.tflite: the export has no 'descriptor' output .*features"),
+    "export-dynamic-input": (_crafted_export(size=None), r"encoder.tflite: the export takes uint8 input of shape "
+                                                         r"\[-1, -1, -1, 3\], not uint8 images"),
+    "export-12000-px": (_crafted_export(size=12000), r"shape \[-1, 12000, 12000, 3\], .* up to 1024 px"),
+    "export-other-sizes": (_crafted_export(size=96), "the export takes 96 px images to .* the bundle says 64 px"),
+    "export-nan": (_crafted_export(fill=float("nan")), "the export gives descriptors that are not finite"),
+    "export-of-a-foreign-model": (_crafted_export(), "the encoder is not the one this bundle's images were embedded "
+                                                     "with"),
+    "export-of-another-fit": (_other_fit_export, "the encoder is not the one this bundle's images were embedded with"),
+    "export-over-the-size-limit": (lambda folder: os.truncate(folder / "encoder.tflite", 3 * 2**30),
+                                   "export is 3,221,225,472 bytes, over the 536,870,912-byte limit"),
+    "probes-missing": (lambda folder: os.remove(folder / "probes.npz"), "incomplete artifacts, missing probes.npz"),
+    "probes-not-the-indexed": (lambda folder: _edit_probes(folder, descriptors=lambda d: d[::-1].copy()),
+                               "the encoder is not the one|probe images' descriptors are not those indexed"),
+    "probes-of-another-shape": (lambda folder: _edit_probes(folder, images=lambda i: i[:, :8]), "corrupt probe images"),
     "manifest-a-list": (lambda folder: (folder / "manifest.json").write_text("[]"), "not a manifest"),
     "manifest-truncated": (lambda folder: _truncate(folder / "manifest.json"), "unreadable manifest"),
     "manifest-without-images": (_edit_json("manifest.json", lambda m: {k: v for k, v in m.items() if k != "images"}),
@@ -190,7 +267,7 @@ CORRUPTIONS = {
                                                                                           "image_size": 20000}}),
                                  "corrupt settings .image_size must lie between 1 and 1024, got 20000"),
     "manifest-image-size-not-the-encoders": (_edit_json("manifest.json", lambda m: {
-        **m, "settings": {**m["settings"], "image_size": 96}}), "the encoder takes 64 px images to .* says 96 px"),
+        **m, "settings": {**m["settings"], "image_size": 96}}), "takes 64 px images to .* says 96 px"),
     "manifest-change-without-its-folder": (_edit_json("manifest.json", lambda m: {
         **m, "changes": [{"action": "add", "added": 3}]}), r"corrupt manifest \(changes must be a list of adds"),
     "manifest-export-hash-a-list": (_edit_json("manifest.json", lambda m: {**m, "export_sha256": [1, 2]}),
@@ -237,7 +314,7 @@ CORRUPTIONS = {
                                 "cannot load the index"),
     "encoder-truncated": (lambda folder: _truncate(folder / "encoder.keras"), "cannot load the model"),
     "export-truncated": (lambda folder: _truncate(folder / "encoder.tflite"), "export is not the one .*SHA-256"),
-    "export-of-another-fit": (lambda folder: (folder / "encoder.tflite").write_bytes(b"TFL3" + bytes(100)),
+    "export-replaced-unhashed": (lambda folder: (folder / "encoder.tflite").write_bytes(b"TFL3" + bytes(100)),
                               "export is not the one .*SHA-256"),
     "export-missing": (lambda folder: os.remove(folder / "encoder.tflite"), "incomplete artifacts, missing encoder.tflite"),
     "current-points-nowhere": (lambda folder: (folder.parent / "CURRENT").write_text("fit-gone\n"), "incomplete artifacts"),
@@ -361,11 +438,12 @@ def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, 
                               capture_output=True, text=True, cwd=ROOT, timeout=300)
 
     process = upgrade()
-    assert process.returncode == 0 and process.stdout.startswith("added the LiteRT export: "), process.stderr
+    assert process.returncode == 0 and process.stdout.startswith(f"upgraded the bundle to format {FORMAT_VERSION} "), \
+        process.stderr
     upgraded = Bundle.load(artifacts)
     assert upgraded.exported and upgraded.manifest.format_version == FORMAT_VERSION
     assert [hit.id for hit in Searcher(upgraded).search_file(query, SearchOptions(n=8)).results] == expected
-    assert upgrade().stdout.startswith("the bundle has its LiteRT export already: ")
+    assert upgrade().stdout.startswith(f"the bundle is of the current format ({FORMAT_VERSION}) already: ")
 
 
 def test_a_fit_whose_export_differs_from_its_encoder_fails_and_keeps_the_previous_bundle(fitted_copy, photos, monkeypatch):

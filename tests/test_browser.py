@@ -4,15 +4,12 @@ text."""
 
 import os
 import shutil
-import socket
 import threading
 import time
 
 import pytest
-import uvicorn
 
-from helpers import copy_subset, save_near_copy, tiny_config
-from pipeline.server import create_app
+from helpers import copy_subset, save_near_copy, serve_app, tiny_config
 from pipeline.search import SearchOptions
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -22,25 +19,9 @@ HOSTILE_LABEL = "<img src=x onerror=window.hacked=1>"
 WRITE_TOKEN = "a-write-token-long-enough"
 
 
-def _serve(searcher, **options):
-    """Run the app for ``searcher`` (``options`` for ``create_app``) on a free port in a thread; yield its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(searcher, **options), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server_url(searcher):
-    yield from _serve(searcher)
+    yield from serve_app(searcher)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +41,7 @@ def hostile_server_url(hostile_artifacts):
     from pipeline.artifacts import Bundle
     from pipeline.search import Searcher
 
-    yield from _serve(Searcher(Bundle.load(hostile_artifacts)))
+    yield from serve_app(Searcher(Bundle.load(hostile_artifacts)))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +57,7 @@ def copies_server_url(tmp_path_factory):
         save_near_copy(original, kind, original.with_name(f"copy-{kind}.jpg"), seed)
     artifacts = tmp_path_factory.mktemp("copies-artifacts")
     fit(data, artifacts, tiny_config(image_size=224))
-    yield from _serve(Searcher(Bundle.load(artifacts)), write_token=WRITE_TOKEN)
+    yield from serve_app(Searcher(Bundle.load(artifacts)), write_token=WRITE_TOKEN)
 
 
 def _launch(playwright):
@@ -181,7 +162,7 @@ def slow_server(fitted):
     slow = Searcher(Bundle.load(fitted[0]))
     search_bytes = slow.search_bytes
     slow.search_bytes = lambda *args: time.sleep(4) or search_bytes(*args)
-    for url in _serve(slow, max_queue_ms=0):
+    for url in serve_app(slow, max_queue_ms=0):
         yield url, slow.catalog.paths[0]
 
 

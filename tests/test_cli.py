@@ -149,6 +149,13 @@ _REPORT_WHAT_LOADED = (  # the command, then which of the model's libraries it i
     (["fit", "."], f".: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"),
     (["serve", "--port", "99999"],
      "imgsim serve: argument --port: must be at most 65535, got 99999 (see imgsim serve --help)"),
+    *[(["serve", "--batch-window-ms", value], f"imgsim serve: argument --batch-window-ms: {reason}, got {value} (see "
+                                               f"imgsim serve --help)")
+      for value, reason in (("nan", "must be a finite number from 0"), ("inf", "must be a finite number from 0"),
+                            ("1e9", "must be at most 1000"), ("-1", "must be a finite number from 0"))],
+    (["predict", "--url", "http://127.0.0.1/" + "x" * 70_000],
+     "http://127.0.0.1/" + "x" * 133 + "...(69,717 characters)..." + "x" * 150 + ": the URL is 70,017 characters long, "
+     "over the 8,192 allowed"),
     (["upgrade"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
     (["report"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
     (["sync"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
@@ -207,3 +214,64 @@ def test_tensorboard_flags_without_tensorboard_say_how_to_get_it(monkeypatch):
                         lambda name, *rest: None if name == "tensorboard" else real(name, *rest))
     with pytest.raises(InputError, match=r'^TensorBoard is not installed: pip install -e "\.\[tensorboard\]"$'):
         require_tensorboard()
+
+
+def test_names_people_typed_are_shown_on_one_short_line(fitted_copy, tmp_path):
+    """A path with a newline, a 5,000-character bundle name: escaped and cut, never a second line (issue 29)."""
+    def imgsim(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--artifacts", str(fitted_copy)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+    removed = imgsim("remove", str(tmp_path / "two\nlines.jpg"))
+    assert removed.returncode == 2
+    assert removed.stderr.splitlines() == [f"error: {tmp_path}/two\\nlines.jpg: no indexed image has this path or id; "
+                                           f"nothing removed"]
+    restored = imgsim("restore", "b" * 5000)
+    assert restored.returncode == 2 and len(restored.stderr.splitlines()) == 1 and len(restored.stderr) < 400
+    assert "...(4,920 characters)..." in restored.stderr
+
+
+def test_a_query_against_an_empty_index_says_so(fitted_copy, photos, tmp_path):
+    from pipeline.artifacts import Bundle
+    from pipeline.collection import remove_images
+
+    remove_images([str(image_id) for image_id in Bundle.load(fitted_copy).catalog.ids], fitted_copy)
+    process = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "--file",
+                              str(next(photos.rglob("*.jpg"))), "--artifacts", str(fitted_copy)],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.splitlines()[-1] == "the index holds no image"
+
+
+def test_commands_that_never_run_the_encoder_never_read_an_oversized_export(fitted_copy, tmp_path):
+    """remove, duplicates and restore --list beside a 3 GB export (sparse, re-hashed) stay small; predict refuses it
+    unread (issue 29)."""
+    import hashlib
+    import json
+
+    from pipeline.artifacts import current_folder
+
+    folder = current_folder(fitted_copy)
+    (folder / "encoder.tflite").unlink()
+    with open(folder / "encoder.tflite", "wb") as handle:
+        handle.truncate(3 * 2**30)
+    digest = hashlib.sha256()
+    with open(folder / "encoder.tflite", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "export_sha256": digest.hexdigest()}))
+    peak = ("import resource, subprocess, sys; process = subprocess.run(sys.argv[1:]); "
+            "print(process.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    for command in (["remove", "3"], ["duplicates"], ["restore", "--list"]):
+        process = subprocess.run([sys.executable, "-c", peak, sys.executable, "-m", "pipeline.cli", *command,
+                                  "--artifacts", str(fitted_copy)], capture_output=True, text=True, cwd=tmp_path,
+                                 timeout=300)
+        code, peak_kb = map(int, process.stdout.split()[-2:])
+        assert code == 0 and peak_kb < 1024 * 1024, (command, process.stdout, process.stderr)  # 3 GB if read
+    refused = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "--file", manifest["data_dir"] +
+                              "/hat/" + sorted(os.listdir(manifest["data_dir"] + "/hat"))[0], "--artifacts",
+                              str(fitted_copy)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1].endswith(
+        "encoder.tflite: the encoder's export is 3,221,225,472 bytes, over the 536,870,912-byte limit of any fit's; "
+        "fit again")

@@ -195,7 +195,7 @@ def test_a_sync_that_would_drop_a_fifth_of_the_index_must_be_told_and_can_be_und
     before = current_folder(artifacts)
     for path in sorted((photos / "hat").glob("*.jpg"))[:4]:  # 4 of 18: 22%
         path.unlink()
-    with pytest.raises(InputError, match=r"this sync would drop 4 of the 18 indexed images \(more than 20%\); "
+    with pytest.raises(InputError, match=r"this sync would drop 4 of the 18 indexed images \(4 gone; more than 20%\); "
                                          r"nothing changed \(if they are meant to go, sync with --allow-mass-removal\)"):
         sync(artifacts)
     assert current_folder(artifacts) == before
@@ -346,3 +346,94 @@ def test_a_sync_or_removal_with_nothing_to_embed_loads_no_model(collection):
     assert process.returncode == 0, process.stderr
     assert process.stdout.split() == ["1", "1", "False", "False"]  # a deletion synced, an image removed, no model
     assert len(Bundle.load(artifacts).catalog) == 16
+
+
+def test_photos_turned_undecodable_count_against_the_mass_removal_share(collection):
+    """Junked or emptied photos are dropped by a sync only within the share, like deleted ones (issue 29, 1)."""
+    photos, _, artifacts = collection
+    before = current_folder(artifacts)
+    junked = sorted(photos.rglob("*.jpg"))[:5]
+    for number, path in enumerate(junked):
+        path.write_bytes(b"" if number < 2 else np.random.default_rng(number).bytes(5000))
+    message = (r"this {0} would drop 5 of the 18 indexed images \(5 no longer readable as images; more than 20%\); "
+               r"nothing changed \(if they are meant to go, {0} with --allow-mass-removal\)")
+    with pytest.raises(InputError, match=message.format("sync")):
+        sync(artifacts)
+    with pytest.raises(InputError, match=message.format("add")):  # the fitted folder added again: the same guard
+        add_images(photos, artifacts)
+    assert current_folder(artifacts) == before
+    one_more = sorted(photos.rglob("*.jpg"))[-1]
+    one_more.unlink()
+    with pytest.raises(InputError, match=r"drop 6 of the 18 indexed images \(1 gone and 5 no longer readable"):
+        sync(artifacts)
+    change = sync(artifacts, allow_mass_removal=True)
+    assert (change.removed, change.images) == (6, 12) and len(change.skipped) == 5
+
+
+def test_ids_are_never_reused_after_a_restore_or_a_new_fit(collection, tmp_path):
+    from pipeline.artifacts import restore
+    from pipeline.collection import remove_images
+    from pipeline.fit import fit
+
+    photos, spare, artifacts = collection
+    first, second = tmp_path / "shirts" / "shoes", tmp_path / "skirts" / "shoes"
+    for folder, sources in ((first, spare), (second, sorted((SAMPLE / "shoes").glob("*.jpg"))[3:6])):
+        folder.mkdir(parents=True)
+        for source in sources:
+            shutil.copy2(source, folder / source.name)
+    add_images(first.parent, artifacts)
+    added = Bundle.load(artifacts).catalog
+    assert added.ids[-3:] == [18, 19, 20]
+    restore(artifacts)
+    assert Bundle.load(artifacts).catalog.ids == list(range(18))
+    add_images(second.parent, artifacts)
+    catalog = Bundle.load(artifacts).catalog
+    assert catalog.ids[-3:] == [21, 22, 23]  # not 18-20: a client holding 18 means a shirt, never a skirt
+    assert catalog.paths[-3:] == [str(second / source.name) for source in sorted((SAMPLE / "shoes").glob("*.jpg"))[3:6]]
+    with pytest.raises(InputError, match="18: no indexed image has this path or id"):
+        remove_images(["18"], artifacts)
+    fit(photos, artifacts, tiny_config())  # a new fit into the same folder starts above them too
+    assert Bundle.load(artifacts).catalog.ids == list(range(24, 42))
+
+
+def test_a_change_that_changes_nothing_writes_no_bundle(collection, tmp_path):
+    from pipeline.artifacts import bundles
+
+    photos, spare, artifacts = collection
+    extra = tmp_path / "extra" / "shoes"
+    extra.mkdir(parents=True)
+    shutil.copy2(spare[0], extra / spare[0].name)
+    (extra / "broken.jpg").write_bytes(b"not an image")
+    (photos / "hat" / "broken.jpg").write_bytes(b"not an image either")
+    add_images(extra.parent, artifacts)
+    sync(artifacts)
+    kept = bundles(artifacts)
+    assert add_images(extra.parent, artifacts).artifacts == kept[-1]  # an add of an indexed folder
+    assert add_images(photos, artifacts).artifacts == kept[-1]
+    assert sync(artifacts).artifacts == kept[-1]
+    shutil.move(photos / "pants", tmp_path / "pants-away")  # a folder moved away and back between two syncs
+    shutil.move(tmp_path / "pants-away", photos / "pants")
+    assert sync(artifacts).artifacts == kept[-1]
+    assert bundles(artifacts) == kept
+
+
+def test_restore_points_outlive_small_changes(collection, tmp_path):
+    """Two bundles kept, yet the one before a large drop can be restored after several small changes."""
+    from pipeline.artifacts import bundles, restore
+    from pipeline.collection import remove_images
+
+    photos, spare, artifacts = collection
+    fitted = current_folder(artifacts)
+    for path in sorted((photos / "hat").glob("*.jpg")):
+        path.unlink()
+    assert sync(artifacts, allow_mass_removal=True).removed == 6
+    for number, source in enumerate(spare):  # three small adds
+        folder = tmp_path / f"more{number}" / "shoes"
+        folder.mkdir(parents=True)
+        shutil.copy2(source, folder / source.name)
+        add_images(folder.parent, artifacts)
+    for image_id in ("0", "1"):  # two small removals
+        remove_images([image_id], artifacts)
+    assert fitted in bundles(artifacts) and len(bundles(artifacts)) <= 2 + 2 + 1
+    assert restore(artifacts, fitted.name) == fitted
+    assert len(Bundle.load(artifacts).catalog) == 18

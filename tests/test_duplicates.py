@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -205,3 +206,89 @@ def test_an_unreadable_file_is_listed_and_never_grouped(with_copies, tmp_path):
     os.unlink(gone)
     found = find_duplicates(bundle, progress=False)
     assert gone in found.unreadable and all(gone not in group for group in paths_of(found))
+
+
+def _poison_every_verdict(artifacts):
+    """Set every cached verdict to "the same photo", as a tamperer would."""
+    path = artifacts / CACHE_FOLDER / "verdicts.json"
+    stored = json.loads(path.read_text())
+    for verdict in stored["pairs"].values():
+        verdict.update(same=True, covered_first=1.0, covered_second=1.0)
+    path.write_text(json.dumps(stored))
+    return len(stored["pairs"])
+
+
+def test_move_to_verifies_each_copy_on_the_images_whatever_the_cache_says(with_copies, tmp_path):
+    """A poisoned verdicts cache may make groups of photos that are not copies; --move-to moves none of them."""
+    artifacts, photos = copy_of_fit(with_copies[0], tmp_path)
+    honest = find_duplicates(Bundle.load(artifacts), progress=False)
+    copies = {member.path for group in honest.groups for member in group.members[1:]}
+    assert _poison_every_verdict(artifacts) > len(copies)
+    poisoned = find_duplicates(Bundle.load(artifacts), progress=False)
+    proposed = {member.path for group in poisoned.groups for member in group.members[1:]}
+    assert proposed - copies  # the cache is believed when grouping (it only spares work)...
+    command = [sys.executable, str(ROOT / "scripts" / "duplicates.py"), "--artifacts", str(artifacts), "--move-to",
+               str(tmp_path / "moved")]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    moved = {str(photos / path.relative_to(tmp_path / "moved")) for path in (tmp_path / "moved").rglob("*.jpg")}
+    source = Path(Bundle.load(with_copies[0]).manifest.data_dir)
+    families = [{str(photos / Path(path).relative_to(source)) for path in [original, *made]}
+                for original, made in with_copies[1].items()]  # 2 photos and the 13 kinds of copy of each
+    assert moved and moved <= set.union(*families)  # ...but nothing that is not a copy is moved
+    assert all(family - moved for family in families)  # and one of each photo stays
+    for path in proposed - set.union(*families):
+        assert Path(path).exists() and f"not moved, not verified as a copy on the images now: {path}" in process.stdout
+    assert len(Bundle.load(artifacts).catalog) == len(Bundle.load(with_copies[0]).catalog) - len(moved)
+
+
+TAMPERED_CACHES = {
+    "verdicts-a-list": lambda cache: (cache / "verdicts.json").write_text("[]"),
+    "a-verdict-missing-fields": lambda cache: _edit_verdicts(cache, lambda v: {"same": True}),
+    "a-verdict-of-wrong-types": lambda cache: _edit_verdicts(cache, lambda v: {**v, "inliers": "many"}),
+    "verdicts-nested-deep": lambda cache: (cache / "verdicts.json").write_text("[" * 100_000 + "]" * 100_000),
+    "verdicts-torn": lambda cache: (cache / "verdicts.json").write_text('{"version": 5, "pairs": {"a'),
+    "features-empty": lambda cache: _edit_features(cache, points=lambda p: np.zeros((0, 0), np.float32)),
+    "features-float64": lambda cache: _edit_features(cache, descriptors=lambda d: d.astype(np.float64)),
+    "features-points-truncated": lambda cache: _edit_features(cache, points=lambda p: p[: len(p) // 2]),
+    "features-points-outside": lambda cache: _edit_features(cache, points=lambda p: p + 10_000),
+    "features-gray-not-a-jpeg": lambda cache: _edit_features(cache, gray=lambda g: np.zeros(10, np.uint8)),
+    "features-not-an-npz": lambda cache: _edit_features(cache, points=None),
+}
+
+
+def _edit_verdicts(cache, change):
+    path = cache / "verdicts.json"
+    stored = json.loads(path.read_text())
+    stored["pairs"] = {key: change(value) for key, value in stored["pairs"].items()}
+    path.write_text(json.dumps(stored))
+
+
+def _edit_features(cache, **change):
+    for path in cache.rglob("*.npz"):
+        if change.get("points", True) is None:  # not an npz at all
+            path.write_bytes(b"junk")
+            continue
+        with np.load(path) as arrays:
+            stored = dict(arrays)
+        np.savez(path, **{**stored, **{k: f(stored[k]) for k, f in change.items()}})
+    (cache / "verdicts.json").unlink()  # the features are read again only for pairs not decided yet
+
+
+@pytest.mark.parametrize("kind", list(TAMPERED_CACHES))
+def test_a_tampered_cache_is_ignored_rebuilt_and_said_once(with_copies, tmp_path, kind, caplog):
+    artifacts, _ = copy_of_fit(with_copies[0], tmp_path)
+    honest = paths_of(find_duplicates(Bundle.load(artifacts), progress=False))
+    TAMPERED_CACHES[kind](artifacts / CACHE_FOLDER)
+    with caplog.at_level("WARNING", logger="pipeline"):
+        again = paths_of(find_duplicates(Bundle.load(artifacts), progress=False))
+    assert again == honest
+    warnings = [record.getMessage() for record in caplog.records if "ignored, verified anew" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    caplog.clear()
+    assert paths_of(find_duplicates(Bundle.load(artifacts), progress=False)) == honest  # rebuilt: quiet now
+    assert not [record for record in caplog.records if "ignored" in record.getMessage()]
+    client = TestClient(create_app(Searcher(Bundle.load(artifacts))))
+    TAMPERED_CACHES[kind](artifacts / CACHE_FOLDER)
+    answer = client.get("/api/duplicates")
+    assert answer.status_code == 200 and len(answer.json()["groups"]) == len(honest)

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from helpers import copy_of_fit
+from helpers import copy_of_fit, serve_app
 from pipeline.errors import InputError
 from pipeline.server import create_app
 from pipeline.search import SearchOptions
@@ -415,3 +415,82 @@ def test_requests_beside_writers_that_sync_and_remove_meet_no_error_and_lose_no_
     assert set(statuses) <= {200, 404} and statuses.count(200) > 100 and len(done) >= 2
     final = Bundle.load(artifacts)
     assert sorted(final.catalog.paths) == sorted(record.path for record in photos if record.path != photos[9].path)
+
+
+def test_slow_clients_hold_no_search_place_and_are_let_go(searcher):
+    """30 connections trickling search bodies at a few bytes a second: real searches are answered at once throughout,
+    and the trickling ones get 408 once their time is up (issue 29)."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    for url in serve_app(searcher, body_grace_s=3.0):
+        port = int(url.rsplit(":", 1)[1])
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
+        for connection in slow:
+            connection.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: 100000\r\n\r\n{")
+        stop = threading.Event()
+
+        def drip() -> None:
+            while not stop.wait(0.2):
+                for connection in slow:
+                    try:
+                        connection.send(b" ")
+                    except OSError:  # told and let go
+                        pass
+
+        dripping = threading.Thread(target=drip, daemon=True)
+        dripping.start()
+        time.sleep(0.5)
+        for _ in range(6):
+            started = time.monotonic()
+            answer = httpx.post(f"{url}/api/search", json={"id": 0, "n": 3}, timeout=10)
+            assert answer.status_code == 200 and time.monotonic() - started < 1.0
+            time.sleep(0.3)
+        time.sleep(2.0)
+        for connection in slow:
+            connection.settimeout(5)
+            assert connection.recv(64).startswith(b"HTTP/1.1 408")
+        stop.set()
+        dripping.join()
+        queue = httpx.get(f"{url}/api/stats").json()["queue"]
+        assert queue["searches"] == 0 and queue["expected_wait_ms"] < 100
+        for connection in slow:
+            connection.close()
+
+
+def test_removal_bodies_are_capped_and_each_id_is_said_once(fitted_copy):
+    from pipeline.artifacts import Bundle
+    from pipeline.search import Searcher
+
+    client = TestClient(create_app(Searcher(Bundle.load(fitted_copy)), write_token=TOKEN))
+    authorised = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    huge = b'{"ids": [' + b"1," * 600_000 + b"1]}"
+    assert client.post("/api/remove", content=huge, headers=authorised).status_code == 413
+    answer = client.post("/api/remove", json={"ids": [7, 7, 7]}, headers=authorised)
+    assert answer.status_code == 200 and answer.json() == {"removed": [7], "images": 31}
+
+
+def test_ids_have_one_spelling_and_clients_see_no_schema_and_no_paths(fitted_copy):
+    import os
+
+    from pipeline.artifacts import ArtifactWriter, Bundle
+    from pipeline.search import Searcher
+
+    client = TestClient(create_app(Searcher(Bundle.load(fitted_copy)), write_token=TOKEN))
+    assert client.get("/api/images/5").status_code == 200
+    assert [client.get(f"/api/images/{text}").status_code for text in ("05", "005", "+5", "5.0")] == [404] * 4
+    assert client.get("/openapi.json").status_code == 404
+    for text in ("１", "1_0", "0x1", "1e", "--1", "½"):
+        answer = client.post("/api/search", json={"id": 0, "max_distance": text})
+        assert answer.status_code == 422 and answer.json()["error"].startswith("max_distance must be a number")
+    assert client.post("/api/search", json={"id": 0, "max_distance": "1e1"}).status_code == 200
+    with ArtifactWriter(fitted_copy):  # another writer holds the collection
+        busy = client.delete("/api/images/3", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert busy.status_code == 409 and "another fit, add, sync or remove is changing the collection" in busy.text
+    assert str(fitted_copy) not in busy.text and str(os.getpid()) not in busy.text
+    long_url = client.post("/api/search", json={"url": "http://example.com/" + "x" * 70_000})
+    assert long_url.status_code == 400 and len(long_url.text) < 500 and "over the 8,192 allowed" in long_url.text
