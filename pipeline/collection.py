@@ -34,7 +34,7 @@ from .artifacts import ArtifactWriter, Bundle, all_finite, current_folder
 from .catalog import Catalog
 from .dataset import EmbeddedImages, SkippedImage
 from .engine import Engine, LocalEngine
-from .errors import ArtifactError, ImageError, InputError, UnknownImage
+from .errors import ArtifactError, ImageError, InputError, UnknownImage, shown
 from .images import ImageRecord, content_hash, file_stat, read_file
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ def _hash_files(paths: list[str], max_bytes: int) -> tuple[dict[str, str], list[
         for path, result in zip(paths, tqdm(pool.map(digest, paths), total=len(paths), desc="hash", unit="img",
                                           disable=not paths)):
             if isinstance(result, SkippedImage):
-                log.warning("skipped %s: %s", result.path, result.reason)
+                log.warning("skipped %s: %s", shown(result.path), result.reason)
                 skipped.append(result)
             else:
                 hashes[path] = result

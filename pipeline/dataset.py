@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
-from .errors import ImageError
+from .errors import ImageError, shown
 from .images import MAX_FILE_BYTES, ImageRecord, content_hash, prepare_image, read_file
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def decode_to_cache(
             chunk = records[start : start + _DECODE_CHUNK]
             for record, result in zip(chunk, pool.map(lambda r: load_image(r, image_size, max_bytes), chunk)):
                 if isinstance(result, SkippedImage):
-                    log.warning("skipped %s: %s", result.path, result.reason)
+                    log.warning("skipped %s: %s", shown(result.path), result.reason)
                     skipped.append(result)
                 else:
                     out.write(result[0].tobytes())

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .config import FitConfig
 from .dataset import EmbeddedImages, SkippedImage, load_image
 from .engine import EncoderSource
-from .errors import InputError
+from .errors import InputError, shown
 from .images import ImageRecord, find_images, list_images
 from .index import nearest_centroids
 from .runtime import KerasEncoder, LiteRTEncoder, load_keras_model, resolve_runtime
@@ -220,6 +220,6 @@ def _read_shards(folder: Path, records: Sequence[ImageRecord]) -> EmbeddedImages
     ok = errors == ""
     skipped = [SkippedImage(records[row].path, str(errors[row])) for row in np.flatnonzero(~ok)]
     for item in skipped:
-        log.warning("skipped %s: %s", item.path, item.reason)
+        log.warning("skipped %s: %s", shown(item.path), item.reason)
     return EmbeddedImages([records[row] for row in np.flatnonzero(ok)], [str(h) for h in hashes[ok]], skipped,
                           vectors[ok].astype(np.float32))

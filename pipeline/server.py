@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ImageError, InputError, UnknownImage
@@ -268,6 +269,8 @@ async def _with_capped_body(request: Request, limit: int, grace_s: float) -> Req
             chunk = await asyncio.wait_for(anext(chunks), timeout=max(left, 0.0))
         except StopAsyncIteration:
             break
+        except ClientDisconnect:  # nobody is left to answer: the shortest answer, and no traceback in the log
+            raise HTTPException(400, "the client went away before its request body arrived") from None
         except asyncio.TimeoutError:
             raise HTTPException(408, f"the request body arrived too slowly (at least {MIN_BODY_RATE} bytes a second "
                                      f"after the first {grace_s:g} s)") from None

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from helpers import SAMPLE
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, shown
 from pipeline.fetch import fetch_url, is_public_address
 
 PHOTO = sorted((SAMPLE / "shoes").glob("*.jpg"))[0]
@@ -116,7 +116,7 @@ def test_a_server_that_drips_bytes_meets_the_total_time_limit(served):
 def test_malformed_urls_are_clean_errors(url, allow_private):
     with pytest.raises(ImageError, match="not a valid URL") as caught:
         fetch_url(url, timeout=2, allow_private=allow_private)
-    assert caught.value.kind == "invalid" and str(caught.value).startswith(url)
+    assert caught.value.kind == "invalid" and str(caught.value).startswith(shown(url))  # a long one cut in the middle
 
 
 def test_a_redirect_to_a_malformed_url_is_a_clean_error(served, http_root):
