@@ -12,8 +12,9 @@ from pipeline.config import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
-SHARED = ROOT.parent / "shared"  # the team's real photo sets and tools, beside the project
-SHARED_SAMPLES = SHARED / "data" / "package-samples"
+SHARED = ROOT.parent / "shared"  # the team's real photo sets and tools, beside the project (not in a user's clone)
+TEST_DATA = ROOT / "tests" / "data"  # the few real photos the tests need beyond the sample, with their licences
+PACKAGE_SAMPLES = TEST_DATA / "package-samples"
 CLASSES = ("dress", "hat", "pants", "shoes")
 PER_CLASS = 8
 

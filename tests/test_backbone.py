@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import SHARED_SAMPLES
+from helpers import PACKAGE_SAMPLES
 from pipeline.backbone import _BN_EPSILON, build_backbone, fold_batch_norm, load_weights, weights_path
 from pipeline.errors import ArtifactError
 from pipeline.images import prepare_image, read_file
@@ -51,12 +51,11 @@ def classifier():
     [
         ("scikit-image/chelsea.png", range(281, 286)),  # a cat: tabby, tiger, Persian, Siamese or Egyptian cat
         ("scikit-image/coffee.png", (967, 968, 504)),  # espresso, cup, coffee mug
-        ("scikit-image/motorcycle_left.png", (665, 670)),  # moped, motor scooter
         ("matplotlib/grace_hopper.jpg", (652, 457, 834, 906)),  # military uniform, bow tie, suit, Windsor tie
     ],
 )
 def test_the_port_classifies_real_photos(classifier, name, classes):
-    path = SHARED_SAMPLES / name
+    path = PACKAGE_SAMPLES / name
     image = prepare_image(read_file(path), str(path), 224)[None].astype(np.float32) / 255
     logits = classifier.predict_on_batch(image)[0]
     assert int(np.argmax(logits)) in classes
@@ -70,7 +69,7 @@ def test_the_feature_map_is_frozen_and_shaped():
 
 
 def test_lite2_classifies_a_real_photo():
-    path = SHARED_SAMPLES / "scikit-image" / "coffee.png"
+    path = PACKAGE_SAMPLES / "scikit-image" / "coffee.png"
     image = prepare_image(read_file(path), str(path), 260)[None].astype(np.float32) / 255
     logits = build_backbone(260, "efficientnet-lite2", classifier=True).predict_on_batch(image)[0]
     assert int(np.argmax(logits)) in (967, 968, 504)  # espresso, cup, coffee mug
