@@ -324,7 +324,9 @@ def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False)
 
 def _no_fit(root: Path) -> ArtifactError:
     hint = "it does not exist" if not root.exists() else "it holds no completed fit"
-    return ArtifactError(f"{root}: no fitted artifacts ({hint}); run scripts/fit.py first")
+    where = "" if root.is_absolute() else f" (looked in {root.resolve()})"
+    return ArtifactError(f"{root}: no fitted artifacts{where}: {hint}; fit a folder into it first (imgsim fit DATA_DIR "
+                         f"--artifacts {root}), or name the one a fit wrote with --artifacts DIR")
 
 
 def checked_folder(folder: Path, allow_pickle: bool = False) -> Path:

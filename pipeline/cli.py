@@ -303,12 +303,13 @@ def _predict(args: argparse.Namespace) -> None:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(f"query {result.query}: nprobe {result.nprobe}, clusters {result.clusters}, expansion {result.expansion}")
-        print(f"{'rank':>4}  {'distance':>8}  {'to query':>8}  {'cluster':>7}  {'label':<12}  path")
+        print(f"{'rank':>4}  {'score':>8}  {'distance':>8}  {'to query':>8}  {'cluster':>7}  {'label':<12}  path")
         for hit in result.results:
             marker = ("  (same image as the query)" if hit.same_image else
-                      "  (nearest to the query itself)" if hit.ranked_by == "query" and result.expansion else "")
-            print(f"{hit.rank:>4}  {hit.distance:>8.4f}  {hit.query_distance:>8.4f}  {hit.cluster:>7}  "
-                  f"{hit.label or '-':<12}  {hit.path}{marker}")
+                      "  (nearest to the query itself: kept first)" if hit.ranked_by == "query" and result.expansion
+                      else "")
+            print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.distance:>8.4f}  {hit.query_distance:>8.4f}  "
+                  f"{hit.cluster:>7}  {hit.label or '-':<12}  {hit.path}{marker}")
         if not result.results:
             print("the index holds no image" if not len(bundle.catalog) else
                   f"no indexed image within distance {args.max_distance} of the query")
@@ -459,11 +460,21 @@ def _move_duplicates(groups, bundle, args: argparse.Namespace, out) -> int:
 
 
 def print_change(change, out=None) -> None:
-    """What an add, sync or removal did, every skipped file, and where the bundle is (on ``out``,
-    default stdout)."""
-    print(f"{change.action}: {change.added} added, {change.changed} changed, {change.removed} removed, "
-          f"{change.unchanged} unchanged, {len(change.skipped)} skipped in {change.seconds:.1f}s; "
-          f"{change.images} indexed, nprobe {change.nprobe}", file=out)
+    """What an add, sync or removal did (once): its counts, each image it took out of the index, each
+    file removed by hand that it brought back, each file it found unreadable, and where the bundle
+    is (on ``out``, default stdout)."""
+    counts = [f"{change.added} added", f"{change.changed} changed", f"{change.removed} removed"]
+    if change.action != "remove":
+        counts += [f"{change.unchanged} unchanged", f"{len(change.skipped)} skipped"]
+    print(f"{change.action}: {', '.join(counts)} in {change.seconds:.1f}s; {change.images} indexed, nprobe "
+          f"{change.nprobe}", file=out)
+    for image_id, path in change.dropped:
+        print(f"removed {image_id}: {shown(path)}", file=out)
+    for path in change.readded:
+        print(f"re-added {shown(path)}: it had been removed by hand, and this add named its folder", file=out)
+    if change.known_unreadable:
+        print(f"{change.known_unreadable} file{'s' if change.known_unreadable > 1 else ''} unreadable when last read "
+              f"and unchanged since, not read again (listed when first found)", file=out)
     print_outcome(change.skipped, change.artifacts, out)
 
 
@@ -485,7 +496,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(report, indent=2))
         return
     k, ours = report["k"], report["pipeline"]
-    print(f"{report['images']} images in {report['data_dir']}, each a query against all the others (k={k})")
+    print(f"{report['images']} images in {report['data_dir']}, each a query against all the others (k={k}; searched "
+          f"in {report['collection']})")
     print(f"{'method':<36} {'precision@1':>12} {'precision@' + str(k):>13} {'mAP@' + str(k):>8}")
     pipeline = f"pipeline (nprobe {ours['nprobe']}, expansion {ours['query_expansion']})"
     for name, scores in {pipeline: ours, **report["baselines"]}.items():

@@ -39,7 +39,6 @@ from .images import ImageRecord, content_hash, file_stat, read_file
 
 log = logging.getLogger(__name__)
 REFIT_SHARE = 0.3  # a refit is advised once this share of the images was added or changed since the fit
-STILL_UNREADABLE = "unreadable when last read, and unchanged since"
 
 
 @dataclass
@@ -51,7 +50,10 @@ class CollectionChange:
     changed: int = 0  # re-embedded: same path, other content
     removed: int = 0
     unchanged: int = 0  # found and already indexed as they are
-    skipped: list[SkippedImage] = field(default_factory=list)
+    skipped: list[SkippedImage] = field(default_factory=list)  # found unreadable now
+    known_unreadable: int = 0  # unreadable when last read and unchanged since: not read, nor listed, again
+    dropped: list[tuple[int, str]] = field(default_factory=list)  # (id, path) of each image taken out of the index
+    readded: list[str] = field(default_factory=list)  # files removed by hand that an add brought back
     images: int = 0  # indexed afterwards
     nprobe: int = 0
     drift: float = 0.0  # share of the images added or changed since the fit
@@ -118,8 +120,9 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[Engine
         on_disk: dict[str, ImageRecord] = {}
         for root in bundle.manifest.roots:
             if not Path(root).is_dir():
-                raise InputError(f"{root}: the folder this collection was made from is gone; nothing changed "
-                                 f"(mount it again, or fit anew)")
+                what = "the folder this collection was fitted on" if root == bundle.manifest.data_dir else \
+                    "a folder added to this collection"
+                raise InputError(f"{root}: {what} is gone; nothing changed (mount it again, or fit anew)")
             found = engine.find_images(root)
             indexed = sum(1 for path in bundle.catalog.paths if _inside(path, root))
             if not found and indexed and not allow_mass_removal:
@@ -168,7 +171,9 @@ class _Review:
     todo: list[ImageRecord]  # new, changed or re-added files: to embed
     drop: set[int]  # rows to take out of the index
     unchanged: int
-    skipped: list[SkippedImage]
+    skipped: list[SkippedImage]  # unreadable now
+    known_unreadable: list[str]  # unreadable when last read, unchanged since: not read again
+    readded: list[str]  # removed by hand before, added again by an add
     stats: dict[str, Optional[list[int]]]  # [size, mtime] of each candidate, taken before it was read
 
 
@@ -192,9 +197,10 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
         change, drop = _tally(action, bundle, review, embedded)
         if guarded:  # and what embedding found: files that no longer decode
             _refuse_mass_removal(bundle, action, len(planned.gone), change.removed - len(planned.gone))
-        unreadable = _remember_unreadable(bundle, planned, change.skipped, review.stats) if action != "remove" else None
+        unreadable = (_remember_unreadable(bundle, planned, change.skipped, review.known_unreadable, review.stats)
+                      if action != "remove" else None)
         if not drop and not change.added and unreadable in (None, bundle.manifest.unreadable):
-            log.info("nothing to change in %s", bundle.folder)
+            log.debug("nothing to change in %s", bundle.folder)
             change.drift = _drift(bundle)
             change.seconds = time.perf_counter() - start
             return change
@@ -207,8 +213,8 @@ def _update(artifacts_dir: str | os.PathLike, action: str, plan: Callable[[Bundl
         bundle.manifest.changes.append(change.record(**details))
         change.drift = _drift(bundle)
         change.artifacts = bundle.save(writer)
-    log.info("%s: %d added, %d changed, %d removed; %d images in %s", action, change.added, change.changed,
-             change.removed, change.images, change.artifacts)
+    log.debug("%s: %d added, %d changed, %d removed; %d images in %s", action, change.added, change.changed,
+              change.removed, change.images, change.artifacts)
     if change.refit_advised:
         log.warning("%.0f%% of the images were added or changed since the fit: a new fit would cluster them better",
                     100 * change.drift)
@@ -232,8 +238,9 @@ def _tally(action: str, bundle: Bundle, review: _Review, embedded: Optional[Embe
     """What the update will do, counted, and the rows to take out of the index: the review's, those
     whose file changed (re-embedded) and those whose file changed into one that cannot be read."""
     change = CollectionChange(action, unchanged=review.unchanged, skipped=list(review.skipped),
+                              known_unreadable=len(review.known_unreadable), readded=review.readded,
                               images=len(bundle.catalog), nprobe=bundle.index.nprobe_, artifacts=bundle.folder)
-    drop = set(review.drop)
+    drop, replaced = set(review.drop), set()
     if embedded is not None:
         indexed = {path: row for row, path in enumerate(bundle.catalog.paths)}
         change.skipped += embedded.skipped
@@ -242,6 +249,7 @@ def _tally(action: str, bundle: Bundle, review: _Review, embedded: Optional[Embe
         drop |= replaced
         change.changed, change.added = len(replaced), len(embedded.records) - len(replaced)
     change.removed = len(drop) - change.changed
+    change.dropped = [(bundle.catalog.ids[row], bundle.catalog.paths[row]) for row in sorted(drop - replaced)]
     return change, drop
 
 
@@ -274,9 +282,8 @@ def _review(bundle: Bundle, plan: _Plan, action: str) -> _Review:
     hashes, skipped = _hash_files([r.path for r in plan.candidates if r.path not in same_stat and (
         r.path in indexed or r.path in manifest.removed)], bundle.settings.max_file_bytes)
     unreadable = {s.path for s in skipped}
-    skipped += [SkippedImage(path, STILL_UNREADABLE) for path in sorted(still_unreadable)]
     drop = set(plan.gone) | set(plan.removed) | {indexed[path][0] for path in unreadable if path in indexed}
-    todo, unchanged = [], 0
+    todo, unchanged, readded = [], 0, []
     for record in plan.candidates:
         path = record.path
         if path in unreadable or path in still_unreadable:
@@ -287,17 +294,18 @@ def _review(bundle: Bundle, plan: _Plan, action: str) -> _Review:
             del manifest.removed[path]  # its content changed since it was removed: a new image
             todo.append(record)
         elif path not in manifest.removed or action == "add":
-            manifest.removed.pop(path, None)
+            if manifest.removed.pop(path, None) is not None:
+                readded.append(path)
             todo.append(record)
-    return _Review(todo, drop, unchanged, skipped, stats)
+    return _Review(todo, drop, unchanged, skipped, sorted(still_unreadable), readded, stats)
 
 
-def _remember_unreadable(bundle: Bundle, plan: _Plan, skipped: list[SkippedImage],
+def _remember_unreadable(bundle: Bundle, plan: _Plan, skipped: list[SkippedImage], known: list[str],
                          stats: dict[str, Optional[list[int]]]) -> dict[str, list[int]]:
     """The manifest's record of unreadable files after this update: each file skipped now, with the
     size and time it had then (a later sync reads it again only once it changes); files that were
     read, or are gone from the folders listed, leave the record; files elsewhere stay in it."""
-    candidates, unread = {record.path for record in plan.candidates}, {s.path for s in skipped}
+    candidates, unread = {record.path for record in plan.candidates}, {s.path for s in skipped} | set(known)
     kept = {path: stat for path, stat in bundle.manifest.unreadable.items()
             if path in unread or (path not in candidates and not any(_inside(path, root) for root in plan.scanned))}
     return {**kept, **{s.path: stats[s.path] for s in skipped if stats.get(s.path) is not None}}
@@ -327,7 +335,7 @@ def _hash_files(paths: list[str], max_bytes: int) -> tuple[dict[str, str], list[
         for path, result in zip(paths, tqdm(pool.map(digest, paths), total=len(paths), desc="hash", unit="img",
                                           disable=not paths)):
             if isinstance(result, SkippedImage):
-                log.warning("skipped %s: %s", shown(result.path), result.reason)
+                log.debug("skipped %s: %s", shown(result.path), result.reason)
                 skipped.append(result)
             else:
                 hashes[path] = result

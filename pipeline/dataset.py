@@ -115,7 +115,7 @@ def decode_to_cache(
             chunk = records[start : start + _DECODE_CHUNK]
             for record, result in zip(chunk, pool.map(lambda r: load_image(r, image_size, max_bytes), chunk)):
                 if isinstance(result, SkippedImage):
-                    log.warning("skipped %s: %s", shown(result.path), result.reason)
+                    log.debug("skipped %s: %s", shown(result.path), result.reason)
                     skipped.append(result)
                 else:
                     out.write(result[0].tobytes())

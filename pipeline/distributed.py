@@ -220,6 +220,6 @@ def _read_shards(folder: Path, records: Sequence[ImageRecord]) -> EmbeddedImages
     ok = errors == ""
     skipped = [SkippedImage(records[row].path, str(errors[row])) for row in np.flatnonzero(~ok)]
     for item in skipped:
-        log.warning("skipped %s: %s", shown(item.path), item.reason)
+        log.debug("skipped %s: %s", shown(item.path), item.reason)
     return EmbeddedImages([records[row] for row in np.flatnonzero(ok)], [str(h) for h in hashes[ok]], skipped,
                           vectors[ok].astype(np.float32))

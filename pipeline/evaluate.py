@@ -79,14 +79,20 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
     expansion). The images are embedded on ``runtime`` (:mod:`pipeline.runtime`).
 
     Also recall@k of routed against exact search (same expansion), and mean single-query times of
-    both. When ``data_dir`` is the fitted folder, the bundle's embeddings and index are used;
-    otherwise ``data_dir`` is embedded with the bundle's encoder and indexed the way a fit would.
+    both. Only the images under ``data_dir`` are scored. When it is the fitted folder, their stored
+    embeddings are used, searched in the bundle's own index when the collection holds nothing else
+    (an added folder) and else indexed on their own the way a fit would; any other folder is embedded
+    with the bundle's encoder and indexed the way a fit would. ``collection`` in the answer says which.
     """
+    catalog = bundle.catalog
     fitted = Path(data_dir).resolve() == Path(bundle.manifest.data_dir).resolve()
     if fitted:
-        records = [ImageRecord(p, label) for p, label in zip(bundle.catalog.paths, bundle.catalog.labels)]
+        root = os.path.join(str(Path(data_dir).resolve()), "")
+        rows = [row for row, path in enumerate(catalog.paths) if path.startswith(root)]
+        records = [ImageRecord(catalog.paths[row], catalog.labels[row]) for row in rows]
     else:
-        records = find_images(data_dir)
+        rows, records = [], find_images(data_dir)
+    whole = fitted and len(rows) == len(catalog)  # the bundle's own index answers as it really does
     if len(records) < 2 or any(r.label is None for r in records):
         raise InputError(f"{data_dir}: evaluation needs at least two images, all in class folders (the label)")
     config, encoder = bundle.settings, bundle.encoder(runtime)
@@ -101,8 +107,8 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
     outputs = embedded.vectors
     descriptors = outputs.pop(DESCRIPTOR)
     pooled = outputs.pop("backbone", None)
-    index = bundle.index if fitted else build_index(descriptors, config)[0]
-    vectors = np.asarray(bundle.embeddings) if fitted else descriptors
+    vectors = np.asarray(bundle.embeddings)[rows] if fitted else descriptors
+    index = bundle.index if whole else build_index(vectors, config)[0]
 
     scored = LabelledSet.of([r.label for r in embedded.records])
     k = min(k, len(embedded.records) - 1)
@@ -129,6 +135,9 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
         "k": k,
         "images": len(embedded.records),
         "data_dir": str(data_dir),
+        "collection": ("the bundle's index" if whole else
+                       f"the fitted folder's {len(rows)} of the collection's {len(catalog)} images, indexed on their "
+                       f"own as a fit would" if fitted else "embedded and indexed as a fit would"),
         "settings": config.to_dict(),
     }
 

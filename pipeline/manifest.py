@@ -55,6 +55,15 @@ class Manifest:
         """The folders the collection is made of: the fitted one, then every added one."""
         return list(dict.fromkeys([self.data_dir] + [c["data_dir"] for c in self.changes if c["action"] == "add"]))
 
+    def unreadable_files(self, indexed: set[str]) -> list[dict[str, str]]:
+        """{"path", "reason"} of every file the fit or a later change could not read and that is not
+        in ``indexed`` (the catalog's paths) since, the latest reason of each."""
+        reasons: dict[str, str] = {}
+        for item in [*self.skipped, *(s for c in self.changes for s in c.get("skipped", ()) if isinstance(s, dict))]:
+            if isinstance(item.get("path"), str) and isinstance(item.get("reason"), str):
+                reasons[item["path"]] = item["reason"]
+        return [{"path": path, "reason": reason} for path, reason in reasons.items() if path not in indexed]
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "settings": self.settings.to_dict(),
                 "recall_at_10": {str(k): v for k, v in self.recall_at_10.items()}}

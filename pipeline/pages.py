@@ -95,17 +95,17 @@ def figure_html(png: bytes, alt: str) -> str:
     return f"<img class=figure alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{data}'>"
 
 
-def report_page(manifest: Manifest, facts: list[str], tsne_map: TsneMap, labelled: bool, galleries: list[str],
-                clusters_shown: tuple[int, int], reconstructions: Optional[bytes], training_curves: bytes,
-                training_caption: str) -> str:
-    """The report as one page: ``facts`` (plain text) in the header with the settings and skipped
-    files, the map (``web/report-map.js``), the ``galleries`` (shown, of all clusters), the
+def report_page(manifest: Manifest, facts: list[str], unreadable: list[dict[str, str]], tsne_map: TsneMap,
+                labelled: bool, galleries: list[str], clusters_shown: tuple[int, int], reconstructions: Optional[bytes],
+                training_curves: bytes, training_caption: str) -> str:
+    """The report as one page: ``facts`` (plain text) in the header with the settings and the
+    ``unreadable`` files ({"path", "reason"}: skipped by the fit or a later change), the map (``web/report-map.js``), the ``galleries`` (shown, of all clusters), the
     ``reconstructions`` figure (None: the sampled images cannot be read; empty: over a backbone,
     no section), and the training curves with ``training_caption`` (HTML)."""
     settings = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>"
                        for key, value in manifest.settings.to_dict().items())
     skipped = "".join(f"<li>{html.escape(item['path'])}: {html.escape(item['reason'])}</li>"
-                      for item in manifest.skipped)
+                      for item in unreadable)
     section = ""
     if reconstructions is None or reconstructions:
         shown = (figure_html(reconstructions, "reconstructions") if reconstructions
@@ -150,7 +150,7 @@ img.figure {{ max-width: 100%; }}
 <p>Fit of <code>{html.escape(manifest.data_dir)}</code></p>
 <p class=facts>{''.join(f'<span>{html.escape(fact)}</span>' for fact in facts)}</p>
 <details><summary>settings</summary><table>{settings}</table></details>
-<details><summary>{len(manifest.skipped)} skipped files</summary><ul>{skipped}</ul></details></header>
+<details><summary>{len(unreadable)} skipped files</summary><ul>{skipped}</ul></details></header>
 <section id=tsne><h2>t-SNE map of the latent vectors</h2>
 <p>{len(tsne_map.paths)} of {manifest.images} images (sampled in proportion to cluster size). Near points have near
 latent vectors; the distance between far-apart groups means little. Hover a point for its image and path, a legend

@@ -9,23 +9,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 
 from .errors import ImageError  # noqa: E402
 from .images import decode_image, read_file  # noqa: E402
 from .search import SearchResult  # noqa: E402
 
 _THUMB = 256
+MAX_OUTLINES = 20  # clusters outlined on the static map: more outlines cross into a web
+MAX_LEGEND = 20  # groups in its legend: more are named on the map, at the middle of their points
 
 
 def save_montage(query_image: np.ndarray, result: SearchResult, out_path: str | os.PathLike) -> None:
-    """Save a PNG: the query, then each neighbour titled with rank, distance, cluster and label."""
+    """Save a PNG: the query, then each neighbour titled with rank, score (the number results are in
+    the order of), cluster and label."""
     panels = [(query_image, "query")]
     for hit in result.results:
         try:
             image = decode_image(read_file(hit.path), hit.path, min_size=_THUMB)
         except ImageError:  # moved or deleted since the fit: show an empty panel
             image = np.full((_THUMB, _THUMB, 3), 230, np.uint8)
-        title = f"#{hit.rank}  d={hit.distance:.3f}\ncluster {hit.cluster}"
+        title = f"#{hit.rank}  score {hit.score:.4f}\ncluster {hit.cluster}"
         panels.append((image, title + (f"  {hit.label}" if hit.label else "")))
     columns = min(6, len(panels))
     rows = -(-len(panels) // columns)
@@ -41,19 +45,36 @@ def save_montage(query_image: np.ndarray, result: SearchResult, out_path: str | 
 
 
 def tsne_figure(points: np.ndarray, colours: list[str], outlines: list[tuple[int, np.ndarray, np.ndarray]],
-                legend: dict[str, str], title: str, max_legend: int = 20) -> plt.Figure:
-    """A 2-D map (a t-SNE): one colour per point, each cluster's outline dashed with its number, and
-    a legend of the first ``max_legend`` groups."""
+                legend: dict[str, str], mode: str, max_outlines: int = MAX_OUTLINES,
+                max_legend: int = MAX_LEGEND) -> plt.Figure:
+    """A 2-D map (a t-SNE): one colour per point (its group's, by ``mode``: "label" or "cluster").
+    Each cluster's number stands at its middle, and up to ``max_outlines`` clusters are outlined
+    (dashed): more outlines cross into a web over the middle of the map. Up to ``max_legend``
+    groups get a legend; beyond, each group's name stands at the middle of its points instead."""
     figure, axis = plt.subplots(figsize=(8.5, 7))
     axis.scatter(points[:, 0], points[:, 1], s=8, c=colours, alpha=0.85, linewidths=0)
+    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+    drawn = len(outlines) <= max_outlines
     for cluster, polygon, middle in outlines:
-        axis.fill(polygon[:, 0], polygon[:, 1], fill=False, linestyle="--", linewidth=0.7, edgecolor="#555", alpha=0.6)
-        axis.text(middle[0], middle[1], str(cluster), fontsize=6, ha="center", va="center", color="#333")
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colour, label=name)
-               for name, colour in list(legend.items())[:max_legend]]
-    axis.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                title=f"{len(handles)} of {len(legend)}" if len(legend) > len(handles) else None)
-    axis.set_title(title)
+        if drawn:
+            axis.fill(polygon[:, 0], polygon[:, 1], fill=False, linestyle="--", linewidth=0.7, edgecolor="#555",
+                      alpha=0.6)
+        if drawn or mode == "cluster":
+            axis.text(middle[0], middle[1], str(cluster), fontsize=6, ha="center", va="center", color="#333",
+                      path_effects=halo)
+    if len(legend) <= max_legend:
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=colour, label=name)
+                   for name, colour in legend.items()]
+        axis.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    elif mode == "label":
+        colour_of = np.asarray(colours)
+        for name, colour in legend.items():
+            own = points[colour_of == colour]
+            middle = np.median(own, axis=0)
+            axis.text(middle[0], middle[1], name, fontsize=6, ha="center", va="center", color=colour,
+                      fontweight="bold", path_effects=halo)
+    outlined = "clusters outlined" if drawn else f"{len(outlines)} clusters, numbered at their middles"
+    axis.set_title(f"t-SNE, coloured by {mode}, {outlined}")
     axis.set_xticks([])
     axis.set_yticks([])
     axis.invert_yaxis()  # as on the page, where y grows downwards

@@ -102,13 +102,14 @@ def build_report(
                                  [(catalog.paths[i], catalog.labels[i]) for i in nearest[cluster]],
                                  Counter(labels[members[cluster]]).most_common() if labelled else None)
                  for cluster in tqdm(shown, desc="galleries", unit="cluster")]
-    facts = [f"{manifest.images} images indexed", f"{len(manifest.skipped)} skipped", f"{index.nlist} clusters",
+    unreadable = manifest.unreadable_files(set(catalog.paths))
+    facts = [f"{manifest.images} images indexed", f"{len(unreadable)} skipped", f"{index.nlist} clusters",
              f"nprobe {index.nprobe_}", f"fitted {manifest.created}",
              *(_agreement(catalog.labels, clusters, labels) if labelled else [])]
     reconstructions = encoded.get("reconstructions", b"" if manifest.settings.uses_backbone else None)
     out_path = Path(out_path)
     out_path.write_text(report_page(
-        manifest, facts, tsne_map, labelled, galleries, (len(shown), index.nlist), reconstructions,
+        manifest, facts, unreadable, tsne_map, labelled, galleries, (len(shown), index.nlist), reconstructions,
         encoded["training_curves"], training_caption(bundle.settings, manifest.history)))
     return out_path
 
@@ -122,13 +123,33 @@ def _agreement(raw_labels: list[Optional[str]], clusters: np.ndarray, labels: np
 
 
 def palette(count: int) -> list[str]:
-    """``count`` distinguishable colours (#rrggbb): matplotlib's tab10 or tab20 while they last, then
-    hues a golden angle apart at alternating lightness."""
-    if count <= 20:
-        colours = plt.get_cmap("tab10" if count <= 10 else "tab20").colors[:count]
+    """``count`` distinguishable colours (#rrggbb): matplotlib's tab10 while it lasts; beyond, each
+    next colour the one furthest (in CIE Lab) from those chosen, among hues of middling lightness,
+    so that no two look alike however many groups there are (tab20 pairs a light and a dark shade
+    of each hue, which a legend shows as near-identical pairs)."""
+    if count <= 10:
+        colours = np.asarray(plt.get_cmap("tab10").colors[:count])
     else:
-        colours = [colorsys.hls_to_rgb((i * 0.381966) % 1.0, (0.38, 0.55, 0.7)[i % 3], 0.75) for i in range(count)]
+        candidates = np.array([colorsys.hls_to_rgb(hue, lightness, saturation)
+                               for hue in np.linspace(0, 1, 72, endpoint=False)
+                               for lightness in (0.3, 0.42, 0.54, 0.66) for saturation in (0.5, 0.8)])
+        lab = _cie_lab(candidates)
+        chosen = [0]
+        nearest = np.linalg.norm(lab - lab[0], axis=1)
+        for _ in range(count - 1):
+            chosen.append(int(np.argmax(nearest)))
+            nearest = np.minimum(nearest, np.linalg.norm(lab - lab[chosen[-1]], axis=1))
+        colours = candidates[chosen]
     return ["#%02x%02x%02x" % tuple(round(255 * channel) for channel in colour) for colour in colours]
+
+
+def _cie_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB colours (n, 3) in [0, 1] to CIE Lab (D65): where distances match how different colours look."""
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz /= np.array([0.9505, 1.0, 1.089])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
 
 
 def cluster_outlines(points: np.ndarray, clusters: np.ndarray,
@@ -202,8 +223,7 @@ class TsneMap:
         groups = self.labels if self.labelled else self.clusters
         colours = self.colours[mode]
         return tsne_figure(self.points, [colours[g] for g in groups], self.outlines(),
-                           legend={self.names[mode][g]: colours[g] for g in sorted(set(groups))},
-                           title=f"t-SNE, coloured by {mode}, clusters outlined")
+                           legend={self.names[mode][g]: colours[g] for g in sorted(set(groups))}, mode=mode)
 
 
 def _map_thumbnails(paths: list[str]) -> list[Optional[str]]:

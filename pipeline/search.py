@@ -33,7 +33,8 @@ class Neighbor:
     rank: int
     id: int  # the image's id, which it keeps for life: how the command line, the API and the page name it
     path: str
-    distance: float  # what the result was ranked by: the distance to the query, or to the expanded query (ranked_by)
+    score: float  # the one number results are in the order of (never decreasing): see Searcher.search_vector
+    distance: float  # the distance it was ranked by: to the query, or to the expanded query (ranked_by)
     query_distance: float  # to the query itself
     cluster: int
     label: Optional[str]
@@ -98,6 +99,16 @@ class SearchOptions:
             raise InputError(f"nprobe must be a positive whole number, 'all' or 'auto', got {probe!r}")
         distance = None if text["max_distance"] is None else parse_distance(text["max_distance"], "max_distance")
         return cls(n=count, nprobe=int(probe) if probe not in (None, "all") else probe, max_distance=distance)
+
+
+def _scores(ranked: list[tuple[int, float, str]]) -> list[float]:
+    """The score of each ranked result, in their order, never decreasing: its distance, but where a
+    result kept early on purpose (the nearest to the query, at its distance to the query) is further
+    than the next one (at its distance to the expanded query), the next one's."""
+    scores = [distance for _, distance, _ in ranked]
+    for position in range(len(scores) - 2, -1, -1):
+        scores[position] = min(scores[position], scores[position + 1])
+    return scores
 
 
 def parse_distance(value: Any, name: str) -> float:
@@ -230,12 +241,16 @@ class Searcher:
                       options: SearchOptions = SearchOptions()) -> SearchResult:
         """The ``options.n`` indexed images most like a query vector, best first (see :class:`SearchOptions`).
 
-        Each result's ``distance`` is the number it was ranked by, and ``ranked_by`` says which:
-        indexed copies of the query (same content hash) come first at distance 0, with
-        ``same_image=True`` (or are left out with ``exclude_self``; they are never used for the
-        expansion); with expansion, the image nearest to the query itself comes next, at its
-        distance to the query ("query"); the others follow, sorted by their distance to the
-        expanded query ("expanded query"). ``query_distance`` is always to the query itself. With ``max_distance``, only
+        The results are in the order of one number, their ``score``. Each is ranked by a
+        ``distance``, and ``ranked_by`` says to what: indexed copies of the query (same content
+        hash) come first at distance 0, with ``same_image=True`` (or are left out with
+        ``exclude_self``; they are never used for the expansion); with expansion, the image nearest
+        to the query itself comes next, at its distance to the query ("query"), since expansion
+        would otherwise cost the best hit its place (docs/QUALITY.md: precision@1 0.794 against
+        0.777 on clothing10 when every result is sorted by its distance to the expanded query); the
+        others follow, sorted by their distance to the expanded query ("expanded query"). The score
+        is that distance, but for a result kept early on purpose whose distance is larger than the
+        next one's: it scores as the next one does. ``query_distance`` is always to the query itself. With ``max_distance``, only
         results whose ``query_distance`` is at most that are kept (fewer than ``n`` when fewer are
         that close), in the same order.
         """
@@ -259,15 +274,16 @@ class Searcher:
         ranked = ranked[:n]
         rows = np.array([[row for row, _, _ in ranked]], dtype=np.int64)
         query_distances = index.distances_to(vector[None], rows)[0] if ranked else []
-        kept = [(row, distance, 0.0 if row in copies else float(query_distance), by)
-                for (row, distance, by), query_distance in zip(ranked, query_distances)]
+        kept = [(row, score, distance, 0.0 if row in copies else float(query_distance), by)
+                for (row, distance, by), score, query_distance in zip(ranked, _scores(ranked), query_distances)]
         if options.max_distance is not None:
-            kept = [entry for entry in kept if entry[2] <= options.max_distance]
+            kept = [entry for entry in kept if entry[3] <= options.max_distance]
         results = [
             Neighbor(
                 rank=rank,
                 id=catalog.ids[row],
                 path=catalog.paths[row],
+                score=score,
                 distance=distance,
                 query_distance=query_distance,
                 cluster=int(catalog.clusters[row]),
@@ -275,7 +291,7 @@ class Searcher:
                 same_image=row in copies,
                 ranked_by=by,
             )
-            for rank, (row, distance, query_distance, by) in enumerate(kept, start=1)
+            for rank, (row, score, distance, query_distance, by) in enumerate(kept, start=1)
         ]
         return SearchResult(query=source, nprobe=nprobe, clusters=hits.probed[0].tolist(), results=results,
                             expansion=expansion)

@@ -4,7 +4,8 @@
   ``/page.js`` and ``/page.css``. Every response carries a strict Content-Security-Policy: no inline
   script or style, scripts and styles from this server only.
 - ``POST /api/search``: multipart upload (field ``image``), or JSON ``{"url": ...}`` or ``{"id": ...}``;
-  ``n`` and ``nprobe`` as form fields or JSON keys. Returns the ``predict.py --json`` object.
+  ``n``, ``nprobe`` and ``max_distance`` as form fields, JSON keys or query parameters (any other query
+  parameter, or an option given two ways differently, is a 422). Returns the ``predict.py --json`` object.
   ``max_distance`` keeps only results at most that far from the query.
 - ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
 - ``DELETE /api/images/{id}``, ``POST /api/remove`` (JSON ``{"ids": [...]}``, at most MAX_REMOVE_BYTES): remove images from the
@@ -165,8 +166,9 @@ def create_app(
                     raise HTTPException(400, "the form needs a file field named 'image'")
                 data = await upload.read(max_upload_bytes + 1)
                 return await to_thread.run_sync(service.search_upload, data, upload.filename or "upload", form,
-                                                limiter=search_threads)
-            return await to_thread.run_sync(service.search_json, await _json(request), limiter=search_threads)
+                                                request.query_params, limiter=search_threads)
+            return await to_thread.run_sync(service.search_json, await _json(request), request.query_params,
+                                            limiter=search_threads)
         finally:
             service.admission.done()
 

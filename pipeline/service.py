@@ -26,7 +26,7 @@ from .artifacts import Bundle
 from .catalog import Catalog
 from .collection import is_id, remove_images
 from .duplicates import CANDIDATE_DISTANCE, Duplicates, find_duplicates
-from .errors import ArtifactError, ImageError, InputError
+from .errors import ArtifactError, ImageError, InputError, shown
 from .fetch import fetch_url
 from .images import content_hash, thumbnail_jpeg
 from .search import Searcher, SearchOptions, parse_distance
@@ -39,6 +39,7 @@ THUMBNAIL = 256
 MAX_QUEUE_MS = 500.0  # a search expected to wait longer than this is refused at once (503)
 MIN_TOKEN_CHARACTERS = 16
 MAX_REMOVE_IDS = 100_000
+SEARCH_OPTIONS = ("n", "nprobe", "max_distance")  # what a search request may set, in its body or its query string
 
 
 class SearchService:
@@ -70,7 +71,7 @@ class SearchService:
             "images": len(bundle.catalog),
             "clusters": bundle.index.nlist,
             "nprobe": bundle.index.nprobe_,
-            "skipped": len(manifest.skipped),
+            "skipped": len(manifest.unreadable_files(set(bundle.catalog.paths))),
             "created": manifest.created,
             "data_dir": manifest.data_dir,
             "labels": self.searcher.labels,
@@ -80,17 +81,20 @@ class SearchService:
                       "max_queue_ms": self.max_queue_ms},
         }
 
-    def search_upload(self, data: bytes, name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """The answer to an uploaded image, with the options of the form's ``fields``."""
+    def search_upload(self, data: bytes, name: str, fields: Mapping[str, Any],
+                      query: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """The answer to an uploaded image, with the options of the form's ``fields`` and of the
+        request's ``query`` string (:func:`search_options`)."""
         if len(data) > self.max_upload_bytes:
             raise HTTPException(413, f"upload over the {self.max_upload_bytes}-byte limit")
-        return self.searcher.search_bytes(data, name, _options(fields)).to_dict()
+        return self.searcher.search_bytes(data, name, search_options(fields, query or {})).to_dict()
 
-    def search_json(self, body: Any) -> dict[str, Any]:
-        """The answer to a JSON query: ``{"url": ...}`` or ``{"id": ...}``, with its options."""
+    def search_json(self, body: Any, query: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """The answer to a JSON query: ``{"url": ...}`` or ``{"id": ...}``, with its options (in the
+        body or the ``query`` string)."""
         if not isinstance(body, dict) or ("url" in body) == ("id" in body):
             raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
-        options = _options(body)
+        options = search_options(body, query or {})
         if "id" in body:
             text = str(body["id"])
             if not is_id(text):
@@ -170,8 +174,21 @@ def refresh(searcher: Searcher) -> Optional[str]:
     return None
 
 
-def _options(fields: Mapping[str, Any]) -> SearchOptions:
-    return SearchOptions.parse(fields.get("n"), fields.get("nprobe"), fields.get("max_distance"), MAX_RESULTS)
+def search_options(fields: Mapping[str, Any], query: Mapping[str, str]) -> SearchOptions:
+    """A search's options from its body's ``fields`` and its URL's ``query`` string, either of which
+    may give each one; InputError (422) for a query parameter that is no option, or an option given
+    both ways differently."""
+    unknown = sorted(set(query) - set(SEARCH_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown query parameter {shown(unknown[0], 40)!r}: a search takes "
+                         f"{', '.join(SEARCH_OPTIONS)}")
+    values = {}
+    for name in SEARCH_OPTIONS:
+        given = [value for value in (fields.get(name), query.get(name)) if value not in (None, "")]
+        if len(given) == 2 and str(given[0]) != str(given[1]):
+            raise InputError(f"{name} is given twice, as {shown(str(given[0]), 32)!r} and {shown(str(given[1]), 32)!r}")
+        values[name] = given[0] if given else None
+    return SearchOptions.parse(values["n"], values["nprobe"], values["max_distance"], MAX_RESULTS)
 
 
 def check_write_token(token: Optional[str]) -> None:

@@ -64,7 +64,7 @@ def test_staging_left_by_a_killed_fit_is_cleaned_by_the_next(tmp_path):
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(ArtifactError, match="no fitted artifacts .it does not exist"):
+    with pytest.raises(ArtifactError, match="no fitted artifacts.*: it does not exist"):
         current_folder(tmp_path / "nowhere")
     with pytest.raises(ArtifactError, match="holds no completed fit"):
         current_folder(tmp_path)

@@ -83,15 +83,17 @@ def test_upload_then_click_a_result(server_url, searcher, tmp_path):
         expect(hits).to_have_count(6)
         expect(hits.first).to_have_attribute("data-id", "0")  # the uploaded photo is indexed: it comes first
         expect(page.locator("#results .hit img").first).to_have_js_property("complete", True)
-        shown = [float(text[2:]) for text in page.locator("#results .hit .distance").all_inner_texts()]
-        assert len(shown) == 6 and shown[0] == 0.0 and shown[2:] == sorted(shown[2:])  # sorted by the number shown
-        expect(page.locator("#results .hit").nth(1)).to_contain_text("nearest to the query")
+        shown = [float(text.split()[-1]) for text in page.locator("#results .hit .score").all_inner_texts()]
+        assert len(shown) == 6 and shown[0] == 0.0 and shown == sorted(shown)  # in the order of the number shown
+        expect(page).to_have_url(f"{server_url}/")  # an upload has no address of its own, and the page says so
+        expect(page.locator("#status")).to_contain_text("an uploaded photo has no link of its own")
         page.screenshot(path=os.path.join(screenshots, "upload.png"), full_page=True)
 
         clicked = hits.nth(3).get_attribute("data-id")
         hits.nth(3).click()
         expect(page).to_have_url(f"{server_url}/?id={clicked}&n=6")
         expect(hits.first).to_have_attribute("data-id", clicked)  # now the clicked image is the query
+        assert page.eval_on_selector("#file", "input => input.value") == ""  # no longer names the uploaded file
         expect(page.locator("#query")).to_contain_text(searcher.catalog.paths[int(clicked)])
         page.screenshot(path=os.path.join(screenshots, "clicked.png"), full_page=True)
         after_click = [hits.nth(i).get_attribute("data-id") for i in range(6)]
@@ -133,6 +135,7 @@ def test_the_page_fits_the_screen_and_a_failed_search_clears_the_old_results(ser
         hits = page.locator("#results .hit")
         expect(hits).to_have_count(6)
         expect(page.locator("#results .hit img").last).to_have_js_property("complete", True)
+        assert page.locator("#results").bounding_box()["y"] < 0.6 * 844  # the answer starts high on the first screen
         assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing cut off, no sideways scroll
         for box in (page.locator(selector).bounding_box() for selector in ("#url", "#search button", "#results")):
             assert box["x"] >= 0 and box["x"] + box["width"] <= width

@@ -122,6 +122,10 @@ _REPORT_WHAT_LOADED = (  # the command, then which of the model's libraries it i
     " file=sys.stderr)\n")
 
 
+NO_FIT = ("artifacts: no fitted artifacts (looked in {cwd}/artifacts): it does not exist; fit a folder into it first "
+          "(imgsim fit DATA_DIR --artifacts artifacts), or name the one a fit wrote with --artifacts DIR")
+
+
 @pytest.mark.parametrize("args, message", [
     (["predict", "--url", "http://127.0.0.1:9/x.jpg", "--timeout", "-1"],
      "imgsim predict: argument --timeout: must be a finite number above 0, got -1 (see imgsim predict --help)"),
@@ -156,11 +160,11 @@ _REPORT_WHAT_LOADED = (  # the command, then which of the model's libraries it i
     (["predict", "--url", "http://127.0.0.1/" + "x" * 70_000],
      "http://127.0.0.1/" + "x" * 133 + "...(69,717 characters)..." + "x" * 150 + ": the URL is 70,017 characters long, "
      "over the 8,192 allowed"),
-    (["upgrade"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
-    (["report"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
-    (["sync"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
-    (["remove", "3"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
-    (["restore"], "artifacts: no fitted artifacts (it does not exist); run scripts/fit.py first"),
+    (["upgrade"], NO_FIT),
+    (["report"], NO_FIT),
+    (["sync"], NO_FIT),
+    (["remove", "3"], NO_FIT),
+    (["restore"], NO_FIT),
     (["fit", "photos", "--architecture", "dense"],
      "architecture 'dense' is for --backbone none (over a backbone the autoencoder reads its feature map)"),
 ])

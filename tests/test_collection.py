@@ -83,7 +83,9 @@ def test_add_script_and_its_errors(base, tmp_path):
     process = subprocess.run([sys.executable, str(ROOT / "scripts" / "add.py"), str(new), "--artifacts", str(artifacts)],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert process.returncode == 0, process.stderr
-    assert process.stdout.startswith("add: 0 added, 0 changed, 0 removed, 10 unchanged, 1 skipped")
+    assert process.stdout.startswith("add: 0 added, 0 changed, 0 removed, 10 unchanged, 0 skipped")
+    assert "1 file unreadable when last read and unchanged since, not read again" in process.stdout
+    assert process.stderr == ""  # said once, on stdout
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image files found"):
         add_images(tmp_path / "empty", artifacts)
@@ -156,11 +158,19 @@ def test_sync_matches_a_fresh_index_after_new_changed_and_deleted_files(collecti
     assert current_folder(artifacts) == after.folder
 
 
-def test_sync_refuses_when_the_fitted_folder_is_gone(collection, tmp_path):
-    photos, _, artifacts = collection
+def test_sync_refuses_when_the_fitted_folder_or_an_added_one_is_gone(collection, tmp_path):
+    photos, spare, artifacts = collection
+    added = tmp_path / "added" / "shoes"
+    added.mkdir(parents=True)
+    shutil.copy2(spare[0], added / spare[0].name)
+    add_images(added.parent, artifacts)
     before = current_folder(artifacts)
+    added.parent.rename(tmp_path / "added-away")
+    with pytest.raises(InputError, match=f"{added.parent}: a folder added to this collection is gone; nothing changed"):
+        sync(artifacts)
+    (tmp_path / "added-away").rename(added.parent)
     photos.rename(tmp_path / "elsewhere")
-    with pytest.raises(InputError, match="the folder this collection was made from is gone; nothing changed"):
+    with pytest.raises(InputError, match=f"{photos}: the folder this collection was fitted on is gone; nothing changed"):
         sync(artifacts)
     assert current_folder(artifacts) == before
 
@@ -235,7 +245,6 @@ def test_a_folder_that_cannot_be_read_stops_a_sync(collection, monkeypatch):
 
 
 def test_a_file_that_cannot_be_read_is_not_read_again_until_it_changes(collection, monkeypatch):
-    from pipeline.collection import STILL_UNREADABLE
     from pipeline.engine import LocalEngine
 
     photos, spare, artifacts = collection
@@ -250,7 +259,7 @@ def test_a_file_that_cannot_be_read_is_not_read_again_until_it_changes(collectio
 
     monkeypatch.setattr(LocalEngine, "embed", no_model)
     again = sync(artifacts)  # a no-op sync: the broken file is not decoded again, nothing is written
-    assert [(s.path, s.reason) for s in again.skipped] == [(str(broken), STILL_UNREADABLE)]
+    assert again.skipped == [] and again.known_unreadable == 1  # counted, not listed again
     assert current_folder(artifacts) == remembered and again.added == 0
     monkeypatch.undo()
     broken.write_bytes(spare[0].read_bytes())  # the file changed: read again, a photo now
@@ -437,3 +446,39 @@ def test_restore_points_outlive_small_changes(collection, tmp_path):
     assert fitted in bundles(artifacts) and len(bundles(artifacts)) <= 2 + 2 + 1
     assert restore(artifacts, fitted.name) == fitted
     assert len(Bundle.load(artifacts).catalog) == 18
+
+
+def test_what_a_change_did_is_said_once_and_the_skipped_files_are_counted_everywhere(collection, tmp_path):
+    """Issue 31, 7 and 11: one summary line; each skipped file once, and not again while it stays as it was; a removal
+    names what it removed; an add that brings back a photo removed by hand says so; stats and the report count the
+    files an add skipped."""
+    from pipeline.search import Searcher
+    from pipeline.service import SearchService
+
+    photos, spare, artifacts = collection
+    extra = tmp_path / "extra" / "shoes"
+    extra.mkdir(parents=True)
+    shutil.copy2(spare[0], extra / spare[0].name)
+    for name in ("broken-1.jpg", "broken-2.jpg"):
+        (extra / name).write_bytes(b"\xff\xd8 not a jpeg")
+
+    def imgsim(*args):
+        process = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--artifacts", str(artifacts)],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert process.returncode == 0, process.stderr
+        return process.stdout + process.stderr
+
+    said = imgsim("add", str(extra.parent))
+    assert said.count("add: ") == 1 and said.count(str(extra / "broken-1.jpg")) == 1
+    assert SearchService(Searcher(Bundle.load(artifacts))).stats()["skipped"] == 2
+    said = imgsim("sync")
+    assert "broken-1.jpg" not in said and "2 files unreadable when last read and unchanged since" in said
+
+    hat = sorted((photos / "hat").glob("*.jpg"))[0]
+    hat_id = Bundle.load(artifacts).catalog.ids[Bundle.load(artifacts).catalog.paths.index(str(hat))]
+    said = imgsim("remove", str(hat))
+    assert said.splitlines()[0].startswith("remove: 0 added, 0 changed, 1 removed in ") and "unchanged" not in said
+    assert f"removed {hat_id}: {hat}" in said
+    assert "re-added" not in imgsim("sync")  # a sync keeps it out
+    said = imgsim("add", str(photos))
+    assert f"re-added {hat}: it had been removed by hand, and this add named its folder" in said

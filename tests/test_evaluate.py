@@ -77,6 +77,22 @@ def test_evaluate_the_fitted_folder(fitted, photos):
                                         "backbone_pooled", "latent_block", "orientations_block", "colors_block"}
     assert ours["query_expansion"] == 3
     assert report["pipeline"]["precision_at_k"] > 0.25  # four balanced classes: chance is 0.25
+    assert report["collection"] == "the bundle's index"
+
+
+def test_evaluate_scores_the_fitted_folder_alone_after_an_add(fitted, fitted_copy, photos, tmp_path):
+    """The fitted folder's images are scored, not the whole collection (issue 31, 5)."""
+    from pipeline.collection import add_images
+
+    added = copy_subset(tmp_path / "more", classes=("skirt",), per_class=3)
+    add_images(added, fitted_copy)
+    bundle = Bundle.load(fitted_copy)
+    report = evaluate(photos, bundle, k=5)
+    assert len(bundle.catalog) == 35 and report["images"] == 32
+    assert report["collection"] == ("the fitted folder's 32 of the collection's 35 images, indexed on their own as a "
+                                    "fit would")
+    before = evaluate(photos, Bundle.load(fitted[0]), k=5)["pipeline"]  # the same images, before the add
+    assert abs(before["precision_at_k"] - report["pipeline"]["precision_at_k"]) <= 0.05
 
 
 def test_evaluate_script_on_another_folder_json(fitted, tmp_path):

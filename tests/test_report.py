@@ -91,9 +91,14 @@ def _cluster_sizes(text):
 def test_the_palette_and_outlines_hold_at_any_number_of_clusters():
     from pipeline.report import cluster_outlines, palette
 
+    from pipeline.report import _cie_lab
+
     for count in (1, 10, 20, 57, 101):
         colours = palette(count)
         assert len(colours) == len(set(colours)) == count and all(re.fullmatch("#[0-9a-f]{6}", c) for c in colours)
+        lab = _cie_lab(np.array([[int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)] for c in colours]))
+        closest = min((np.linalg.norm(lab[i] - lab[j]) for i in range(count) for j in range(i)), default=99)
+        assert closest > {20: 20, 57: 10, 101: 7}.get(count, 0)  # no two alike (tab20's pairs were 10 to 25 apart)
     rng = np.random.default_rng(0)
     points = np.concatenate([rng.normal(centre, 0.02, (30, 2)) for centre in ((0.2, 0.2), (0.8, 0.8))])
     points[0] = (0.9, 0.1)  # a stray point of cluster 0, far from the rest
@@ -150,3 +155,26 @@ def test_report_when_the_photos_have_moved_since_the_fit(tmp_path):
     assert not [img for img in page.images if img["src"].startswith("data:image/jpeg")]
     assert [point[5] for point in map_data(tmp_path / "moved.html")["points"]] == [None] * 8
     assert {"summary", "tsne", "clusters", "reconstructions", "training"} <= page.ids
+
+
+def test_the_static_map_stays_readable_with_57_clusters(tmp_path):
+    """Issue 31: no web of 57 outlines, no legend of 57 look-alike colours: each cluster's number at its middle."""
+    from matplotlib.patches import Polygon
+
+    from pipeline.plots import tsne_figure
+    from pipeline.report import cluster_outlines, palette
+
+    rng = np.random.default_rng(1)
+    clusters = np.repeat(np.arange(57), 20)
+    points = rng.normal(size=(57, 2))[clusters] * 0.5 + rng.normal(0, 0.08, (len(clusters), 2))
+    colours = palette(57)
+    legend = {f"cluster {c}": colours[c] for c in range(57)}
+    figure = tsne_figure(points, [colours[c] for c in clusters], cluster_outlines(points, clusters), legend, "cluster")
+    axis = figure.axes[0]
+    assert not [patch for patch in axis.patches if isinstance(patch, Polygon)] and axis.get_legend() is None
+    assert sorted(int(text.get_text()) for text in axis.texts) == list(range(57))
+    assert "57 clusters, numbered at their middles" in axis.get_title()
+    figure.savefig(tmp_path / "map.png")
+    few = tsne_figure(points[:200], [colours[c] for c in clusters[:200]], cluster_outlines(points[:200], clusters[:200]),
+                      {name: colour for name, colour in list(legend.items())[:10]}, "cluster")
+    assert len([p for p in few.axes[0].patches if isinstance(p, Polygon)]) == 10 and few.axes[0].get_legend()

@@ -66,8 +66,9 @@ def test_predict_json_by_file(messy_fit):
     results = output["results"]
     assert len(results) == 4 and results[0]["path"] == str(query) and results[0]["distance"] < 1e-5
     assert [r["rank"] for r in results] == [1, 2, 3, 4]
-    assert all({"rank", "path", "distance", "query_distance", "cluster", "label"} <= set(r) for r in results)
-    assert [r["distance"] for r in results] == sorted(r["distance"] for r in results)
+    assert all({"rank", "path", "score", "distance", "query_distance", "cluster", "label"} <= set(r) for r in results)
+    assert [r["score"] for r in results] == sorted(r["score"] for r in results)
+    assert list(results[0]).index("score") < list(results[0]).index("distance")  # the number they are in the order of
 
 
 def test_predict_results_are_sorted_by_the_number_shown_with_expansion(messy_fit):
@@ -78,8 +79,10 @@ def test_predict_results_are_sorted_by_the_number_shown_with_expansion(messy_fit
     lines = [line for line in process.stdout.splitlines() if line.strip()[:1].isdigit()]
     shown = [float(line.split()[1]) for line in lines]
     assert len(lines) == 8 and shown[0] == 0.0 and lines[0].endswith("(same image as the query)")
-    assert lines[1].endswith("(nearest to the query itself)")  # at its distance to the query, then by the expanded one
-    assert shown[2:] == sorted(shown[2:])
+    assert lines[1].endswith("(nearest to the query itself: kept first)")  # ranked by its distance to the query
+    assert shown == sorted(shown)  # every row in the order of the first number shown, its score (issue 31)
+    ranked_by = [float(line.split()[2]) for line in lines]
+    assert shown[2:] == ranked_by[2:] and shown[1] == min(ranked_by[1], ranked_by[2])
 
 
 def test_predict_table_and_plot(messy_fit, tmp_path):
@@ -90,7 +93,7 @@ def test_predict_table_and_plot(messy_fit, tmp_path):
                          "--exclude-self", "--nprobe", "all")
     assert process.returncode == 0, process.stderr
     lines = process.stdout.splitlines()
-    assert lines[0].startswith(f"query {query}: nprobe 3") and lines[1].split()[:5] == ["rank", "distance", "to", "query", "cluster"]
+    assert lines[0].startswith(f"query {query}: nprobe 3") and lines[1].split()[:6] == ["rank", "score", "distance", "to", "query", "cluster"]
     rows = [line for line in lines if line.strip()[:1].isdigit()]
     assert len(rows) == 3 and not any(str(query) in row for row in rows)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
@@ -158,7 +161,9 @@ def test_predict_without_artifacts_is_a_clear_error(tmp_path):
     query = sorted((ROOT / "data" / "sample" / "hat").glob("*.jpg"))[0]
     process = run_script("predict.py", "--file", query, "--artifacts", tmp_path / "none")
     assert process.returncode == 2
-    assert last_line(process) == f"error: {tmp_path / 'none'}: no fitted artifacts (it does not exist); run scripts/fit.py first"
+    assert last_line(process) == (f"error: {tmp_path / 'none'}: no fitted artifacts: it does not exist; fit a folder into "
+                                  f"it first (imgsim fit DATA_DIR --artifacts {tmp_path / 'none'}), or name the one a "
+                                  f"fit wrote with --artifacts DIR")
 
 
 def test_fit_of_an_empty_folder_is_exit_2_and_keeps_the_old_fit(messy_fit, tmp_path):

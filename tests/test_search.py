@@ -75,6 +75,9 @@ def test_query_expansion_ranks_by_the_expanded_query_keeping_the_copy_and_the_ne
     np.testing.assert_allclose([hit.distance for hit in result.results], expected, atol=1e-4)
     assert [hit.distance for hit in result.results[2:]] == sorted(hit.distance for hit in result.results[2:])
     assert [hit.ranked_by for hit in result.results] == ["query", "query"] + ["expanded query"] * 6
+    scores = [hit.score for hit in result.results]  # one number the results are in the order of (issue 31)
+    assert scores == sorted(scores) and scores[0] == 0.0 and scores[2:] == [hit.distance for hit in result.results[2:]]
+    assert scores[1] == min(result.results[1].distance, result.results[2].distance)
     np.testing.assert_allclose([hit.query_distance for hit in result.results], to_query, atol=1e-4)
     alone = [h.id for h in searcher.search_file(query, SearchOptions(n=8, nprobe="all", exclude_self=True)).results]
     assert alone == [by_distance[0]] + by_expanded[:7]

@@ -494,3 +494,20 @@ def test_ids_have_one_spelling_and_clients_see_no_schema_and_no_paths(fitted_cop
     assert str(fitted_copy) not in busy.text and str(os.getpid()) not in busy.text
     long_url = client.post("/api/search", json={"url": "http://example.com/" + "x" * 70_000})
     assert long_url.status_code == 400 and len(long_url.text) < 500 and "over the 8,192 allowed" in long_url.text
+
+
+def test_options_in_the_query_string_are_honoured_or_refused(client, searcher):
+    """POST /api/search?n=3 answers 3; a query parameter that is no option, or one given two ways, is a 422 (issue 31)."""
+    photo = {"image": ("q.jpg", photo_of(searcher, 2), "image/jpeg")}
+    assert len(client.post("/api/search?n=3", files=photo).json()["results"]) == 3
+    assert len(client.post("/api/search?n=4&nprobe=all", json={"id": 2}).json()["results"]) == 4
+    assert client.post("/api/search?n=4", json={"id": 2, "n": 4}).status_code == 200  # the same both ways
+    for url, body, message in (("/api/search?n=0", {"id": 2}, "n must lie between 1 and 100, got 0"),
+                               ("/api/search?nprobe=abc", {"id": 2}, "nprobe must be a positive whole number"),
+                               ("/api/search?n=3", {"id": 2, "n": 5}, "n is given twice, as '5' and '3'"),
+                               ("/api/search?limit=3", {"id": 2}, "unknown query parameter 'limit': a search takes n, "
+                                                                  "nprobe, max_distance")):
+        answer = client.post(url, json=body)
+        assert answer.status_code == 422 and message in answer.json()["error"], answer.text
+    upload = client.post("/api/search?nprobe=abc", files=photo)
+    assert upload.status_code == 422

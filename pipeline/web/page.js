@@ -7,7 +7,12 @@ function options() {
   return params;
 }
 
-function render(data, querySrc) {
+// On a narrow screen the form takes the first screen: bring the answer into view once it is there.
+function showAnswer() {
+  if (window.matchMedia("(max-width: 700px)").matches) $("status").scrollIntoView({block: "start"});
+}
+
+function render(data, querySrc, note) {
   const img = document.createElement("img");
   img.src = querySrc;
   img.alt = "query";
@@ -16,7 +21,8 @@ function render(data, querySrc) {
     (data.expansion ? ` · ranked with its ${data.expansion} nearest images` : "");
   $("query").replaceChildren(img, caption);
   $("results").replaceChildren(...data.results.map((hit) => hitElement(hit, data.expansion)));
-  status(`${data.results.length} results`);
+  status(`${data.results.length} results` + (note ? ` · ${note}` : ""));
+  showAnswer();
 }
 
 // One result, built from text nodes only: labels and paths come from folder names, never markup.
@@ -30,18 +36,19 @@ function hitElement(hit, expansion) {
   img.loading = "lazy";
   img.alt = `result ${hit.rank}`;
   img.src = `/api/images/${hit.id}`;
-  const distance = document.createElement("span");
-  distance.className = "distance";
-  distance.title = hit.ranked_by === "query" ? "cosine distance to the query: what this result was ranked by"
-    : "cosine distance to the query averaged with its nearest images: what this result was ranked by";
-  distance.textContent = `d=${hit.distance.toFixed(4)}`;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.title = "the score the results are in the order of: " + (hit.ranked_by === "query"
+    ? `the cosine distance to the query (${hit.distance.toFixed(4)}), kept first`
+    : `the cosine distance to the query averaged with its nearest images (${hit.distance.toFixed(4)})`);
+  score.textContent = `score ${hit.score.toFixed(4)}`;
   const name = document.createElement("span");
   name.className = "name";
   name.textContent = hit.path.split("/").pop();
   const meta = document.createElement("div");
   meta.className = "meta";
   meta.title = `${hit.path}\ncluster ${hit.cluster}`;
-  meta.append(`#${hit.rank} · `, distance, name,
+  meta.append(`#${hit.rank} · `, score, name,
               (hit.label ? `${hit.label} · ` : "") + `to the query ${hit.query_distance.toFixed(4)}`);
   const note = hit.same_image ? "same image" : hit.ranked_by === "query" && expansion ? "nearest to the query" : "";
   if (note) {
@@ -70,9 +77,12 @@ function startSearch() {
   status("searching…");
 }
 
+// Each search by id or URL gets an address of its own, to share or reload; the form shows what was searched.
 async function searchBy(query, remember) {
   const params = {...query, ...options()};
   if (remember) history.pushState(params, "", "?" + new URLSearchParams(params));
+  $("file").value = "";
+  $("url").value = query.url || "";
   startSearch();
   try {
     const data = await post({...params, n: Number(params.n), ...(query.id !== undefined ? {id: Number(query.id)} : {})});
@@ -80,13 +90,18 @@ async function searchBy(query, remember) {
   } catch (error) { status(error.message, true); }
 }
 
+// An uploaded photo stays in this browser: its search has no address to share, and the page says so.
 async function searchFile(file) {
   const form = new FormData();
   form.append("image", file);
   for (const [key, value] of Object.entries(options())) form.append(key, value);
-  history.pushState(options(), "", "?" + new URLSearchParams(options()));
+  history.pushState({}, "", location.pathname);
+  $("url").value = "";
   startSearch();
-  try { render(await post(form, true), URL.createObjectURL(file)); } catch (error) { status(error.message, true); }
+  try {
+    render(await post(form, true), URL.createObjectURL(file),
+           "an uploaded photo has no link of its own (it never leaves this search): click a result, or search by URL, for a link to share");
+  } catch (error) { status(error.message, true); }
 }
 
 function fromLocation() {
@@ -94,7 +109,8 @@ function fromLocation() {
   if (params.get("n")) $("n").value = params.get("n");
   $("nprobe").value = params.get("nprobe") || "auto";
   if (params.get("id") !== null) searchBy({id: params.get("id")}, false);
-  else if (params.get("url")) { $("url").value = params.get("url"); searchBy({url: params.get("url")}, false); }
+  else if (params.get("url")) searchBy({url: params.get("url")}, false);
+  else { $("query").replaceChildren(); $("results").replaceChildren(); status(""); }
 }
 
 $("search").addEventListener("submit", (event) => {
