@@ -26,6 +26,7 @@ else runs no code of theirs. File names and format versions live here and nowher
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -82,8 +83,10 @@ class ArtifactWriter:
         self.root = Path(artifacts_dir)
         self.path: Path | None = None
         self._lock: Optional[int] = None
+        self._made_root = False
 
     def __enter__(self) -> "ArtifactWriter":
+        self._made_root = not self.root.exists()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._lock = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -107,6 +110,10 @@ class ArtifactWriter:
     def __exit__(self, exc_type, exc, traceback) -> None:
         if self.path is not None and self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
+        if self._made_root and not has_bundle(self.root):  # a first fit that failed leaves no empty folder behind
+            (self.root / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
         if self._lock is not None:
             os.close(self._lock)  # releases the lock
             self._lock = None

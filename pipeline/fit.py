@@ -79,11 +79,12 @@ def fit(
     stats = {record.path: file_stat(record.path) for record in records}  # before reading: a later change shows
     sample = _training_sample(records, config)
     clock = FitClock(stage_shares(config.uses_backbone, len(sample), len(records)), started)
-    from .training import train_encoder  # TensorFlow takes seconds to load: only once the folder is known good
 
     with ArtifactWriter(artifacts_dir) as writer:
         with tempfile.TemporaryDirectory(dir=writer.path) as scratch:  # the decoded-image cache
             decoded = _decode_sample(sample, data_dir, config, scratch, clock)
+            from .training import train_encoder  # TensorFlow takes seconds to load: only once some image decodes
+
             trained = train_encoder(decoded, config, writer.path, scratch, clock, tensorboard)
             if sample is records:  # the training images are all the images: their descriptors are at hand
                 embedded = EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped, trained.descriptors)

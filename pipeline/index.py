@@ -15,16 +15,13 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numba
 import numpy as np
-from numba import types
-from numba.extending import overload
 from threadpoolctl import ThreadpoolController
 
 from .config import INDEX_DTYPES, METRICS
 
 # Numba's default threading layer must not launch parallel kernels from two threads at once, so callers of the
-# parallel kernels take turns; a few queries run in the caller's thread instead (_run).
+# parallel kernels take turns; a few queries run with NumPy in the caller's thread instead (_run).
 _KERNEL_LOCK = threading.Lock()
 PARALLEL_FROM = 16  # queries in a call from which the index's kernels run across the cores
 RECALL_QUERIES = 500  # indexed vectors used as queries to measure recall against exact search
@@ -80,98 +77,44 @@ class SearchHits:
 _HALF_TO_FLOAT = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)  # every float16's value
 
 
-def _value(stored, table):  # pragma: no cover  (compiled by Numba through the overload below)
-    """A stored vector element as a float: itself, or for float16 (passed as its uint16 bits) its value."""
+def _scan_few(queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores, out_ids) -> None:
+    """The ``n`` best (score, id) pairs of each of a few queries among its probed clusters, into
+    ``out_scores`` and ``out_ids``, with NumPy: one matrix-vector product per probed cluster, read
+    in place. Scores and ties as :func:`pipeline.kernels.scan_parallel` ranks them."""
+    half = vectors.dtype == np.uint16
+    for q, query in enumerate(queries):
+        scores, found = [], []
+        for cluster in probed[q]:
+            start, stop = offsets[cluster], offsets[cluster + 1]
+            block = table[vectors[start:stop]] if half else vectors[start:stop]
+            dots = block @ query
+            scores.append(-dots if cosine else norms[start:stop] - 2 * dots)
+            found.append(ids[start:stop])
+        scores, found = np.concatenate(scores), np.concatenate(found)
+        if len(scores) > n:
+            kept = np.argpartition(scores, n - 1)[:n]
+            kept = np.union1d(kept, np.flatnonzero(scores == scores[kept].max()))  # ties at the border: smaller id
+            scores, found = scores[kept], found[kept]
+        order = np.lexsort((found, scores))[:n]
+        out_scores[q, : len(order)], out_ids[q, : len(order)] = scores[order], found[order]
 
 
-@overload(_value)
-def _value_of(stored, table):  # pragma: no cover
-    if isinstance(stored, types.Integer):  # Numba has no float16: the bits index a table of every value
-        return lambda stored, table: table[stored]
-    return lambda stored, table: stored
+def _smallest_few(matrix: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` smallest values of each row, smallest first (ties: lower index)."""
+    return np.argsort(matrix, axis=1, kind="stable")[:, :k]
 
 
-@numba.njit(fastmath=True, cache=True, nogil=True)
-def _scan_query(q, queries, probed, vectors, table, norms, offsets, ids, n, cosine, best_s, best_i):  # pragma: no cover
-    """The ``n`` best (score, id) pairs of query ``q`` among its probed clusters, into ``best_s`` and ``best_i``.
-
-    Scores rank like distances: ``-q.x`` for cosine, ``|x|^2 - 2 q.x`` for euclidean. Ties go
-    to the smaller id, so the result is the same whatever order the clusters are scanned in.
-    ``vectors`` are float32, or float16 given as their uint16 bits with ``table`` their values.
-    """
-    worst = 0  # slot of the worst kept pair
-    for p in range(probed.shape[1]):
-        cluster = probed[q, p]
-        for row in range(offsets[cluster], offsets[cluster + 1]):
-            dot = np.float32(0.0)
-            for j in range(queries.shape[1]):
-                dot += queries[q, j] * _value(vectors[row, j], table)
-            score = -dot if cosine else norms[row] - 2 * dot
-            if score < best_s[worst] or (score == best_s[worst] and ids[row] < best_i[worst]):
-                best_s[worst], best_i[worst] = score, ids[row]
-                for t in range(n):
-                    if best_s[t] > best_s[worst] or (best_s[t] == best_s[worst] and best_i[t] > best_i[worst]):
-                        worst = t
-
-
-@numba.njit(parallel=True, cache=True)
-def _scan_parallel(queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores, out_ids):  # pragma: no cover
-    """:func:`_scan_query` for each query, in parallel."""
-    for q in numba.prange(queries.shape[0]):
-        _scan_query(q, queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores[q], out_ids[q])
-
-
-@numba.njit(cache=True, nogil=True)
-def _scan_serial(queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores, out_ids):  # pragma: no cover
-    """:func:`_scan_query` for each query, in the calling thread."""
-    for q in range(queries.shape[0]):
-        _scan_query(q, queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores[q], out_ids[q])
-
-
-@numba.njit(cache=True, nogil=True)
-def _smallest_row(row, k):  # pragma: no cover
-    """Column indices of the ``k`` smallest values of ``row``, smallest first (ties: lower index)."""
-    if k * 8 >= row.shape[0]:  # a large share of the row: sort it
-        return np.argsort(row, kind="mergesort")[:k]
-    best = np.full(k, np.inf)  # else keep the k best by insertion, one pass over the row
-    best_i = np.full(k, -1, dtype=np.int64)
-    for c in range(row.shape[0]):
-        value = row[c]
-        if value < best[k - 1]:
-            t = k - 1
-            while t > 0 and best[t - 1] > value:
-                best[t], best_i[t] = best[t - 1], best_i[t - 1]
-                t -= 1
-            best[t], best_i[t] = value, c
-    return best_i
-
-
-@numba.njit(parallel=True, cache=True)
-def _smallest_parallel(matrix, k):  # pragma: no cover
-    """:func:`_smallest_row` of each row, in parallel."""
-    out = np.empty((matrix.shape[0], k), dtype=np.int64)
-    for r in numba.prange(matrix.shape[0]):
-        out[r] = _smallest_row(matrix[r], k)
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _smallest_serial(matrix, k):  # pragma: no cover
-    """:func:`_smallest_row` of each row, in the calling thread."""
-    out = np.empty((matrix.shape[0], k), dtype=np.int64)
-    for r in range(matrix.shape[0]):
-        out[r] = _smallest_row(matrix[r], k)
-    return out
-
-
-def _run(parallel, serial, queries: int, *args):
-    """A kernel over a batch of ``queries``: across every core for a large batch (one caller at a
-    time: Numba's threads serve one parallel kernel at a time), in the calling thread for a few
-    queries, so that many single queries (a service's requests) run side by side."""
+def _run(kernel: str, few: Callable, queries: int, *args):
+    """A search step over a batch of ``queries``: with NumPy, in the calling thread, for a few
+    queries (a query process never loads Numba, and a service's requests run side by side); for a
+    large batch, with the Numba kernel of :mod:`pipeline.kernels` of that name across every core
+    (one caller at a time: Numba's threads serve one parallel kernel at a time)."""
     if queries < PARALLEL_FROM:
-        return serial(*args)
+        return few(*args)
+    from . import kernels  # Numba: loading its compiled kernels takes about half a second
+
     with _KERNEL_LOCK:
-        return parallel(*args)
+        return getattr(kernels, kernel)(*args)
 
 
 class ClusteredIndex:
@@ -333,7 +276,7 @@ class ClusteredIndex:
         scores = centroid_scores(queries, self.centroids_, self.metric)
         if nprobe == 1:
             return scores.argmin(axis=1)[:, None]
-        return _run(_smallest_parallel, _smallest_serial, len(scores), scores, nprobe)
+        return _run("smallest_parallel", _smallest_few, len(scores), scores, nprobe)
 
     def search(
         self,
@@ -373,7 +316,7 @@ class ClusteredIndex:
         scores = np.full((len(queries), n), np.inf, dtype=np.float32)
         ids = np.full((len(queries), n), np.iinfo(np.int64).max, dtype=np.int64)
         half = self.vectors_.dtype == np.float16
-        _run(_scan_parallel, _scan_serial, len(queries), queries, probed,
+        _run("scan_parallel", _scan_few, len(queries), queries, probed,
              self.vectors_.view(np.uint16) if half else self.vectors_, _HALF_TO_FLOAT if half else _HALF_TO_FLOAT[:0],
              self.norms_, self.offsets_, self.ids_, n, self.metric == "cosine", scores, ids)
         order = np.lexsort((ids, scores), axis=1)

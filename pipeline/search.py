@@ -16,7 +16,6 @@ import numpy as np
 from .artifacts import Bundle, pointed_folder
 from .catalog import Catalog
 from .errors import InputError, UnknownImage, shown
-from .fetch import fetch_url
 from .images import MAX_IMAGE_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
 from .runtime import BatchingEncoder
@@ -218,6 +217,8 @@ class Searcher:
         return self.search_bytes(read_file(path), str(path), options)
 
     def search_url(self, url: str, options: SearchOptions = SearchOptions()) -> SearchResult:
+        from .fetch import fetch_url  # requests: only for a query by URL
+
         return self.search_bytes(fetch_url(url), url, options)
 
     def search_bytes(self, data: bytes, source: str, options: SearchOptions = SearchOptions()) -> SearchResult:

@@ -279,3 +279,15 @@ def test_commands_that_never_run_the_encoder_never_read_an_oversized_export(fitt
     assert refused.returncode == 2 and refused.stderr.splitlines()[-1].endswith(
         "encoder.tflite: the encoder's export is 3,221,225,472 bytes, over the 536,870,912-byte limit of any fit's; "
         "fit again")
+
+
+def test_a_folder_of_no_readable_image_is_refused_before_tensorflow_and_leaves_nothing(tmp_path):
+    """Issue 33: a folder holding one fake .jpg is one line, exit 2, before any model loads; no empty artifacts folder."""
+    (tmp_path / "photos" / "cats").mkdir(parents=True)
+    (tmp_path / "photos" / "cats" / "a.jpg").write_text("not a photo")
+    process = subprocess.run([sys.executable, "-c", _REPORT_WHAT_LOADED, "fit", "photos"], capture_output=True,
+                             text=True, cwd=tmp_path, timeout=60)
+    assert process.returncode == 2 and process.stdout == ""
+    assert process.stderr.splitlines()[-2:] == ["error: photos: none of the 1 image files could be decoded",
+                                                "loaded: []"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["photos"]

@@ -193,3 +193,23 @@ def test_float16_storage_halves_the_vectors_and_keeps_the_neighbours(metric):
     assert stored.dtype == "float16" and np.array_equal(stored.search(queries, 10, "all").ids, rounded.ids)
     half.add(vectors[:5])  # growing keeps the storage type
     assert half.vectors_.dtype == np.float16 and half.size == 3005
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_few_queries_rank_as_a_large_batch_does(metric, dtype):
+    """A few queries take NumPy in the caller's thread, a large batch the Numba kernels: the same neighbours, the
+    same distances (so a query process need not load Numba)."""
+    from pipeline.index import PARALLEL_FROM
+
+    vectors = gaussian_mixture(n=800)
+    index = ClusteredIndex(metric, nprobe=3, dtype=dtype).fit(vectors, build(vectors, metric, nlist=12).centroids_)
+    queries = gaussian_mixture(n=2 * PARALLEL_FROM, seed=3)
+    batch = index.search(queries, 10)  # Numba, across the cores
+    alone = [index.search(query[None], 10) for query in queries]  # NumPy, one at a time
+    ids = np.vstack([hits.ids for hits in alone])
+    assert (ids == batch.ids).mean() > 0.99  # only float ties may swap places
+    np.testing.assert_allclose(np.vstack([hits.distances for hits in alone]), batch.distances, atol=1e-4)
+    assert np.array_equal(np.vstack([hits.probed for hits in alone]), batch.probed)
+    few = index.search(queries[:3], 2000, nprobe="all")  # more asked than there are: padded with -1 as before
+    assert (few.ids[:, 800:] == -1).all() and np.isinf(few.distances[:, 800:]).all()
