@@ -247,8 +247,8 @@ class Searcher:
         hash) come first at distance 0, with ``same_image=True`` (or are left out with
         ``exclude_self``; they are never used for the expansion); with expansion, the image nearest
         to the query itself comes next, at its distance to the query ("query"), since expansion
-        would otherwise cost the best hit its place (docs/QUALITY.md: precision@1 0.794 against
-        0.777 on clothing10 when every result is sorted by its distance to the expanded query); the
+        would otherwise cost the best hit its place (docs/QUALITY.md, bench_ranking: precision@1 up
+        to 0.016 higher than with every result sorted by its distance to the expanded query); the
         others follow, sorted by their distance to the expanded query ("expanded query"). The score
         is that distance, but for a result kept early on purpose whose distance is larger than the
         next one's: it scores as the next one does. ``query_distance`` is always to the query itself. With ``max_distance``, only
