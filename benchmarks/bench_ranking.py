@@ -14,7 +14,6 @@ precision@10 and mAP@10 of both and writes them to docs/QUALITY.md.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,12 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
 from pipeline import index as index_module  # noqa: E402
-from pipeline.artifacts import Bundle, has_bundle  # noqa: E402
+from benchmarks.devsets import SETS, default_fit  # noqa: E402
+from pipeline.artifacts import Bundle  # noqa: E402
 from pipeline.index import SearchHits  # noqa: E402
 from pipeline.metrics import LabelledSet, without_self  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
-SETS = ("clothing10", "cifar10-test", "caltech101", "flowers5")
 K = 10
 
 
@@ -67,10 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for name in args.sets.split(","):
-        artifacts = args.workdir / name
-        if not has_bundle(artifacts):
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(SHARED / name), "--artifacts",
-                            str(artifacts)], cwd=ROOT, check=True, capture_output=True)
+        artifacts = default_fit(name, args.workdir)
         bundle = Bundle.load(artifacts)
         kept_first = scores(bundle)
         ranking = index_module._nearest_first

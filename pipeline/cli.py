@@ -216,7 +216,8 @@ def _fit(args: argparse.Namespace) -> None:
 
 def _predict_flags(parser: argparse.ArgumentParser) -> None:
     query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--file", help="query image file")
+    query.add_argument("--file", action="append", metavar="FILE",
+                       help="query image file; repeat it to search with several photos as one query")
     query.add_argument("--url", help="query image URL (http or https)")
     parser.add_argument("-n", type=_positive, default=10, help="number of results")
     parser.add_argument("--nprobe", type=_count_or_word(("all",)),
@@ -232,6 +233,8 @@ def _predict_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-distance", type=_non_negative_float, metavar="D",
                         help="keep only results at most D from the query (the 'to query' column): fewer than n "
                              "when fewer are that close")
+    parser.add_argument("--unlike", action="append", metavar="FILE",
+                        help="a photo whose look should count against a result (repeatable)")
     parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     _runtime_flag(parser)
 
@@ -294,15 +297,21 @@ def _predict(args: argparse.Namespace) -> None:
         check_url(args.url)  # a malformed URL is told before anything loads
     options = SearchOptions(n=args.n, nprobe=args.nprobe, expansion=args.expansion, exclude_self=args.exclude_self,
                             max_distance=args.max_distance)
-    data = read_file(args.file) if args.file else None
+    photos = [(read_file(path), path) for path in args.file or []]
+    unlike = [(read_file(path), path) for path in args.unlike or []]
     bundle = Bundle.load(args.artifacts, args.allow_pickle)  # cheap: the model loads with the Searcher
-    data, source = (data, args.file) if args.file else (fetch_url(args.url, args.timeout), args.url)
+    photos = photos or [(fetch_url(args.url, args.timeout), args.url)]
     searcher = Searcher(bundle, runtime=args.runtime)
-    result = searcher.search_bytes(data, source, options)
+    if len(photos) > 1 or unlike:
+        result = searcher.search_photos(photos, unlike, options)
+    else:
+        result = searcher.search_bytes(*photos[0], options)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(f"query {result.query}: nprobe {result.nprobe}, clusters {result.clusters}, expansion {result.expansion}")
+        if result.combined:
+            print(f"one query from {result.combined}")
         print(f"{'rank':>4}  {'score':>8}  {'distance':>8}  {'to query':>8}  {'cluster':>7}  {'label':<12}  path")
         for hit in result.results:
             marker = ("  (same image as the query)" if hit.same_image else
@@ -317,7 +326,7 @@ def _predict(args: argparse.Namespace) -> None:
         from .images import decode_image
         from .plots import save_montage
 
-        save_montage(decode_image(data, source), result, args.plot)
+        save_montage(decode_image(*photos[0]), result, args.plot)
         print(f"montage: {args.plot}")
 
 

@@ -9,7 +9,7 @@ import re
 import threading
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from .images import MAX_IMAGE_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
 from .runtime import BatchingEncoder
 
+UNLIKE_WEIGHT = 0.5  # how much an unlike photo's look counts against a result (Rocchio's beta)
+MAX_QUERY_PHOTOS = 8  # photos, liked and unlike, in one query
 _DECIMAL = re.compile(r"[+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # what a distance may look like
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class SearchResult:
     clusters: list[int]  # the clusters probed, nearest first
     results: list[Neighbor]
     expansion: int = 0  # first neighbours averaged into the query to rank the others
+    combined: Optional[str] = None  # for several photos or unlike ones: how their descriptors made the query
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +101,20 @@ class SearchOptions:
             raise InputError(f"nprobe must be a positive whole number, 'all' or 'auto', got {probe!r}")
         distance = None if text["max_distance"] is None else parse_distance(text["max_distance"], "max_distance")
         return cls(n=count, nprobe=int(probe) if probe not in (None, "all") else probe, max_distance=distance)
+
+
+def combined_query(photos: np.ndarray, unlike: np.ndarray, beta: float = UNLIKE_WEIGHT) -> np.ndarray:
+    """One query vector for several photos (m, d) less like others (u, d): the mean of the photos'
+    unit descriptors less ``beta`` times the mean of the unlike ones' (Rocchio), of unit length.
+    Measured on the four dev sets (docs/QUALITY.md, bench_multi_query)."""
+    def unit(vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), np.float32(1e-12))
+
+    query = unit(photos).mean(axis=0)
+    if len(unlike):
+        query = query - beta * unit(unlike).mean(axis=0)
+    return unit(query)
 
 
 def _scores(ranked: list[tuple[int, float, str]]) -> list[float]:
@@ -225,7 +242,7 @@ class Searcher:
         """Search with an encoded image (see :meth:`search_vector`)."""
         served = self._served
         image = prepare_image(data, source, served.bundle.settings.image_size, self.max_pixels)
-        return self._search(served, served.encoder.embed(image), content_hash(data), source, options)
+        return self._search(served, served.encoder.embed(image), {content_hash(data)}, source, options)
 
     def search_indexed(self, image_id: int, options: SearchOptions = SearchOptions()) -> SearchResult:
         """Search with an indexed image, by its id, using its stored vector; UnknownImage when no
@@ -235,8 +252,30 @@ class Searcher:
         row = catalog.row_of(image_id)
         if row is None:
             raise UnknownImage(f"no indexed image has id {image_id}")
-        return self._search(served, np.asarray(served.bundle.embeddings[row]), catalog.hashes[row], catalog.paths[row],
+        return self._search(served, np.asarray(served.bundle.embeddings[row]), {catalog.hashes[row]}, catalog.paths[row],
                             options)
+
+    def search_photos(self, photos: Sequence[tuple[bytes, str]], unlike: Sequence[tuple[bytes, str]] = (),
+                      options: SearchOptions = SearchOptions()) -> SearchResult:
+        """Search with several photos (data, source) as one query, less like the ``unlike`` ones
+        (:func:`combined_query`); indexed copies of any of the photos count as the query's copies."""
+        if not photos:
+            raise InputError("a search needs at least one photo to look like")
+        if len(photos) + len(unlike) > MAX_QUERY_PHOTOS:
+            raise InputError(f"at most {MAX_QUERY_PHOTOS} photos a query, got {len(photos) + len(unlike)}")
+        served = self._served
+        size = served.bundle.settings.image_size
+        vectors = [served.encoder.embed(prepare_image(data, source, size, self.max_pixels)) for data, source in
+                   [*photos, *unlike]]
+        liked = np.stack(vectors[: len(photos)])
+        vector = combined_query(liked, np.stack(vectors[len(photos):]) if unlike else liked[:0])
+        described = (f"the mean of {len(photos)} photos' unit descriptors" if len(photos) > 1 else "the photo's unit "
+                     "descriptor") + (f", less {UNLIKE_WEIGHT} times the mean of {len(unlike)} unlike photos'"
+                                      if unlike else "")
+        source = " + ".join(source for _, source in photos) + "".join(f" - {source}" for _, source in unlike)
+        result = self._search(served, vector, {content_hash(data) for data, _ in photos}, source, options)
+        result.combined = described
+        return result
 
     def search_vector(self, vector: np.ndarray, query_hash: str, source: str,
                       options: SearchOptions = SearchOptions()) -> SearchResult:
@@ -255,15 +294,16 @@ class Searcher:
         results whose ``query_distance`` is at most that are kept (fewer than ``n`` when fewer are
         that close), in the same order.
         """
-        return self._search(self._served, vector, query_hash, source, options)
+        return self._search(self._served, vector, {query_hash}, source, options)
 
     @staticmethod
-    def _search(served: _Served, vector: np.ndarray, query_hash: str, source: str,
+    def _search(served: _Served, vector: np.ndarray, query_hashes: set[str], source: str,
                 options: SearchOptions) -> SearchResult:
-        """:meth:`search_vector` against the bundle of ``served``."""
+        """:meth:`search_vector` against the bundle of ``served``; the indexed images with any of
+        ``query_hashes`` are the query's copies."""
         catalog, index, copies_of = served.bundle.catalog, served.bundle.index, served.copies
         n = min(options.n, len(catalog))  # never more results than images: no huge allocation for a huge n
-        copies = copies_of.get(query_hash, [])
+        copies = sorted(row for digest in query_hashes for row in copies_of.get(digest, []))
         nprobe = index.resolve_nprobe(index.nprobe_ if options.nprobe is None else options.nprobe)
         expansion = min(index.expansion if options.expansion is None else options.expansion, len(catalog))
         hits = index.search(vector[None], n + len(copies), nprobe, expansion, np.array([copies or [-1]]))

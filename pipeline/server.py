@@ -3,7 +3,8 @@
 - ``GET /``: the page (upload, drop or paste a URL; click a result to search by it), with its
   ``/page.js`` and ``/page.css``. Every response carries a strict Content-Security-Policy: no inline
   script or style, scripts and styles from this server only.
-- ``POST /api/search``: multipart upload (field ``image``), or JSON ``{"url": ...}`` or ``{"id": ...}``;
+- ``POST /api/search``: multipart upload (field ``image``; repeated, several photos as one query;
+  ``unlike`` fields, photos whose look counts against a result), or JSON ``{"url": ...}`` or ``{"id": ...}``;
   ``n``, ``nprobe`` and ``max_distance`` as form fields, JSON keys or query parameters (any other query
   parameter, or an option given two ways differently, is a 422). Returns the ``predict.py --json`` object.
   ``max_distance`` keeps only results at most that far from the query.
@@ -50,7 +51,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ImageError, InputError, UnknownImage
-from .search import Searcher
+from .search import MAX_QUERY_PHOTOS, Searcher
 from .service import MAX_QUEUE_MS, MAX_UPLOAD_BYTES, Admission, SearchService, refresh
 
 log = logging.getLogger(__name__)
@@ -160,13 +161,13 @@ def create_app(
             return _busy(retry_after)
         try:
             if content_type.startswith("multipart/form-data"):
-                form = await request.form(max_files=1, max_fields=4)
-                upload = form.get("image")
-                if upload is None or isinstance(upload, str):
+                form = await request.form(max_files=MAX_QUERY_PHOTOS, max_fields=4 + MAX_QUERY_PHOTOS)
+                photos, unlike = await _uploads(form, "image", max_upload_bytes), await _uploads(form, "unlike",
+                                                                                                max_upload_bytes)
+                if not photos:
                     raise HTTPException(400, "the form needs a file field named 'image'")
-                data = await upload.read(max_upload_bytes + 1)
-                return await to_thread.run_sync(service.search_upload, data, upload.filename or "upload", form,
-                                                request.query_params, limiter=search_threads)
+                return await to_thread.run_sync(service.search_upload, *photos[0], form, request.query_params,
+                                                photos[1:], unlike, limiter=search_threads)
             return await to_thread.run_sync(service.search_json, await _json(request), request.query_params,
                                             limiter=search_threads)
         finally:
@@ -248,6 +249,15 @@ class _HostAndHeaders:
             refusal = _error(400, f"host {host[:64]!r} is not served here (serve --allowed-hosts)")
             return await refusal(scope, receive, send_with_headers)
         await self.app(scope, receive, send_with_headers)
+
+
+async def _uploads(form, field: str, limit: int) -> list[tuple[bytes, str]]:
+    """The files of a form's ``field`` (repeated for several), each read to at most ``limit`` + 1
+    bytes; 400 for a text value where a file belongs."""
+    uploads = form.getlist(field)
+    if any(isinstance(upload, str) for upload in uploads):
+        raise HTTPException(400, f"the form's '{field}' fields must be files")
+    return [(await upload.read(limit + 1), upload.filename or "upload") for upload in uploads]
 
 
 async def _json(request: Request) -> Any:

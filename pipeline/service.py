@@ -18,7 +18,7 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from starlette.exceptions import HTTPException
 
@@ -82,12 +82,18 @@ class SearchService:
         }
 
     def search_upload(self, data: bytes, name: str, fields: Mapping[str, Any],
-                      query: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
-        """The answer to an uploaded image, with the options of the form's ``fields`` and of the
-        request's ``query`` string (:func:`search_options`)."""
-        if len(data) > self.max_upload_bytes:
+                      query: Optional[Mapping[str, str]] = None, more: Sequence[tuple[bytes, str]] = (),
+                      unlike: Sequence[tuple[bytes, str]] = ()) -> dict[str, Any]:
+        """The answer to an uploaded image (with ``more`` photos, as one query, less like the
+        ``unlike`` ones: :meth:`Searcher.search_photos`), with the options of the form's ``fields``
+        and of the request's ``query`` string (:func:`search_options`)."""
+        photos = [(data, name), *more]
+        if any(len(photo) > self.max_upload_bytes for photo, _ in [*photos, *unlike]):
             raise HTTPException(413, f"upload over the {self.max_upload_bytes}-byte limit")
-        return self.searcher.search_bytes(data, name, search_options(fields, query or {})).to_dict()
+        options = search_options(fields, query or {})
+        if more or unlike:
+            return self.searcher.search_photos(photos, unlike, options).to_dict()
+        return self.searcher.search_bytes(data, name, options).to_dict()
 
     def search_json(self, body: Any, query: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
         """The answer to a JSON query: ``{"url": ...}`` or ``{"id": ...}``, with its options (in the

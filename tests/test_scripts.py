@@ -229,3 +229,16 @@ def test_predict_checks_its_input_before_it_loads_a_model(messy_fit, tmp_path, q
     good = sorted((data / "hat").glob("*.jpg"))[0]  # and a good query meets the broken model, as it should
     assert "cannot load the model" in last_line(run_script("predict.py", "--file", good, "--artifacts", broken,
                                                            "--runtime", "keras"))
+
+
+def test_predict_with_several_photos_and_an_unlike_one(messy_fit):
+    data, artifacts, _ = messy_fit
+    hats, shoe = sorted((data / "hat").glob("*.jpg"))[:2], sorted((data / "shoes").glob("*.jpg"))[0]
+    process = run_script("predict.py", "--file", hats[0], "--file", hats[1], "--unlike", shoe, "-n", 4, "--artifacts",
+                         artifacts, "--json")
+    assert process.returncode == 0, process.stderr
+    output = json.loads(process.stdout)
+    assert output["query"] == f"{hats[0]} + {hats[1]} - {shoe}" and len(output["results"]) == 4
+    assert output["combined"] == "the mean of 2 photos' unit descriptors, less 0.5 times the mean of 1 unlike photos'"
+    table = run_script("predict.py", "--file", hats[0], "--file", hats[1], "--artifacts", artifacts)
+    assert table.returncode == 0 and "one query from the mean of 2 photos' unit descriptors" in table.stdout

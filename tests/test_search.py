@@ -10,6 +10,7 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 
 from pipeline.artifacts import Bundle
+from pipeline.errors import InputError
 from pipeline.search import SearchOptions
 
 
@@ -248,3 +249,32 @@ def test_search_options_are_checked_once_when_made():
                             ((None, None, "inf"), "^max_distance must")):
         with pytest.raises(InputError, match=message):
             SearchOptions.parse(*fields)
+
+
+def test_several_photos_search_as_one_query_and_unlike_ones_count_against(searcher, photos):
+    """Issue 34 (several photos): the mean of the photos' unit descriptors, less half the unlike ones'; the JSON says
+    how the query was made; copies of any of the photos are the query's own."""
+    from pipeline.search import combined_query
+
+    catalog, embeddings = searcher.catalog, np.asarray(searcher.bundle.embeddings)
+    pants = sorted((photos / "pants").glob("*.jpg"))[:3]
+    shoe = sorted((photos / "shoes").glob("*.jpg"))[0]
+    rows = [catalog.paths.index(str(path)) for path in pants]
+    result = searcher.search_photos([(path.read_bytes(), str(path)) for path in pants], (),
+                                    SearchOptions(n=8, nprobe="all"))
+    assert result.combined == "the mean of 3 photos' unit descriptors"
+    assert sorted(hit.id for hit in result.results[:3]) == sorted(catalog.ids[row] for row in rows)
+    assert all(hit.same_image for hit in result.results[:3]) and not any(hit.same_image for hit in result.results[3:])
+    index = searcher.index  # the stored descriptors combined, the photos left out of the expansion and the results
+    by_vector = index.search(combined_query(embeddings[rows], embeddings[:0])[None], 8, "all", None, np.array([rows]))
+    assert [hit.id for hit in result.results[3:]] == [catalog.ids[row] for row in by_vector.ids[0] if row not in rows][:5]
+    assert sum(hit.label == "pants" for hit in result.results[3:]) >= 3
+    alone = searcher.search_photos([(pants[0].read_bytes(), str(pants[0]))], [(shoe.read_bytes(), str(shoe))],
+                                   SearchOptions(n=8, nprobe="all", exclude_self=True))
+    assert alone.combined == "the photo's unit descriptor, less 0.5 times the mean of 1 unlike photos'"
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    expected = unit[rows[0]] - 0.5 * unit[catalog.paths.index(str(shoe))]
+    np.testing.assert_allclose(combined_query(embeddings[rows[:1]], embeddings[[catalog.paths.index(str(shoe))]]),
+                               expected / np.linalg.norm(expected), atol=1e-5)
+    with pytest.raises(InputError, match="at most 8 photos a query, got 9"):
+        searcher.search_photos([(pants[0].read_bytes(), "p")] * 9)

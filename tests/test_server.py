@@ -511,3 +511,16 @@ def test_options_in_the_query_string_are_honoured_or_refused(client, searcher):
         assert answer.status_code == 422 and message in answer.json()["error"], answer.text
     upload = client.post("/api/search?nprobe=abc", files=photo)
     assert upload.status_code == 422
+
+
+def test_several_uploaded_photos_and_unlike_ones_are_one_query(client, searcher):
+    photo = lambda row: photo_of(searcher, row)  # noqa: E731
+    files = [("image", ("a.jpg", photo(1), "image/jpeg")), ("image", ("b.jpg", photo(2), "image/jpeg")),
+             ("unlike", ("c.jpg", photo(20), "image/jpeg"))]
+    answer = client.post("/api/search?n=5", files=files)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["combined"] == "the mean of 2 photos' unit descriptors, less 0.5 times the mean of 1 unlike photos'"
+    assert body["query"] == "a.jpg + b.jpg - c.jpg" and len(body["results"]) == 5
+    too_many = client.post("/api/search", files=[("image", ("a.jpg", photo(1), "image/jpeg"))] * 9)
+    assert too_many.status_code == 400 and "files" in too_many.json()["error"].lower()
