@@ -235,6 +235,9 @@ def _predict_flags(parser: argparse.ArgumentParser) -> None:
                              "when fewer are that close")
     parser.add_argument("--unlike", action="append", metavar="FILE",
                         help="a photo whose look should count against a result (repeatable)")
+    parser.add_argument("--box", type=_box, metavar="X,Y,W,H",
+                        help="search by this region of the query photo: its left, top, width and height as fractions "
+                             "of the photo's width and height (0 to 1)")
     parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     _runtime_flag(parser)
 
@@ -281,6 +284,15 @@ def _number_from(least: float, strict: bool, most: float = math.inf) -> Callable
 
 
 _positive, _non_negative = _whole_at_least(1), _whole_at_least(0)
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    from .search import parse_box
+
+    try:
+        return parse_box(text)
+    except PipelineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 _non_negative_float, _positive_float = _number_from(0, strict=False), _number_from(0, strict=True)
 
 
@@ -291,6 +303,8 @@ def _predict(args: argparse.Namespace) -> None:
 
     if args.plot:
         check_writable(args.plot)
+    if args.box and (len(args.file or []) > 1 or args.unlike):
+        raise InputError("--box is a region of one photo: search several photos, or unlike ones, without it")
     if args.url:
         from .fetch import check_url, fetch_url
 
@@ -305,13 +319,15 @@ def _predict(args: argparse.Namespace) -> None:
     if len(photos) > 1 or unlike:
         result = searcher.search_photos(photos, unlike, options)
     else:
-        result = searcher.search_bytes(*photos[0], options)
+        result = searcher.search_bytes(*photos[0], options, args.box)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(f"query {result.query}: nprobe {result.nprobe}, clusters {result.clusters}, expansion {result.expansion}")
         if result.combined:
             print(f"one query from {result.combined}")
+        if result.box:
+            print("by the region x {:.3f}, y {:.3f}, width {:.3f}, height {:.3f} of the query photo".format(*result.box))
         print(f"{'rank':>4}  {'score':>8}  {'distance':>8}  {'to query':>8}  {'cluster':>7}  {'label':<12}  path")
         for hit in result.results:
             marker = ("  (same image as the query)" if hit.same_image else

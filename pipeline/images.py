@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import stat
 import threading
@@ -189,9 +190,19 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interpolation)
 
 
-def prepare_image(data: bytes, source: str, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike."""
-    return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
+def prepare_image(data: bytes, source: str, size: int, max_pixels: int = MAX_IMAGE_PIXELS,
+                  box: Optional[tuple[float, float, float, float]] = None) -> np.ndarray:
+    """Bytes to the model's uint8 input image: the one preprocessing of fit and query alike. With
+    ``box`` (x, y, width, height as fractions of the image's width and height), the image is decoded
+    large enough for the box to keep ``size`` pixels a side where it has them, and only the box is kept."""
+    if box is None:
+        return resize_square(decode_image(data, source, min_size=size, max_pixels=max_pixels), size)
+    x, y, width, height = box
+    image = decode_image(data, source, min_size=math.ceil(size / min(width, height)), max_pixels=max_pixels)
+    rows, columns = image.shape[:2]
+    top, left = min(int(y * rows), rows - 1), min(int(x * columns), columns - 1)
+    bottom, right = max(top + 1, round((y + height) * rows)), max(left + 1, round((x + width) * columns))
+    return resize_square(np.ascontiguousarray(image[top:bottom, left:right]), size)
 
 
 def thumbnail_jpeg(data: bytes, source: str, size: int, quality: int = 85) -> bytes:

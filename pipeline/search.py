@@ -20,6 +20,7 @@ from .images import MAX_IMAGE_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
 from .runtime import BatchingEncoder
 
+Box = tuple[float, float, float, float]  # x, y, width, height: fractions of a photo's width and height
 UNLIKE_WEIGHT = 0.5  # how much an unlike photo's look counts against a result (Rocchio's beta)
 MAX_QUERY_PHOTOS = 8  # photos, liked and unlike, in one query
 _DECIMAL = re.compile(r"[+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # what a distance may look like
@@ -52,6 +53,7 @@ class SearchResult:
     results: list[Neighbor]
     expansion: int = 0  # first neighbours averaged into the query to rank the others
     combined: Optional[str] = None  # for several photos or unlike ones: how their descriptors made the query
+    box: Optional[tuple[float, float, float, float]] = None  # the region of the query photo searched by, as fractions
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +127,21 @@ def _scores(ranked: list[tuple[int, float, str]]) -> list[float]:
     for position in range(len(scores) - 2, -1, -1):
         scores[position] = min(scores[position], scores[position + 1])
     return scores
+
+
+def parse_box(text: Any) -> Box:
+    """A region of a photo from its text ``X,Y,W,H``: fractions of the width and height, the box
+    inside the photo and not empty; InputError saying what is wrong."""
+    parts = str(text)[:100].split(",")
+    if len(parts) != 4 or not all(_DECIMAL.fullmatch(part.strip()) for part in parts):
+        raise InputError(f"box must be X,Y,W,H, four fractions of the photo's width and height, got "
+                         f"{shown(str(text), 40)!r}")
+    x, y, width, height = (float(part) for part in parts)
+    if not (0 <= x < 1 and 0 <= y < 1 and 0 < width and 0 < height and x + width <= 1.000001
+            and y + height <= 1.000001):
+        raise InputError(f"box {x:g},{y:g},{width:g},{height:g} must lie inside the photo: X and Y from 0, W and H "
+                         f"above 0, X+W and Y+H at most 1")
+    return x, y, min(width, 1 - x), min(height, 1 - y)
 
 
 def parse_distance(value: Any, name: str) -> float:
@@ -238,20 +255,34 @@ class Searcher:
 
         return self.search_bytes(fetch_url(url), url, options)
 
-    def search_bytes(self, data: bytes, source: str, options: SearchOptions = SearchOptions()) -> SearchResult:
-        """Search with an encoded image (see :meth:`search_vector`)."""
+    def search_bytes(self, data: bytes, source: str, options: SearchOptions = SearchOptions(),
+                     box: Optional[Box] = None) -> SearchResult:
+        """Search with an encoded image (see :meth:`search_vector`), or with the region ``box`` of
+        it (x, y, width, height as fractions: :func:`parse_box`), cropped and embedded as a photo of
+        its own (docs/QUALITY.md, bench_region); indexed copies of the whole photo are then results
+        like any other."""
         served = self._served
-        image = prepare_image(data, source, served.bundle.settings.image_size, self.max_pixels)
-        return self._search(served, served.encoder.embed(image), {content_hash(data)}, source, options)
+        image = prepare_image(data, source, served.bundle.settings.image_size, self.max_pixels, box)
+        result = self._search(served, served.encoder.embed(image), {content_hash(data)} if box is None else set(),
+                              source, options)
+        result.box = box
+        return result
 
-    def search_indexed(self, image_id: int, options: SearchOptions = SearchOptions()) -> SearchResult:
-        """Search with an indexed image, by its id, using its stored vector; UnknownImage when no
-        indexed image has that id (it was removed, say)."""
+    def search_indexed(self, image_id: int, options: SearchOptions = SearchOptions(),
+                       box: Optional[Box] = None) -> SearchResult:
+        """Search with an indexed image, by its id, using its stored vector (with ``box``, that region
+        of its file, while the file is the one indexed); UnknownImage when no indexed image has that id
+        (it was removed, say)."""
         served = self._served
         catalog = served.bundle.catalog
         row = catalog.row_of(image_id)
         if row is None:
             raise UnknownImage(f"no indexed image has id {image_id}")
+        if box is not None:
+            data = read_file(catalog.paths[row], served.bundle.settings.max_file_bytes)
+            if content_hash(data) != catalog.hashes[row]:
+                raise UnknownImage(f"image {image_id} is no longer the file that was indexed")
+            return self.search_bytes(data, catalog.paths[row], options, box)
         return self._search(served, np.asarray(served.bundle.embeddings[row]), {catalog.hashes[row]}, catalog.paths[row],
                             options)
 

@@ -29,7 +29,7 @@ from .duplicates import CANDIDATE_DISTANCE, Duplicates, find_duplicates
 from .errors import ArtifactError, ImageError, InputError, shown
 from .fetch import fetch_url
 from .images import content_hash, thumbnail_jpeg
-from .search import Searcher, SearchOptions, parse_distance
+from .search import Box, Searcher, SearchOptions, parse_box, parse_distance
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -39,7 +39,7 @@ THUMBNAIL = 256
 MAX_QUEUE_MS = 500.0  # a search expected to wait longer than this is refused at once (503)
 MIN_TOKEN_CHARACTERS = 16
 MAX_REMOVE_IDS = 100_000
-SEARCH_OPTIONS = ("n", "nprobe", "max_distance")  # what a search request may set, in its body or its query string
+SEARCH_OPTIONS = ("n", "nprobe", "max_distance", "box")  # what a search request may set, in its body or its query string
 
 
 class SearchService:
@@ -90,25 +90,27 @@ class SearchService:
         photos = [(data, name), *more]
         if any(len(photo) > self.max_upload_bytes for photo, _ in [*photos, *unlike]):
             raise HTTPException(413, f"upload over the {self.max_upload_bytes}-byte limit")
-        options = search_options(fields, query or {})
+        options, box = search_options(fields, query or {}), _box(fields, query or {})
         if more or unlike:
+            if box is not None:
+                raise InputError("a box is a region of one photo: search several photos without it")
             return self.searcher.search_photos(photos, unlike, options).to_dict()
-        return self.searcher.search_bytes(data, name, options).to_dict()
+        return self.searcher.search_bytes(data, name, options, box).to_dict()
 
     def search_json(self, body: Any, query: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
         """The answer to a JSON query: ``{"url": ...}`` or ``{"id": ...}``, with its options (in the
         body or the ``query`` string)."""
         if not isinstance(body, dict) or ("url" in body) == ("id" in body):
             raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
-        options = search_options(body, query or {})
+        options, box = search_options(body, query or {}), _box(body, query or {})
         if "id" in body:
             text = str(body["id"])
             if not is_id(text):
                 raise HTTPException(404, f"no image with id {text[:32]!r}")
-            return self.searcher.search_indexed(int(text), options).to_dict()
+            return self.searcher.search_indexed(int(text), options, box).to_dict()
         url = str(body["url"])
         data = fetch_url(url, allow_private=self.allow_private_urls, max_bytes=self.max_upload_bytes)
-        return self.searcher.search_bytes(data, url, options).to_dict()
+        return self.searcher.search_bytes(data, url, options, box).to_dict()
 
     def thumbnail(self, image_id: str) -> bytes:
         """A JPEG thumbnail of an indexed image."""
@@ -188,13 +190,23 @@ def search_options(fields: Mapping[str, Any], query: Mapping[str, str]) -> Searc
     if unknown:
         raise InputError(f"unknown query parameter {shown(unknown[0], 40)!r}: a search takes "
                          f"{', '.join(SEARCH_OPTIONS)}")
-    values = {}
-    for name in SEARCH_OPTIONS:
-        given = [value for value in (fields.get(name), query.get(name)) if value not in (None, "")]
-        if len(given) == 2 and str(given[0]) != str(given[1]):
-            raise InputError(f"{name} is given twice, as {shown(str(given[0]), 32)!r} and {shown(str(given[1]), 32)!r}")
-        values[name] = given[0] if given else None
-    return SearchOptions.parse(values["n"], values["nprobe"], values["max_distance"], MAX_RESULTS)
+    return SearchOptions.parse(_given(fields, query, "n"), _given(fields, query, "nprobe"),
+                               _given(fields, query, "max_distance"), MAX_RESULTS)
+
+
+def _given(fields: Mapping[str, Any], query: Mapping[str, str], name: str) -> Any:
+    """The value of ``name`` in the request's body ``fields`` or its ``query`` string (None where
+    neither gives it); InputError when both give it differently."""
+    given = [value for value in (fields.get(name), query.get(name)) if value not in (None, "")]
+    if len(given) == 2 and str(given[0]) != str(given[1]):
+        raise InputError(f"{name} is given twice, as {shown(str(given[0]), 32)!r} and {shown(str(given[1]), 32)!r}")
+    return given[0] if given else None
+
+
+def _box(fields: Mapping[str, Any], query: Mapping[str, str]) -> Optional[Box]:
+    """The region of the query photo a request searches by (``box``: "X,Y,W,H" fractions), or None."""
+    text = _given(fields, query, "box")
+    return None if text is None else parse_box(text)
 
 
 def check_write_token(token: Optional[str]) -> None:

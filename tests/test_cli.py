@@ -160,6 +160,9 @@ NO_FIT = ("artifacts: no fitted artifacts (looked in {cwd}/artifacts): it does n
     (["predict", "--url", "http://127.0.0.1/" + "x" * 70_000],
      "http://127.0.0.1/" + "x" * 133 + "...(69,717 characters)..." + "x" * 150 + ": the URL is 70,017 characters long, "
      "over the 8,192 allowed"),
+    (["predict", "--file", "q.jpg", "--box", "0.5,0.5,0.6,0.1"],
+     "imgsim predict: argument --box: box 0.5,0.5,0.6,0.1 must lie inside the photo: X and Y from 0, W and H above 0, "
+     "X+W and Y+H at most 1 (see imgsim predict --help)"),
     (["upgrade"], NO_FIT),
     (["report"], NO_FIT),
     (["sync"], NO_FIT),

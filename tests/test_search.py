@@ -278,3 +278,32 @@ def test_several_photos_search_as_one_query_and_unlike_ones_count_against(search
                                expected / np.linalg.norm(expected), atol=1e-5)
     with pytest.raises(InputError, match="at most 8 photos a query, got 9"):
         searcher.search_photos([(pants[0].read_bytes(), "p")] * 9)
+
+
+def test_a_region_of_a_photo_finds_what_is_in_it(searcher, photos):
+    """Issue 34 (region): an indexed photo pasted at a third of the width into another photo is found first by its
+    box; the box is checked and said in the answer."""
+    from helpers import TEST_DATA
+    from pipeline.search import parse_box
+
+    found = 0
+    sources = [sorted((photos / name).glob("*.jpg"))[2] for name in ("dress", "hat", "pants", "shoes")]
+    background = Image.open(TEST_DATA / "photos" / "flowers5" / "roses" / "3109712111_75cea2dee6.jpg").convert("RGB")
+    background = background.resize((600, 600))
+    for number, source in enumerate(sources):
+        pasted = Image.open(source).convert("RGB")
+        pasted = pasted.resize((200, round(200 * pasted.height / pasted.width)))
+        left, top = 50 + 100 * number, 120
+        composite = background.copy()
+        composite.paste(pasted, (left, top))
+        out = io.BytesIO()
+        composite.save(out, "JPEG", quality=92)
+        box = (left / 600, top / 600, pasted.width / 600, pasted.height / 600)
+        result = searcher.search_bytes(out.getvalue(), "composite.jpg", SearchOptions(n=3, nprobe="all"), box)
+        assert result.box == box and not any(hit.same_image for hit in result.results)
+        found += result.results[0].path == str(source)
+    assert found >= 3
+    assert parse_box("0.1, 0.2,0.5,0.5") == (0.1, 0.2, 0.5, 0.5)
+    for bad in ("0.5,0.5,0.6,0.1", "1,0,0.1,0.1", "0,0,0,0.5", "a,b,c,d", "0.1,0.2,0.3"):
+        with pytest.raises(InputError, match="box"):
+            parse_box(bad)

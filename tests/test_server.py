@@ -524,3 +524,14 @@ def test_several_uploaded_photos_and_unlike_ones_are_one_query(client, searcher)
     assert body["query"] == "a.jpg + b.jpg - c.jpg" and len(body["results"]) == 5
     too_many = client.post("/api/search", files=[("image", ("a.jpg", photo(1), "image/jpeg"))] * 9)
     assert too_many.status_code == 400 and "files" in too_many.json()["error"].lower()
+
+
+def test_a_region_of_an_indexed_photo_or_an_upload_is_searched_by_its_box(client, searcher):
+    by_id = client.post("/api/search", json={"id": 3, "box": "0.25,0.25,0.5,0.5", "n": 3})
+    assert by_id.status_code == 200 and by_id.json()["box"] == [0.25, 0.25, 0.5, 0.5]
+    upload = client.post("/api/search?box=0,0,0.5,1", files={"image": ("q.jpg", photo_of(searcher, 3), "image/jpeg")})
+    assert upload.status_code == 200 and upload.json()["box"] == [0, 0, 0.5, 1]
+    whole = client.post("/api/search", json={"id": 3, "n": 3}).json()
+    assert whole["box"] is None and whole["results"][0]["same_image"]
+    bad = client.post("/api/search", json={"id": 3, "box": "0.5,0.5,0.9,0.9"})
+    assert bad.status_code == 422 and "must lie inside the photo" in bad.json()["error"]
