@@ -235,6 +235,9 @@ def _predict_flags(parser: argparse.ArgumentParser) -> None:
                              "when fewer are that close")
     parser.add_argument("--unlike", action="append", metavar="FILE",
                         help="a photo whose look should count against a result (repeatable)")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="also write, for each result, a PNG of the query and the result side by side, each under "
+                             "a heatmap of where it shows what the other one shows, into DIR")
     parser.add_argument("--box", type=_box, metavar="X,Y,W,H",
                         help="search by this region of the query photo: its left, top, width and height as fractions "
                              "of the photo's width and height (0 to 1)")
@@ -303,8 +306,10 @@ def _predict(args: argparse.Namespace) -> None:
 
     if args.plot:
         check_writable(args.plot)
-    if args.box and (len(args.file or []) > 1 or args.unlike):
-        raise InputError("--box is a region of one photo: search several photos, or unlike ones, without it")
+    if (args.box or args.explain) and (len(args.file or []) > 1 or args.unlike):
+        raise InputError("--box and --explain are about one photo: search several photos, or unlike ones, without them")
+    if args.explain:
+        check_writable(args.explain, folder=True)
     if args.url:
         from .fetch import check_url, fetch_url
 
@@ -338,12 +343,28 @@ def _predict(args: argparse.Namespace) -> None:
         if not result.results:
             print("the index holds no image" if not len(bundle.catalog) else
                   f"no indexed image within distance {args.max_distance} of the query")
+    if args.explain:
+        _write_explanations(searcher, searcher.prepared(*photos[0], args.box), result, args.explain,
+                            sys.stderr if args.json else sys.stdout)
     if args.plot:
         from .images import decode_image
         from .plots import save_montage
 
         save_montage(decode_image(*photos[0]), result, args.plot)
         print(f"montage: {args.plot}")
+
+
+def _write_explanations(searcher, query, result, folder: str, out) -> None:
+    """--explain: one PNG a result, RANK-ID.png in ``folder``; where they went said on ``out``."""
+    from pathlib import Path
+
+    from .plots import explain_png
+
+    Path(folder).mkdir(exist_ok=True)
+    for hit in result.results:
+        png = explain_png(searcher.explain(query, hit.id), ("query", f"#{hit.rank}: {Path(hit.path).name}"))
+        (Path(folder) / f"{hit.rank:02d}-{hit.id}.png").write_bytes(png)
+    print(f"explained: {len(result.results)} results in {folder}", file=out)
 
 
 # add, evaluate, report, serve

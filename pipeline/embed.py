@@ -65,8 +65,12 @@ def collect(parts: list, empty: Outputs) -> Outputs:
 
 
 def embed_decoded(encoder: Encoder, decoded: DecodedImages, outputs: bool = False) -> EmbeddedImages:
-    """The descriptors of the images of a decode pass (with ``outputs``, every output of the encoder, by name)."""
-    run = encoder.encode_outputs if outputs else encoder.encode
+    """The descriptors of the images of a decode pass (with ``outputs``, every vector output of the
+    encoder, by name: not the backbone's feature map, which would take 250 KB an image)."""
+    def every_vector(images: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: value for name, value in encoder.encode_outputs(images).items() if value.ndim == 2}
+
+    run = every_vector if outputs else encoder.encode
     parts = list(map_cache(run, decoded.cache, encoder.batch_size, "embed"))
     vectors = collect(parts, {} if outputs else np.empty((0, 0), np.float32))
     return EmbeddedImages(decoded.records, decoded.hashes, decoded.skipped, vectors)

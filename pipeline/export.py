@@ -40,12 +40,14 @@ def block_tensors(encoder: keras.Model) -> dict:
 
 
 def encoder_outputs(encoder: keras.Model) -> keras.Model:
-    """image (float in [0, 1]) -> {"descriptor", each block by name, and "backbone": the
-    backbone's feature map averaged over positions, where the encoder has a backbone}."""
+    """image (float in [0, 1]) -> {"descriptor", each block by name, and, where the encoder has a
+    backbone, "backbone": its feature map averaged over positions, and "feature_map" itself (what
+    :mod:`pipeline.explain` shows a match with)}."""
     outputs = {"descriptor": encoder.output, **block_tensors(encoder)}
     if FEATURE_MAP in {layer.name for layer in encoder.layers}:
         pooled = keras.layers.GlobalAveragePooling2D(name="backbone_pooled")
         outputs["backbone"] = pooled(encoder.get_layer(FEATURE_MAP).output)
+        outputs[FEATURE_MAP] = encoder.get_layer(FEATURE_MAP).output
     return keras.Model(encoder.input, outputs, name="encoder_outputs")
 
 

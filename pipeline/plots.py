@@ -44,6 +44,26 @@ def save_montage(query_image: np.ndarray, result: SearchResult, out_path: str | 
     plt.close(figure)
 
 
+def explain_png(explanation, titles: tuple[str, str]) -> bytes:
+    """PNG bytes: the query and the result of an :class:`pipeline.explain.Explanation` side by side,
+    each under its heatmap (bright: where it shows what the other photo shows)."""
+    import io
+
+    figure, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    for axis, image, heat, title in zip(axes, (explanation.query, explanation.result),
+                                        (explanation.query_heat, explanation.result_heat), titles):
+        axis.imshow(image)
+        axis.imshow(heat, cmap="inferno", alpha=0.5, interpolation="bilinear",
+                    extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+        axis.set_title(title, fontsize=8)
+        axis.axis("off")
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=100)
+    plt.close(figure)
+    return out.getvalue()
+
+
 def tsne_figure(points: np.ndarray, colours: list[str], outlines: list[tuple[int, np.ndarray, np.ndarray]],
                 legend: dict[str, str], mode: str, max_outlines: int = MAX_OUTLINES,
                 max_legend: int = MAX_LEGEND) -> plt.Figure:

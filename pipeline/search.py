@@ -16,6 +16,7 @@ import numpy as np
 from .artifacts import Bundle, pointed_folder
 from .catalog import Catalog
 from .errors import InputError, UnknownImage, shown
+from .explain import Explanation, explain
 from .images import MAX_IMAGE_PIXELS, content_hash, prepare_image, read_file
 from .index import ClusteredIndex
 from .runtime import BatchingEncoder
@@ -279,10 +280,7 @@ class Searcher:
         if row is None:
             raise UnknownImage(f"no indexed image has id {image_id}")
         if box is not None:
-            data = read_file(catalog.paths[row], served.bundle.settings.max_file_bytes)
-            if content_hash(data) != catalog.hashes[row]:
-                raise UnknownImage(f"image {image_id} is no longer the file that was indexed")
-            return self.search_bytes(data, catalog.paths[row], options, box)
+            return self.search_bytes(self.indexed_file(image_id), catalog.paths[row], options, box)
         return self._search(served, np.asarray(served.bundle.embeddings[row]), {catalog.hashes[row]}, catalog.paths[row],
                             options)
 
@@ -307,6 +305,29 @@ class Searcher:
         result = self._search(served, vector, {content_hash(data) for data, _ in photos}, source, options)
         result.combined = described
         return result
+
+    def indexed_file(self, image_id: int) -> bytes:
+        """The bytes of the indexed image ``image_id``, while its file is the one indexed; UnknownImage otherwise."""
+        bundle = self._served.bundle
+        row = bundle.catalog.row_of(image_id)
+        if row is None:
+            raise UnknownImage(f"no indexed image has id {image_id}")
+        data = read_file(bundle.catalog.paths[row], bundle.settings.max_file_bytes)
+        if content_hash(data) != bundle.catalog.hashes[row]:
+            raise UnknownImage(f"image {image_id} is no longer the file that was indexed")
+        return data
+
+    def prepared(self, data: bytes, source: str, box: Optional[Box] = None) -> np.ndarray:
+        """A query photo (or its region ``box``) as the encoder sees it."""
+        return prepare_image(data, source, self._served.bundle.settings.image_size, self.max_pixels, box)
+
+    def explain(self, query: np.ndarray, image_id: int) -> Explanation:
+        """Why the indexed image ``image_id`` answers ``query`` (a photo as :meth:`prepared` gives it):
+        :func:`pipeline.explain.explain`."""
+        served = self._served
+        result = self.prepared(self.indexed_file(image_id), served.bundle.catalog.paths[
+            served.bundle.catalog.row_of(image_id)])
+        return explain(served.encoder.encoder, query, result)
 
     def search_vector(self, vector: np.ndarray, query_hash: str, source: str,
                       options: SearchOptions = SearchOptions()) -> SearchResult:

@@ -9,6 +9,8 @@
   parameter, or an option given two ways differently, is a 422). Returns the ``predict.py --json`` object.
   ``max_distance`` keeps only results at most that far from the query.
 - ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
+- ``GET /api/explain?query=ID&id=ID``: a PNG of why the image ``id`` answers the indexed image
+  ``query``: the two side by side under heatmaps of where each shows what the other shows.
 - ``DELETE /api/images/{id}``, ``POST /api/remove`` (JSON ``{"ids": [...]}``, at most MAX_REMOVE_BYTES): remove images from the
   index (not from the disk). Off unless the server was started with a write token; the request must
   carry it as ``Authorization: Bearer TOKEN``. Every other image keeps its id.
@@ -172,6 +174,10 @@ def create_app(
                                             limiter=search_threads)
         finally:
             service.admission.done()
+
+    @app.get("/api/explain")
+    def explain(query: str = "", id: str = "") -> Response:  # noqa: A002  (the API's own name)
+        return Response(service.explain(query, id), media_type="image/png")
 
     @app.get("/api/images/{image_id}")
     def thumbnail(image_id: str) -> Response:

@@ -112,6 +112,17 @@ class SearchService:
         data = fetch_url(url, allow_private=self.allow_private_urls, max_bytes=self.max_upload_bytes)
         return self.searcher.search_bytes(data, url, options, box).to_dict()
 
+    def explain(self, query_id: str, image_id: str) -> bytes:
+        """A PNG of why the indexed image ``image_id`` answers the indexed image ``query_id``
+        (:func:`pipeline.explain.explain`): the two side by side under their heatmaps."""
+        from .plots import explain_png  # Matplotlib: only when asked
+
+        for text in (query_id, image_id):
+            if not is_id(text):
+                raise HTTPException(404, f"no image with id {text[:32]!r}")
+        query = self.searcher.prepared(self.searcher.indexed_file(int(query_id)), "query")
+        return explain_png(self.searcher.explain(query, int(image_id)), (f"query {query_id}", f"result {image_id}"))
+
     def thumbnail(self, image_id: str) -> bytes:
         """A JPEG thumbnail of an indexed image."""
         bundle = self.searcher.bundle  # one bundle for the request, even if a newer one is swapped in meanwhile

@@ -307,3 +307,28 @@ def test_a_region_of_a_photo_finds_what_is_in_it(searcher, photos):
     for bad in ("0.5,0.5,0.6,0.1", "1,0,0.1,0.1", "0,0,0,0.5", "a,b,c,d", "0.1,0.2,0.3"):
         with pytest.raises(InputError, match="box"):
             parse_box(bad)
+
+
+def test_why_a_result_matched_is_a_heatmap_over_each_photo(searcher, photos, tmp_path):
+    """Issue 34 (why similar): heatmaps from the backbone's feature map of each photo; predict --explain writes one
+    PNG a result."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    query_path = sorted((photos / "hat").glob("*.jpg"))[1]
+    query = searcher.prepared(query_path.read_bytes(), str(query_path))
+    result = searcher.search_bytes(query_path.read_bytes(), str(query_path), SearchOptions(n=2))
+    explanation = searcher.explain(query, result.results[1].id)
+    side = searcher.bundle.settings.image_size // 32
+    assert explanation.query_heat.shape == explanation.result_heat.shape == (side, side)
+    assert explanation.query_heat.min() == 0 and explanation.query_heat.max() == 1
+    process = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "--file", str(query_path), "-n", "2",
+                              "--explain", str(tmp_path / "why"), "--artifacts", str(searcher.bundle.folder.parent)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert process.returncode == 0, process.stderr
+    written = sorted(path.name for path in (tmp_path / "why").iterdir())
+    assert written == [f"{hit.rank:02d}-{hit.id}.png" for hit in result.results]
+    assert all((tmp_path / "why" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in written)
+    assert f"explained: 2 results in {tmp_path / 'why'}" in process.stdout

@@ -535,3 +535,11 @@ def test_a_region_of_an_indexed_photo_or_an_upload_is_searched_by_its_box(client
     assert whole["box"] is None and whole["results"][0]["same_image"]
     bad = client.post("/api/search", json={"id": 3, "box": "0.5,0.5,0.9,0.9"})
     assert bad.status_code == 422 and "must lie inside the photo" in bad.json()["error"]
+
+
+def test_the_api_explains_a_match_as_a_picture(client):
+    answer = client.get("/api/explain?query=3&id=5")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    assert answer.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.get("/api/explain?query=3&id=99999").status_code == 404
+    assert client.get("/api/explain?query=x&id=5").status_code == 404
