@@ -3,6 +3,7 @@ the page on a phone; a busy server; the duplicates view, removing a group's copi
 text."""
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -276,4 +277,42 @@ def test_the_duplicates_view_marks_the_keeper_and_removes_the_copies_with_the_to
         button.click()
         expect(page.locator("section.group .note")).to_contain_text("removed 2 from the index")
         expect(page.locator("section.group .note")).to_contain_text("8 images indexed")
+        browser.close()
+
+
+def test_a_dragged_region_more_or_less_like_a_result_and_why_it_matched(server_url, searcher, tmp_path):
+    """Issue 34 on the page: drag a rectangle over the query photo (a pointer, as a finger is) to search by that
+    region; "+ like" and "− less" make one query of several photos; "why" shows the heatmaps of a match."""
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshots = SCREENSHOT_DIR or str(tmp_path)
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{server_url}/?id=3&n=6")
+        hits = page.locator("#results .hit")
+        expect(hits).to_have_count(6)
+        frame = page.locator("#query .frame").bounding_box()
+        page.mouse.move(frame["x"] + 0.1 * frame["width"], frame["y"] + 0.1 * frame["height"])
+        page.mouse.down()
+        page.mouse.move(frame["x"] + 0.6 * frame["width"], frame["y"] + 0.7 * frame["height"], steps=5)
+        page.mouse.up()
+        expect(page).to_have_url(re.compile(r"box=0\.1\d*%2C0\.1\d*%2C0\.5\d*%2C0\.6\d*"))
+        expect(page.locator("#query")).to_contain_text("by the region outlined")
+        expect(page.locator("#query .box")).to_have_count(1)
+        expect(hits).to_have_count(6)
+        page.screenshot(path=os.path.join(screenshots, "region.png"), full_page=True)
+
+        page.goto(f"{server_url}/?id=3&n=6")
+        expect(hits).to_have_count(6)
+        hits.nth(1).locator("button", has_text="why").click()
+        expect(page.locator("#why img")).to_have_js_property("complete", True)
+        assert page.locator("#why img").evaluate("img => img.naturalWidth") > 100
+        page.screenshot(path=os.path.join(screenshots, "why.png"), full_page=True)
+        hits.nth(1).locator("button", has_text="+ like").click()
+        expect(page.locator("#status")).to_contain_text("2 photos, 0 less like")
+        expect(page.locator("#query")).to_contain_text("one query from the mean of 2 photos' unit descriptors")
+        hits.nth(4).locator("button", has_text="− less").click()
+        expect(page.locator("#status")).to_contain_text("2 photos, 1 less like")
+        expect(hits).to_have_count(6)
         browser.close()

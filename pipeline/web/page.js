@@ -1,4 +1,7 @@
 const $ = (id) => document.getElementById(id);
+// The last single-photo query (by id, URL or file), what "add to query", "less like" and a dragged region build on.
+let current = null;
+const extra = {like: [], unlike: []};  // ids of results added to the query, or counting against it
 const status = (text, isError) => { $("status").textContent = text; $("status").className = isError ? "error" : ""; };
 
 function options() {
@@ -16,10 +19,19 @@ function render(data, querySrc, note) {
   const img = document.createElement("img");
   img.src = querySrc;
   img.alt = "query";
+  img.draggable = false;
+  const frame = document.createElement("div");
+  frame.className = "frame";
+  frame.title = "drag a rectangle over the photo to search by that part of it";
+  frame.append(img);
+  if (data.box) frame.append(boxElement(...data.box));
+  if (!extra.like.length && !extra.unlike.length) enableRegion(frame, img);
   const caption = document.createElement("div");
   caption.textContent = `query: ${data.query} · searched ${data.nprobe} of the clusters` +
-    (data.expansion ? ` · ranked with its ${data.expansion} nearest images` : "");
-  $("query").replaceChildren(img, caption);
+    (data.expansion ? ` · ranked with its ${data.expansion} nearest images` : "") +
+    (data.combined ? ` · one query from ${data.combined}` : "") + (data.box ? " · by the region outlined" : "");
+  $("query").replaceChildren(frame, caption);
+  $("why").replaceChildren();
   $("results").replaceChildren(...data.results.map((hit) => hitElement(hit, data.expansion)));
   status(`${data.results.length} results` + (note ? ` · ${note}` : ""));
   showAnswer();
@@ -57,9 +69,102 @@ function hitElement(hit, expansion) {
     marker.textContent = note;
     meta.append(document.createElement("br"), marker);
   }
-  a.append(img, meta);
+  a.append(img, meta, actions(hit));
   a.addEventListener("click", (event) => { event.preventDefault(); searchBy({id: hit.id}, true); });
   return a;
+}
+
+// "more like this" and "less like this" add a result to the query; "why" shows how it matched a query by id.
+function actions(hit) {
+  const row = document.createElement("div");
+  row.className = "actions";
+  const button = (text, title, act) => {
+    const element = document.createElement("button");
+    element.type = "button";
+    element.textContent = text;
+    element.title = title;
+    element.addEventListener("click", (event) => { event.preventDefault(); event.stopPropagation(); act(); });
+    row.append(element);
+  };
+  if (current && current.kind !== "url" && !hit.same_image) {
+    button("+ like", "add this photo to the query", () => { extra.like.push(hit.id); searchCombined(); });
+    button("− less", "count this photo's look against the results", () => { extra.unlike.push(hit.id); searchCombined(); });
+  }
+  if (current && current.kind === "id" && !extra.like.length && !extra.unlike.length) {
+    button("why", "why this result matched: where each photo shows what the other shows", () => showWhy(hit));
+  }
+  return row;
+}
+
+function showWhy(hit) {
+  const img = document.createElement("img");
+  img.alt = `why result ${hit.rank} matched`;
+  img.src = "/api/explain?" + new URLSearchParams({query: current.id, id: hit.id});
+  const caption = document.createElement("div");
+  caption.textContent = `why #${hit.rank} matched: bright where each photo shows what the other shows`;
+  $("why").replaceChildren(caption, img);
+  $("why").scrollIntoView({block: "nearest"});
+}
+
+// Several photos as one query: the query photo and the results added, less the ones counted against.
+async function searchCombined() {
+  startSearch();
+  try {
+    const form = new FormData();
+    form.append("image", current.kind === "file" ? current.file : await photoOf(current.id), "query");
+    for (const id of extra.like) form.append("image", await photoOf(id), `${id}`);
+    for (const id of extra.unlike) form.append("unlike", await photoOf(id), `${id}`);
+    for (const [key, value] of Object.entries(options())) form.append(key, value);
+    const querySrc = current.kind === "file" ? URL.createObjectURL(current.file) : `/api/images/${current.id}`;
+    render(await post(form, true), querySrc, `${1 + extra.like.length} photos, ${extra.unlike.length} less like`);
+  } catch (error) { status(error.message, true); }
+}
+
+async function photoOf(id) {
+  const response = await fetch(`/api/images/${id}/full`);
+  if (!response.ok) throw new Error(`image ${id} cannot be read any more`);
+  return response.blob();
+}
+
+function boxElement(x, y, width, height) {
+  const box = document.createElement("div");
+  box.className = "box";
+  Object.assign(box.style, {left: `${100 * x}%`, top: `${100 * y}%`, width: `${100 * width}%`, height: `${100 * height}%`});
+  return box;
+}
+
+// Drag (mouse, pen or touch) a rectangle over the query photo to search by that region of it.
+function enableRegion(frame, img) {
+  let start = null, box = null;
+  const at = (event) => {
+    const bounds = img.getBoundingClientRect();
+    const clamp = (value) => Math.min(1, Math.max(0, value));
+    return [clamp((event.clientX - bounds.left) / bounds.width), clamp((event.clientY - bounds.top) / bounds.height)];
+  };
+  const region = (end) => [Math.min(start[0], end[0]), Math.min(start[1], end[1]),
+                           Math.abs(end[0] - start[0]), Math.abs(end[1] - start[1])];
+  frame.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    frame.setPointerCapture(event.pointerId);
+    start = at(event);
+    frame.querySelectorAll(".box").forEach((old) => old.remove());
+    box = boxElement(...start, 0, 0);
+    frame.append(box);
+  });
+  frame.addEventListener("pointermove", (event) => {
+    if (!start) return;
+    const [x, y, width, height] = region(at(event));
+    Object.assign(box.style, {left: `${100 * x}%`, top: `${100 * y}%`, width: `${100 * width}%`, height: `${100 * height}%`});
+  });
+  frame.addEventListener("pointerup", (event) => {
+    if (!start) return;
+    const [x, y, width, height] = region(at(event));
+    start = null;
+    if (width < 0.05 || height < 0.05) { box.remove(); return; }
+    const text = [x, y, width, height].map((value) => value.toFixed(4)).join(",");
+    if (current.kind === "file") searchFile(current.file, text);
+    else searchBy({...(current.kind === "id" ? {id: current.id} : {url: current.url}), box: text}, true);
+  });
 }
 
 async function post(body, isForm) {
@@ -80,6 +185,9 @@ function startSearch() {
 // Each search by id or URL gets an address of its own, to share or reload; the form shows what was searched.
 async function searchBy(query, remember) {
   const params = {...query, ...options()};
+  current = query.id !== undefined ? {kind: "id", id: query.id} : {kind: "url", url: query.url};
+  extra.like = [];
+  extra.unlike = [];
   if (remember) history.pushState(params, "", "?" + new URLSearchParams(params));
   $("file").value = "";
   $("url").value = query.url || "";
@@ -91,9 +199,13 @@ async function searchBy(query, remember) {
 }
 
 // An uploaded photo stays in this browser: its search has no address to share, and the page says so.
-async function searchFile(file) {
+async function searchFile(file, box) {
+  current = {kind: "file", file};
+  extra.like = [];
+  extra.unlike = [];
   const form = new FormData();
   form.append("image", file);
+  if (box) form.append("box", box);
   for (const [key, value] of Object.entries(options())) form.append(key, value);
   history.pushState({}, "", location.pathname);
   $("url").value = "";
@@ -108,8 +220,9 @@ function fromLocation() {
   const params = new URLSearchParams(location.search);
   if (params.get("n")) $("n").value = params.get("n");
   $("nprobe").value = params.get("nprobe") || "auto";
-  if (params.get("id") !== null) searchBy({id: params.get("id")}, false);
-  else if (params.get("url")) searchBy({url: params.get("url")}, false);
+  const box = params.get("box") ? {box: params.get("box")} : {};
+  if (params.get("id") !== null) searchBy({id: params.get("id"), ...box}, false);
+  else if (params.get("url")) searchBy({url: params.get("url"), ...box}, false);
   else { $("query").replaceChildren(); $("results").replaceChildren(); status(""); }
 }
 
