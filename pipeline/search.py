@@ -294,8 +294,8 @@ class Searcher:
             raise InputError(f"at most {MAX_QUERY_PHOTOS} photos a query, got {len(photos) + len(unlike)}")
         served = self._served
         size = served.bundle.settings.image_size
-        vectors = [served.encoder.embed(prepare_image(data, source, size, self.max_pixels)) for data, source in
-                   [*photos, *unlike]]
+        images = np.stack([prepare_image(data, source, size, self.max_pixels) for data, source in [*photos, *unlike]])
+        vectors = list(served.encoder.encoder.encode(images))  # one call for them all: the encoder's batch is cheaper
         liked = np.stack(vectors[: len(photos)])
         vector = combined_query(liked, np.stack(vectors[len(photos):]) if unlike else liked[:0])
         described = (f"the mean of {len(photos)} photos' unit descriptors" if len(photos) > 1 else "the photo's unit "
