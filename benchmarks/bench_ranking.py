@@ -25,7 +25,7 @@ from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
 from pipeline import index as index_module  # noqa: E402
 from benchmarks.devsets import SETS, default_fit  # noqa: E402
 from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.index import SearchHits  # noqa: E402
+from pipeline.index import SearchHits, nearest_of_rows  # noqa: E402
 from pipeline.metrics import LabelledSet, without_self  # noqa: E402
 
 K = 10
@@ -34,12 +34,7 @@ K = 10
 def sorted_by_one_distance(hits: SearchHits, first: SearchHits, usable: np.ndarray) -> SearchHits:
     """The alternative: the nearest to the query at the smaller of its two distances, every row sorted by it."""
     ids, distances = hits.ids.copy(), hits.distances.copy()
-    for row in range(len(ids)):
-        columns = np.flatnonzero(usable[row])
-        if not len(columns):
-            continue
-        nearest, distance = first.ids[row, columns[0]], first.distances[row, columns[0]]
-        keep = ids[row] != nearest
+    for row, nearest, distance, keep in nearest_of_rows(hits, first, usable):
         if not keep.all():
             distance = min(distance, distances[row][~keep][0])
         rest_ids, rest_distances = ids[row][keep][: ids.shape[1] - 1], distances[row][keep][: ids.shape[1] - 1]

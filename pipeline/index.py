@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -346,16 +346,22 @@ class ClusteredIndex:
         return np.sqrt(np.maximum(scores + np.einsum("ij,ij->i", queries, queries)[:, None], 0.0))
 
 
+def nearest_of_rows(hits: SearchHits, first: SearchHits, usable: np.ndarray) -> Iterator[tuple[int, int, float,
+                                                                                                   np.ndarray]]:
+    """For each row of ``hits`` whose query has a usable neighbour in ``first``: (the row, the id
+    nearest to the query itself, its distance to the query, the mask of the row's other ids)."""
+    for row in range(len(hits.ids)):
+        columns = np.flatnonzero(usable[row])
+        if len(columns):
+            nearest = first.ids[row, columns[0]]
+            yield row, nearest, first.distances[row, columns[0]], hits.ids[row] != nearest
+
+
 def _nearest_first(hits: SearchHits, first: SearchHits, usable: np.ndarray) -> SearchHits:
     """``hits`` with, in each row, the first usable id of ``first`` (the nearest to the query itself)
     moved to the front at its own distance, the others after it in their order."""
     ids, distances = hits.ids.copy(), hits.distances.copy()
-    for row in range(len(ids)):
-        columns = np.flatnonzero(usable[row])
-        if not len(columns):
-            continue
-        nearest, distance = first.ids[row, columns[0]], first.distances[row, columns[0]]
-        keep = ids[row] != nearest
+    for row, nearest, distance, keep in nearest_of_rows(hits, first, usable):
         rest_ids, rest_distances = ids[row][keep], distances[row][keep]
         ids[row] = np.concatenate([[nearest], rest_ids])[: ids.shape[1]]
         distances[row] = np.concatenate([[distance], rest_distances])[: ids.shape[1]]
