@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     import keras
 
-    from pipeline.export import block_tensors, encoder_outputs
+    from pipeline.runtime import block_tensors, encoder_outputs
 
     bundle = Bundle.load(args.artifacts)
     encoder = bundle.keras_encoder()

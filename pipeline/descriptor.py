@@ -5,7 +5,7 @@ and the colour histogram (:mod:`pipeline.histograms`). The saved
 encoder is ``head(blocks(image))``, every step a layer of one Keras model, so a query is described
 exactly as the fitted images were. Over a backbone, the latent is read from the backbone's
 feature map, which the encoder marks with an identity layer named ``feature_map``
-(:data:`pipeline.export.FEATURE_MAP`): a fit computes that map once per image, for training and
+(:data:`pipeline.runtime.FEATURE_MAP`): a fit computes that map once per image, for training and
 for the descriptors (:func:`map_blocks_model`), and the export reads the backbone's pooled
 features from it.
 """
@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from .config import DESCRIPTOR_BLOCK_SIZE, ORIENTATION_CELLS, FitConfig
-from .export import FEATURE_MAP
+from .runtime import FEATURE_MAP
 from .histograms import ColorHistogram, OrientationHistogram
 from .resize import AreaResize
 from .whitening import fit_whitening

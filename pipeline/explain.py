@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .runtime import FEATURE_MAP
 
-FEATURE_MAP = "feature_map"  # the export's output of the backbone's feature map
 
 
 @dataclass

@@ -22,33 +22,13 @@ import tensorflow as tf
 from .artifacts import EXPORT, PROBE_IMAGES, ArtifactWriter, Bundle, min_cosine, save_probes
 from .backbone import keras_name
 from .errors import ArtifactError
+from .runtime import encoder_outputs
 from .manifest import FORMAT_VERSION
 from .quiet import native_stderr_silenced
 from .resize import AreaResize
 
-FEATURE_MAP = "feature_map"  # the identity layer that marks the backbone's feature map inside an encoder
 CHECK_IMAGES = 64  # images of its own that a fit compares the export on
 MIN_COSINE = 0.99999  # the export's descriptor of each of them against the one Keras gave it
-
-
-def block_tensors(encoder: keras.Model) -> dict:
-    """The descriptor's blocks inside a saved encoder, by name: the inputs of its head's first
-    layer for each block (``whiten_NAME``, or ``unit_NAME`` for a block too small to project)."""
-    layers = {layer.name: layer for layer in encoder.layers}
-    names = [name[len("unit_"):] for name in layers if name.startswith("unit_")]
-    return {name: layers.get(f"whiten_{name}", layers[f"unit_{name}"]).input for name in names}
-
-
-def encoder_outputs(encoder: keras.Model) -> keras.Model:
-    """image (float in [0, 1]) -> {"descriptor", each block by name, and, where the encoder has a
-    backbone, "backbone": its feature map averaged over positions, and "feature_map" itself (what
-    :mod:`pipeline.explain` shows a match with)}."""
-    outputs = {"descriptor": encoder.output, **block_tensors(encoder)}
-    if FEATURE_MAP in {layer.name for layer in encoder.layers}:
-        pooled = keras.layers.GlobalAveragePooling2D(name="backbone_pooled")
-        outputs["backbone"] = pooled(encoder.get_layer(FEATURE_MAP).output)
-        outputs[FEATURE_MAP] = encoder.get_layer(FEATURE_MAP).output
-    return keras.Model(encoder.input, outputs, name="encoder_outputs")
 
 
 def litert_ready(encoder: keras.Model) -> keras.Model:

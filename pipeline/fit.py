@@ -13,10 +13,9 @@ import os
 import platform
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from . import __version__
 from .artifacts import EXPORT, ArtifactWriter, Bundle, all_finite, read_next_id
 from .backbone import BACKBONES
 from .catalog import Catalog
+from .clock import FitClock
 from .cluster import build_index
 from .config import FitConfig
 from .dataset import DecodedImages, EmbeddedImages, SkippedImage, decode_to_cache
@@ -203,28 +203,3 @@ def stage_shares(uses_backbone: bool, sampled: int, images: int) -> dict[str, fl
         shares.update({"embed rest": per_image * (images - sampled), "cluster+index": last})
     total = sum(shares.values())
     return {name: share / total for name, share in shares.items()}
-
-
-class FitClock:
-    """Times a fit's stages (``seconds``) and logs where the whole fit stands as each one starts:
-    stage k of n, the time so far and, from the second stage on, an estimate of the time left
-    (the time so far scaled by the shares still to run)."""
-
-    def __init__(self, shares: dict[str, float], started: float):
-        self.shares, self.started = shares, started
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        elapsed = time.perf_counter() - self.started
-        done = sum(self.shares[finished] for finished in self.seconds)
-        left = f", about {_duration(elapsed * (1 - done) / done)} left" if done else ""
-        log.info("fit stage %d/%d: %s (%s so far%s)", list(self.shares).index(name) + 1, len(self.shares), name,
-                 _duration(elapsed), left)
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 3)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

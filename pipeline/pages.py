@@ -21,7 +21,6 @@ from .images import read_file, thumbnail_jpeg
 
 if TYPE_CHECKING:
     from .manifest import Manifest
-    from .report import TsneMap
 
 THUMBNAIL = 96  # gallery thumbnails of the report
 MAP_THUMBNAIL = 80  # the picture shown on hovering a point of the report's map
@@ -95,11 +94,13 @@ def figure_html(png: bytes, alt: str) -> str:
     return f"<img class=figure alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{data}'>"
 
 
-def report_page(manifest: Manifest, facts: list[str], unreadable: list[dict[str, str]], tsne_map: TsneMap,
+def report_page(manifest: Manifest, facts: list[str], unreadable: list[dict[str, str]], map_points: int, map_json: str,
                 labelled: bool, galleries: list[str], clusters_shown: tuple[int, int], reconstructions: Optional[bytes],
                 training_curves: bytes, training_caption: str) -> str:
     """The report as one page: ``facts`` (plain text) in the header with the settings and the
-    ``unreadable`` files ({"path", "reason"}: skipped by the fit or a later change), the map (``web/report-map.js``), the ``galleries`` (shown, of all clusters), the
+    ``unreadable`` files ({"path", "reason"}: skipped by the fit or a later change), the map of
+    ``map_points`` images (its data ``map_json``, drawn by ``web/report-map.js``), the ``galleries``
+    (shown, of all clusters), the
     ``reconstructions`` figure (None: the sampled images cannot be read; empty: over a backbone,
     no section), and the training curves with ``training_caption`` (HTML)."""
     settings = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>"
@@ -152,7 +153,7 @@ img.figure {{ max-width: 100%; }}
 <details><summary>settings</summary><table>{settings}</table></details>
 <details><summary>{len(unreadable)} skipped files</summary><ul>{skipped}</ul></details></header>
 <section id=tsne><h2>t-SNE map of the latent vectors</h2>
-<p>{len(tsne_map.paths)} of {manifest.images} images (sampled in proportion to cluster size). Near points have near
+<p>{map_points} of {manifest.images} images (sampled in proportion to cluster size). Near points have near
 latent vectors; the distance between far-apart groups means little. Hover a point for its image and path, a legend
 entry to pick out its group.</p>
 <p><label>colour by <select id=map-colour-by>{colour_options}</select></label>
@@ -160,7 +161,7 @@ entry to pick out its group.</p>
 cluster is outlined on hover)</label></p>
 <div class=map><div class=map-view><svg id=map role=img aria-label="t-SNE map"></svg><div id=map-tip hidden></div></div>
 <ul id=map-legend></ul></div>
-<script id=map-data type="application/json">{tsne_map.to_json()}</script>
+<script id=map-data type="application/json">{map_json}</script>
 <script>{web_file("report-map.js")}</script></section>
 <section id=clusters><h2>Clusters</h2><p>The images nearest each centroid; {shown_clusters} of {nlist} clusters, largest
 first.</p>

@@ -109,7 +109,7 @@ def build_report(
     reconstructions = encoded.get("reconstructions", b"" if manifest.settings.uses_backbone else None)
     out_path = Path(out_path)
     out_path.write_text(report_page(
-        manifest, facts, unreadable, tsne_map, labelled, galleries, (len(shown), index.nlist), reconstructions,
+        manifest, facts, unreadable, len(tsne_map.paths), tsne_map.to_json(), labelled, galleries, (len(shown), index.nlist), reconstructions,
         encoded["training_curves"], training_caption(bundle.settings, manifest.history)))
     return out_path
 

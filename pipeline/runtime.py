@@ -33,6 +33,7 @@ from .quiet import native_stderr_silenced
 
 log = logging.getLogger(__name__)
 DESCRIPTOR = "descriptor"  # the output that is indexed and searched; the others are its blocks (and the backbone's)
+FEATURE_MAP = "feature_map"  # the identity layer that marks the backbone's feature map in an encoder, and that output
 
 
 class Encoder(Protocol):
@@ -164,11 +165,32 @@ class KerasEncoder:
 
     def encode_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self._outputs is None:
-            from .export import encoder_outputs
-
             self._outputs = encoder_outputs(self.model)
         outputs = self._outputs.predict_on_batch(to_model_input(images))
         return {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
+
+
+def block_tensors(encoder) -> dict:
+    """The descriptor's blocks inside a saved encoder, by name: the inputs of its head's first
+    layer for each block (``whiten_NAME``, or ``unit_NAME`` for a block too small to project)."""
+    layers = {layer.name: layer for layer in encoder.layers}
+    names = [name[len("unit_"):] for name in layers if name.startswith("unit_")]
+    return {name: layers.get(f"whiten_{name}", layers[f"unit_{name}"]).input for name in names}
+
+
+def encoder_outputs(encoder):
+    """A saved Keras ``encoder`` as the model of every output the export gives and commands read:
+    image (float in [0, 1]) -> {"descriptor", each block by name, and, where the encoder has a
+    backbone, "backbone": its feature map averaged over positions, and "feature_map" itself (what
+    :mod:`pipeline.explain` shows a match with)}."""
+    import keras
+
+    outputs = {DESCRIPTOR: encoder.output, **block_tensors(encoder)}
+    if FEATURE_MAP in {layer.name for layer in encoder.layers}:
+        pooled = keras.layers.GlobalAveragePooling2D(name="backbone_pooled")
+        outputs["backbone"] = pooled(encoder.get_layer(FEATURE_MAP).output)
+        outputs[FEATURE_MAP] = encoder.get_layer(FEATURE_MAP).output
+    return keras.Model(encoder.input, outputs, name="encoder_outputs")
 
 
 def load_keras_model(path: Path):

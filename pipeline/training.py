@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import keras
 import numpy as np
@@ -21,6 +21,7 @@ from .artifacts import AUTOENCODER, ENCODER, EXPORT, save_probes
 from .autoencoder import (FeatureAutoencoder, build_autoencoder, build_feature_autoencoder, pooled_profiles,
                           train_autoencoder)
 from .backbone import build_backbone
+from .clock import FitClock
 from .config import FitConfig
 from .dataset import DecodedImages, RowCache, TrainingBatches, split_indices, to_model_input
 from .descriptor import DescriptorHead, block_weights, build_blocks_model, image_blocks_model
@@ -28,8 +29,6 @@ from .embed import collect, map_cache
 from .export import CHECK_IMAGES, check_export, export_litert, probe_rows
 from .runtime import LiteRTEncoder, load_keras_model
 
-if TYPE_CHECKING:
-    from .fit import FitClock
 
 log = logging.getLogger(__name__)
 

@@ -231,7 +231,7 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
     import keras
 
     from pipeline.descriptor import DescriptorHead
-    from pipeline.export import block_tensors
+    from pipeline.runtime import block_tensors
     from pipeline.runtime import KerasEncoder
 
     config = pixel_config(pooling="flatten", latent_dim=4, orientation_weight=0.75, color_weight=0.0)
