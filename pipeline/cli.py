@@ -350,8 +350,10 @@ def _predict(args: argparse.Namespace) -> None:
         from .images import decode_image
         from .plots import save_montage
 
-        save_montage(decode_image(*photos[0]), result, args.plot)
-        print(f"montage: {args.plot}")
+        titles = ["query"] + ["query too"] * (len(photos) - 1) + ["less like"] * len(unlike)
+        save_montage([(decode_image(*photo, min_size=256), title) for photo, title in zip([*photos, *unlike], titles)],
+                     result, args.plot)
+        print(f"montage: {args.plot}", file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON
 
 
 def _write_explanations(searcher, query, result, folder: str, out) -> None:
@@ -361,8 +363,9 @@ def _write_explanations(searcher, query, result, folder: str, out) -> None:
     from .plots import explain_png
 
     Path(folder).mkdir(exist_ok=True)
-    for hit in result.results:
-        png = explain_png(searcher.explain(query, hit.id), ("query", f"#{hit.rank}: {Path(hit.path).name}"))
+    explanations = searcher.explain(query, [hit.id for hit in result.results])
+    for hit, explanation in zip(result.results, explanations):
+        png = explain_png(explanation, ("query", f"#{hit.rank}: {Path(hit.path).name}"))
         (Path(folder) / f"{hit.rank:02d}-{hit.id}.png").write_bytes(png)
     print(f"explained: {len(result.results)} results in {folder}", file=out)
 

@@ -10,12 +10,14 @@ encoder's export, so explaining needs no other model; a fit from pixels has none
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from .errors import InputError
 from .runtime import FEATURE_MAP
 
+_BATCH = 16  # results encoded in one call
 
 
 @dataclass
@@ -29,15 +31,23 @@ class Explanation:
     result_heat: np.ndarray
 
 
-def explain(encoder, query: np.ndarray, result: np.ndarray) -> Explanation:
-    """The :class:`Explanation` of ``result`` (an image) as an answer to ``query`` (an image), both
-    prepared for ``encoder`` (:func:`pipeline.images.prepare_image`); InputError for an encoder
-    without a feature map (a fit from pixels, or one made before it was exported)."""
-    maps = encoder.encode_outputs(np.stack([query, result])).get(FEATURE_MAP)
-    if maps is None:
-        raise InputError("this fit's encoder has no backbone feature map to explain a match with (a fit from pixels, "
-                         "or one made before explanations): fit again over a backbone")
-    return Explanation(query, result, _heat(maps[0], maps[1]), _heat(maps[1], maps[0]))
+def explain(encoder, query: np.ndarray, results: Sequence[np.ndarray]) -> list[Explanation]:
+    """The :class:`Explanation` of each of ``results`` (images) as an answer to ``query`` (an
+    image), all prepared for ``encoder`` (:func:`pipeline.images.prepare_image`); the query is
+    encoded once. InputError for an encoder without a feature map (a fit from pixels, or one made
+    before it was exported)."""
+    explanations, query_map = [], None
+    for start in range(0, len(results), _BATCH):
+        chunk = list(results[start:start + _BATCH])
+        maps = encoder.encode_outputs(np.stack(chunk if query_map is not None else [query, *chunk])).get(FEATURE_MAP)
+        if maps is None:
+            raise InputError("this fit's encoder has no backbone feature map to explain a match with (a fit from "
+                             "pixels, or one made before explanations): fit again over a backbone")
+        if query_map is None:
+            query_map, maps = maps[0], maps[1:]
+        explanations += [Explanation(query, result, _heat(query_map, result_map), _heat(result_map, query_map))
+                         for result, result_map in zip(chunk, maps)]
+    return explanations
 
 
 def _heat(positions: np.ndarray, other: np.ndarray) -> np.ndarray:

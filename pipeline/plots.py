@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import matplotlib
 
@@ -20,10 +21,12 @@ MAX_OUTLINES = 20  # clusters outlined on the static map: more outlines cross in
 MAX_LEGEND = 20  # groups in its legend: more are named on the map, at the middle of their points
 
 
-def save_montage(query_image: np.ndarray, result: SearchResult, out_path: str | os.PathLike) -> None:
-    """Save a PNG: the query, then each neighbour titled with rank, score (the number results are in
-    the order of), cluster and label."""
-    panels = [(query_image, "query")]
+def save_montage(queries: Sequence[tuple[np.ndarray, str]], result: SearchResult,
+                 out_path: str | os.PathLike) -> None:
+    """Save a PNG: the query photos (image, title), the region searched by outlined on the first,
+    then each neighbour titled with rank, score (the number results are in the order of), cluster
+    and label."""
+    panels = list(queries)
     for hit in result.results:
         try:
             image = decode_image(read_file(hit.path), hit.path, min_size=_THUMB)
@@ -39,6 +42,11 @@ def save_montage(query_image: np.ndarray, result: SearchResult, out_path: str | 
     for axis, (image, title) in zip(axes.flat, panels):
         axis.imshow(image)
         axis.set_title(title, fontsize=8)
+    if result.box:
+        height, width = queries[0][0].shape[:2]
+        x, y, w, h = result.box
+        axes.flat[0].add_patch(plt.Rectangle((x * width - 0.5, y * height - 0.5), w * width, h * height,
+                                             fill=False, edgecolor="#ffcc00", linewidth=2.5))
     figure.tight_layout()
     figure.savefig(out_path, dpi=100)
     plt.close(figure)

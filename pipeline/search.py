@@ -22,6 +22,7 @@ from .index import ClusteredIndex
 from .runtime import BatchingEncoder
 
 Box = tuple[float, float, float, float]  # x, y, width, height: fractions of a photo's width and height
+QueryPhoto = Union[tuple[bytes, str], int]  # a photo of a query: an upload (data, source), or an indexed image's id
 UNLIKE_WEIGHT = 0.5  # how much an unlike photo's look counts against a result (Rocchio's beta)
 MAX_QUERY_PHOTOS = 8  # photos, liked and unlike, in one query
 _DECIMAL = re.compile(r"[+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # what a distance may look like
@@ -118,6 +119,14 @@ def combined_query(photos: np.ndarray, unlike: np.ndarray, beta: float = UNLIKE_
     if len(unlike):
         query = query - beta * unit(unlike).mean(axis=0)
     return unit(query)
+
+
+def _row_of(catalog: Catalog, image_id: int) -> int:
+    """The catalog row of the indexed image ``image_id``; UnknownImage when none has that id."""
+    row = catalog.row_of(image_id)
+    if row is None:
+        raise UnknownImage(f"no indexed image has id {image_id}")
+    return row
 
 
 def _scores(ranked: list[tuple[int, float, str]]) -> list[float]:
@@ -276,42 +285,48 @@ class Searcher:
         (it was removed, say)."""
         served = self._served
         catalog = served.bundle.catalog
-        row = catalog.row_of(image_id)
-        if row is None:
-            raise UnknownImage(f"no indexed image has id {image_id}")
+        row = _row_of(catalog, image_id)
         if box is not None:
             return self.search_bytes(self.indexed_file(image_id), catalog.paths[row], options, box)
         return self._search(served, np.asarray(served.bundle.embeddings[row]), {catalog.hashes[row]}, catalog.paths[row],
                             options)
 
-    def search_photos(self, photos: Sequence[tuple[bytes, str]], unlike: Sequence[tuple[bytes, str]] = (),
+    def search_photos(self, photos: Sequence[QueryPhoto], unlike: Sequence[QueryPhoto] = (),
                       options: SearchOptions = SearchOptions()) -> SearchResult:
-        """Search with several photos (data, source) as one query, less like the ``unlike`` ones
-        (:func:`combined_query`); indexed copies of any of the photos count as the query's copies."""
+        """Search with several photos as one query, less like the ``unlike`` ones
+        (:func:`combined_query`). Each photo is an upload, (data, source), encoded here (all in one
+        encoder call), or an indexed image's id, whose stored vector is used as it is: adding a
+        result to a query costs no encoding. Indexed copies of any liked photo count as the query's
+        copies; UnknownImage for an id that no indexed image has."""
         if not photos:
             raise InputError("a search needs at least one photo to look like")
         if len(photos) + len(unlike) > MAX_QUERY_PHOTOS:
             raise InputError(f"at most {MAX_QUERY_PHOTOS} photos a query, got {len(photos) + len(unlike)}")
         served = self._served
-        size = served.bundle.settings.image_size
-        images = np.stack([prepare_image(data, source, size, self.max_pixels) for data, source in [*photos, *unlike]])
-        vectors = list(served.encoder.encoder.encode(images))  # one call for them all: the encoder's batch is cheaper
-        liked = np.stack(vectors[: len(photos)])
-        vector = combined_query(liked, np.stack(vectors[len(photos):]) if unlike else liked[:0])
+        catalog, size = served.bundle.catalog, served.bundle.settings.image_size
+        everyone = [*photos, *unlike]
+        rows = [_row_of(catalog, photo) if isinstance(photo, int) else None for photo in everyone]
+        uploads = [photo for photo in everyone if not isinstance(photo, int)]
+        encoded = iter(served.encoder.encoder.encode(np.stack([
+            prepare_image(data, source, size, self.max_pixels) for data, source in uploads])) if uploads else [])
+        vectors = np.stack([np.asarray(served.bundle.embeddings[row]) if row is not None else next(encoded)
+                            for row in rows])
+        vector = combined_query(vectors[: len(photos)], vectors[len(photos):])
         described = (f"the mean of {len(photos)} photos' unit descriptors" if len(photos) > 1 else "the photo's unit "
                      "descriptor") + (f", less {UNLIKE_WEIGHT} times the mean of {len(unlike)} unlike photos'"
                                       if unlike else "")
-        source = " + ".join(source for _, source in photos) + "".join(f" - {source}" for _, source in unlike)
-        result = self._search(served, vector, {content_hash(data) for data, _ in photos}, source, options)
+        names = [f"id {photo}" if isinstance(photo, int) else photo[1] for photo in everyone]
+        source = " + ".join(names[: len(photos)]) + "".join(f" - {name}" for name in names[len(photos):])
+        hashes = {catalog.hashes[row] if row is not None else content_hash(photo[0])
+                  for photo, row in zip(photos, rows)}
+        result = self._search(served, vector, hashes, source, options)
         result.combined = described
         return result
 
     def indexed_file(self, image_id: int) -> bytes:
         """The bytes of the indexed image ``image_id``, while its file is the one indexed; UnknownImage otherwise."""
         bundle = self._served.bundle
-        row = bundle.catalog.row_of(image_id)
-        if row is None:
-            raise UnknownImage(f"no indexed image has id {image_id}")
+        row = _row_of(bundle.catalog, image_id)
         data = read_file(bundle.catalog.paths[row], bundle.settings.max_file_bytes)
         if content_hash(data) != bundle.catalog.hashes[row]:
             raise UnknownImage(f"image {image_id} is no longer the file that was indexed")
@@ -321,13 +336,14 @@ class Searcher:
         """A query photo (or its region ``box``) as the encoder sees it."""
         return prepare_image(data, source, self._served.bundle.settings.image_size, self.max_pixels, box)
 
-    def explain(self, query: np.ndarray, image_id: int) -> Explanation:
-        """Why the indexed image ``image_id`` answers ``query`` (a photo as :meth:`prepared` gives it):
-        :func:`pipeline.explain.explain`."""
+    def explain(self, query: np.ndarray, image_ids: Sequence[int]) -> list[Explanation]:
+        """Why each indexed image of ``image_ids`` answers ``query`` (a photo as :meth:`prepared`
+        gives it): :func:`pipeline.explain.explain`, the query encoded once."""
         served = self._served
-        result = self.prepared(self.indexed_file(image_id), served.bundle.catalog.paths[
-            served.bundle.catalog.row_of(image_id)])
-        return explain(served.encoder.encoder, query, result)
+        catalog = served.bundle.catalog
+        results = [self.prepared(self.indexed_file(image_id), catalog.paths[_row_of(catalog, image_id)])
+                   for image_id in image_ids]
+        return explain(served.encoder.encoder, query, results)
 
     def search_vector(self, vector: np.ndarray, query_hash: str, source: str,
                       options: SearchOptions = SearchOptions()) -> SearchResult:

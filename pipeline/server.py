@@ -4,13 +4,16 @@
   ``/page.js`` and ``/page.css``. Every response carries a strict Content-Security-Policy: no inline
   script or style, scripts and styles from this server only.
 - ``POST /api/search``: multipart upload (field ``image``; repeated, several photos as one query;
-  ``unlike`` fields, photos whose look counts against a result), or JSON ``{"url": ...}`` or ``{"id": ...}``;
-  ``n``, ``nprobe`` and ``max_distance`` as form fields, JSON keys or query parameters (any other query
-  parameter, or an option given two ways differently, is a 422). Returns the ``predict.py --json`` object.
+  ``like`` fields, indexed ids added to the query; ``unlike`` fields, photos or indexed ids whose
+  look counts against a result), or JSON ``{"url": ...}`` or ``{"id": ...}`` (with ``"like"`` and
+  ``"unlike"`` lists of indexed ids); ``n``, ``nprobe``, ``max_distance`` and ``box`` (a region of
+  the query photo) as form fields, JSON keys or query parameters (any other query parameter, or an
+  option given two ways differently, is a 422). Returns the ``predict.py --json`` object.
   ``max_distance`` keeps only results at most that far from the query.
 - ``GET /api/images/{id}`` (a JPEG thumbnail), ``GET /api/images/{id}/full`` (the original file).
-- ``GET /api/explain?query=ID&id=ID``: a PNG of why the image ``id`` answers the indexed image
-  ``query``: the two side by side under heatmaps of where each shows what the other shows.
+- ``GET /api/explain?query=ID&id=ID`` (or ``url=URL`` for the query; ``box`` for a region of it),
+  ``POST /api/explain`` (multipart: ``image``, ``id``, ``box``): a PNG of why the indexed image
+  ``id`` answers the query: the two side by side under heatmaps of where each shows what the other shows.
 - ``DELETE /api/images/{id}``, ``POST /api/remove`` (JSON ``{"ids": [...]}``, at most MAX_REMOVE_BYTES): remove images from the
   index (not from the disk). Off unless the server was started with a write token; the request must
   carry it as ``Authorization: Bearer TOKEN``. Every other image keeps its id.
@@ -53,8 +56,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ImageError, InputError, UnknownImage
-from .search import MAX_QUERY_PHOTOS, Searcher
-from .service import MAX_QUEUE_MS, MAX_UPLOAD_BYTES, Admission, SearchService, refresh
+from .search import MAX_QUERY_PHOTOS, QueryPhoto, Searcher
+from .service import (MAX_QUEUE_MS, MAX_UPLOAD_BYTES, SEARCH_OPTIONS, Admission, SearchService, indexed_id,
+                      indexed_ids, refresh)
 
 log = logging.getLogger(__name__)
 # searches run in this many threads at most, the rest wait their turn without running: more threads than this, all
@@ -163,21 +167,34 @@ def create_app(
             return _busy(retry_after)
         try:
             if content_type.startswith("multipart/form-data"):
-                form = await request.form(max_files=MAX_QUERY_PHOTOS, max_fields=4 + MAX_QUERY_PHOTOS)
-                photos, unlike = await _uploads(form, "image", max_upload_bytes), await _uploads(form, "unlike",
-                                                                                                max_upload_bytes)
+                form = await request.form(max_files=MAX_QUERY_PHOTOS, max_fields=len(SEARCH_OPTIONS) + MAX_QUERY_PHOTOS)
+                photos = await _uploads(form, "image", max_upload_bytes)
                 if not photos:
                     raise HTTPException(400, "the form needs a file field named 'image'")
-                return await to_thread.run_sync(service.search_upload, *photos[0], form, request.query_params,
-                                                photos[1:], unlike, limiter=search_threads)
+                photos += indexed_ids(form.getlist("like"), "like")
+                unlike = await _uploads(form, "unlike", max_upload_bytes, ids=True)
+                return await to_thread.run_sync(service.search_upload, photos, unlike, form, request.query_params,
+                                                limiter=search_threads)
             return await to_thread.run_sync(service.search_json, await _json(request), request.query_params,
                                             limiter=search_threads)
         finally:
             service.admission.done()
 
     @app.get("/api/explain")
-    def explain(query: str = "", id: str = "") -> Response:  # noqa: A002  (the API's own name)
-        return Response(service.explain(query, id), media_type="image/png")
+    def explain(query: str = "", url: str = "", id: str = "", box: str = "") -> Response:  # noqa: A002  (the API's)
+        if bool(query) == bool(url):
+            raise HTTPException(400, "give the query as exactly one of query=ID or url=URL")
+        return Response(service.explain(url or indexed_id(query), id, box), media_type="image/png")
+
+    @app.post("/api/explain")
+    async def explain_upload(request: Request) -> Response:
+        request = await _with_capped_body(request, max_upload_bytes, body_grace_s)
+        form = await request.form(max_files=1, max_fields=4)
+        photos = await _uploads(form, "image", max_upload_bytes)
+        if len(photos) != 1:
+            raise HTTPException(400, "the form needs one file field named 'image'")
+        png = await run_in_threadpool(service.explain, photos[0], str(form.get("id", "")), form.get("box"))
+        return Response(png, media_type="image/png")
 
     @app.get("/api/images/{image_id}")
     def thumbnail(image_id: str) -> Response:
@@ -257,13 +274,17 @@ class _HostAndHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _uploads(form, field: str, limit: int) -> list[tuple[bytes, str]]:
+async def _uploads(form, field: str, limit: int, ids: bool = False) -> list[QueryPhoto]:
     """The files of a form's ``field`` (repeated for several), each read to at most ``limit`` + 1
-    bytes; 400 for a text value where a file belongs."""
+    bytes, as (data, filename); with ``ids``, its text values too, as indexed ids (else a text
+    value where a file belongs is a 400)."""
     uploads = form.getlist(field)
-    if any(isinstance(upload, str) for upload in uploads):
+    texts = [upload for upload in uploads if isinstance(upload, str)]
+    if texts and not ids:
         raise HTTPException(400, f"the form's '{field}' fields must be files")
-    return [(await upload.read(limit + 1), upload.filename or "upload") for upload in uploads]
+    files = [(await upload.read(limit + 1), upload.filename or "upload") for upload in uploads
+             if not isinstance(upload, str)]
+    return files + indexed_ids(texts, field)
 
 
 async def _json(request: Request) -> Any:

@@ -18,7 +18,7 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from starlette.exceptions import HTTPException
 
@@ -29,7 +29,7 @@ from .duplicates import CANDIDATE_DISTANCE, Duplicates, find_duplicates
 from .errors import ArtifactError, ImageError, InputError, shown
 from .fetch import fetch_url
 from .images import content_hash, thumbnail_jpeg
-from .search import Box, Searcher, SearchOptions, parse_box, parse_distance
+from .search import MAX_QUERY_PHOTOS, Box, QueryPhoto, Searcher, SearchOptions, parse_box, parse_distance
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -81,47 +81,58 @@ class SearchService:
                       "max_queue_ms": self.max_queue_ms},
         }
 
-    def search_upload(self, data: bytes, name: str, fields: Mapping[str, Any],
-                      query: Optional[Mapping[str, str]] = None, more: Sequence[tuple[bytes, str]] = (),
-                      unlike: Sequence[tuple[bytes, str]] = ()) -> dict[str, Any]:
-        """The answer to an uploaded image (with ``more`` photos, as one query, less like the
-        ``unlike`` ones: :meth:`Searcher.search_photos`), with the options of the form's ``fields``
-        and of the request's ``query`` string (:func:`search_options`)."""
-        photos = [(data, name), *more]
-        if any(len(photo) > self.max_upload_bytes for photo, _ in [*photos, *unlike]):
+    def search_upload(self, photos: Sequence[QueryPhoto], unlike: Sequence[QueryPhoto], fields: Mapping[str, Any],
+                      query: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """The answer to a form: one uploaded photo, or several photos (uploads, or indexed ids from
+        its ``like`` fields) as one query less like the ``unlike`` ones (:meth:`Searcher.search_photos`),
+        with the options of the form's ``fields`` and of the request's ``query`` string (:func:`search_options`)."""
+        if any(len(photo[0]) > self.max_upload_bytes for photo in [*photos, *unlike] if not isinstance(photo, int)):
             raise HTTPException(413, f"upload over the {self.max_upload_bytes}-byte limit")
         options, box = search_options(fields, query or {}), _box(fields, query or {})
-        if more or unlike:
+        if len(photos) > 1 or unlike:
             if box is not None:
                 raise InputError("a box is a region of one photo: search several photos without it")
             return self.searcher.search_photos(photos, unlike, options).to_dict()
-        return self.searcher.search_bytes(data, name, options, box).to_dict()
+        return self.searcher.search_bytes(*photos[0], options, box).to_dict()
 
     def search_json(self, body: Any, query: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
         """The answer to a JSON query: ``{"url": ...}`` or ``{"id": ...}``, with its options (in the
-        body or the ``query`` string)."""
+        body or the ``query`` string); ``"like"`` and ``"unlike"``, lists of indexed ids, make it
+        one query of several photos (:meth:`Searcher.search_photos`)."""
         if not isinstance(body, dict) or ("url" in body) == ("id" in body):
             raise HTTPException(400, 'send JSON with exactly one of "url" or "id"')
         options, box = search_options(body, query or {}), _box(body, query or {})
+        like, unlike = indexed_ids(body.get("like", []), "like"), indexed_ids(body.get("unlike", []), "unlike")
+        if (like or unlike) and box is not None:
+            raise InputError("a box is a region of one photo: search several photos without it")
         if "id" in body:
-            text = str(body["id"])
-            if not is_id(text):
-                raise HTTPException(404, f"no image with id {text[:32]!r}")
-            return self.searcher.search_indexed(int(text), options, box).to_dict()
+            image_id = indexed_id(body["id"])
+            if like or unlike:
+                return self.searcher.search_photos([image_id, *like], unlike, options).to_dict()
+            return self.searcher.search_indexed(image_id, options, box).to_dict()
         url = str(body["url"])
         data = fetch_url(url, allow_private=self.allow_private_urls, max_bytes=self.max_upload_bytes)
+        if like or unlike:
+            return self.searcher.search_photos([(data, url), *like], unlike, options).to_dict()
         return self.searcher.search_bytes(data, url, options, box).to_dict()
 
-    def explain(self, query_id: str, image_id: str) -> bytes:
-        """A PNG of why the indexed image ``image_id`` answers the indexed image ``query_id``
-        (:func:`pipeline.explain.explain`): the two side by side under their heatmaps."""
+    def explain(self, query: Union[QueryPhoto, str], image_id: str, box: Optional[str] = None) -> bytes:
+        """A PNG of why the indexed image ``image_id`` answers ``query`` (an upload (data, source),
+        an indexed id, or a URL), or its region ``box`` (:func:`pipeline.explain.explain`): the two
+        side by side under their heatmaps."""
         from .plots import explain_png  # Matplotlib: only when asked
 
-        for text in (query_id, image_id):
-            if not is_id(text):
-                raise HTTPException(404, f"no image with id {text[:32]!r}")
-        query = self.searcher.prepared(self.searcher.indexed_file(int(query_id)), "query")
-        return explain_png(self.searcher.explain(query, int(image_id)), (f"query {query_id}", f"result {image_id}"))
+        result_id, region = indexed_id(image_id), None if box in (None, "") else parse_box(box)
+        if isinstance(query, str):
+            name, data = query, fetch_url(query, allow_private=self.allow_private_urls, max_bytes=self.max_upload_bytes)
+        elif isinstance(query, int):
+            name, data = f"query {query}", self.searcher.indexed_file(query)
+        else:
+            data, name = query
+            if len(data) > self.max_upload_bytes:
+                raise HTTPException(413, f"upload over the {self.max_upload_bytes}-byte limit")
+        explanation = self.searcher.explain(self.searcher.prepared(data, name, region), [result_id])[0]
+        return explain_png(explanation, (shown(name, 60) + (" (the region)" if region else ""), f"result {result_id}"))
 
     def thumbnail(self, image_id: str) -> bytes:
         """A JPEG thumbnail of an indexed image."""
@@ -218,6 +229,27 @@ def _box(fields: Mapping[str, Any], query: Mapping[str, str]) -> Optional[Box]:
     """The region of the query photo a request searches by (``box``: "X,Y,W,H" fractions), or None."""
     text = _given(fields, query, "box")
     return None if text is None else parse_box(text)
+
+
+def indexed_ids(values: Any, name: str) -> list[int]:
+    """The indexed ids a request lists under ``name`` (a list, or one id); InputError (422) for one
+    that is not an id, or for more than a query holds."""
+    values = values if isinstance(values, list) else [values]
+    if len(values) > MAX_QUERY_PHOTOS:
+        raise InputError(f"at most {MAX_QUERY_PHOTOS} photos a query, got {len(values)} in {name!r}")
+    texts = [str(value) for value in values if not isinstance(value, bool)]
+    bad = [text for text in texts if not is_id(text)] + (["true/false"] if len(texts) < len(values) else [])
+    if bad:
+        raise InputError(f"{name!r} lists indexed image ids, got {shown(bad[0], 32)!r}")
+    return [int(text) for text in texts]
+
+
+def indexed_id(value: Any) -> int:
+    """An indexed image's id given by a request; 404 for what cannot be one."""
+    text = str(value)
+    if isinstance(value, bool) or not is_id(text):
+        raise HTTPException(404, f"no image with id {shown(text, 32)!r}")
+    return int(text)
 
 
 def check_write_token(token: Optional[str]) -> None:

@@ -315,4 +315,16 @@ def test_a_dragged_region_more_or_less_like_a_result_and_why_it_matched(server_u
         hits.nth(4).locator("button", has_text="− less").click()
         expect(page.locator("#status")).to_contain_text("2 photos, 1 less like")
         expect(hits).to_have_count(6)
+
+        page.goto(f"{server_url}/?n=6")  # an uploaded photo: why it matched, and results added to it by id
+        page.set_input_files("#file", searcher.catalog.paths[3])
+        expect(hits).to_have_count(6)
+        hits.nth(1).locator("button", has_text="why").click()
+        expect(page.locator("#why img")).to_have_js_property("complete", True)
+        assert page.locator("#why img").evaluate("img => img.naturalWidth") > 100
+        added = hits.nth(2).get_attribute("data-id")
+        hits.nth(2).locator("button", has_text="+ like").click()
+        expect(page.locator("#status")).to_contain_text("2 photos, 0 less like")
+        expect(page.locator("#query")).to_contain_text(f"+ id {added}")
+        expect(hits).to_have_count(6)
         browser.close()

@@ -320,7 +320,7 @@ def test_why_a_result_matched_is_a_heatmap_over_each_photo(searcher, photos, tmp
     query_path = sorted((photos / "hat").glob("*.jpg"))[1]
     query = searcher.prepared(query_path.read_bytes(), str(query_path))
     result = searcher.search_bytes(query_path.read_bytes(), str(query_path), SearchOptions(n=2))
-    explanation = searcher.explain(query, result.results[1].id)
+    explanation, = searcher.explain(query, [result.results[1].id])
     side = searcher.bundle.settings.image_size // 32
     assert explanation.query_heat.shape == explanation.result_heat.shape == (side, side)
     assert explanation.query_heat.min() == 0 and explanation.query_heat.max() == 1
@@ -332,3 +332,40 @@ def test_why_a_result_matched_is_a_heatmap_over_each_photo(searcher, photos, tmp
     assert written == [f"{hit.rank:02d}-{hit.id}.png" for hit in result.results]
     assert all((tmp_path / "why" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in written)
     assert f"explained: 2 results in {tmp_path / 'why'}" in process.stdout
+
+
+def test_predict_takes_several_photos_unlike_ones_and_a_region_and_draws_them(searcher, photos, tmp_path):
+    """Issue 34 on the command line: --file repeated and --unlike make one query, --box a region; --plot shows every
+    query photo (the region outlined) before the results; --box with several photos is one clear error."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from helpers import ROOT
+
+    pants = [str(path) for path in sorted((photos / "pants").glob("*.jpg"))[:2]]
+    shoe = str(sorted((photos / "shoes").glob("*.jpg"))[0])
+    artifacts = str(searcher.bundle.folder.parent)
+
+    def predict(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "-n", "3", "--artifacts", artifacts,
+                               *flags], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    several = predict("--file", pants[0], "--file", pants[1], "--unlike", shoe, "--json", "--plot",
+                      str(tmp_path / "several.png"))
+    assert several.returncode == 0, several.stderr
+    answer = json.loads(several.stdout)
+    assert answer["query"] == f"{pants[0]} + {pants[1]} - {shoe}" and len(answer["results"]) == 3
+    assert answer["combined"] == "the mean of 2 photos' unit descriptors, less 0.5 times the mean of 1 unlike photos'"
+    assert Image.open(tmp_path / "several.png").size == (1440, 270)  # three query panels, then three results
+    region = predict("--file", pants[0], "--box", "0.1,0.2,0.5,0.6", "--plot", str(tmp_path / "region.png"))
+    assert region.returncode == 0, region.stderr
+    assert "by the region x 0.100, y 0.200, width 0.500, height 0.600 of the query photo" in region.stdout
+    drawn = np.asarray(Image.open(tmp_path / "region.png").convert("RGB")).astype(int)
+    outline = (drawn[..., 0] > 230) & (drawn[..., 1] > 180) & (drawn[..., 1] < 225) & (drawn[..., 2] < 60)
+    assert outline[:, :240].sum() > 200 and outline[:, 240:].sum() == 0  # the box, on the query's panel only
+    refused = predict("--file", pants[0], "--file", pants[1], "--box", "0,0,0.5,0.5")
+    assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0
+    assert "--box and --explain are about one photo" in refused.stderr

@@ -537,9 +537,48 @@ def test_a_region_of_an_indexed_photo_or_an_upload_is_searched_by_its_box(client
     assert bad.status_code == 422 and "must lie inside the photo" in bad.json()["error"]
 
 
-def test_the_api_explains_a_match_as_a_picture(client):
-    answer = client.get("/api/explain?query=3&id=5")
-    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
-    assert answer.content[:8] == b"\x89PNG\r\n\x1a\n"
+def test_results_added_by_id_make_one_query_with_no_encoding(client, searcher, monkeypatch):
+    """The page's "+ like" and "− less": indexed ids, whose stored vectors are used as they are, beside an id, a URL
+    or an uploaded photo; the same answer as the photos uploaded, and nothing encoded but the upload."""
+    uploaded = client.post("/api/search?n=5", files=[("image", ("1", photo_of(searcher, 1), "image/jpeg")),
+                                                     ("image", ("2", photo_of(searcher, 2), "image/jpeg")),
+                                                     ("unlike", ("20", photo_of(searcher, 20), "image/jpeg"))]).json()
+    encoded = []
+    encode = searcher.encoder.encoder.encode
+    monkeypatch.setattr(searcher.encoder.encoder, "encode", lambda images: encoded.append(len(images)) or encode(images))
+    by_id = client.post("/api/search", json={"id": 1, "like": [2], "unlike": ["20"], "n": 5})
+    assert by_id.status_code == 200, by_id.text
+    assert by_id.json()["query"] == "id 1 + id 2 - id 20" and encoded == []
+    mixed = client.post("/api/search?n=5", files={"image": ("1.jpg", photo_of(searcher, 1), "image/jpeg")},
+                        data={"like": "2", "unlike": "20"})
+    assert mixed.status_code == 200, mixed.text
+    assert mixed.json()["query"] == "1.jpg + id 2 - id 20" and encoded == [1]
+    ids = lambda answer: [hit["id"] for hit in answer["results"]]  # noqa: E731
+    assert ids(by_id.json()) == ids(mixed.json()) == ids(uploaded)
+    for body, status, message in (({"id": 1, "like": ["x"]}, 422, "'like' lists indexed image ids, got 'x'"),
+                                  ({"id": 1, "like": [True]}, 422, "'like' lists indexed image ids"),
+                                  ({"id": 1, "unlike": [99999]}, 404, "no indexed image has id 99999"),
+                                  ({"id": 1, "like": list(range(2, 11))}, 422, "at most 8 photos a query"),
+                                  ({"id": 1, "like": [2], "box": "0,0,0.5,0.5"}, 422, "a box is a region of one photo")):
+        answer = client.post("/api/search", json=body)
+        assert answer.status_code == status and message in answer.json()["error"], answer.text
+
+
+def test_the_api_explains_a_match_as_a_picture(client, open_client, searcher, http_root, http_url):
+    """Why a result matched a query by id, by URL or by upload, or the region of it searched by."""
+    is_png = lambda answer: (answer.status_code == 200 and answer.headers["content-type"] == "image/png"  # noqa: E731
+                             and answer.content[:8] == b"\x89PNG\r\n\x1a\n")
+    assert is_png(client.get("/api/explain?query=3&id=5"))
+    assert is_png(client.get("/api/explain?query=3&id=5&box=0.1,0.1,0.5,0.5"))
+    assert is_png(client.post("/api/explain", files={"image": ("q.jpg", photo_of(searcher, 3), "image/jpeg")},
+                              data={"id": "5", "box": "0,0,0.5,1"}))
+    shutil.copy(searcher.catalog.paths[3], http_root / "why.jpg")
+    assert is_png(open_client.get("/api/explain", params={"url": f"{http_url}/why.jpg", "id": 5}))
+    refused = client.get("/api/explain", params={"url": f"{http_url}/why.jpg", "id": 5})
+    assert refused.status_code == 400 and "non-public address" in refused.json()["error"]
     assert client.get("/api/explain?query=3&id=99999").status_code == 404
     assert client.get("/api/explain?query=x&id=5").status_code == 404
+    assert client.get("/api/explain?id=5").status_code == 400
+    assert client.get("/api/explain?query=3&id=5&box=0.6,0,0.6,1").status_code == 422
+    not_image = client.post("/api/explain", files={"image": ("q.jpg", b"not an image", "image/jpeg")}, data={"id": "5"})
+    assert not_image.status_code == 415 and "q.jpg" in not_image.json()["error"]

@@ -25,7 +25,7 @@ def test_queries_by_id_and_by_upload_answer_as_the_searcher_does(searcher):
     assert service.search_json({"id": 7, "n": 4}) == service.search_json({"id": "7", "n": "4"}) == expected
     with open(searcher.catalog.paths[7], "rb") as handle:
         data = handle.read()
-    answer = service.search_upload(data, "photo.jpg", {"n": "3"})
+    answer = service.search_upload([(data, "photo.jpg")], [], {"n": "3"})
     assert [hit["id"] for hit in answer["results"]][0] == 7 and len(answer["results"]) == 3
     assert service.health() == {"status": "ok", "images": len(searcher.catalog)}
     assert service.stats()["queue"] == {"searches": 0, "expected_wait_ms": 0.0, "max_queue_ms": 500.0}
@@ -36,13 +36,13 @@ def test_bad_queries_are_refused_with_their_status(searcher):
     assert status_of(lambda: service.search_json({"id": 1, "url": "http://x"})) == 400
     assert status_of(lambda: service.search_json([1, 2])) == 400
     assert status_of(lambda: service.search_json({"id": "１２"})) == 404  # fullwidth digits are not an id
-    assert status_of(lambda: service.search_upload(b"x" * 1001, "big.jpg", {})) == 413
+    assert status_of(lambda: service.search_upload([(b"x" * 1001, "big.jpg")], [], {})) == 413
     with pytest.raises(UnknownImage):
         service.search_json({"id": 10_000})
     with pytest.raises(InputError, match="n must lie between 1 and 100, got 0"):
         service.search_json({"id": 1, "n": 0})
     with pytest.raises(ImageError):
-        service.search_upload(b"not an image", "x.jpg", {})
+        service.search_upload([(b"not an image", "x.jpg")], [], {})
     with pytest.raises(InputError, match="non-public address"):
         service.search_json({"url": "http://127.0.0.1:9/x.jpg"})  # refused before any connection
 

@@ -74,7 +74,7 @@ function hitElement(hit, expansion) {
   return a;
 }
 
-// "more like this" and "less like this" add a result to the query; "why" shows how it matched a query by id.
+// "+ like" and "− less" add a result to the query, for or against; "why" shows how it matched a one-photo query.
 function actions(hit) {
   const row = document.createElement("div");
   row.className = "actions";
@@ -86,44 +86,63 @@ function actions(hit) {
     element.addEventListener("click", (event) => { event.preventDefault(); event.stopPropagation(); act(); });
     row.append(element);
   };
-  if (current && current.kind !== "url" && !hit.same_image) {
+  if (current && !current.box && !hit.same_image) {  // a region is of one photo: several photos make no region
     button("+ like", "add this photo to the query", () => { extra.like.push(hit.id); searchCombined(); });
     button("− less", "count this photo's look against the results", () => { extra.unlike.push(hit.id); searchCombined(); });
   }
-  if (current && current.kind === "id" && !extra.like.length && !extra.unlike.length) {
+  if (current && !extra.like.length && !extra.unlike.length) {
     button("why", "why this result matched: where each photo shows what the other shows", () => showWhy(hit));
   }
   return row;
 }
 
-function showWhy(hit) {
-  const img = document.createElement("img");
-  img.alt = `why result ${hit.rank} matched`;
-  img.src = "/api/explain?" + new URLSearchParams({query: current.id, id: hit.id});
+// The heatmaps of why a result matched the query photo (or the region searched by), as the service draws them.
+async function showWhy(hit) {
   const caption = document.createElement("div");
   caption.textContent = `why #${hit.rank} matched: bright where each photo shows what the other shows`;
-  $("why").replaceChildren(caption, img);
+  $("why").replaceChildren(caption);
+  try {
+    const region = current.box ? {box: current.box} : {};
+    let response;
+    if (current.kind === "file") {
+      const form = new FormData();
+      form.append("image", current.file);
+      form.append("id", hit.id);
+      if (current.box) form.append("box", current.box);
+      response = await fetch("/api/explain", {method: "POST", body: form});
+    } else {
+      const query = current.kind === "id" ? {query: current.id} : {url: current.url};
+      response = await fetch("/api/explain?" + new URLSearchParams({...query, id: hit.id, ...region}));
+    }
+    if (!response.ok) throw new Error((await response.json()).error || response.statusText);
+    const img = document.createElement("img");
+    img.alt = `why result ${hit.rank} matched`;
+    img.src = URL.createObjectURL(await response.blob());
+    $("why").append(img);
+  } catch (error) { caption.textContent = `why #${hit.rank} matched: ${error.message}`; }
   $("why").scrollIntoView({block: "nearest"});
 }
 
-// Several photos as one query: the query photo and the results added, less the ones counted against.
+// Several photos as one query: the query photo and the results added, less the ones counted against, all by id
+// but an uploaded photo: nothing is downloaded or encoded again.
 async function searchCombined() {
   startSearch();
   try {
-    const form = new FormData();
-    form.append("image", current.kind === "file" ? current.file : await photoOf(current.id), "query");
-    for (const id of extra.like) form.append("image", await photoOf(id), `${id}`);
-    for (const id of extra.unlike) form.append("unlike", await photoOf(id), `${id}`);
-    for (const [key, value] of Object.entries(options())) form.append(key, value);
-    const querySrc = current.kind === "file" ? URL.createObjectURL(current.file) : `/api/images/${current.id}`;
-    render(await post(form, true), querySrc, `${1 + extra.like.length} photos, ${extra.unlike.length} less like`);
+    const note = `${1 + extra.like.length} photos, ${extra.unlike.length} less like`;
+    if (current.kind === "file") {
+      const form = new FormData();
+      form.append("image", current.file, current.file.name || "query");
+      for (const id of extra.like) form.append("like", id);
+      for (const id of extra.unlike) form.append("unlike", id);
+      for (const [key, value] of Object.entries(options())) form.append(key, value);
+      render(await post(form, true), URL.createObjectURL(current.file), note);
+    } else {
+      const query = current.kind === "id" ? {id: Number(current.id)} : {url: current.url};
+      const data = await post({...query, like: extra.like, unlike: extra.unlike, n: Number(options().n),
+                               ...(options().nprobe ? {nprobe: options().nprobe} : {})});
+      render(data, current.kind === "id" ? `/api/images/${current.id}` : current.url, note);
+    }
   } catch (error) { status(error.message, true); }
-}
-
-async function photoOf(id) {
-  const response = await fetch(`/api/images/${id}/full`);
-  if (!response.ok) throw new Error(`image ${id} cannot be read any more`);
-  return response.blob();
 }
 
 function boxElement(x, y, width, height) {
@@ -185,7 +204,7 @@ function startSearch() {
 // Each search by id or URL gets an address of its own, to share or reload; the form shows what was searched.
 async function searchBy(query, remember) {
   const params = {...query, ...options()};
-  current = query.id !== undefined ? {kind: "id", id: query.id} : {kind: "url", url: query.url};
+  current = {...(query.id !== undefined ? {kind: "id", id: query.id} : {kind: "url", url: query.url}), box: query.box};
   extra.like = [];
   extra.unlike = [];
   if (remember) history.pushState(params, "", "?" + new URLSearchParams(params));
@@ -200,7 +219,7 @@ async function searchBy(query, remember) {
 
 // An uploaded photo stays in this browser: its search has no address to share, and the page says so.
 async function searchFile(file, box) {
-  current = {kind: "file", file};
+  current = {kind: "file", file, box};
   extra.like = [];
   extra.unlike = [];
   const form = new FormData();
