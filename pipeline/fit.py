@@ -74,7 +74,8 @@ def fit(
     started = time.perf_counter()
     records = engine.find_images(data_dir)
     if not records:
-        raise InputError(f"{data_dir}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise InputError(f"{data_dir}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, and any other file "
+                         "that opens as an image)")
     log.info("found %d image files under %s", len(records), data_dir)
     stats = {record.path: file_stat(record.path) for record in records}  # before reading: a later change shows
     sample = _training_sample(records, config)

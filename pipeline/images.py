@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import ImageError, InputError
 
@@ -34,6 +34,8 @@ else:
 # every format Pillow decodes that photos come in (HEIC and HEIF through pillow-heif; a GIF or an MPO by its first frame)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".heic", ".heif", ".avif",
                               ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".mpo"})
+# a file of another name is an image when it opens as one of these (formats with a signature no text file starts with)
+SNIFFED_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "HEIF", "AVIF", "BMP", "JPEG2000", "PPM", "PSD", "QOI")
 MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
 MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
 DECODE_BUDGET_PIXELS = 64_000_000  # pixels being decoded at once in this process, all threads together
@@ -79,7 +81,8 @@ class ImageRecord:
 
 
 def find_images(root: str | os.PathLike, recursive: bool = True) -> list[ImageRecord]:
-    """Every image file under ``root`` (recursively unless told not to, sorted, hidden entries skipped).
+    """Every image file under ``root`` (recursively unless told not to, sorted, hidden entries skipped):
+    by its name's extension (:data:`IMAGE_EXTENSIONS`), or else by its first bytes (:func:`is_image_file`).
 
     The label of ``root/cat/x.jpg`` and of ``root/cat/sub/y.png`` is ``"cat"``; files directly in
     ``root`` have no label. Links to folders are followed (a class folder linked from elsewhere is
@@ -112,11 +115,32 @@ def list_images(folder: Path, root: Path, recursive: bool = True) -> list[ImageR
         relative = Path(parent).relative_to(root)
         label = relative.parts[0] if relative.parts else None
         for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                records.append(ImageRecord(str(Path(parent) / name), label))
+            path = Path(parent) / name
+            if not name.startswith(".") and (path.suffix.lower() in IMAGE_EXTENSIONS or is_image_file(path)):
+                records.append(ImageRecord(str(path), label))
         if not recursive:
             break
     return records
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether a file of no image's extension is an image by its content: its first bytes open as one
+    of :data:`SNIFFED_FORMATS` (only the header is read). A pipe, a device or a folder is not."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Image.init()  # every plugin registered: Image.OPEN lists what this Pillow reads
+                with Image.open(handle, formats=[name for name in SNIFFED_FORMATS if name in Image.OPEN]):
+                    return True
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return False
 
 
 def file_stat(path: str | os.PathLike) -> Optional[list[int]]:
@@ -155,10 +179,12 @@ def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = 
                     image.draft("RGB", (min_size, min_size))  # JPEG: decoded at a reduced scale
                 with DECODE_BUDGET.hold(image.width * image.height):  # the pixels actually decoded
                     image.load()
+                    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+                    image = _eight_bit(image)
                     factor = min(image.size) // min_size if min_size else 1
                     if factor >= 2:  # box-average it down at once: every later step works on a small image
                         image = image.reduce(factor)
-                    return _to_rgb(ImageOps.exif_transpose(image))
+                    return _to_rgb(_upright(image, orientation))
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -169,14 +195,35 @@ def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = 
         raise ImageError(source, f"cannot decode image ({exc})", "not_image") from None
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # 16-bit and float grayscale: scale the full range to 8 bits instead of clipping.
+# what EXIF's orientation tag asks of the stored pixels to display them upright
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """The image as EXIF's ``orientation`` (read from the file before any conversion) displays it."""
+    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """The image in a mode of 8 bits a channel that ``Image.reduce`` takes: 1-bit as grayscale, a
+    palette as RGB (RGBA with transparency), 16-bit and float grayscale scaled from their full range
+    (not clipped), the rest as they are."""
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         pixels = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        gray = np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8))
+    return image
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """RGB uint8 of an image in a mode of :func:`_eight_bit`, transparency composited on white."""
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)

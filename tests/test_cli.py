@@ -150,7 +150,8 @@ NO_FIT = ("artifacts: no fitted artifacts (looked in {cwd}/artifacts): it does n
     (["fit", "photos", "--tensorboard", "missing/runs"],
      "missing/runs: cannot write the output there (no folder {cwd}/missing)"),
     (["fit", "missing"], "missing: not a folder"),
-    (["fit", "."], f".: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"),
+    (["fit", "."], f".: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, and any other file that "
+                     "opens as an image)"),
     (["serve", "--port", "99999"],
      "imgsim serve: argument --port: must be at most 65535, got 99999 (see imgsim serve --help)"),
     *[(["serve", "--batch-window-ms", value], f"imgsim serve: argument --batch-window-ms: {reason}, got {value} (see "

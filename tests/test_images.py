@@ -230,13 +230,13 @@ def test_large_images_decoded_from_many_threads_stay_within_the_budget(monkeypat
     Image.new("RGB", (1500, 1000), (200, 30, 30)).save(buffer, "PNG")  # small file, 1.5 MP decoded
     budget, peak = images.PixelBudget(3_000_000), []
     monkeypatch.setattr(images, "DECODE_BUDGET", budget)
-    original = images.ImageOps.exif_transpose
+    original = images._upright
 
-    def watched(image):  # runs inside the decode, once its pixels are loaded
+    def watched(image, orientation):  # runs inside the decode, once its pixels are loaded
         peak.append(budget.in_use)
-        return original(image)
+        return original(image, orientation)
 
-    monkeypatch.setattr(images.ImageOps, "exif_transpose", watched)
+    monkeypatch.setattr(images, "_upright", watched)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: prepare_image(buffer.getvalue(), "big.png", 32), range(16)))
     assert all(r.shape == (32, 32, 3) for r in results) and budget.in_use == 0
@@ -249,3 +249,62 @@ def test_a_large_image_is_reduced_while_decoding_to_no_less_than_the_size_asked(
     reduced = decode_image(buffer.getvalue(), "big.png", min_size=224)
     assert reduced.shape == (2000 // 8, 3000 // 8, 3)  # a whole factor: 2000 // 224 = 8
     assert np.all(reduced == (10, 120, 240)) and decode_image(buffer.getvalue(), "big.png").shape == (2000, 3000, 3)
+
+
+def _in_mode(photo: Image.Image, mode: str) -> Image.Image:
+    """``photo`` in ``mode``, as a file of that mode would open."""
+    if mode.startswith("I;16"):  # Pillow's conversions to these clip at 255
+        return Image.fromarray((np.asarray(photo.convert("L")).astype(np.uint16) * 257).astype(
+            ">u2" if mode == "I;16B" else "<u2"))
+    if mode in ("PA", "La", "RGBa"):
+        return photo.convert({"PA": "P", "La": "LA", "RGBa": "RGBA"}[mode]).convert(mode)
+    return photo.convert(mode)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "GIF", "BMP", "PPM", "WEBP"])
+@pytest.mark.parametrize("mode", ["1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB",
+                                  "HSV", "I", "F", "I;16", "I;16B"])
+def test_every_mode_pillow_reads_decodes_reduced_to_the_photo(mode, fmt):
+    """A large image of any mode (1-bit, palette, 16-bit, float, ...) is reduced while decoding, as a fit does, and
+    still shows the photo; a mode a format cannot hold is skipped."""
+    photo = Image.open(SAMPLE_PHOTO).convert("RGB").resize((256, 320))
+    if mode.startswith("I;16") and fmt not in ("PNG", "TIFF", "PPM"):
+        pytest.skip(f"{fmt} holds no 16-bit grayscale (Pillow clips it when saving)")
+    try:
+        data = encode(_in_mode(photo, mode), fmt)
+    except (OSError, ValueError, KeyError):
+        pytest.skip(f"{fmt} cannot hold mode {mode}")
+    decoded = decode_image(data, f"photo.{fmt.lower()}", min_size=64)
+    assert decoded.dtype == np.uint8 and decoded.shape == (80, 64, 3)  # reduced by 4: 256 // 64
+    expected = np.asarray(photo.reduce(4).convert("L"), np.float32)
+    if mode in ("1", "LAB", "HSV", "RGBa", "La", "PA"):  # far from the photo's look by design, or of its own colours
+        return
+    assert np.abs(decoded.astype(np.float32).mean(axis=2) - expected).mean() < 14, (mode, fmt)
+
+
+def test_exif_orientation_survives_the_reduction_of_a_large_image():
+    pixels = np.zeros((400, 800), np.uint8)
+    pixels[:, :400] = 255  # stored wide, white on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    for mode, fmt in (("L", "JPEG"), ("1", "PNG"), ("P", "PNG"), ("I;16", "TIFF")):
+        image = _in_mode(Image.fromarray(pixels).convert("RGB"), mode)
+        decoded = decode_image(encode(image, fmt, exif=exif.tobytes()), f"rotated.{fmt}", min_size=100)
+        assert decoded.shape[:2] == (200, 100), (mode, fmt)  # displayed tall, reduced by 4
+        assert decoded[:90].mean() > 200 and decoded[110:].mean() < 50, (mode, fmt)
+
+
+def test_an_image_under_any_name_is_found_by_its_content_and_other_files_are_not(tmp_path):
+    photo = Image.open(SAMPLE_PHOTO).convert("RGB").resize((64, 64))
+    photo.save(tmp_path / "camera-export.dat", "JPEG")
+    photo.save(tmp_path / "no-extension", "PNG")
+    photo.save(tmp_path / "scan.tiff.bak", "TIFF")
+    photo.convert("1").save(tmp_path / "fax", "PPM")
+    (tmp_path / "notes.txt").write_text("BM is how a bitmap starts; P1 is how a bitmap of text starts")
+    (tmp_path / "readme").write_text("P1 notes about the photos")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    os.mkfifo(tmp_path / "pipe")  # never opened for reading: listing must not wait on it
+    found = [Path(record.path).name for record in find_images(tmp_path)]
+    assert found == ["camera-export.dat", "fax", "no-extension", "scan.tiff.bak"]
+    for name in found:
+        assert decode_image((tmp_path / name).read_bytes(), name).shape == (64, 64, 3)
