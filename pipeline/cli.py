@@ -441,13 +441,25 @@ def _remove(args: argparse.Namespace) -> None:
     print_change(remove_images(args.images, args.artifacts))
 
 
+# what a pair must reach to be verified a copy: the defaults are verification.Thresholds', not imported here (that
+# module loads OpenCV, and every command builds the parser; tests/test_duplicates.py checks that the help states them)
+_THRESHOLD_FLAGS = (
+    ("--min-inliers", _whole_at_least(3, 400), "N", "feature matches that must agree with one affine map (default: 12)"),
+    ("--min-inlier-ratio", _number_from(0, False, 1), "R", "the share of the feature matches that must agree with it (default: 0.15)"),
+    ("--min-correlation", _number_from(0, False, 1), "C",
+     "the two images aligned must correlate by this much (default: 0.9)"),
+    ("--max-changed", _number_from(0, False, 1), "S",
+     "and differ on at most this share of their overlap (default: 0.05)"))
+
+
 def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
-    # the default is duplicates.CANDIDATE_DISTANCE, not imported here: that module loads OpenCV and SciPy, and every
-    # command builds this parser (tests/test_duplicates.py checks that the help states it)
+    # the default is duplicates.CANDIDATE_DISTANCE, not imported here for the same reason as the thresholds'
     parser.add_argument("--max-distance", type=_non_negative_float, metavar="D",
                         help="compare two images only when their descriptors are closer than this (cosine "
                              "distance; default: 0.5); each image's nearest is always compared. Every pair compared "
                              "is verified on the images themselves")
+    for flag, parse, metavar, text in _THRESHOLD_FLAGS:
+        parser.add_argument(flag, type=parse, metavar=metavar, help=text)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a list")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained page of the groups")
     parser.add_argument("--move-to", metavar="DIR",
@@ -466,7 +478,8 @@ def _duplicates(args: argparse.Namespace) -> int:
     from .duplicates import CANDIDATE_DISTANCE, find_duplicates  # OpenCV and SciPy: once the input is known good
     from .pages import write_duplicates_page
 
-    found = find_duplicates(bundle, CANDIDATE_DISTANCE if args.max_distance is None else args.max_distance)
+    found = find_duplicates(bundle, CANDIDATE_DISTANCE if args.max_distance is None else args.max_distance,
+                            thresholds=_thresholds(args))
     if args.json:
         print(json.dumps(found.to_dict(), indent=2))
     else:
@@ -492,12 +505,20 @@ def _duplicates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _thresholds(args: argparse.Namespace):
+    """The verification's thresholds: the defaults, but those given as flags."""
+    from .verification import Thresholds
+
+    given = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, *_ in _THRESHOLD_FLAGS}
+    return Thresholds(**{name: value for name, value in given.items() if value is not None})
+
+
 def _move_duplicates(groups, bundle, args: argparse.Namespace, out) -> int:
     """--move-to: move the copies, drop what moved from the index, say what happened."""
     from .collection import remove_images
     from .duplicates import move_duplicates
 
-    moved, left, problem = move_duplicates(groups, bundle.manifest.roots, args.move_to)
+    moved, left, problem = move_duplicates(groups, bundle.manifest.roots, args.move_to, _thresholds(args))
     for path in left:
         print(f"not moved, not verified as a copy on the images now: {shown(path)}", file=out)
     print(f"moved {len(moved)} files into {args.move_to}", file=out)

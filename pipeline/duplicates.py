@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from .errors import ArtifactError, ImageError, InputError
 from .images import content_hash, decode_image, read_file
-from .verification import FEATURE_SIDE, LocalFeatures, Verification, VerificationCache, verify, verify_mirrored
+from .verification import (FEATURE_SIDE, LocalFeatures, Thresholds, Verification, VerificationCache, verify,
+                           verify_mirrored)
 
 NEIGHBOURS = 8  # candidates per image, by rank
 CANDIDATE_DISTANCE = 0.5  # pairs further apart (cosine, descriptors) are never compared, but each image's nearest
@@ -107,10 +108,12 @@ class Duplicates:
     groups: list[DuplicateGroup]
     compared: int  # candidate pairs verified (from the cache or anew)
     max_distance: float
+    thresholds: Thresholds
     unreadable: list[str] = field(default_factory=list)  # indexed files that could not be read: never grouped
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_distance": self.max_distance, "compared": self.compared, "unreadable": self.unreadable,
+        return {"max_distance": self.max_distance, "thresholds": asdict(self.thresholds), "compared": self.compared,
+                "unreadable": self.unreadable,
                 "grouping": "each image verified against the group's representative",
                 "groups": [group.to_dict() for group in self.groups]}
 
@@ -142,6 +145,7 @@ class _Verifier:
 
     def __init__(self, bundle: Bundle, cache: VerificationCache, progress: bool):
         self.paths, self.cache, self.progress = bundle.catalog.paths, cache, progress
+        self.thresholds = cache.thresholds
         self.hashes = list(bundle.catalog.hashes)  # a file changed since it was indexed: its content's hash
         self.ready: set[int] = set()  # rows whose features are in the cache
         self.unreadable: set[int] = set()
@@ -194,8 +198,8 @@ class _Verifier:
         todo = [number for number in todo if not set(pairs[number]) & self.unreadable]
         todo.sort(key=lambda number: pairs[number])  # a worker meets the same first image again and again
         chunks = [todo[start:start + _CHUNK] for start in range(0, len(todo), _CHUNK)]
-        tasks = [(str(self.cache.folder), [(self.hashes[pairs[n][0]], self.hashes[pairs[n][1]]) for n in chunk])
-                 for chunk in chunks]
+        tasks = [(str(self.cache.folder), self.thresholds,
+                  [(self.hashes[pairs[n][0]], self.hashes[pairs[n][1]]) for n in chunk]) for chunk in chunks]
         for chunk, decided in zip(chunks, self._map(_decide, tasks, "verify", "pair", [len(c) for c in chunks])):
             for number, values in zip(chunk, decided):
                 known[number] = Verification(**values)
@@ -218,7 +222,7 @@ class _Verifier:
             return known
         for number in todo:
             features = _cached_features(str(self.cache.folder), self.hashes[rows[number]])
-            known[number] = verify_mirrored(mirrored, features)
+            known[number] = verify_mirrored(mirrored, features, self.thresholds)
             self.cache.store_verdict(self.hashes[representative], self.hashes[rows[number]], known[number],
                                      mirrored=True)
         return known
@@ -238,11 +242,11 @@ def _store_features(task: tuple[str, str, str]) -> Optional[str]:
     return stored
 
 
-def _decide(task: tuple[str, list[tuple[str, str]]]) -> list[dict]:
+def _decide(task: tuple[str, Thresholds, list[tuple[str, str]]]) -> list[dict]:
     """(In a worker.) The verdicts on pairs of images named by content hash, their features read
     from the cache folder."""
-    folder, pairs = task
-    return [asdict(verify(_cached_features(folder, first), _cached_features(folder, second)))
+    folder, thresholds, pairs = task
+    return [asdict(verify(_cached_features(folder, first), _cached_features(folder, second), thresholds))
             for first, second in pairs]
 
 
@@ -255,13 +259,13 @@ def _cached_features(folder: str, stored_hash: str) -> LocalFeatures:
 
 
 def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, neighbours: int = NEIGHBOURS,
-                    cache: Optional[VerificationCache] = None, progress: bool = True) -> Duplicates:
-    """The groups of copies among the indexed images, largest first (see the module's description).
-    ``cache`` defaults to the one in the bundle's artifacts folder; ``progress``: bars on the terminal."""
+                    thresholds: Thresholds = Thresholds(), progress: bool = True) -> Duplicates:
+    """The groups of copies among the indexed images, largest first (see the module's description),
+    each pair verified with ``thresholds``; the cache is the one in the bundle's artifacts folder;
+    ``progress``: bars on the terminal."""
     if not max_distance >= 0:
         raise InputError(f"max_distance must be a number from 0, got {max_distance}")
-    if cache is None:
-        cache = VerificationCache(bundle.folder.parent / CACHE_FOLDER)
+    cache = VerificationCache(bundle.folder.parent / CACHE_FOLDER, thresholds=thresholds)
     pairs, _ = candidate_pairs(bundle, max_distance, neighbours, progress)
     candidates = [(int(a), int(b)) for a, b in pairs]
     with _Verifier(bundle, cache, progress) as verifier:
@@ -273,7 +277,7 @@ def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, ne
     cache.save()
     groups.sort(key=lambda group: (-len(group.members), group.keeper.id))
     unreadable = sorted(bundle.catalog.paths[row] for row in verifier.unreadable)
-    return Duplicates(groups, len(candidates), max_distance, unreadable)
+    return Duplicates(groups, len(candidates), max_distance, thresholds, unreadable)
 
 
 def _components(links: list[tuple[int, int]]) -> list[list[int]]:
@@ -407,8 +411,8 @@ def _why(keeper: _Facts, others: list[_Facts]) -> str:
             f"(modified {datetime.fromtimestamp(keeper.modified, timezone.utc):%Y-%m-%d %H:%M} UTC)")
 
 
-def move_duplicates(groups: list[DuplicateGroup], roots: list[str],
-                    destination: str | os.PathLike) -> tuple[list[str], list[str], Optional[str]]:
+def move_duplicates(groups: list[DuplicateGroup], roots: list[str], destination: str | os.PathLike,
+                    thresholds: Thresholds = Thresholds()) -> tuple[list[str], list[str], Optional[str]]:
     """Move every group's copies, verified anew (:func:`copies_to_move`), into ``destination``, each
     at its path relative to the fitted folder it lies in: (the paths moved, the paths left because
     they could not be verified now, the reason the moves stopped early or None). Nothing is deleted
@@ -423,7 +427,7 @@ def move_duplicates(groups: list[DuplicateGroup], roots: list[str],
     moves: dict[Path, Path] = {}
     left: list[str] = []
     for group in groups:
-        copies = copies_to_move(group)
+        copies = copies_to_move(group, thresholds)
         left += [member.path for member in group.members[1:] if member not in copies]
         for member in copies:
             source = Path(member.path)
@@ -443,11 +447,11 @@ def move_duplicates(groups: list[DuplicateGroup], roots: list[str],
     return moved, left, None
 
 
-def copies_to_move(group: DuplicateGroup) -> list[Member]:
+def copies_to_move(group: DuplicateGroup, thresholds: Thresholds = Thresholds()) -> list[Member]:
     """The members of ``group`` but its keeper that are copies of it by the images themselves, now:
     each, and the keeper, verified again against the representative from their files (as the groups
-    were: the lower id first, a mirrored retry), never from the cache, whose verdicts only spare
-    work in finding the groups. A group whose keeper fails moves nothing."""
+    were, with a mirrored retry), never from the cache, whose verdicts only spare work in finding
+    the groups. A group whose keeper fails moves nothing."""
     representative = next(member for member in group.members if member.id == group.representative)
     try:
         image = decode_image(read_file(representative.path), representative.path, min_size=FEATURE_SIDE)
@@ -463,8 +467,7 @@ def copies_to_move(group: DuplicateGroup) -> list[Member]:
             other = LocalFeatures.of(decode_image(read_file(member.path), member.path, min_size=FEATURE_SIDE))
         except ImageError:
             return False
-        pair = (features, other) if representative.id < member.id else (other, features)
-        return verify(*pair).same or verify_mirrored(mirrored, other).same
+        return verify(features, other, thresholds).same or verify_mirrored(mirrored, other, thresholds).same
 
     if not verified(group.keeper):
         return []

@@ -7,7 +7,7 @@ of a similar thing, so a candidate pair is verified on the images themselves:
    other as they are, and mirrored. Otherwise, or when that fails: ORB local features (found
    once per image, on its grayscale at most ``FEATURE_SIDE`` pixels a side), matched by Lowe's
    ratio test, and an affine model fitted by RANSAC (rotation, scale, crop, padding, squeeze);
-   at least ``MIN_INLIERS`` matches, and ``MIN_INLIER_RATIO`` of them, must agree with it. A
+   at least ``min_inliers`` matches, and ``min_inlier_ratio`` of them, must agree with it. A
    mirrored copy is thus found when it keeps the framing; one that was also cropped or rotated
    only by :func:`verify_mirrored`, against the features of the mirror image (matching every
    candidate pair a second time that way would double the time, so it is asked only of pairs a
@@ -16,11 +16,15 @@ of a similar thing, so a candidate pair is verified on the images themselves:
    grayscale of the overlap (so a re-encode, a blur or a colour change does not count), leaving
    out flat borders joined to either image's edge (padding, bars, a frame, a rotation's corners), the
    brightness of the two, each normalised to mean 0 and deviation 1, must correlate by at least
-   ``MIN_CORRELATION`` and differ by more than half a deviation on at most ``MAX_CHANGED`` of it.
+   ``min_correlation`` and differ by more than half a deviation on at most ``max_changed`` of it.
    Another photo of the same scene (a burst, the same background with another garment) aligns on
    part of the picture but differs elsewhere, and fails here.
+3. **Either way round.** A pair one order refuses is tried in the other (the ratio test, the
+   overlap and the comparison are each told from the first image's side), so a verdict never
+   depends on which image comes first.
 
-The thresholds are measured on near-copies of real photos against their look-alike neighbours
+The four thresholds are :class:`Thresholds`, settings of ``imgsim duplicates``; their defaults are
+measured on near-copies of real photos against their look-alike neighbours
 (``benchmarks/bench_duplicates.py``, docs/QUALITY.md).
 """
 
@@ -41,18 +45,14 @@ import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
-VERSION = 5  # of the features, the rule and the verdict's fields: a cache written under another version is ignored
+VERSION = 6  # of the features, the rule and the verdict's fields: a cache written under another version is ignored
 FEATURE_SIDE = 384  # features are found on the grayscale image scaled to at most this side
 MIN_FEATURE_SIDE = 160  # a smaller image is scaled up to this side first (a thumbnail has few corners)
 FEATURES = 400  # ORB keypoints an image
 GRAY_SIDE = 192  # the longer side of the stored grayscale, warped at this size and compared at half of it
 BLUR = 1.2  # the Gaussian blur (pixels at half GRAY_SIDE) of both before they are compared
 RATIO = 0.8  # Lowe's ratio test: the best match must be this much closer than the second best
-MIN_INLIERS = 12
-MIN_INLIER_RATIO = 0.15  # of the matches that passed the ratio test (copies in bench_duplicates: 0.19 and more)
 RANSAC_PIXELS = 7.0  # at FEATURE_SIDE
-MIN_CORRELATION = 0.9
-MAX_CHANGED = 0.05
 MIN_OVERLAP = 0.15  # of the first image covered by the second
 BORDER_LEVELS = 3  # grey levels a flat border may vary by
 SAME_FRAMING = 0.03  # aspect ratios this close are first compared laid over each other
@@ -61,6 +61,25 @@ ROUGH_CORRELATION = 0.7  # ... when their rough look correlates this much (copie
 _PAIR_KEY = re.compile(r"[0-9a-f]{40}:[0-9a-f]{40}(/mirrored)?")
 GRID = 4  # features are spread over GRID x GRID cells of the image
 _ORB = dict(nfeatures=3 * FEATURES, fastThreshold=10, edgeThreshold=15, patchSize=15)  # the candidates to spread
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a pair must reach to be verified the same photo (defaults: bench_duplicates, docs/QUALITY.md)."""
+
+    min_inliers: int = 12  # feature matches that agree with the affine model
+    min_inlier_ratio: float = 0.15  # ... as a share of the matches that passed the ratio test
+    min_correlation: float = 0.9  # of the two aligned, normalised grayscales
+    max_changed: float = 0.05  # share of the overlap differing by more than half a deviation
+
+    def __post_init__(self) -> None:
+        """ValueError naming the setting out of its range."""
+        if not (isinstance(self.min_inliers, int) and 3 <= self.min_inliers <= FEATURES):
+            raise ValueError(f"min_inliers must be a whole number from 3 to {FEATURES}, got {self.min_inliers}")
+        for name in ("min_inlier_ratio", "min_correlation", "max_changed"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number from 0 to 1, got {value}")
 
 
 @dataclass
@@ -151,22 +170,32 @@ _FIELD_TYPES = {"same": bool, "alignment": str, "mirrored": bool, "inliers": int
                 "correlation": float, "changed": float, "covered_first": float, "covered_second": float}
 
 
-def verify(first: LocalFeatures, second: LocalFeatures) -> Verification:
+def verify(first: LocalFeatures, second: LocalFeatures, thresholds: Thresholds = Thresholds()) -> Verification:
     """Whether two images are the same photo (possibly re-encoded, resized, cropped, rotated,
-    padded, squeezed, mirrored, recoloured, blurred or captioned); see the module's description."""
+    padded, squeezed, mirrored, recoloured, blurred or captioned), told from the first's side; the
+    same verdict whichever comes first (see the module's description)."""
+    verdict = _verify_from(first, second, thresholds)
+    if verdict.same:
+        return verdict
+    return _better(verdict, _verify_from(second, first, thresholds).swapped())
+
+
+def _verify_from(first: LocalFeatures, second: LocalFeatures, thresholds: Thresholds) -> Verification:
+    """:func:`verify` with the ratio test, the overlap and the comparison told from ``first``'s side."""
     best = NO_ALIGNMENT
     aspect = (first.gray.shape[1] / first.gray.shape[0]) / (second.gray.shape[1] / second.gray.shape[0])
     if abs(aspect - 1) <= SAME_FRAMING:
         for mirrored in (False, True):
             if _rough_correlation(first, second, mirrored) < ROUGH_CORRELATION:
                 continue
-            best = _better(best, _compare(first, second, _as_is(first, second), mirrored, "as is", 0, 0.0))
+            best = _better(best, _compare(first, second, _as_is(first, second), mirrored, "as is", 0, 0.0,
+                                          thresholds))
             if best.same:
                 return best
-    model = _affine(first, second)
+    model = _affine(first, second, thresholds)
     if model is not None:
         matrix, inliers, ratio = model
-        best = _better(best, _compare(first, second, matrix, False, "affine", inliers, ratio))
+        best = _better(best, _compare(first, second, matrix, False, "affine", inliers, ratio, thresholds))
     return best
 
 
@@ -180,14 +209,23 @@ def _rough_correlation(first: LocalFeatures, second: LocalFeatures, mirrored: bo
     return float(np.mean(a * b))
 
 
-def verify_mirrored(mirrored_first: LocalFeatures, second: LocalFeatures) -> Verification:
+def verify_mirrored(mirrored_first: LocalFeatures, second: LocalFeatures,
+                    thresholds: Thresholds = Thresholds()) -> Verification:
     """Whether ``second`` is a copy of the mirror image of the first image, aligned by features
-    (``mirrored_first``: the features of that mirror image); for a pair :func:`verify` refused."""
-    model = _affine(mirrored_first, second)
+    (``mirrored_first``: the features of that mirror image); for a pair :func:`verify` refused.
+    Tried either way round, as :func:`verify` is."""
+    verdict = _mirrored_from(mirrored_first, second, thresholds)
+    if verdict.same:
+        return verdict
+    return _better(verdict, _mirrored_from(second, mirrored_first, thresholds).swapped())
+
+
+def _mirrored_from(first: LocalFeatures, second: LocalFeatures, thresholds: Thresholds) -> Verification:
+    model = _affine(first, second, thresholds)
     if model is None:
         return replace(NO_ALIGNMENT, mirrored=True)
     matrix, inliers, ratio = model
-    return replace(_compare(mirrored_first, second, matrix, False, "affine", inliers, ratio), mirrored=True)
+    return replace(_compare(first, second, matrix, False, "affine", inliers, ratio, thresholds), mirrored=True)
 
 
 def _better(best: Verification, other: Verification) -> Verification:
@@ -229,27 +267,29 @@ def _as_is(first: LocalFeatures, second: LocalFeatures) -> np.ndarray:
     return np.float32([[w2 / w1, 0, 0], [0, h2 / h1, 0]])
 
 
-def _affine(first: LocalFeatures, second: LocalFeatures) -> Optional[tuple[np.ndarray, int, float]]:
+def _affine(first: LocalFeatures, second: LocalFeatures,
+            thresholds: Thresholds) -> Optional[tuple[np.ndarray, int, float]]:
     """The RANSAC affine map from first's feature image to second's, its inlier count and inlier
     ratio; None when too few matches agree."""
-    if len(first.descriptors) < MIN_INLIERS or len(second.descriptors) < MIN_INLIERS:
+    least = thresholds.min_inliers
+    if len(first.descriptors) < least or len(second.descriptors) < least:
         return None
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(first.descriptors, second.descriptors, k=2)
     good = [pair[0] for pair in pairs if len(pair) == 2 and pair[0].distance < RATIO * pair[1].distance]
-    if len(good) < MIN_INLIERS:
+    if len(good) < least:
         return None
     source = first.points[[match.queryIdx for match in good]]
     target = second.points[[match.trainIdx for match in good]]
     threshold = RANSAC_PIXELS * max(first.feature_shape) / FEATURE_SIDE
     matrix, inliers = cv2.estimateAffine2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=threshold,
                                            maxIters=2000, confidence=0.995)
-    if matrix is None or int(inliers.sum()) < MIN_INLIERS or inliers.sum() < MIN_INLIER_RATIO * len(good):
+    if matrix is None or int(inliers.sum()) < least or inliers.sum() < thresholds.min_inlier_ratio * len(good):
         return None
     return matrix.astype(np.float32), int(inliers.sum()), float(inliers.sum()) / len(good)
 
 
 def _compare(first: LocalFeatures, second: LocalFeatures, matrix: np.ndarray, mirrored: bool, alignment: str,
-             inliers: int, ratio: float) -> Verification:
+             inliers: int, ratio: float, thresholds: Thresholds) -> Verification:
     """Warp second's grayscale onto first's with ``matrix`` (feature image to feature image) and
     compare the overlap, at half the grayscales' size, each blurred within the overlap only (a
     black border or corner never bleeds into it)."""
@@ -285,7 +325,7 @@ def _compare(first: LocalFeatures, second: LocalFeatures, matrix: np.ndarray, mi
     a = (a - a.mean()) / (a.std() + 1e-6)
     b = (b - b.mean()) / (b.std() + 1e-6)
     correlation, changed = float(np.mean(a * b)), float(np.mean(np.abs(a - b) > 0.5))
-    same = correlation >= MIN_CORRELATION and changed <= MAX_CHANGED
+    same = correlation >= thresholds.min_correlation and changed <= thresholds.max_changed
     return Verification(same, alignment, mirrored, inliers, ratio, correlation, changed, covered_first, covered_second)
 
 
@@ -306,13 +346,15 @@ class VerificationCache:
     """Local features by content hash (one ``.npz`` file each) and verdicts by pair of content
     hashes (one JSON file), in a folder beside the bundles: a second run reads them instead of
     decoding and matching again. A changed file has a new hash, so nothing stale is ever used;
-    :meth:`prune` drops what belongs to no indexed image any more."""
+    :meth:`prune` drops what belongs to no indexed image any more. The verdicts hold for one set of
+    :class:`Thresholds`: a run with others decides every pair again (and keeps its own)."""
 
-    def __init__(self, folder: str | os.PathLike, verdicts: bool = True):
+    def __init__(self, folder: str | os.PathLike, verdicts: bool = True, thresholds: Thresholds = Thresholds()):
         """``verdicts=False``: for features only (the verdicts file is not read). Every file is
         checked as it is read; one that is torn, tampered or of another version is ignored (and
         rebuilt), with one warning."""
         self.folder = Path(folder)
+        self.thresholds = thresholds
         self._verdicts_path = self.folder / "verdicts.json"
         self._verdicts: dict[str, dict] = {}
         self._warned = False
@@ -329,8 +371,8 @@ class VerificationCache:
         if not isinstance(stored, dict):
             self._warn(self._verdicts_path, "not a verdicts file")
             return {}
-        if stored.get("version") != VERSION:  # written by another version: its verdicts rest on another rule
-            return {}
+        if stored.get("version") != VERSION or stored.get("thresholds") != asdict(self.thresholds):
+            return {}  # decided by another rule or with other thresholds
         pairs = stored.get("pairs")
         if not isinstance(pairs, dict):
             self._warn(self._verdicts_path, "its pairs are not an object")
@@ -407,5 +449,5 @@ class VerificationCache:
         """Write the verdicts (atomically: a crash leaves the old file or the new one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=self.folder, suffix=".tmp", delete=False) as out:
-            json.dump({"version": VERSION, "pairs": self._verdicts}, out)
+            json.dump({"version": VERSION, "thresholds": asdict(self.thresholds), "pairs": self._verdicts}, out)
         os.replace(out.name, self._verdicts_path)

@@ -2,10 +2,12 @@
 the cache, the command line (--json, --html, --move-to), the API and the page's removal."""
 
 import json
+import re
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -105,12 +107,16 @@ def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with
     assert len(computed) == 1
 
 
-def test_the_commands_help_states_the_default_distance():
+def test_the_commands_help_states_the_default_distance_and_thresholds():
     from pipeline.cli import build_parser
     from pipeline.duplicates import CANDIDATE_DISTANCE
+    from pipeline.verification import Thresholds
 
     command = build_parser()._subparsers._group_actions[0].choices["duplicates"]
-    assert f"default: {CANDIDATE_DISTANCE:g})" in " ".join(command.format_help().split())
+    text = " ".join(command.format_help().split())
+    assert f"default: {CANDIDATE_DISTANCE:g})" in text
+    for name, value in asdict(Thresholds()).items():
+        assert re.search(f"--{name.replace('_', '-')} [A-Z] .*?default: {value:g}\\)", text), name
 
 
 def test_the_command_prints_json_and_writes_a_page(with_copies, tmp_path):
@@ -136,6 +142,26 @@ def test_the_command_prints_json_and_writes_a_page(with_copies, tmp_path):
     html = page.read_text()  # self-contained: the thumbnails ride in its JSON, nothing is fetched
     assert html.count('"keep":true') == 2 and html.count('"thumbnail":"') == sum(len(g["images"]) for g in body["groups"])
     assert "<link" not in html and 'src="http' not in html and "<script src" not in html
+
+
+def test_the_thresholds_are_settings_of_the_command(with_copies, tmp_path):
+    artifacts, _ = copy_of_fit(with_copies[0], tmp_path)
+
+    def run(*flags):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "duplicates.py"), "--artifacts", str(artifacts),
+                               "--json", *flags], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    default, strict = run(), run("--min-correlation", "0.9999", "--max-changed", "0.001")
+    assert default.returncode == strict.returncode == 0, strict.stderr
+    default, strict = json.loads(default.stdout), json.loads(strict.stdout)
+    assert default["thresholds"] == {"min_inliers": 12, "min_inlier_ratio": 0.15, "min_correlation": 0.9,
+                                     "max_changed": 0.05}
+    assert strict["thresholds"]["min_correlation"] == 0.9999 and strict["thresholds"]["max_changed"] == 0.001
+    grouped = [sum(len(group["images"]) for group in body["groups"]) for body in (default, strict)]
+    assert grouped[1] < grouped[0]  # the stricter verdicts were decided anew, not read from the cache
+    wrong = run("--min-inliers", "2")
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1].endswith(
+        "argument --min-inliers: must be at least 3, got 2 (see imgsim duplicates --help)")
 
 
 def test_move_to_moves_the_copies_keeps_their_paths_and_drops_them_from_the_index(with_copies, tmp_path):

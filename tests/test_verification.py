@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from helpers import HARD_COPIES, NEAR_COPIES, TEST_DATA, near_copy
-from pipeline.verification import LocalFeatures, VerificationCache, verify, verify_mirrored
+from pipeline.verification import LocalFeatures, Thresholds, VerificationCache, _verify_from, verify, verify_mirrored
 
 PHOTO_SETS = TEST_DATA / "photos"  # as the team's sets lay them out, the few this file needs
 PHOTOS = [PHOTO_SETS / path for path in (
@@ -45,6 +45,33 @@ def test_every_kind_of_copy_is_the_same_photo(kind, tmp_path):
 def test_look_alikes_are_not_the_same_photo(first, second):
     verdict = verify(features(Image.open(PHOTO_SETS / first)), features(Image.open(PHOTO_SETS / second)))
     assert not verdict.same, verdict
+
+
+def test_a_verdict_does_not_depend_on_the_order_of_the_pair(tmp_path):
+    """A screenshot of the hat (window chrome, another size) aligns from the photo's side but not from its own: told
+    from either side alone the verdict would depend on which image comes first; verify tries both."""
+    photo = Image.open(PHOTOS[1])
+    near_copy(photo.convert("RGB"), "screenshot", 3).save(tmp_path / "copy.jpg", quality=90)
+    original, copy = features(photo), features(Image.open(tmp_path / "copy.jpg"))
+    one_way = [_verify_from(original, copy, Thresholds()).same, _verify_from(copy, original, Thresholds()).same]
+    assert sorted(one_way) == [False, True]  # the case this test is about
+    assert verify(original, copy).same and verify(copy, original).same
+    for first, second in LOOK_ALIKES:  # and a refusal stays a refusal either way
+        a, b = features(Image.open(PHOTO_SETS / first)), features(Image.open(PHOTO_SETS / second))
+        assert not verify(a, b).same and not verify(b, a).same
+
+
+def test_thresholds_decide_and_are_checked():
+    photo = Image.open(PHOTOS[0]).convert("RGB")
+    captioned = features(near_copy(photo, "caption", 0))
+    verdict = verify(features(photo), captioned)
+    assert verdict.same and verdict.changed > 0
+    assert not verify(features(photo), captioned, Thresholds(max_changed=verdict.changed / 2)).same
+    assert not verify(features(photo), captioned, Thresholds(min_correlation=min(1.0, verdict.correlation + 1e-3))).same
+    for wrong, message in (({"min_inliers": 2}, "min_inliers must be a whole number from 3"),
+                           ({"max_changed": 1.5}, "max_changed must be a number from 0 to 1")):
+        with pytest.raises(ValueError, match=message):
+            Thresholds(**wrong)
 
 
 def test_a_thumbnail_sized_copy_is_verified_laid_over_its_source():
@@ -96,3 +123,12 @@ def test_a_torn_or_foreign_cache_is_ignored(tmp_path):
     assert VerificationCache(folder).verdict("x", "y") is None
     (folder / "verdicts.json").write_text('{"version": 999, "pairs": {"x:y": {"same": true}}}')
     assert VerificationCache(folder).verdict("x", "y") is None
+
+
+def test_verdicts_hold_only_for_the_thresholds_they_were_decided_with(tmp_path):
+    first, second = (features(Image.open(path)) for path in PHOTOS[:2])
+    cache = VerificationCache(tmp_path / "cache")
+    cache.store_verdict("a" * 40, "b" * 40, verify(first, second))
+    cache.save()
+    assert VerificationCache(tmp_path / "cache").verdict("a" * 40, "b" * 40) is not None
+    assert VerificationCache(tmp_path / "cache", thresholds=Thresholds(min_inliers=20)).verdict("a" * 40, "b" * 40) is None
