@@ -13,8 +13,10 @@ mirrored, recoloured, blurred, captioned), verified on the images and grouped wi
    tried once more against the representative's mirror image, for a copy both mirrored and cropped
    or rotated); what is left forms the next group the same way. A chain of look-alikes (A like B,
    B like C) never puts A and C together.
-4. **The image to keep** in each group: the most pixels of the photo (a border, padding or a
-   rotation's corners do not count), then the least border, then the largest file, then the oldest.
+4. **The image to keep** in each group: the most pixels of the photo (a border, padding, a
+   rotation's corners or transparent areas do not count), then the least border, colour over gray,
+   more bits a pixel, the camera's own file (its EXIF, then its format) over a re-encoding, the
+   largest file, the oldest; ``why`` says which of these decided.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -30,13 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from .errors import ArtifactError, ImageError, InputError
-from .images import content_hash, decode_image, read_file
+from .images import content_hash, decode_image, eight_bit, read_file
 from .verification import (FEATURE_SIDE, LocalFeatures, Thresholds, Verification, VerificationCache, verify,
                            verify_mirrored)
 
@@ -44,6 +47,9 @@ NEIGHBOURS = 8  # candidates per image, by rank
 CANDIDATE_DISTANCE = 0.5  # pairs further apart (cosine, descriptors) are never compared, but each image's nearest
 PIXEL_TOLERANCE = 0.05  # pixels of the photo this close count as as many (borders are told apart to about 2%)
 BORDER_TOLERANCE = 0.05  # shares of photo this close count as as much
+LOOK_SIDE = 64  # colour and transparency are told from the image at this size
+GRAY_SPREAD = 4  # mean |R-G| + |G-B| (0-255) under which an image's pixels are gray
+CAMERA_FORMATS = frozenset({"JPEG", "MPO", "HEIF"})  # what cameras and phones write (Pillow's names)
 CACHE_FOLDER = "duplicates-cache"  # inside the artifacts folder, beside the bundles
 _BATCH = 4096
 _CHUNK = 256  # pairs a worker decides at a time
@@ -322,14 +328,13 @@ def _groups(bundle: Bundle, rows: list[int], verdicts: dict[tuple[int, int], Opt
             continue
         remaining -= set(joined)
         group = [representative, *joined]
-        keeper = _keeper({row: facts[row] for row in group})
+        keeper, why = _keeper({row: facts[row] for row in group})
         group.remove(keeper)
         group.insert(0, keeper)
         distances = _distances(np.asarray(bundle.embeddings[[representative, *group]], np.float32), bundle.index.metric)
         members = [_member(bundle, row, facts[row], float(distance), against.get(row))
                    for row, distance in zip(group, distances)]
-        groups.append(DuplicateGroup(members, bundle.catalog.ids[representative],
-                                     _why(facts[keeper], [facts[row] for row in group[1:]])))
+        groups.append(DuplicateGroup(members, bundle.catalog.ids[representative], why))
     return groups
 
 
@@ -348,21 +353,38 @@ class _Facts:
     bytes: int
     modified: float
     coverage: float  # the share of the image that shows the photo (a border, padding or corners do not)
+    opaque: float = 1.0  # the share of its pixels that are not transparent
+    colour: bool = True  # shows colours (not a grayscale file, nor gray pixels in a colour file)
+    bits: int = 24  # bits a pixel of what it can show: 1 (1-bit), 8 (gray, 256 colours), 16 (16-bit gray), 24 (RGB)
+    camera: tuple[bool, bool] = (False, False)  # (the camera's EXIF: make or model, a camera's format)
 
     @classmethod
     def of(cls, path: str, coverage: float) -> "_Facts":
-        """The file as it is now (zeros when it is gone)."""
+        """The file as it is now (zeros when it is gone or unreadable)."""
         try:
             status = os.stat(path)
-            with Image.open(path) as image:
-                width, height = image.size
-        except (OSError, ValueError, Image.DecompressionBombError):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    exif = image.getexif()
+                    camera = (bool(exif.get(ExifTags.Base.Make) or exif.get(ExifTags.Base.Model)),
+                              image.format in CAMERA_FORMATS)
+                    width, height, bits = image.width, image.height, _BITS.get(image.mode, 24)
+                    image.draft("RGB", (LOOK_SIDE, LOOK_SIDE))
+                    small = eight_bit(image)
+                    small.thumbnail((LOOK_SIDE, LOOK_SIDE))
+            rgba = np.asarray(small.convert("RGBA"), np.int16)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return cls(0, 0, 0, 0.0, coverage)
-        return cls(width, height, status.st_size, status.st_mtime, coverage)
+        opaque = rgba[..., 3] >= 128
+        spread = np.abs(rgba[..., 0] - rgba[..., 1]) + np.abs(rgba[..., 1] - rgba[..., 2])
+        colour = bool(opaque.any() and spread[opaque].mean() > GRAY_SPREAD)
+        return cls(width, height, status.st_size, status.st_mtime, coverage, float(opaque.mean()), colour,
+                   bits if colour or bits < 24 else 8, camera)
 
     @property
     def photo_pixels(self) -> float:
-        return self.width * self.height * self.coverage
+        return self.width * self.height * self.coverage * self.opaque
 
     def close_to(self, other: "_Facts") -> bool:
         """As many pixels of the photo as ``other``, within PIXEL_TOLERANCE."""
@@ -370,15 +392,36 @@ class _Facts:
                                                                                        other.photo_pixels)
 
 
-def _keeper(facts: dict[int, _Facts]) -> int:
-    """The image to keep: most pixels of the photo (within PIXEL_TOLERANCE: a rotated or
-    letterboxed copy gains pixels of border, not of photo), then the least border (within
-    BORDER_TOLERANCE), then the largest file, then the oldest."""
+_BITS = {"1": 1, "L": 8, "LA": 8, "La": 8, "P": 8, "PA": 8, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16,
+         "I": 16, "F": 16}  # by Pillow's mode; every colour mode shows 24 bits a pixel
+
+
+def _keeper(facts: dict[int, _Facts]) -> tuple[int, str]:
+    """The image to keep, and why in words: most pixels of the photo (within PIXEL_TOLERANCE:
+    transparent areas, borders, padding and a rotation's corners do not count), then the least
+    border (within BORDER_TOLERANCE), colour over gray, more bits a pixel, the camera's own file
+    (its EXIF, then its format) over a re-encoding, the largest file, the oldest."""
     most = max(facts.values(), key=lambda fact: fact.photo_pixels)
+    size = f"{most.width}x{most.height}"
+    if most.coverage * most.opaque < 0.98:
+        size += f", {most.coverage * most.opaque:.0%} of it the photo"
+    steps = [
+        ("less border", lambda fact: fact.coverage, BORDER_TOLERANCE),
+        ("colour (the others are gray)", lambda fact: fact.colour, 0),
+        ("more bits a pixel", lambda fact: fact.bits, 0),
+        ("the camera's EXIF (the others have none)", lambda fact: fact.camera[0], 0),
+        ("a camera's format (the others are re-encodings)", lambda fact: fact.camera[1], 0),
+        ("the largest file", lambda fact: fact.bytes, 0),
+        ("the oldest", lambda fact: -fact.modified, 0)]
     rows = [row for row, fact in facts.items() if fact.close_to(most)]
-    coverage = max(facts[row].coverage for row in rows)
-    rows = [row for row in rows if facts[row].coverage >= coverage - BORDER_TOLERANCE]
-    return max(rows, key=lambda row: (facts[row].bytes, -facts[row].modified, -row))
+    if len(rows) == 1:
+        return rows[0], f"most pixels of the photo ({size})"
+    for words, key, tolerance in steps:
+        best = max(key(facts[row]) for row in rows)
+        rows = [row for row in rows if key(facts[row]) >= best - tolerance]
+        if len(rows) == 1:
+            return rows[0], f"as many pixels of the photo as another ({size}), and {words}"
+    return min(rows), f"as many pixels of the photo as another ({size}), and the same in every other respect"
 
 
 def _member(bundle: Bundle, row: int, facts: _Facts, distance: float, verification: Optional[Verification]) -> Member:
@@ -393,22 +436,6 @@ def _distances(vectors: np.ndarray, metric: str) -> np.ndarray:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return 1.0 - vectors[1:] @ vectors[0]
     return np.linalg.norm(vectors[1:] - vectors[0], axis=1)
-
-
-def _why(keeper: _Facts, others: list[_Facts]) -> str:
-    """Why ``keeper`` is the one to keep, in words, by the first of its reasons that decides."""
-    size = f"{keeper.width}x{keeper.height}" + (f", {keeper.coverage:.0%} of it the photo" if keeper.coverage < 0.98
-                                                else "")
-    tied = [other for other in others if other.close_to(keeper)]
-    if not tied:
-        return f"most pixels of the photo ({size})"
-    tied = [other for other in tied if other.coverage >= keeper.coverage - BORDER_TOLERANCE]
-    if not tied:
-        return f"as many pixels of the photo as another ({size}) and less border"
-    if all(other.bytes < keeper.bytes for other in tied):
-        return f"as many pixels of the photo as another ({size}) and the largest file ({keeper.bytes:,} bytes)"
-    return (f"as many pixels of the photo and bytes as another ({size}), and the oldest "
-            f"(modified {datetime.fromtimestamp(keeper.modified, timezone.utc):%Y-%m-%d %H:%M} UTC)")
 
 
 def move_duplicates(groups: list[DuplicateGroup], roots: list[str], destination: str | os.PathLike,

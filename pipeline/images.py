@@ -180,7 +180,7 @@ def decode_image(data: bytes, source: str, min_size: int = 0, max_pixels: int = 
                 with DECODE_BUDGET.hold(image.width * image.height):  # the pixels actually decoded
                     image.load()
                     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-                    image = _eight_bit(image)
+                    image = eight_bit(image)
                     factor = min(image.size) // min_size if min_size else 1
                     if factor >= 2:  # box-average it down at once: every later step works on a small image
                         image = image.reduce(factor)
@@ -206,7 +206,7 @@ def _upright(image: Image.Image, orientation: int) -> Image.Image:
     return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
+def eight_bit(image: Image.Image) -> Image.Image:
     """The image in a mode of 8 bits a channel that ``Image.reduce`` takes: 1-bit as grayscale, a
     palette as RGB (RGBA with transparency), 16-bit and float grayscale scaled from their full range
     (not clipped), the rest as they are."""
@@ -222,7 +222,7 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    """RGB uint8 of an image in a mode of :func:`_eight_bit`, transparency composited on white."""
+    """RGB uint8 of an image in a mode of :func:`eight_bit`, transparency composited on white."""
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import ExifTags, Image
 
-from helpers import HARD_COPIES, NEAR_COPIES, ROOT, copy_of_fit, copy_subset, save_near_copy, tiny_config
+from helpers import HARD_COPIES, NEAR_COPIES, ROOT, SAMPLE, copy_of_fit, copy_subset, save_near_copy, tiny_config
 from pipeline.artifacts import Bundle
 from pipeline.duplicates import CACHE_FOLDER, PIXEL_TOLERANCE, find_duplicates
 from pipeline.search import Searcher
@@ -318,3 +319,58 @@ def test_a_tampered_cache_is_ignored_rebuilt_and_said_once(with_copies, tmp_path
     TAMPERED_CACHES[kind](artifacts / CACHE_FOLDER)
     answer = client.get("/api/duplicates")
     assert answer.status_code == 200 and len(answer.json()["groups"]) == len(honest)
+
+
+def _camera_exif() -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = "Canon", "EOS 80D"
+    return exif.tobytes()
+
+
+def test_the_copy_kept_is_the_best_photo_not_the_biggest_file(tmp_path):
+    """Each copy beside its original, as a person would choose: the original wins by the reason named, though the
+    copy is the larger file every time."""
+    from pipeline.duplicates import _Facts, _keeper
+
+    photo = Image.open(sorted((SAMPLE / "shoes").glob("*.jpg"))[0]).convert("RGB")
+    photo.save(tmp_path / "original.jpg", quality=80, exif=_camera_exif())
+    photo.save(tmp_path / "original-no-exif.jpg", quality=80)
+    photo.save(tmp_path / "original.heic", quality=80)
+    half_clear = photo.convert("RGBA")
+    half_clear.paste((0, 0, 0, 0), (0, 0, photo.width // 2, photo.height))
+    half_clear.save(tmp_path / "half-transparent.png")
+    Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(tmp_path / "gray-16-bit.png")
+    photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(tmp_path / "256-colours.gif")
+    photo.save(tmp_path / "re-encoded.png")
+    photo.convert("L").convert("RGB").save(tmp_path / "gray-pixels.png")
+    cases = [("original.jpg", "half-transparent.png", "most pixels of the photo"),
+             ("original.jpg", "gray-16-bit.png", "colour (the others are gray)"),
+             ("original.jpg", "gray-pixels.png", "colour (the others are gray)"),
+             ("original.heic", "256-colours.gif", "more bits a pixel"),
+             ("original.jpg", "re-encoded.png", "the camera's EXIF"),
+             ("original-no-exif.jpg", "re-encoded.png", "a camera's format")]
+    for original, copy, reason in cases:
+        assert (tmp_path / copy).stat().st_size > (tmp_path / original).stat().st_size, copy
+        facts = {0: _Facts.of(str(tmp_path / copy), 1.0), 1: _Facts.of(str(tmp_path / original), 1.0)}
+        keeper, why = _keeper(facts)
+        assert keeper == 1 and reason in why, (copy, why)
+
+
+def test_the_best_photo_is_kept_in_a_group_found_in_a_fitted_folder(tmp_path):
+    from pipeline.fit import fit
+
+    photos = copy_subset(tmp_path / "photos", per_class=5)
+    source = sorted((photos / "dress").glob("*.jpg"))[1]
+    photo = Image.open(source).convert("RGB")
+    original = source.with_name("original.jpg")
+    photo.save(original, quality=85, exif=_camera_exif())
+    source.unlink()
+    photo.save(original.with_name("re-encoded.png"))
+    photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(original.with_name("256-colours.gif"))
+    Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(original.with_name("gray-16.png"))
+    fit(photos, tmp_path / "artifacts", tiny_config(image_size=224))
+    found = find_duplicates(Bundle.load(tmp_path / "artifacts"), progress=False)
+    assert len(found.groups) == 1 and found.groups[0].keeper.path == str(original), found.to_dict()
+    assert {Path(member.path).name for member in found.groups[0].members} == {
+        "original.jpg", "re-encoded.png", "256-colours.gif", "gray-16.png"}
+    assert found.groups[0].why.endswith("the camera's EXIF (the others have none)")
