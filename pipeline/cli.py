@@ -461,6 +461,9 @@ def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
     for flag, parse, metavar, text in _THRESHOLD_FLAGS:
         parser.add_argument(flag, type=parse, metavar=metavar, help=text)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a list")
+    parser.add_argument("--ground-truth", metavar="FILE",
+                        help="score the groups against your own labels: a JSON object of each file to the list of "
+                             "its copies (as imagededup's evaluate takes); prints pair precision, recall and F1")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained page of the groups")
     parser.add_argument("--move-to", metavar="DIR",
                         help="move every group's images but the one to keep into DIR, at their paths relative to "
@@ -471,17 +474,27 @@ def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
 
 def _duplicates(args: argparse.Namespace) -> int:
     from .artifacts import Bundle
+    from .ground_truth import read_ground_truth, score_groups
 
     if args.html:
         check_writable(args.html)
+    labels = read_ground_truth(args.ground_truth) if args.ground_truth else None
     bundle = Bundle.load(args.artifacts, args.allow_pickle)
     from .duplicates import CANDIDATE_DISTANCE, find_duplicates  # OpenCV and SciPy: once the input is known good
     from .pages import write_duplicates_page
 
     found = find_duplicates(bundle, CANDIDATE_DISTANCE if args.max_distance is None else args.max_distance,
                             thresholds=_thresholds(args))
+    scores = None
+    if labels is not None:
+        groups = [[member.path for member in group.members] for group in found.groups]
+        try:
+            scores = score_groups(groups, labels, bundle.catalog.paths, bundle.manifest.roots)
+        except InputError as exc:
+            raise InputError(f"{args.ground_truth}: {exc}") from None
     if args.json:
-        print(json.dumps(found.to_dict(), indent=2))
+        extra = {} if scores is None else {"ground_truth": scores.to_dict()}
+        print(json.dumps({**found.to_dict(), **extra}, indent=2))
     else:
         images = sum(len(group.members) for group in found.groups)
         groups, pairs = len(found.groups), found.compared
@@ -497,6 +510,8 @@ def _duplicates(args: argparse.Namespace) -> int:
                 print(f"  {member.id:>7}  {member.path}  ({member.width}x{member.height}, {mark})")
         for path in found.unreadable:
             print(f"unreadable, not compared: {shown(path)}")
+        if scores is not None:
+            print(scores.line())
     out = sys.stderr if args.json else sys.stdout
     if args.html:
         print(f"page: {write_duplicates_page(found, bundle, args.html)}", file=out)

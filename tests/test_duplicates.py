@@ -374,3 +374,47 @@ def test_the_best_photo_is_kept_in_a_group_found_in_a_fitted_folder(tmp_path):
     assert {Path(member.path).name for member in found.groups[0].members} == {
         "original.jpg", "re-encoded.png", "256-colours.gif", "gray-16.png"}
     assert found.groups[0].why.endswith("the camera's EXIF (the others have none)")
+
+
+def test_pairs_are_scored_against_labelled_copies():
+    from pipeline.errors import InputError
+    from pipeline.ground_truth import score_groups
+
+    paths = ["/photos/a/1.jpg", "/photos/a/2.jpg", "/photos/b/3.jpg", "/photos/b/4.jpg", "/photos/5.jpg"]
+    labels = {"a/1.jpg": ["2.jpg", "/photos/b/3.jpg"], "2.jpg": ["a/1.jpg"], "b/4.jpg": [], "gone.jpg": ["5.jpg"]}
+    # true pairs: 1-2, 1-3, and gone-5 (never findable); 5.jpg alone in a group with 4 is a wrong pair
+    scores = score_groups([["/photos/a/1.jpg", "/photos/a/2.jpg"], ["/photos/b/4.jpg", "/photos/5.jpg"]],
+                          labels, paths, ["/photos"])
+    assert (scores.true_pairs, scores.found_pairs, scores.correct) == (3, 2, 1)
+    assert scores.precision == 0.5 and scores.recall == pytest.approx(1 / 3) and scores.f1 == pytest.approx(0.4)
+    assert scores.unknown == ["gone.jpg"]
+    with pytest.raises(InputError, match="names none of the 5 files of the collection"):
+        score_groups([], {"elsewhere.jpg": []}, paths, ["/photos"])
+
+
+def test_the_command_scores_its_groups_against_a_ground_truth_file(with_copies, tmp_path):
+    artifacts, copies = with_copies
+    root = Bundle.load(artifacts).manifest.roots[0]
+    truth = {}
+    for original, made in copies.items():
+        family = [os.path.relpath(path, root) for path in (original, *made)]
+        truth.update({name: [other for other in family if other != name] for name in family})
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    run = lambda *flags: subprocess.run(  # noqa: E731
+        [sys.executable, str(ROOT / "scripts" / "duplicates.py"), "--artifacts", str(artifacts), *flags],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    listed, as_json = run("--ground-truth", str(tmp_path / "truth.json")), run("--json", "--ground-truth",
+                                                                              str(tmp_path / "truth.json"))
+    assert listed.returncode == as_json.returncode == 0, listed.stderr
+    body = json.loads(as_json.stdout)
+    found = {frozenset((a["path"], b["path"])) for group in body["groups"] for a in group["images"]
+             for b in group["images"] if a["path"] < b["path"]}
+    true = {frozenset((os.path.join(root, a), os.path.join(root, b))) for a, others in truth.items() for b in others}
+    scored = body["ground_truth"]
+    assert (scored["true_pairs"], scored["found_pairs"], scored["correct"]) == (len(true), len(found), len(found & true))
+    assert scored["recall"] >= 0.9 and scored["precision"] == 1.0
+    assert f"pair precision 1.0000, recall {scored['recall']:.4f}" in listed.stdout
+    (tmp_path / "wrong.json").write_text('["not", "a", "map"]')
+    wrong = run("--ground-truth", str(tmp_path / "wrong.json"))
+    assert wrong.returncode != 0 and wrong.stderr.strip() == (
+        f"error: {tmp_path / 'wrong.json'}: must be a JSON object of each file to the list of its copies")
