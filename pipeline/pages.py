@@ -61,7 +61,7 @@ def write_duplicates_page(found, bundle, path: str | os.PathLike) -> Path:
     images = [image for group in data["groups"] for image in group["images"]]
     for image in tqdm(images, desc="page thumbnails", unit="img", disable=not images):
         image["thumbnail"] = thumbnail_base64(image["path"], DUPLICATE_THUMBNAIL)
-    title = f"Copies among {html.escape(bundle.manifest.data_dir)}"
+    title = f"Copies among {html.escape(', '.join(bundle.manifest.roots))}"
     path = Path(path)
     path.write_text(f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">

@@ -148,12 +148,14 @@ class SearchService:
 
     def authorise(self, authorization: str) -> None:
         """Let a write through only with the write token in its Authorization header (403 when
-        writing is off, 401 without the token)."""
+        writing is off, 401 without a token or with a wrong one, each said apart)."""
         if self.write_token is None:
             raise HTTPException(403, "removing is off: start the server with --write-token-file to allow it")
         scheme, _, given = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.write_token.encode()):
+        if scheme.lower() != "bearer" or not given.strip():
             raise HTTPException(401, "removing needs the server's write token: Authorization: Bearer TOKEN")
+        if not hmac.compare_digest(given.encode(), self.write_token.encode()):
+            raise HTTPException(401, "the write token is wrong: it is not the one the server was started with")
 
     def remove(self, ids: list[str]) -> dict[str, Any]:
         """Remove images by id from the index (not from the disk) and serve the new bundle; the

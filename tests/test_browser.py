@@ -270,13 +270,32 @@ def test_the_duplicates_view_marks_the_keeper_and_removes_the_copies_with_the_to
         assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scroll on a phone
         page.screenshot(path=os.path.join(SCREENSHOT_DIR or str(tmp_path), "duplicates-390.png"), full_page=True)
         button = page.locator("section.group button")
+        button.click()  # no token: said at once, nothing asked or sent
+        expect(page.locator("section.group .error")).to_have_text("enter the server's write token above to remove")
+        asked = []
+
+        def answer(dialog, accept):
+            asked.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
         page.fill("#token", "not-the-token-at-all")
+        page.once("dialog", lambda dialog: answer(dialog, False))
+        button.click()  # asked once, and told no: nothing happens
+        page.wait_for_timeout(300)
+        expect(page.locator(".copy")).to_have_count(3)
+        page.once("dialog", lambda dialog: answer(dialog, True))
         button.click()
-        expect(page.locator("section.group .error")).to_contain_text("write token")
+        expect(page.locator("section.group .error")).to_have_text(
+            "the write token is wrong: it is not the one the server was started with")
         page.fill("#token", WRITE_TOKEN)
+        page.once("dialog", lambda dialog: answer(dialog, True))
         button.click()
         expect(page.locator("section.group .note")).to_contain_text("removed 2 from the index")
         expect(page.locator("section.group .note")).to_contain_text("8 images indexed")
+        expect(page.locator(".copy")).to_have_count(1)  # the removed copies left their group
+        expect(page.locator("section.group h2")).to_contain_text("1. 1 image · keep")
+        expect(page.locator("section.group button")).to_have_count(0)
+        assert asked == ["Take the 2 other images of this group out of the index? The files stay on disk."] * 3
         browser.close()
 
 

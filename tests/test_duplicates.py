@@ -207,8 +207,11 @@ def test_the_api_lists_the_groups_and_removes_a_groups_copies_with_the_token(wit
 
     group = body["groups"][0]
     others = [image["id"] for image in group["images"][1:]]
-    assert client.post("/api/remove", json={"ids": others}).status_code == 401
-    assert client.post("/api/remove", json={"ids": others}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    none, wrong = (client.post("/api/remove", json={"ids": others}, headers=headers)
+                   for headers in ({}, {"Authorization": "Bearer wrong"}))
+    assert none.status_code == wrong.status_code == 401
+    assert none.json()["error"].startswith("removing needs the server's write token")
+    assert wrong.json()["error"] == "the write token is wrong: it is not the one the server was started with"
     bad = client.post("/api/remove", json={"ids": ["1"]}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert bad.status_code == 422
     answer = client.post("/api/remove", json={"ids": others}, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -374,6 +377,29 @@ def test_the_best_photo_is_kept_in_a_group_found_in_a_fitted_folder(tmp_path):
     assert {Path(member.path).name for member in found.groups[0].members} == {
         "original.jpg", "re-encoded.png", "256-colours.gif", "gray-16.png"}
     assert found.groups[0].why.endswith("the camera's EXIF (the others have none)")
+
+
+def test_the_page_of_the_command_shows_every_thumbnail_and_names_every_folder(tmp_path):
+    """A GIF and a 16-bit PNG among the copies (their thumbnails once failed to decode), in a collection of two
+    folders: the page's title names both."""
+    from pipeline.collection import add_images
+    from pipeline.fit import fit
+    from pipeline.pages import write_duplicates_page
+
+    photos, more = copy_subset(tmp_path / "photos", per_class=5), tmp_path / "more"
+    more.mkdir()
+    photo = Image.open(sorted((photos / "hat").glob("*.jpg"))[0]).convert("RGB")
+    photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).resize((900, 1200)).save(more / "big.gif")
+    Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).resize((900, 1200)).save(
+        more / "gray-16.png")
+    fit(photos, tmp_path / "artifacts", tiny_config(image_size=224))
+    add_images(more, tmp_path / "artifacts")
+    bundle = Bundle.load(tmp_path / "artifacts")
+    found = find_duplicates(bundle, progress=False)
+    assert len(found.groups) == 1 and len(found.groups[0].members) == 3
+    page = write_duplicates_page(found, bundle, tmp_path / "groups.html").read_text()
+    assert page.count('"thumbnail":"') == 3 and '"thumbnail":null' not in page
+    assert f"<title>Copies among {photos}, {more}</title>" in page
 
 
 def test_pairs_are_scored_against_labelled_copies():

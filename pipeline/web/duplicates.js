@@ -33,31 +33,42 @@
     return box;
   }
 
-  async function removeOthers(group, button, note) {
+  // Take a group's copies out of the index, once the person has confirmed it; the removed cards leave the group.
+  async function removeOthers(group, section, button, note) {
     const others = group.images.filter((image) => !image.keep).map((image) => image.id);
+    const say = (message, className) => Object.assign(note, {textContent: message, className});
+    const token = $("token").value;
+    if (!token) return say("enter the server's write token above to remove", "error");
+    if (!window.confirm(`Take the ${others.length} other image${others.length === 1 ? "" : "s"} of this group out ` +
+                        "of the index? The files stay on disk.")) return;
     button.disabled = true;
     try {
       const response = await fetch("/api/remove", {method: "POST", body: JSON.stringify({ids: others}),
-        headers: {"Content-Type": "application/json", "Authorization": `Bearer ${$("token").value}`}});
+        headers: {"Content-Type": "application/json", "Authorization": `Bearer ${token}`}});
       const answer = await response.json();
       if (!response.ok) throw new Error(answer.error || response.statusText);
-      note.textContent = `removed ${answer.removed.length} from the index (the files stay on disk); ` +
-        `${answer.images} images indexed`;
-      note.className = "note";
+      const removed = new Set(answer.removed.map(String));
+      section.querySelectorAll(".copy").forEach((card) => removed.has(card.dataset.id) && card.remove());
+      group.images = group.images.filter((image) => !removed.has(String(image.id)));
+      section.querySelector("h2").textContent = heading(group, section.dataset.number);
+      button.remove();
+      say(`removed ${answer.removed.length} from the index (the files stay on disk); ${answer.images} images indexed`,
+          "note");
     } catch (error) {
-      note.textContent = error.message;
-      note.className = "error";
+      say(error.message, "error");
       button.disabled = false;
     }
   }
+
+  const heading = (group, number) => `${number}. ${group.images.length} image${group.images.length === 1 ? "" : "s"}` +
+    ` · keep ${group.images[0].path.split("/").pop()}: ${group.why}`;
 
   function render(data) {
     const groups = data.groups.map((group, number) => {
       const section = document.createElement("section");
       section.className = "group";
-      const keeper = group.images[0];
-      section.append(text("h2", "", `${number + 1}. ${group.images.length} images · keep ` +
-                                    `${keeper.path.split("/").pop()}: ${group.why}`));
+      section.dataset.number = number + 1;
+      section.append(text("h2", "", heading(group, number + 1)));
       const row = document.createElement("div");
       row.className = "copies";
       row.append(...group.images.map(card));
@@ -65,7 +76,7 @@
       if (!embedded) {
         const note = text("span", "", "");
         const button = text("button", "", `remove the other ${group.images.length - 1} from the index`);
-        button.addEventListener("click", () => removeOthers(group, button, note));
+        button.addEventListener("click", () => removeOthers(group, section, button, note));
         const actions = document.createElement("p");
         actions.append(button, " ", note);
         section.append(actions);
