@@ -2,8 +2,11 @@
 mirrored, recoloured, blurred, captioned), verified on the images and grouped without chains.
 
 1. **Candidates** come from the index: each image's ``NEIGHBOURS`` nearest within ``max_distance``
-   of it, and its single nearest whatever the distance (in a small folder every distance is large),
-   searched in batches: no dense n x n matrix.
+   of it, and its single nearest whatever the distance (in a small folder every distance is large;
+   an exact twin does not use it up), searched in batches: no dense n x n matrix; and from the
+   images' local features (:mod:`pipeline.visual_words`): each image and the one sharing most of its
+   visual words, which finds the copies a descriptor puts far apart (rotated, letterboxed, inside a
+   screenshot).
 2. **Verification** (:mod:`pipeline.verification`) decides each candidate pair on the two images'
    own pixels; local features are found once per image and, with the verdicts, cached beside the
    bundles by content hash, so a second run does almost no work.
@@ -42,8 +45,11 @@ from .errors import ArtifactError, ImageError, InputError
 from .images import content_hash, decode_image, eight_bit, read_file
 from .verification import (FEATURE_SIDE, LocalFeatures, Thresholds, Verification, VerificationCache, verify,
                            verify_mirrored)
+from .visual_words import shared_feature_pairs
 
 NEIGHBOURS = 8  # candidates per image, by rank
+TWIN_DISTANCE = 1e-6  # descriptors this close are of the same pixels: an image's "nearest whatever the distance" is
+# the nearest further than this
 CANDIDATE_DISTANCE = 0.5  # pairs further apart (cosine, descriptors) are never compared, but each image's nearest
 PIXEL_TOLERANCE = 0.05  # pixels of the photo this close count as as many (borders are told apart to about 2%)
 BORDER_TOLERANCE = 0.05  # shares of photo this close count as as much
@@ -116,10 +122,11 @@ class Duplicates:
     max_distance: float
     thresholds: Thresholds
     unreadable: list[str] = field(default_factory=list)  # indexed files that could not be read: never grouped
+    from_shared_features: int = 0  # candidate pairs only the images' shared local features proposed
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_distance": self.max_distance, "thresholds": asdict(self.thresholds), "compared": self.compared,
-                "unreadable": self.unreadable,
+                "from_shared_features": self.from_shared_features, "unreadable": self.unreadable,
                 "grouping": "each image verified against the group's representative",
                 "groups": [group.to_dict() for group in self.groups]}
 
@@ -135,7 +142,8 @@ def candidate_pairs(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, ne
         hits = index.search(np.asarray(vectors[start:stop]), k, expansion=0)
         rows = np.repeat(np.arange(start, stop), k).reshape(-1, k)
         found = hits.ids != rows  # not itself
-        nearest = found & (np.cumsum(found, axis=1) == 1)  # each image's nearest other
+        apart = found & (hits.distances > TWIN_DISTANCE)
+        nearest = apart & (np.cumsum(apart, axis=1) == 1)  # each image's nearest other but its exact twins
         keep = (hits.ids >= 0) & found & ((hits.distances <= max_distance) | nearest)
         pairs.append(np.sort(np.stack([rows[keep], hits.ids[keep]], axis=1), axis=1))
         distances.append(hits.distances[keep].astype(np.float32))
@@ -213,6 +221,16 @@ class _Verifier:
                 self.cache.store_verdict(self.hashes[a], self.hashes[b], known[number])
         return known
 
+    def shared_feature_pairs(self) -> list[tuple[int, int]]:
+        """Pairs of rows (lower first) proposed by the visual words the images share (every readable
+        image's features found first)."""
+        self._prepare(set(range(len(self.paths))))
+        rows = sorted(self.ready)
+        descriptors = [self.cache.descriptors(self.hashes[row]) for row in rows]
+        rows = [row for row, found in zip(rows, descriptors) if found is not None]
+        pairs = shared_feature_pairs([found for found in descriptors if found is not None], self.progress)
+        return [(rows[first], rows[second]) for first, second in pairs.tolist()]
+
     def mirrored_verdicts(self, representative: int, rows: list[int]) -> list[Optional[Verification]]:
         """The verdicts on (representative, row) by :func:`verify_mirrored`, for pairs :meth:`verdicts`
         refused: the representative's mirror image is decoded here, once (None where it cannot be read)."""
@@ -273,8 +291,11 @@ def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, ne
         raise InputError(f"max_distance must be a number from 0, got {max_distance}")
     cache = VerificationCache(bundle.folder.parent / CACHE_FOLDER, thresholds=thresholds)
     pairs, _ = candidate_pairs(bundle, max_distance, neighbours, progress)
-    candidates = [(int(a), int(b)) for a, b in pairs]
+    candidates = {(int(a), int(b)) for a, b in pairs}
     with _Verifier(bundle, cache, progress) as verifier:
+        sharing = verifier.shared_feature_pairs()
+        added = len(set(sharing) - candidates)
+        candidates = sorted(candidates | set(sharing))
         verdicts = dict(zip(candidates, verifier.verdicts(candidates)))
         groups = []
         for component in _components([pair for pair, verdict in verdicts.items() if verdict and verdict.same]):
@@ -283,7 +304,7 @@ def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, ne
     cache.save()
     groups.sort(key=lambda group: (-len(group.members), group.keeper.id))
     unreadable = sorted(bundle.catalog.paths[row] for row in verifier.unreadable)
-    return Duplicates(groups, len(candidates), max_distance, thresholds, unreadable)
+    return Duplicates(groups, len(candidates), max_distance, thresholds, unreadable, added)
 
 
 def _components(links: list[tuple[int, int]]) -> list[list[int]]:

@@ -411,6 +411,22 @@ class VerificationCache:
             self._warn(path, f"unusable features ({str(exc)[:120]})")
             return None
 
+    def descriptors(self, content_hash: str) -> Optional[np.ndarray]:
+        """The stored ORB descriptors of an image alone ((n, 32) uint8), or None as :meth:`features`."""
+        path = self._features_path(content_hash)
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                descriptors = arrays["descriptors"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            self._warn(path, f"unusable features ({str(exc)[:120]})")
+            return None
+        if descriptors.dtype != np.uint8 or descriptors.ndim != 2 or descriptors.shape[1] != 32:
+            self._warn(path, "unusable features (descriptors of another shape or type)")
+            return None
+        return descriptors
+
     def store_features(self, content_hash: str, features: LocalFeatures) -> None:
         path = self._features_path(content_hash)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -444,3 +444,47 @@ def test_the_command_scores_its_groups_against_a_ground_truth_file(with_copies, 
     wrong = run("--ground-truth", str(tmp_path / "wrong.json"))
     assert wrong.returncode != 0 and wrong.stderr.strip() == (
         f"error: {tmp_path / 'wrong.json'}: must be a JSON object of each file to the list of its copies")
+
+
+def test_shared_local_features_propose_the_copies_a_descriptor_misses():
+    """Rotated by 30 degrees, letterboxed, inside a screenshot, of photos among 80 look-alikes (the sample's): each
+    copy's original is the image sharing most of its visual words."""
+    from helpers import near_copy
+    from pipeline.verification import LocalFeatures
+    from pipeline.visual_words import shared_feature_pairs
+
+    photos = sorted(SAMPLE.glob("*/*.jpg"))[:80]
+    descriptors = [LocalFeatures.of(np.asarray(Image.open(path).convert("RGB"))).descriptors for path in photos]
+    expected = set()
+    for number, kind in enumerate(("rotate", "letterbox", "screenshot", "rotate", "letterbox", "screenshot")):
+        source = 7 + 11 * number
+        copy = near_copy(Image.open(photos[source]).convert("RGB"), kind, seed=25 if kind == "rotate" else number)
+        descriptors.append(LocalFeatures.of(np.asarray(copy)).descriptors)
+        expected.add((source, len(descriptors) - 1))
+    pairs = {tuple(pair) for pair in shared_feature_pairs(descriptors).tolist()}
+    assert expected <= pairs
+    assert len(pairs) <= len(descriptors)  # one candidate an image at most
+
+
+def test_an_exact_twin_does_not_use_up_the_nearest_candidate(tmp_path):
+    """Two identical files of a rotated copy sit far from the photo and its resized copy: each twin's nearest
+    other than its twin is still proposed."""
+    from pipeline.duplicates import candidate_pairs
+    from pipeline.fit import fit
+
+    photos = copy_subset(tmp_path / "photos", per_class=5)
+    source = sorted((photos / "dress").glob("*.jpg"))[0]
+    half = save_near_copy(source, "half_size", source.with_name("half.jpg"))
+    twin = save_near_copy(source, "rotate", source.with_name("rotated.jpg"), seed=25)
+    shutil.copy(twin, twin.with_name("rotated-again.jpg"))
+    fit(photos, tmp_path / "artifacts", tiny_config(image_size=224))
+    bundle = Bundle.load(tmp_path / "artifacts")
+    row = {path: number for number, path in enumerate(bundle.catalog.paths)}
+    pairs, distances = candidate_pairs(bundle, max_distance=0.05, progress=False)
+    proposed = {tuple(pair) for pair in pairs.tolist()}
+    twins = sorted((row[str(twin)], row[str(twin.with_name("rotated-again.jpg"))]))
+    family = {row[str(source)], row[str(half)]}
+    assert tuple(twins) in proposed
+    across = [distance for pair, distance in zip(pairs.tolist(), distances) if set(pair) & set(twins) and set(pair) &
+              family]
+    assert across and min(across) > 0.05  # proposed though far apart, as each twin's nearest but its twin
