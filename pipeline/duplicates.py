@@ -394,7 +394,7 @@ class _Facts:
                     image.draft("RGB", (LOOK_SIDE, LOOK_SIDE))
                     small = eight_bit(image)
                     small.thumbnail((LOOK_SIDE, LOOK_SIDE))
-            rgba = np.asarray(small.convert("RGBA"), np.int16)
+                    rgba = np.asarray(small.convert("RGBA"), np.int16)  # loads it: a small one is not yet
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return cls(0, 0, 0, 0.0, coverage)
         opaque = rgba[..., 3] >= 128

@@ -346,12 +346,15 @@ def test_the_copy_kept_is_the_best_photo_not_the_biggest_file(tmp_path):
     photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(tmp_path / "256-colours.gif")
     photo.save(tmp_path / "re-encoded.png")
     photo.convert("L").convert("RGB").save(tmp_path / "gray-pixels.png")
+    photo.resize((48, 36)).save(tmp_path / "original-tiny.jpg", quality=95, exif=_camera_exif())
+    photo.resize((48, 36)).save(tmp_path / "tiny.png")  # smaller than the look taken of each: read all the same
     cases = [("original.jpg", "half-transparent.png", "most pixels of the photo"),
              ("original.jpg", "gray-16-bit.png", "colour (the others are gray)"),
              ("original.jpg", "gray-pixels.png", "colour (the others are gray)"),
              ("original.heic", "256-colours.gif", "more bits a pixel"),
              ("original.jpg", "re-encoded.png", "the camera's EXIF"),
-             ("original-no-exif.jpg", "re-encoded.png", "a camera's format")]
+             ("original-no-exif.jpg", "re-encoded.png", "a camera's format"),
+             ("original-tiny.jpg", "tiny.png", "the camera's EXIF")]
     for original, copy, reason in cases:
         assert (tmp_path / copy).stat().st_size > (tmp_path / original).stat().st_size, copy
         facts = {0: _Facts.of(str(tmp_path / copy), 1.0), 1: _Facts.of(str(tmp_path / original), 1.0)}
