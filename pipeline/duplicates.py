@@ -224,11 +224,12 @@ class _Verifier:
     def shared_feature_pairs(self) -> list[tuple[int, int]]:
         """Pairs of rows (lower first) proposed by the visual words the images share (every readable
         image's features found first)."""
-        self._prepare(set(range(len(self.paths))))
-        rows = sorted(self.ready)
-        descriptors = [self.cache.descriptors(self.hashes[row]) for row in rows]
-        rows = [row for row, found in zip(rows, descriptors) if found is not None]
-        pairs = shared_feature_pairs([found for found in descriptors if found is not None], self.progress)
+        stored = {row: self.cache.descriptors(self.hashes[row]) for row in range(len(self.paths))}
+        self._prepare({row for row, descriptors in stored.items() if descriptors is None})
+        stored.update((row, self.cache.descriptors(self.hashes[row])) for row, descriptors in stored.items()
+                      if descriptors is None and row in self.ready)
+        rows = [row for row, descriptors in stored.items() if descriptors is not None]
+        pairs = shared_feature_pairs([stored[row] for row in rows], self.progress)
         return [(rows[first], rows[second]) for first, second in pairs.tolist()]
 
     def mirrored_verdicts(self, representative: int, rows: list[int]) -> list[Optional[Verification]]:
@@ -297,9 +298,9 @@ def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, ne
         added = len(set(sharing) - candidates)
         candidates = sorted(candidates | set(sharing))
         verdicts = dict(zip(candidates, verifier.verdicts(candidates)))
-        groups = []
+        groups, linked = [], _linked(verdicts)
         for component in _components([pair for pair, verdict in verdicts.items() if verdict and verdict.same]):
-            groups += _groups(bundle, component, verdicts, verifier)
+            groups += _groups(bundle, component, verdicts, linked, verifier)
     cache.prune(set(bundle.catalog.hashes))
     cache.save()
     groups.sort(key=lambda group: (-len(group.members), group.keeper.id))
@@ -319,15 +320,24 @@ def _components(links: list[tuple[int, int]]) -> list[list[int]]:
     return [rows[component == label].tolist() for label in np.unique(component)]
 
 
-def _groups(bundle: Bundle, rows: list[int], verdicts: dict[tuple[int, int], Optional[Verification]],
-            verifier: _Verifier) -> list[DuplicateGroup]:
-    """Groups among ``rows`` (joined by verified pairs), each member verified against its representative."""
-    coverage = dict.fromkeys(rows, 0.0)  # the largest share of each image that another one shows: 1 without a border
-    links = dict.fromkeys(rows, 0)  # verified pairs each image is in
+def _linked(verdicts: dict[tuple[int, int], Optional[Verification]]) -> tuple[dict[int, float], dict[int, int]]:
+    """For each image in a verified pair: the largest share of it that another one shows (1 without
+    a border), and the number of verified pairs it is in."""
+    coverage: dict[int, float] = {}
+    links: dict[int, int] = {}
     for (a, b), verdict in verdicts.items():
-        if verdict is not None and verdict.same and a in coverage:
-            coverage[a], coverage[b] = max(coverage[a], verdict.covered_first), max(coverage[b], verdict.covered_second)
-            links[a], links[b] = links[a] + 1, links[b] + 1
+        if verdict is not None and verdict.same:
+            coverage[a] = max(coverage.get(a, 0.0), verdict.covered_first)
+            coverage[b] = max(coverage.get(b, 0.0), verdict.covered_second)
+            links[a], links[b] = links.get(a, 0) + 1, links.get(b, 0) + 1
+    return coverage, links
+
+
+def _groups(bundle: Bundle, rows: list[int], verdicts: dict[tuple[int, int], Optional[Verification]],
+            linked: tuple[dict[int, float], dict[int, int]], verifier: _Verifier) -> list[DuplicateGroup]:
+    """Groups among ``rows`` (joined by verified pairs), each member verified against its
+    representative; ``linked``: what :func:`_linked` tells of the verdicts."""
+    coverage, links = linked
     facts = {row: _Facts.of(bundle.catalog.paths[row], coverage[row]) for row in rows}
     remaining = set(rows)
     groups = []

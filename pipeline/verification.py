@@ -357,12 +357,15 @@ class VerificationCache:
         self.thresholds = thresholds
         self._verdicts_path = self.folder / "verdicts.json"
         self._verdicts: dict[str, dict] = {}
+        self._changed = False  # verdicts stored or dropped since the file was read
         self._warned = False
         if verdicts and self._verdicts_path.is_file():
             self._verdicts = self._read_verdicts()
 
     def _read_verdicts(self) -> dict[str, dict]:
-        """The stored verdicts that are well formed; the others are dropped (and decided again)."""
+        """The stored verdicts that are well formed; the others are dropped (and decided again, and the
+        file written anew)."""
+        self._changed = True
         try:
             stored = json.loads(self._verdicts_path.read_text())
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
@@ -388,6 +391,7 @@ class VerificationCache:
             kept[key] = value
         if len(kept) < len(pairs):
             self._warn(self._verdicts_path, f"{len(pairs) - len(kept)} verdicts malformed")
+        self._changed = len(kept) < len(pairs)
         return kept
 
     def _warn(self, path: Path, reason: str) -> None:
@@ -452,18 +456,24 @@ class VerificationCache:
         if first_hash > second_hash:
             verdict = verdict.swapped()
         self._verdicts[self._key(first_hash, second_hash, mirrored)] = asdict(verdict)
+        self._changed = True
 
     def prune(self, kept_hashes: set[str]) -> None:
         """Forget the features and verdicts of every image whose hash is not in ``kept_hashes``."""
-        self._verdicts = {key: value for key, value in self._verdicts.items()
-                          if all(part in kept_hashes for part in key.split("/")[0].split(":"))}
+        kept = {key: value for key, value in self._verdicts.items()
+                if all(part in kept_hashes for part in key.split("/")[0].split(":"))}
+        self._changed |= len(kept) < len(self._verdicts)
+        self._verdicts = kept
         for path in self.folder.glob(f"features-v{VERSION}/*/*.npz"):
             if path.stem not in kept_hashes:
                 path.unlink(missing_ok=True)
 
     def save(self) -> None:
-        """Write the verdicts (atomically: a crash leaves the old file or the new one)."""
+        """Write the verdicts if they changed (atomically: a crash leaves the old file or the new one)."""
+        if not self._changed and self._verdicts_path.is_file():
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=self.folder, suffix=".tmp", delete=False) as out:
             json.dump({"version": VERSION, "thresholds": asdict(self.thresholds), "pairs": self._verdicts}, out)
         os.replace(out.name, self._verdicts_path)
+        self._changed = False

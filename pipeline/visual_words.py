@@ -33,9 +33,10 @@ def shared_feature_pairs(descriptors: Sequence[np.ndarray], progress: bool = Fal
     if count < 2:
         return np.empty((0, 2), np.int64)
     vectors = _word_vectors(descriptors)
+    transposed = vectors.T.tocsr()
     pairs = []
     for start in tqdm(range(0, count, _BLOCK), desc="shared features", unit="block", disable=not progress):
-        block = (vectors[start:start + _BLOCK] @ vectors.T).toarray()
+        block = (vectors[start:start + _BLOCK] @ transposed).toarray()
         rows = np.arange(len(block))
         block[rows, start + rows] = 0  # not itself
         nearest = block.argmax(axis=1)
@@ -48,18 +49,21 @@ def _word_vectors(descriptors: Sequence[np.ndarray]) -> sparse.csr_matrix:
     """(images, words) unit tf-idf vectors over the shared words (each word counted once an image)."""
     count = len(descriptors)
     owner = np.concatenate([np.full(len(d), row, np.int64) for row, d in enumerate(descriptors)])
-    features = np.concatenate([np.asarray(d, np.uint8).reshape(-1, 32) for d in descriptors]).astype(np.int64)
+    features = np.concatenate([np.asarray(d, np.uint8).reshape(-1, 32)[:, :3 * WORD_TABLES] for d in descriptors])
     rows, columns, words = [], [], 0
     for table in range(WORD_TABLES):
-        bits = features[:, 3 * table:3 * table + 3]
-        word = (bits[:, 0] << 16) | (bits[:, 1] << 8) | bits[:, 2]
-        held = np.unique(word * count + owner)  # each (word, image) once
+        bits = [features[:, 3 * table + byte].astype(np.int64) for byte in range(3)]
+        word = (bits[0] << 16) | (bits[1] << 8) | bits[2]
+        held = np.sort(word * count + owner)  # by word, then image (a sort: numpy's hashing unique is slower)
+        held = held[np.r_[True, held[1:] != held[:-1]]]  # each (word, image) once
         word, image = held // count, held % count
-        unique, column, images = np.unique(word, return_inverse=True, return_counts=True)
-        shared = (images[column] >= 2) & (images[column] <= MAX_WORD_IMAGES)
+        starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])  # where each word's images begin
+        images = np.diff(np.r_[starts, len(word)])
+        column = np.repeat(np.arange(len(starts)), images)
+        shared = np.repeat((images >= 2) & (images <= MAX_WORD_IMAGES), images)
         rows.append(image[shared])
         columns.append(column[shared] + words)
-        words += len(unique)
+        words += len(starts)
     rows, columns = np.concatenate(rows), np.concatenate(columns)
     weights = np.log(count / np.bincount(columns, minlength=words)[columns]).astype(np.float32)
     vectors = sparse.csr_matrix((weights, (rows, columns)), shape=(count, words))
