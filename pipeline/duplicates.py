@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -118,6 +118,7 @@ class Duplicates:
     """What a search for duplicates found, and what it compared."""
 
     groups: list[DuplicateGroup]
+    images: int  # readable images looked at
     compared: int  # candidate pairs verified (from the cache or anew)
     max_distance: float
     thresholds: Thresholds
@@ -125,28 +126,61 @@ class Duplicates:
     from_shared_features: int = 0  # candidate pairs only the images' shared local features proposed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_distance": self.max_distance, "thresholds": asdict(self.thresholds), "compared": self.compared,
+        return {"images": self.images, "max_distance": self.max_distance, "thresholds": asdict(self.thresholds),
+                "compared": self.compared,
                 "from_shared_features": self.from_shared_features, "unreadable": self.unreadable,
                 "grouping": "each image verified against the group's representative",
                 "groups": [group.to_dict() for group in self.groups]}
 
 
-def candidate_pairs(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, neighbours: int = NEIGHBOURS,
-                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (i < j) of the indexed images to compare: ((pairs, 2), (pairs,) descriptor distances)."""
-    index, vectors = bundle.index, bundle.embeddings
-    k = min(neighbours + 1, index.size)
+@dataclass
+class Images:
+    """The images copies are looked for among, by row: a fit's catalog, or the files of a folder."""
+
+    paths: list[str]
+    hashes: list[str]  # of their content
+    ids: list[int]
+    labels: list[Optional[str]]
+    vectors: np.ndarray  # (rows, dim) descriptors, which propose the candidates
+    metric: str  # how ``vectors`` are compared: "cosine" or "euclidean"
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> "Images":
+        catalog = bundle.catalog
+        return cls(catalog.paths, list(catalog.hashes), catalog.ids, catalog.labels, bundle.embeddings,
+                   bundle.index.metric)
+
+
+# the k nearest of the images to each of some vectors, themselves included: (ids, distances), nearest first
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def index_search(bundle: Bundle) -> Search:
+    """The bundle's index as a :data:`Search` (routed as a query is, no expansion)."""
+    def search(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        hits = bundle.index.search(vectors, k, expansion=0)
+        return hits.ids, hits.distances
+
+    return search
+
+
+def candidate_pairs(search: Search, vectors: np.ndarray, max_distance: float = CANDIDATE_DISTANCE,
+                    neighbours: int = NEIGHBOURS, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (i < j) of the images to compare by their descriptors ``vectors``, found by ``search``:
+    ((pairs, 2), (pairs,) descriptor distances)."""
+    count = len(vectors)
+    k = min(neighbours + 1, count)
     pairs, distances = [np.empty((0, 2), np.int64)], [np.empty(0, np.float32)]
-    for start in tqdm(range(0, index.size, _BATCH), desc="candidates", unit="batch", disable=not progress):
-        stop = min(start + _BATCH, index.size)
-        hits = index.search(np.asarray(vectors[start:stop]), k, expansion=0)
+    for start in tqdm(range(0, count, _BATCH), desc="candidates", unit="batch", disable=not progress):
+        stop = min(start + _BATCH, count)
+        ids, found_distances = search(np.asarray(vectors[start:stop]), k)
         rows = np.repeat(np.arange(start, stop), k).reshape(-1, k)
-        found = hits.ids != rows  # not itself
-        apart = found & (hits.distances > TWIN_DISTANCE)
+        found = ids != rows  # not itself
+        apart = found & (found_distances > TWIN_DISTANCE)
         nearest = apart & (np.cumsum(apart, axis=1) == 1)  # each image's nearest other but its exact twins
-        keep = (hits.ids >= 0) & found & ((hits.distances <= max_distance) | nearest)
-        pairs.append(np.sort(np.stack([rows[keep], hits.ids[keep]], axis=1), axis=1))
-        distances.append(hits.distances[keep].astype(np.float32))
+        keep = (ids >= 0) & found & ((found_distances <= max_distance) | nearest)
+        pairs.append(np.sort(np.stack([rows[keep], ids[keep]], axis=1), axis=1))
+        distances.append(found_distances[keep].astype(np.float32))
     pairs, distances = np.concatenate(pairs), np.concatenate(distances)
     pairs, unique = np.unique(pairs, axis=0, return_index=True)
     return pairs, distances[unique]
@@ -157,10 +191,10 @@ class _Verifier:
     the cache folder; verdicts are read from the cache or decided, in worker processes when there
     is much to do (OpenCV's matching holds the interpreter too often for threads to scale)."""
 
-    def __init__(self, bundle: Bundle, cache: VerificationCache, progress: bool):
-        self.paths, self.cache, self.progress = bundle.catalog.paths, cache, progress
+    def __init__(self, images: Images, cache: VerificationCache, progress: bool):
+        self.paths, self.cache, self.progress = images.paths, cache, progress
         self.thresholds = cache.thresholds
-        self.hashes = list(bundle.catalog.hashes)  # a file changed since it was indexed: its content's hash
+        self.hashes = list(images.hashes)  # a file changed since it was indexed: its content's hash
         self.ready: set[int] = set()  # rows whose features are in the cache
         self.unreadable: set[int] = set()
         self.workers = min(8, os.cpu_count() or 1)
@@ -290,22 +324,33 @@ def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, ne
     ``progress``: bars on the terminal."""
     if not max_distance >= 0:
         raise InputError(f"max_distance must be a number from 0, got {max_distance}")
+    images = Images.of(bundle)
+    pairs, _ = candidate_pairs(index_search(bundle), images.vectors, max_distance, neighbours, progress)
     cache = VerificationCache(bundle.folder.parent / CACHE_FOLDER, thresholds=thresholds)
-    pairs, _ = candidate_pairs(bundle, max_distance, neighbours, progress)
+    return find_among(images, pairs, cache, max_distance, progress)
+
+
+def find_among(images: Images, pairs: np.ndarray, cache: VerificationCache, max_distance: float,
+               progress: bool = True, prune: bool = True, unreadable: Sequence[str] = ()) -> Duplicates:
+    """The groups of copies among ``images``: the candidate ``pairs`` (rows) and those of their
+    shared local features verified, with the thresholds of ``cache``; ``prune``: forget the cache's
+    features and verdicts of images not among these; ``unreadable``: files already found so."""
     candidates = {(int(a), int(b)) for a, b in pairs}
-    with _Verifier(bundle, cache, progress) as verifier:
+    with _Verifier(images, cache, progress) as verifier:
         sharing = verifier.shared_feature_pairs()
         added = len(set(sharing) - candidates)
         candidates = sorted(candidates | set(sharing))
         verdicts = dict(zip(candidates, verifier.verdicts(candidates)))
         groups, linked = [], _linked(verdicts)
         for component in _components([pair for pair, verdict in verdicts.items() if verdict and verdict.same]):
-            groups += _groups(bundle, component, verdicts, linked, verifier)
-    cache.prune(set(bundle.catalog.hashes))
+            groups += _groups(images, component, verdicts, linked, verifier)
+    if prune:
+        cache.prune(set(images.hashes))
     cache.save()
     groups.sort(key=lambda group: (-len(group.members), group.keeper.id))
-    unreadable = sorted(bundle.catalog.paths[row] for row in verifier.unreadable)
-    return Duplicates(groups, len(candidates), max_distance, thresholds, unreadable, added)
+    unreadable = sorted([*unreadable, *(images.paths[row] for row in verifier.unreadable)])
+    readable = len(images.paths) - len(verifier.unreadable)
+    return Duplicates(groups, readable, len(candidates), max_distance, cache.thresholds, unreadable, added)
 
 
 def _components(links: list[tuple[int, int]]) -> list[list[int]]:
@@ -333,12 +378,12 @@ def _linked(verdicts: dict[tuple[int, int], Optional[Verification]]) -> tuple[di
     return coverage, links
 
 
-def _groups(bundle: Bundle, rows: list[int], verdicts: dict[tuple[int, int], Optional[Verification]],
+def _groups(images: Images, rows: list[int], verdicts: dict[tuple[int, int], Optional[Verification]],
             linked: tuple[dict[int, float], dict[int, int]], verifier: _Verifier) -> list[DuplicateGroup]:
     """Groups among ``rows`` (joined by verified pairs), each member verified against its
     representative; ``linked``: what :func:`_linked` tells of the verdicts."""
     coverage, links = linked
-    facts = {row: _Facts.of(bundle.catalog.paths[row], coverage[row]) for row in rows}
+    facts = {row: _Facts.of(images.paths[row], coverage[row]) for row in rows}
     remaining = set(rows)
     groups = []
     while len(remaining) > 1:
@@ -362,10 +407,10 @@ def _groups(bundle: Bundle, rows: list[int], verdicts: dict[tuple[int, int], Opt
         keeper, why = _keeper({row: facts[row] for row in group})
         group.remove(keeper)
         group.insert(0, keeper)
-        distances = _distances(np.asarray(bundle.embeddings[[representative, *group]], np.float32), bundle.index.metric)
-        members = [_member(bundle, row, facts[row], float(distance), against.get(row))
+        distances = _distances(np.asarray(images.vectors[[representative, *group]], np.float32), images.metric)
+        members = [_member(images, row, facts[row], float(distance), against.get(row))
                    for row, distance in zip(group, distances)]
-        groups.append(DuplicateGroup(members, bundle.catalog.ids[representative], why))
+        groups.append(DuplicateGroup(members, images.ids[representative], why))
     return groups
 
 
@@ -433,9 +478,6 @@ def _keeper(facts: dict[int, _Facts]) -> tuple[int, str]:
     border (within BORDER_TOLERANCE), colour over gray, more bits a pixel, the camera's own file
     (its EXIF, then its format) over a re-encoding, the largest file, the oldest."""
     most = max(facts.values(), key=lambda fact: fact.photo_pixels)
-    size = f"{most.width}x{most.height}"
-    if most.coverage * most.opaque < 0.98:
-        size += f", {most.coverage * most.opaque:.0%} of it the photo"
     steps = [
         ("less border", lambda fact: fact.coverage, BORDER_TOLERANCE),
         ("colour (the others are gray)", lambda fact: fact.colour, 0),
@@ -445,19 +487,26 @@ def _keeper(facts: dict[int, _Facts]) -> tuple[int, str]:
         ("the largest file", lambda fact: fact.bytes, 0),
         ("the oldest", lambda fact: -fact.modified, 0)]
     rows = [row for row, fact in facts.items() if fact.close_to(most)]
-    if len(rows) == 1:
-        return rows[0], f"most pixels of the photo ({size})"
-    for words, key, tolerance in steps:
-        best = max(key(facts[row]) for row in rows)
-        rows = [row for row in rows if key(facts[row]) >= best - tolerance]
-        if len(rows) == 1:
-            return rows[0], f"as many pixels of the photo as another ({size}), and {words}"
-    return min(rows), f"as many pixels of the photo as another ({size}), and the same in every other respect"
+    reason = None  # the most pixels decide
+    if len(rows) > 1:
+        reason = "the same in every other respect"
+        for words, key, tolerance in steps:
+            best = max(key(facts[row]) for row in rows)
+            rows = [row for row in rows if key(facts[row]) >= best - tolerance]
+            if len(rows) == 1:
+                reason = words
+                break
+    keeper = min(rows)
+    kept = facts[keeper]
+    size = f"{kept.width}x{kept.height}" + (f", {kept.coverage * kept.opaque:.0%} of it the photo"
+                                            if kept.coverage * kept.opaque < 0.98 else "")
+    if reason is None:
+        return keeper, f"most pixels of the photo ({size})"
+    return keeper, f"as many pixels of the photo as another ({size}), and {reason}"
 
 
-def _member(bundle: Bundle, row: int, facts: _Facts, distance: float, verification: Optional[Verification]) -> Member:
-    catalog = bundle.catalog
-    return Member(catalog.ids[row], catalog.paths[row], catalog.labels[row], facts.width, facts.height, facts.bytes,
+def _member(images: Images, row: int, facts: _Facts, distance: float, verification: Optional[Verification]) -> Member:
+    return Member(images.ids[row], images.paths[row], images.labels[row], facts.width, facts.height, facts.bytes,
                   facts.modified, facts.coverage, distance, verification)
 
 

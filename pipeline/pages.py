@@ -54,14 +54,14 @@ def thumbnail_html(path: str, label: Optional[str]) -> str:
     return f"<img title='{title}' src='data:image/jpeg;base64,{jpeg}'>"
 
 
-def write_duplicates_page(found, bundle, path: str | os.PathLike) -> Path:
+def write_duplicates_page(found, roots: list[str], path: str | os.PathLike) -> Path:
     """The duplicates view of the service (``web/duplicates.js``) as one file: every group's images
     with their thumbnails inline, the one to keep marked. Nothing can be removed from it."""
     data = found.to_dict()
     images = [image for group in data["groups"] for image in group["images"]]
     for image in tqdm(images, desc="page thumbnails", unit="img", disable=not images):
         image["thumbnail"] = thumbnail_base64(image["path"], DUPLICATE_THUMBNAIL)
-    title = f"Copies among {html.escape(', '.join(bundle.manifest.roots))}"
+    title = f"Copies among {html.escape(', '.join(roots))}"
     path = Path(path)
     path.write_text(f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">

@@ -400,7 +400,7 @@ def test_the_page_of_the_command_shows_every_thumbnail_and_names_every_folder(tm
     bundle = Bundle.load(tmp_path / "artifacts")
     found = find_duplicates(bundle, progress=False)
     assert len(found.groups) == 1 and len(found.groups[0].members) == 3
-    page = write_duplicates_page(found, bundle, tmp_path / "groups.html").read_text()
+    page = write_duplicates_page(found, bundle.manifest.roots, tmp_path / "groups.html").read_text()
     assert page.count('"thumbnail":"') == 3 and '"thumbnail":null' not in page
     assert f"<title>Copies among {photos}, {more}</title>" in page
 
@@ -472,7 +472,7 @@ def test_shared_local_features_propose_the_copies_a_descriptor_misses():
 def test_an_exact_twin_does_not_use_up_the_nearest_candidate(tmp_path):
     """Two identical files of a rotated copy sit far from the photo and its resized copy: each twin's nearest
     other than its twin is still proposed."""
-    from pipeline.duplicates import candidate_pairs
+    from pipeline.duplicates import candidate_pairs, index_search
     from pipeline.fit import fit
 
     photos = copy_subset(tmp_path / "photos", per_class=5)
@@ -483,7 +483,7 @@ def test_an_exact_twin_does_not_use_up_the_nearest_candidate(tmp_path):
     fit(photos, tmp_path / "artifacts", tiny_config(image_size=224))
     bundle = Bundle.load(tmp_path / "artifacts")
     row = {path: number for number, path in enumerate(bundle.catalog.paths)}
-    pairs, distances = candidate_pairs(bundle, max_distance=0.05, progress=False)
+    pairs, distances = candidate_pairs(index_search(bundle), bundle.embeddings, max_distance=0.05, progress=False)
     proposed = {tuple(pair) for pair in pairs.tolist()}
     twins = sorted((row[str(twin)], row[str(twin.with_name("rotated-again.jpg"))]))
     family = {row[str(source)], row[str(half)]}

@@ -1,0 +1,145 @@
+"""Copies in a folder with no fit: ``imgsim duplicates DIR``.
+
+A person who only wants to clean up a folder should not have to fit one first. The candidates come
+from the pretrained backbone's descriptors (EfficientNet-Lite0's feature map at 224 px, averaged:
+no training) and from the images' shared local features, as for a fit's collection, and every
+pair is verified the same way (:mod:`pipeline.duplicates`). Nothing is written but the cache:
+each image's descriptor, local features and verdicts by content hash, in ``default_cache()``
+(``$XDG_CACHE_HOME/imgsim/duplicates``, else ``~/.cache/imgsim/duplicates``), shared by every
+folder, so a second run decodes nothing it has seen and loads no model. The cache is never
+pruned (other folders may use it); deleting it only costs the next run its time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from .duplicates import CANDIDATE_DISTANCE, NEIGHBOURS, Duplicates, Images, candidate_pairs, find_among
+from .errors import ImageError, InputError
+from .images import content_hash, find_images, read_file
+from .verification import Thresholds, VerificationCache
+
+log = logging.getLogger(__name__)
+BACKBONE = "efficientnet-lite0"
+IMAGE_SIZE = 224
+_BATCH = 64  # images through the backbone at once
+_BLOCK = 512  # rows of the exact search at once
+
+
+def default_cache() -> Path:
+    """Where a folder's duplicates are cached: ``$XDG_CACHE_HOME/imgsim/duplicates`` or ``~/.cache/...``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgsim" / "duplicates"
+
+
+def find_in_folder(folder: str | os.PathLike, max_distance: float = CANDIDATE_DISTANCE,
+                   thresholds: Thresholds = Thresholds(), cache_folder: Optional[str | os.PathLike] = None,
+                   progress: bool = True) -> Duplicates:
+    """The groups of copies among the images under ``folder`` (see the module's description);
+    unreadable files are listed, never grouped. InputError when the folder holds no image file."""
+    if not max_distance >= 0:
+        raise InputError(f"max_distance must be a number from 0, got {max_distance}")
+    records = find_images(folder)
+    if not records:
+        raise InputError(f"{folder}: no image files found")
+    cache = VerificationCache(Path(cache_folder) if cache_folder else default_cache(), thresholds=thresholds)
+    hashes = _hashes([record.path for record in records], progress)
+    readable = [number for number, found in enumerate(hashes) if found is not None]
+    unreadable = [records[number].path for number, found in enumerate(hashes) if found is None]
+    vectors = _descriptors([records[n].path for n in readable], [hashes[n] for n in readable], cache.folder,
+                           progress)
+    kept = [n for n, vector in zip(readable, vectors) if vector is not None]
+    unreadable += [records[n].path for n, vector in zip(readable, vectors) if vector is None]
+    images = Images([records[n].path for n in kept], [hashes[n] for n in kept], list(range(len(kept))),
+                    [records[n].label for n in kept], np.stack([v for v in vectors if v is not None])
+                    if kept else np.zeros((0, 1), np.float32), "cosine")
+    pairs, _ = candidate_pairs(lambda rows, k: _exact_search(images.vectors, rows, k), images.vectors,
+                               max_distance, NEIGHBOURS, progress)
+    return find_among(images, pairs, cache, max_distance, progress, prune=False, unreadable=sorted(unreadable))
+
+
+def _hashes(paths: list[str], progress: bool) -> list[Optional[str]]:
+    """Each file's content hash (None where it cannot be read), read in threads."""
+    def one(path: str) -> Optional[str]:
+        try:
+            return content_hash(read_file(path))
+        except ImageError:
+            return None
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(tqdm(pool.map(one, paths), total=len(paths), desc="read", unit="img", disable=not progress))
+
+
+def _descriptor_path(folder: Path, stored_hash: str) -> Path:
+    return folder / f"descriptors-{BACKBONE}-{IMAGE_SIZE}" / stored_hash[:2] / f"{stored_hash}.npy"
+
+
+def _descriptors(paths: list[str], hashes: list[str], folder: Path, progress: bool) -> list[Optional[np.ndarray]]:
+    """The unit descriptor of each image, from the cache or the backbone (loaded only when one is
+    missing); None for a file that does not decode (remembered too, as an empty descriptor)."""
+    found: list[Optional[np.ndarray]] = []
+    missing = []
+    for number, stored_hash in enumerate(hashes):
+        try:
+            vector = np.load(_descriptor_path(folder, stored_hash), allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            vector = None
+        if vector is None or vector.dtype != np.float32 or vector.shape not in ((1280,), (0,)):
+            missing.append(number)
+        found.append(vector if vector is not None and vector.shape == (1280,) else None)
+    if missing:
+        for number, vector in zip(missing, _embed([paths[n] for n in missing], progress)):
+            found[number] = vector
+            _store(_descriptor_path(folder, hashes[number]), np.zeros(0, np.float32) if vector is None else vector)
+    return found
+
+
+def _embed(paths: list[str], progress: bool) -> list[Optional[np.ndarray]]:
+    """The pretrained backbone's averaged feature map of each image, unit length (None: undecodable)."""
+    from .backbone import build_backbone
+    from .dataset import decode_to_cache, to_model_input
+    from .embed import map_cache
+    from .images import ImageRecord
+
+    backbone = build_backbone(IMAGE_SIZE, BACKBONE)
+    with tempfile.TemporaryDirectory(prefix="imgsim-duplicates-") as scratch:
+        decoded = decode_to_cache([ImageRecord(path, None) for path in paths], os.path.join(scratch, "images"),
+                                  IMAGE_SIZE)
+        def averaged(images: np.ndarray) -> np.ndarray:
+            return backbone(to_model_input(images), training=False).numpy().mean(axis=(1, 2))
+
+        parts = list(map_cache(averaged, decoded.cache, _BATCH, "descriptors"))
+    vectors = np.concatenate(parts) if parts else np.zeros((0, 1280), np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    by_path = dict(zip((record.path for record in decoded.records), vectors.astype(np.float32)))
+    return [by_path.get(path) for path in paths]
+
+
+def _store(path: Path, vector: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
+        np.save(out, vector)
+    os.replace(out.name, path)
+
+
+def _exact_search(vectors: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of ``vectors`` (unit rows) to each of ``rows`` by cosine distance, itself
+    included as the index's search includes it: (ids, distances), nearest first; ``_BLOCK`` rows
+    at a time, so memory stays linear in the images."""
+    k = min(k, len(vectors))
+    ids, distances = [], []
+    for start in range(0, len(rows), _BLOCK):
+        block = 1.0 - np.asarray(rows[start:start + _BLOCK], np.float32) @ vectors.T
+        nearest = np.argpartition(block, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(block, nearest, axis=1), axis=1, kind="stable")
+        ids.append(np.take_along_axis(nearest, order, axis=1))
+        distances.append(np.take_along_axis(block, ids[-1], axis=1))
+    return np.concatenate(ids), np.concatenate(distances)
