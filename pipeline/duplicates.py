@@ -24,6 +24,7 @@ mirrored, recoloured, blurred, captioned), verified on the images and grouped wi
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import shutil
@@ -45,7 +46,7 @@ from .errors import ArtifactError, ImageError, InputError
 from .images import content_hash, decode_image, eight_bit, read_file
 from .verification import (FEATURE_SIDE, LocalFeatures, Thresholds, Verification, VerificationCache, verify,
                            verify_mirrored)
-from .visual_words import shared_feature_pairs
+from .visual_words import shared_feature_pairs, words_version
 
 NEIGHBOURS = 8  # candidates per image, by rank
 TWIN_DISTANCE = 1e-6  # descriptors this close are of the same pixels: an image's "nearest whatever the distance" is
@@ -257,14 +258,22 @@ class _Verifier:
 
     def shared_feature_pairs(self) -> list[tuple[int, int]]:
         """Pairs of rows (lower first) proposed by the visual words the images share (every readable
-        image's features found first)."""
+        image's features found first); read from the cache when the collection is the one it was
+        found for (the same files with the same contents)."""
+        key = hashlib.sha1("\n".join([words_version(), *(f"{stored}:{path}" for stored, path in zip(
+            self.hashes, self.paths))]).encode()).hexdigest()
+        known = self.cache.shared_pairs(key)
+        if known is not None:
+            return [(first, second) for first, second in known.tolist()]
         stored = {row: self.cache.descriptors(self.hashes[row]) for row in range(len(self.paths))}
         self._prepare({row for row, descriptors in stored.items() if descriptors is None})
         stored.update((row, self.cache.descriptors(self.hashes[row])) for row, descriptors in stored.items()
                       if descriptors is None and row in self.ready)
         rows = [row for row, descriptors in stored.items() if descriptors is not None]
-        pairs = shared_feature_pairs([stored[row] for row in rows], self.progress)
-        return [(rows[first], rows[second]) for first, second in pairs.tolist()]
+        pairs = [(rows[first], rows[second]) for first, second in
+                 shared_feature_pairs([stored[row] for row in rows], self.progress).tolist()]
+        self.cache.store_shared_pairs(key, np.asarray(pairs, np.int64).reshape(-1, 2))
+        return pairs
 
     def mirrored_verdicts(self, representative: int, rows: list[int]) -> list[Optional[Verification]]:
         """The verdicts on (representative, row) by :func:`verify_mirrored`, for pairs :meth:`verdicts`

@@ -6,12 +6,14 @@ no training) and from the images' shared local features, as for a fit's collecti
 pair is verified the same way (:mod:`pipeline.duplicates`). Nothing is written but the cache:
 each image's descriptor, local features and verdicts by content hash, in ``default_cache()``
 (``$XDG_CACHE_HOME/imgsim/duplicates``, else ``~/.cache/imgsim/duplicates``), shared by every
-folder, so a second run decodes nothing it has seen and loads no model. The cache is never
+folder (and each file's hash by its size and time), so a second run decodes nothing it has seen and loads no
+model. The cache is never
 pruned (other folders may use it); deleting it only costs the next run its time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from .duplicates import CANDIDATE_DISTANCE, NEIGHBOURS, Duplicates, Images, candidate_pairs, find_among
 from .errors import ImageError, InputError
-from .images import content_hash, find_images, read_file
+from .images import content_hash, file_stat, find_images, read_file
 from .verification import Thresholds, VerificationCache
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def find_in_folder(folder: str | os.PathLike, max_distance: float = CANDIDATE_DI
     if not records:
         raise InputError(f"{folder}: no image files found")
     cache = VerificationCache(Path(cache_folder) if cache_folder else default_cache(), thresholds=thresholds)
-    hashes = _hashes([record.path for record in records], progress)
+    hashes = _hashes([record.path for record in records], cache.folder, progress)
     readable = [number for number, found in enumerate(hashes) if found is not None]
     unreadable = [records[number].path for number, found in enumerate(hashes) if found is None]
     vectors = _descriptors([records[n].path for n in readable], [hashes[n] for n in readable], cache.folder,
@@ -66,16 +68,37 @@ def find_in_folder(folder: str | os.PathLike, max_distance: float = CANDIDATE_DI
     return find_among(images, pairs, cache, max_distance, progress, prune=False, unreadable=sorted(unreadable))
 
 
-def _hashes(paths: list[str], progress: bool) -> list[Optional[str]]:
-    """Each file's content hash (None where it cannot be read), read in threads."""
+def _hashes(paths: list[str], folder: Path, progress: bool) -> list[Optional[str]]:
+    """Each file's content hash (None where it cannot be read): read in threads, or taken from the
+    cache's ``hashes.json`` where the file's size and modification time are those it was hashed at
+    (as a sync tells a changed file)."""
+    known_path = folder / "hashes.json"
+    try:
+        known = json.loads(known_path.read_text())
+        known = known if isinstance(known, dict) else {}
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        known = {}
+
     def one(path: str) -> Optional[str]:
+        status = file_stat(path)
+        entry = known.get(path)
+        if status is not None and isinstance(entry, list) and entry[:2] == status and isinstance(entry[2], str):
+            return entry[2]
         try:
-            return content_hash(read_file(path))
+            found = content_hash(read_file(path))
         except ImageError:
             return None
+        if status is not None:
+            known[path] = [*status, found]
+        return found
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        return list(tqdm(pool.map(one, paths), total=len(paths), desc="read", unit="img", disable=not progress))
+        hashes = list(tqdm(pool.map(one, paths), total=len(paths), desc="read", unit="img", disable=not progress))
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as out:
+        json.dump(known, out)
+    os.replace(out.name, known_path)
+    return hashes
 
 
 def _descriptor_path(folder: Path, stored_hash: str) -> Path:

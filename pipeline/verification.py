@@ -58,6 +58,7 @@ BORDER_LEVELS = 3  # grey levels a flat border may vary by
 SAME_FRAMING = 0.03  # aspect ratios this close are first compared laid over each other
 ROUGH_CORRELATION = 0.7  # ... when their rough look correlates this much (copies: 0.94 or more, measured)
 
+SHARED_KEPT = 8  # collections whose shared-feature candidates the cache keeps
 _PAIR_KEY = re.compile(r"[0-9a-f]{40}:[0-9a-f]{40}(/mirrored)?")
 GRID = 4  # features are spread over GRID x GRID cells of the image
 _ORB = dict(nfeatures=3 * FEATURES, fastThreshold=10, edgeThreshold=15, patchSize=15)  # the candidates to spread
@@ -430,6 +431,25 @@ class VerificationCache:
             self._warn(path, "unusable features (descriptors of another shape or type)")
             return None
         return descriptors
+
+    def shared_pairs(self, key: str) -> Optional[np.ndarray]:
+        """The candidate pairs (rows) that shared local features proposed for the collection ``key``
+        names (a digest of its files and contents), or None."""
+        try:
+            pairs = np.load(self.folder / f"shared-pairs-v{VERSION}-{key}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        return pairs if pairs.dtype == np.int64 and pairs.ndim == 2 and pairs.shape[1] == 2 else None
+
+    def store_shared_pairs(self, key: str, pairs: np.ndarray) -> None:
+        """Keep the pairs of :meth:`shared_pairs` (those of the last ``SHARED_KEPT`` collections)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp", delete=False) as out:
+            np.save(out, np.asarray(pairs, np.int64).reshape(-1, 2))
+        os.replace(out.name, self.folder / f"shared-pairs-v{VERSION}-{key}.npy")
+        kept = sorted(self.folder.glob("shared-pairs-*.npy"), key=lambda path: path.stat().st_mtime, reverse=True)
+        for path in kept[SHARED_KEPT:]:
+            path.unlink(missing_ok=True)
 
     def store_features(self, content_hash: str, features: LocalFeatures) -> None:
         path = self._features_path(content_hash)

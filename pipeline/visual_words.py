@@ -26,6 +26,11 @@ MIN_SIMILARITY = 0.01  # a nearest image sharing less (cosine of the tf-idf vect
 _BLOCK = 512  # rows whose similarities are found at once
 
 
+def words_version() -> str:
+    """What the pairs depend on besides the descriptors: a stored result with another is stale."""
+    return f"words {WORD_TABLES} {MAX_WORD_IMAGES} {MIN_SIMILARITY}"
+
+
 def shared_feature_pairs(descriptors: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
     """Rows (i < j) of image pairs to compare: each image with the image that shares most of its
     visual words, when it shares enough; ``descriptors``: each image's (n, 32) uint8 ORB descriptors."""

@@ -3,6 +3,7 @@ the cache; a second run from the cache loads no model."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -39,14 +40,29 @@ def test_a_folder_with_no_fit_groups_its_copies_and_writes_nothing_but_the_cache
     written = sorted(set(tmp_path.rglob("*")) - set(before))
     assert written and all((tmp_path / "cache") in [path, *path.parents] for path in written)
 
+    import pipeline.duplicates as duplicates
     import pipeline.folder_copies as folder_copies
 
     def no_model(*_):
         raise AssertionError("the backbone was loaded though every descriptor is cached")
 
     monkeypatch.setattr(folder_copies, "_embed", no_model)
+    monkeypatch.setattr(duplicates, "shared_feature_pairs", no_model)  # the same files: their words' pairs are kept
     again = find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False)
     assert again.to_dict() == found.to_dict()
+
+
+def test_a_file_changed_since_the_last_run_is_read_again(folder, tmp_path):
+    """Hashes are kept by each file's size and time: a file rewritten since is hashed, described and verified anew."""
+    photos, source = folder
+    find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False)
+    assert str(photos / "hat" / "rotated.jpg") in json.loads((tmp_path / "cache" / "hashes.json").read_text())
+    shoe = sorted((photos / "shoes").glob("*.jpg"))[0]
+    shutil.copy(shoe, photos / "hat" / "rotated.jpg")  # now a twin of a shoe
+    again = find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False)
+    groups = sorted(sorted(member.path for member in group.members) for group in again.groups)
+    assert sorted([str(photos / "hat" / "rotated.jpg"), str(shoe)]) in groups
+    assert all(str(photos / "hat" / "rotated.jpg") not in group or str(source) not in group for group in groups)
 
 
 def test_the_command_takes_a_folder_and_moves_its_copies_out(folder, tmp_path):
