@@ -4,7 +4,7 @@ mirrored, recoloured, blurred, captioned), verified on the images and grouped wi
 1. **Candidates** come from the index: each image's ``NEIGHBOURS`` nearest within ``max_distance``
    of it, and its single nearest whatever the distance (in a small folder every distance is large;
    an exact twin does not use it up), searched in batches: no dense n x n matrix; and from the
-   images' local features (:mod:`pipeline.visual_words`): each image and the one sharing most of its
+   images' local features (:mod:`pipeline.visual_words`): each image and the few sharing most of its
    visual words, which finds the copies a descriptor puts far apart (rotated, letterboxed, inside a
    screenshot).
 2. **Verification** (:mod:`pipeline.verification`) decides each candidate pair on the two images'

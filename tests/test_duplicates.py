@@ -451,10 +451,10 @@ def test_the_command_scores_its_groups_against_a_ground_truth_file(with_copies, 
 
 def test_shared_local_features_propose_the_copies_a_descriptor_misses():
     """Rotated by 30 degrees, letterboxed, inside a screenshot, of photos among 80 look-alikes (the sample's): each
-    copy's original is the image sharing most of its visual words."""
+    copy's original is among the images sharing most of its visual words."""
     from helpers import near_copy
     from pipeline.verification import LocalFeatures
-    from pipeline.visual_words import shared_feature_pairs
+    from pipeline.visual_words import PER_IMAGE, shared_feature_pairs
 
     photos = sorted(SAMPLE.glob("*/*.jpg"))[:80]
     descriptors = [LocalFeatures.of(np.asarray(Image.open(path).convert("RGB"))).descriptors for path in photos]
@@ -466,7 +466,7 @@ def test_shared_local_features_propose_the_copies_a_descriptor_misses():
         expected.add((source, len(descriptors) - 1))
     pairs = {tuple(pair) for pair in shared_feature_pairs(descriptors).tolist()}
     assert expected <= pairs
-    assert len(pairs) <= len(descriptors)  # one candidate an image at most
+    assert len(pairs) <= PER_IMAGE * len(descriptors)  # a few candidates an image at most
 
 
 def test_an_exact_twin_does_not_use_up_the_nearest_candidate(tmp_path):
