@@ -4,17 +4,16 @@ A person who only wants to clean up a folder should not have to fit one first. T
 from the pretrained backbone's descriptors (EfficientNet-Lite0's feature map at 224 px, averaged:
 no training) and from the images' shared local features, as for a fit's collection, and every
 pair is verified the same way (:mod:`pipeline.duplicates`). Nothing is written but the cache:
-each image's descriptor, local features and verdicts by content hash, in ``default_cache()``
-(``$XDG_CACHE_HOME/imgsim/duplicates``, else ``~/.cache/imgsim/duplicates``), shared by every
-folder (and each file's hash by its size and time), so a second run decodes nothing it has seen and loads no
-model. The cache is never
-pruned (other folders may use it); deleting it only costs the next run its time.
+each image's descriptor, local features and verdicts by content hash, and each file's hash by its
+size and time, in ``default_cache()`` (``$XDG_CACHE_HOME/imgsim/duplicates``, else
+``~/.cache/imgsim/duplicates``), shared by every folder, so a second run decodes nothing it has
+seen and loads no model. The cache is never pruned (other folders may use it); deleting it only
+costs the next run its time.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import zipfile
@@ -30,7 +29,6 @@ from .errors import ImageError, InputError
 from .images import content_hash, file_stat, find_images, read_file
 from .verification import Thresholds, VerificationCache
 
-log = logging.getLogger(__name__)
 BACKBONE = "efficientnet-lite0"
 IMAGE_SIZE = 224
 _BATCH = 64  # images through the backbone at once
@@ -136,6 +134,7 @@ def _embed(paths: list[str], progress: bool) -> list[Optional[np.ndarray]]:
     with tempfile.TemporaryDirectory(prefix="imgsim-duplicates-") as scratch:
         decoded = decode_to_cache([ImageRecord(path, None) for path in paths], os.path.join(scratch, "images"),
                                   IMAGE_SIZE)
+
         def averaged(images: np.ndarray) -> np.ndarray:
             return backbone(to_model_input(images), training=False).numpy().mean(axis=(1, 2))
 

@@ -236,6 +236,8 @@ def test_an_unreadable_file_is_listed_and_never_grouped(with_copies, tmp_path):
     os.unlink(gone)
     found = find_duplicates(bundle, progress=False)
     assert gone in found.unreadable and all(gone not in group for group in paths_of(found))
+    again = find_duplicates(Bundle.load(artifacts), progress=False)  # from the cache: said again all the same
+    assert again.unreadable == found.unreadable and paths_of(again) == paths_of(found)
 
 
 def _poison_every_verdict(artifacts):
