@@ -152,30 +152,29 @@ class Images:
                    bundle.index.metric)
 
 
-# the k nearest of the images to each of some vectors, themselves included: (ids, distances), nearest first
-Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# the ``neighbours`` nearest images of each of the rows start..stop (itself maybe among them): (ids, distances),
+# nearest first
+Search = Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
 
 
 def index_search(bundle: Bundle) -> Search:
     """The bundle's index as a :data:`Search` (routed as a query is, no expansion)."""
-    def search(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        hits = bundle.index.search(vectors, k, expansion=0)
+    def search(start: int, stop: int, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+        hits = bundle.index.search(np.asarray(bundle.embeddings[start:stop]), neighbours + 1, expansion=0)
         return hits.ids, hits.distances
 
     return search
 
 
-def candidate_pairs(search: Search, vectors: np.ndarray, max_distance: float = CANDIDATE_DISTANCE,
+def candidate_pairs(search: Search, count: int, max_distance: float = CANDIDATE_DISTANCE,
                     neighbours: int = NEIGHBOURS, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (i < j) of the images to compare by their descriptors ``vectors``, found by ``search``:
-    ((pairs, 2), (pairs,) descriptor distances)."""
-    count = len(vectors)
-    k = min(neighbours + 1, count)
+    """Rows (i < j) of the ``count`` images to compare, their nearest by descriptor found by
+    ``search``: ((pairs, 2), (pairs,) descriptor distances)."""
     pairs, distances = [np.empty((0, 2), np.int64)], [np.empty(0, np.float32)]
     for start in tqdm(range(0, count, _BATCH), desc="candidates", unit="batch", disable=not progress):
         stop = min(start + _BATCH, count)
-        ids, found_distances = search(np.asarray(vectors[start:stop]), k)
-        rows = np.repeat(np.arange(start, stop), k).reshape(-1, k)
+        ids, found_distances = search(start, stop, min(neighbours, count - 1))
+        rows = np.repeat(np.arange(start, stop), ids.shape[1]).reshape(ids.shape)
         found = ids != rows  # not itself
         apart = found & (found_distances > TWIN_DISTANCE)
         nearest = apart & (np.cumsum(apart, axis=1) == 1)  # each image's nearest other but its exact twins
@@ -334,7 +333,7 @@ def find_duplicates(bundle: Bundle, max_distance: float = CANDIDATE_DISTANCE, ne
     if not max_distance >= 0:
         raise InputError(f"max_distance must be a number from 0, got {max_distance}")
     images = Images.of(bundle)
-    pairs, _ = candidate_pairs(index_search(bundle), images.vectors, max_distance, neighbours, progress)
+    pairs, _ = candidate_pairs(index_search(bundle), len(images.paths), max_distance, neighbours, progress)
     cache = VerificationCache(bundle.folder.parent / CACHE_FOLDER, thresholds=thresholds)
     return find_among(images, pairs, cache, max_distance, progress)
 

@@ -27,12 +27,13 @@ from tqdm import tqdm
 from .duplicates import CANDIDATE_DISTANCE, NEIGHBOURS, Duplicates, Images, candidate_pairs, find_among
 from .errors import ImageError, InputError
 from .images import content_hash, file_stat, find_images, read_file
+from .metrics import exact_neighbours
 from .verification import Thresholds, VerificationCache
 
 BACKBONE = "efficientnet-lite0"
 IMAGE_SIZE = 224
 _BATCH = 64  # images through the backbone at once
-_BLOCK = 512  # rows of the exact search at once
+_BLOCK = 512  # rows of the exact search at once: memory linear in the images
 
 
 def default_cache() -> Path:
@@ -61,7 +62,9 @@ def find_in_folder(folder: str | os.PathLike, max_distance: float = CANDIDATE_DI
     images = Images([records[n].path for n in kept], [hashes[n] for n in kept], list(range(len(kept))),
                     [records[n].label for n in kept], np.stack([v for v in vectors if v is not None])
                     if kept else np.zeros((0, 1), np.float32), "cosine")
-    pairs, _ = candidate_pairs(lambda rows, k: _exact_search(images.vectors, rows, k), images.vectors,
+    nearest = exact_neighbours(images.vectors, NEIGHBOURS, block=_BLOCK, with_distances=True) if len(kept) > 1 \
+        else (np.zeros((len(kept), 0), np.int64), np.zeros((len(kept), 0), np.float32))
+    pairs, _ = candidate_pairs(lambda start, stop, _: (nearest[0][start:stop], nearest[1][start:stop]), len(kept),
                                max_distance, NEIGHBOURS, progress)
     return find_among(images, pairs, cache, max_distance, progress, prune=False, unreadable=sorted(unreadable))
 
@@ -150,18 +153,3 @@ def _store(path: Path, vector: np.ndarray) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
         np.save(out, vector)
     os.replace(out.name, path)
-
-
-def _exact_search(vectors: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest of ``vectors`` (unit rows) to each of ``rows`` by cosine distance, itself
-    included as the index's search includes it: (ids, distances), nearest first; ``_BLOCK`` rows
-    at a time, so memory stays linear in the images."""
-    k = min(k, len(vectors))
-    ids, distances = [], []
-    for start in range(0, len(rows), _BLOCK):
-        block = 1.0 - np.asarray(rows[start:start + _BLOCK], np.float32) @ vectors.T
-        nearest = np.argpartition(block, k - 1, axis=1)[:, :k]
-        order = np.argsort(np.take_along_axis(block, nearest, axis=1), axis=1, kind="stable")
-        ids.append(np.take_along_axis(nearest, order, axis=1))
-        distances.append(np.take_along_axis(block, ids[-1], axis=1))
-    return np.concatenate(ids), np.concatenate(distances)

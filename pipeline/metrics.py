@@ -33,8 +33,10 @@ def map_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, relevant_co
     return float(ap.mean())
 
 
-def exact_neighbours(features: np.ndarray, k: int, metric: str = "cosine", block: int = 2048) -> np.ndarray:
-    """Ids of the k nearest other rows of ``features`` (leave-one-out, brute force, in row blocks).
+def exact_neighbours(features: np.ndarray, k: int, metric: str = "cosine", block: int = 2048,
+                     with_distances: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Ids of the k nearest other rows of ``features`` (leave-one-out, brute force, in row blocks);
+    ``with_distances``: (ids, their distances), cosine as 1 - the cosine, L2 as the norm.
 
     Computed as ``shared/tools/baseline.py`` does: cosine as the dot product of unit vectors, L2
     as |a|^2 + |b|^2 - 2 a.b in float32, the query's own row excluded; nearest first.
@@ -45,6 +47,7 @@ def exact_neighbours(features: np.ndarray, k: int, metric: str = "cosine", block
     squares = np.einsum("ij,ij->i", features, features)
     k = min(k, len(features) - 1)
     ids = np.empty((len(features), k), dtype=np.int64)
+    found = np.empty((len(features), k), dtype=np.float32)
     for start in range(0, len(features), block):
         rows = slice(start, min(start + block, len(features)))
         products = features[rows] @ features.T
@@ -53,7 +56,10 @@ def exact_neighbours(features: np.ndarray, k: int, metric: str = "cosine", block
         nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(distances, nearest, axis=1), axis=1, kind="stable")
         ids[rows] = np.take_along_axis(nearest, order, axis=1)
-    return ids
+        found[rows] = np.take_along_axis(distances, ids[rows], axis=1)
+    if not with_distances:
+        return ids
+    return ids, (1.0 + found if metric == "cosine" else np.sqrt(np.maximum(found, 0.0)))
 
 
 def without_self(ids: np.ndarray, k: int) -> np.ndarray:

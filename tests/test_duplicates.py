@@ -485,7 +485,7 @@ def test_an_exact_twin_does_not_use_up_the_nearest_candidate(tmp_path):
     fit(photos, tmp_path / "artifacts", tiny_config(image_size=224))
     bundle = Bundle.load(tmp_path / "artifacts")
     row = {path: number for number, path in enumerate(bundle.catalog.paths)}
-    pairs, distances = candidate_pairs(index_search(bundle), bundle.embeddings, max_distance=0.05, progress=False)
+    pairs, distances = candidate_pairs(index_search(bundle), len(bundle.catalog), max_distance=0.05, progress=False)
     proposed = {tuple(pair) for pair in pairs.tolist()}
     twins = sorted((row[str(twin)], row[str(twin.with_name("rotated-again.jpg"))]))
     family = {row[str(source)], row[str(half)]}
