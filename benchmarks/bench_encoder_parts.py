@@ -1,6 +1,6 @@
 """Where the fitted encoder's time goes: each part of it exported alone for LiteRT and timed.
 
-    python benchmarks/bench_encoder_parts.py --artifacts DIR [--batch 8] [--rounds 9] [--threads 2]
+    python benchmarks/bench_encoder_parts.py --artifacts DIR [--batch 8] [--rounds 9] [--threads 2] [--before FILE]
 
 Takes a fit's Keras encoder and exports, as a fit exports the whole (uint8 images in, builtin
 LiteRT ops only): the whole encoder with every output (what commands run), the descriptor alone,
@@ -9,6 +9,7 @@ Each runs on LiteRT (XNNPACK, ``--threads``) at ``--batch`` images a call, the p
 after round; prints the median images a second of ``--rounds`` calls of each and the milliseconds
 an image, and writes docs/BENCHMARKS.md.
 The head's cost is the whole's time less the backbone's (issue 33: whole >= 0.8x the backbone alone).
+``--before``: the ``encoder.tflite`` of a fit made by earlier code, timed in the same rounds (an A/B of the code).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--before", type=Path, help="an encoder.tflite exported by earlier code, timed beside")
+    parser.add_argument("--before-code", default="earlier code", help="which code exported --before (said in the table)")
     args = parser.parse_args()
     import keras
 
@@ -87,16 +90,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         runners = [runner(exported(model, size, Path(scratch), f"part{number}"), args.threads)
                    for number, model in enumerate(parts.values())]
+    if args.before:
+        parts[f"whole encoder, every output, as {args.before_code} exported it (`--before`)"] = None
+        runners.append(runner(args.before.read_bytes(), args.threads))
     rows = list(zip(parts, images_per_second(runners, size, args.batch, args.rounds)))
     whole, backbone = rows[0][1], rows[2][1]
     lines = ["| part | images/s | ms an image |", "|---|---|---|",
              *(f"| {name} | {rate:.1f} | {1000 / rate:.2f} |" for name, rate in rows),
              "", f"The whole encoder runs at {whole / backbone:.2f}x the backbone alone; the head costs "
-                 f"{1000 / whole - 1000 / backbone:.2f} ms an image of {1000 / whole:.2f}."]
+                 f"{1000 / whole - 1000 / backbone:.2f} ms an image of {1000 / whole:.2f}."
+             + (f" The earlier code's export: {rows[-1][1] / backbone:.2f}x the backbone, now {whole / rows[-1][1]:.2f}x "
+                f"its speed." if args.before else "")]
     print("\n".join(lines))
     write_section("encoder_parts", "## Where the encoder's time goes\n\n"
                   f"`python benchmarks/bench_encoder_parts.py --artifacts DIR --batch {args.batch} --threads "
-                  f"{args.threads}` ({machine()}; a default fit of the sample, {size} px, each part exported alone "
+                  f"{args.threads}{' --before FILE' if args.before else ''}` ({machine()}; a default fit of the sample, {size} px, each part exported alone "
                   f"as a fit exports the whole, LiteRT, the parts in turn, median of {args.rounds} calls of {args.batch} images each).\n\n"
                   + "\n".join(lines))
 

@@ -25,16 +25,18 @@ from .whitening import fit_whitening
 
 
 def image_blocks(image, config: FitConfig) -> dict:
-    """The blocks read straight from the image: the orientation histogram (at DESCRIPTOR_BLOCK_SIZE
-    px at most, area-downscaled) and the colour histogram, each when its weight in ``config`` is
-    above 0."""
+    """The blocks read straight from the image: the orientation histogram and the colour histogram,
+    each when its weight in ``config`` is above 0, both from one copy of the image area-downscaled
+    to DESCRIPTOR_BLOCK_SIZE px (the colour histogram's own size: it is not resized again)."""
+    if config.orientation_weight <= 0 and config.color_weight <= 0:
+        return {}
+    size = min(config.image_size, DESCRIPTOR_BLOCK_SIZE)
+    small = AreaResize(size, name="orientation_size")(image) if size < config.image_size else image
     blocks = {}
     if config.orientation_weight > 0:
-        size = min(config.image_size, DESCRIPTOR_BLOCK_SIZE)
-        small = AreaResize(size, name="orientation_size")(image) if size < config.image_size else image
         blocks["orientations"] = OrientationHistogram(ORIENTATION_CELLS, name="orientations")(small)
     if config.color_weight > 0:
-        blocks["colors"] = ColorHistogram(name="colors")(image)
+        blocks["colors"] = ColorHistogram(name="colors")(small)
     return blocks
 
 

@@ -20,19 +20,20 @@ import math
 import keras
 from keras import ops
 
+from .config import DESCRIPTOR_BLOCK_SIZE
 from .resize import area_resize
 
-HISTOGRAM_SIZE = 64  # the colour histograms are taken at this size (area-downscaled), as the reference baseline does
+HISTOGRAM_SIZE = DESCRIPTOR_BLOCK_SIZE  # the colour histograms' size (area-downscaled), as the reference baseline's
 
 
 def soft_bins(values, bins: int, circular: bool = False):
-    """(...) values in [0, 1] -> (..., bins) weights summing to 1: a value's vote shared linearly
+    """(..., 1) values in [0, 1] -> (..., bins) weights summing to 1: a value's vote shared linearly
     between the two bins whose centres it lies between (bin k's centre is at (k + 0.5) / bins),
     across the ends when ``circular`` (an angle), else the end bins taking all beyond their centres."""
     position = values * bins - 0.5
     if not circular:
         position = ops.clip(position, 0.0, bins - 1.0)
-    distance = ops.abs(position[..., None] - ops.arange(bins, dtype="float32"))
+    distance = ops.abs(position - ops.arange(bins, dtype="float32"))
     if circular:
         distance = ops.minimum(distance, bins - distance)
     return ops.relu(1.0 - distance)
@@ -63,8 +64,8 @@ class OrientationHistogram(keras.layers.Layer):
         dx, dy = _of_strongest_channel(dx, dy)
         magnitude = ops.sqrt(dx * dx + dy * dy)
         angle = ops.arctan2(dy, dx)  # (-pi, pi]; unsigned: [0, pi], pi the same as 0
-        angle = ops.where(angle < 0, angle + math.pi, angle)
-        votes = soft_bins(angle * (1 / math.pi), self.bins, circular=True) * magnitude[..., None]
+        angle = angle + math.pi * _is_positive(-angle)
+        votes = soft_bins(angle * (1 / math.pi), self.bins, circular=True) * magnitude
         step = images.shape[1] // self.cells
         cells = ops.average_pool(votes, step, step) * float(step * step)  # the votes of each cell, summed
         histogram = ops.sqrt(ops.reshape(cells, (-1, self.cells * self.cells * self.bins)))
@@ -77,31 +78,47 @@ class OrientationHistogram(keras.layers.Layer):
         return {**super().get_config(), "cells": self.cells, "bins": self.bins}
 
 
+def _is_positive(values):
+    """1.0 where ``values`` > 0, else 0.0: the comparison made of ops that XNNPACK runs (LiteRT's
+    comparisons and selects run outside it, and cost as much as the rest of a block)."""
+    return ops.ceil(ops.minimum(ops.relu(values), 1.0))
+
+
+def _channel(images, channel: int):
+    """Channel ``channel`` of (..., channels), keeping its axis (dropping it costs a slow reshape in LiteRT)."""
+    return images[..., channel : channel + 1]
+
+
 def _of_strongest_channel(dx, dy):
-    """At each pixel, the gradient (dx, dy) of the channel where it is strongest (the first of equals):
-    an argmax by comparisons, which LiteRT runs natively (Keras's argmax is not a builtin there)."""
+    """At each pixel (..., 1), the gradient (dx, dy) of the channel where it is strongest (the first of
+    equals): an argmax as 0/1 masks by :func:`_is_positive`, the gradient their weighted sum."""
     energy = dx * dx + dy * dy
-    red = ops.logical_and(energy[..., 0] >= energy[..., 1], energy[..., 0] >= energy[..., 2])
-    green = ops.logical_and(ops.logical_not(red), energy[..., 1] >= energy[..., 2])
+    red_energy, green_energy, blue_energy = (_channel(energy, channel) for channel in range(3))
+    red = (1.0 - _is_positive(green_energy - red_energy)) * (1.0 - _is_positive(blue_energy - red_energy))
+    green = (1.0 - red) * (1.0 - _is_positive(blue_energy - green_energy))
+    blue = 1.0 - red - green
 
     def pick(gradient):
-        return ops.where(red, gradient[..., 0], ops.where(green, gradient[..., 1], gradient[..., 2]))
+        return red * _channel(gradient, 0) + green * _channel(gradient, 1) + blue * _channel(gradient, 2)
 
     return pick(dx), pick(dy)
 
 
 def rgb_to_hsv(images):
-    """RGB in [0, 1] -> hue, saturation and value in [0, 1], by the formulas of ``tf.image.rgb_to_hsv``."""
-    red, green, blue = images[..., 0], images[..., 1], images[..., 2]
+    """RGB (..., 3) in [0, 1] -> hue, saturation and value (..., 1) in [0, 1], by the formulas of
+    ``tf.image.rgb_to_hsv`` (its selects as 0/1 masks, as in :func:`_of_strongest_channel`)."""
+    red, green, blue = (_channel(images, channel) for channel in range(3))
     value = ops.maximum(ops.maximum(red, green), blue)
     spread = value - ops.minimum(ops.minimum(red, green), blue)
-    saturation = ops.where(value > 0, spread / ops.where(value > 0, value, 1.0), 0.0)
-    norm = ops.reciprocal(ops.where(spread > 0, spread, 1.0)) * (1.0 / 6.0)
-    hue = ops.where(red == value, norm * (green - blue),
-                    ops.where(green == value, norm * (blue - red) + 2.0 / 6.0, norm * (red - green) + 4.0 / 6.0))
-    hue = ops.where(spread > 0, hue, 0.0)
-    hue = ops.where(hue < 0, hue + 1.0, hue)
-    return hue, saturation, value
+    lit, varied = _is_positive(value), _is_positive(spread)
+    saturation = spread / (value + (1.0 - lit)) * lit
+    norm = ops.reciprocal(spread + (1.0 - varied)) * (1.0 / 6.0)
+    red_top = 1.0 - _is_positive(value - red)
+    green_top = (1.0 - red_top) * (1.0 - _is_positive(value - green))
+    blue_top = 1.0 - red_top - green_top
+    hue = (red_top * (norm * (green - blue)) + green_top * (norm * (blue - red) + 2.0 / 6.0)
+           + blue_top * (norm * (red - green) + 4.0 / 6.0)) * varied
+    return hue + _is_positive(-hue), saturation, value
 
 
 # Registered under a name of its own: encoders saved before format 6 name the earlier, hard-binned layer,

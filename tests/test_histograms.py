@@ -1,11 +1,13 @@
 """The histogram layers: orientations on images whose gradients are known by hand, colour on made colours and on
-real photos against an independent count."""
+real photos against an independent count; the area resizing before them against TensorFlow's."""
 
 import cv2
 import numpy as np
+import pytest
 
 from helpers import SAMPLE
-from pipeline.histograms import ColorHistogram, OrientationHistogram
+from pipeline.histograms import ColorHistogram, OrientationHistogram, _of_strongest_channel, rgb_to_hsv
+from pipeline.resize import area_matrix, area_resize
 from pipeline.images import prepare_image, read_file
 
 SIZE, CELLS, BINS = 32, 4, 9
@@ -87,3 +89,37 @@ def test_the_whole_image_histogram_matches_an_independent_count_on_real_photos()
     reference = np.stack([_soft_histogram(image) for image in images])
     np.testing.assert_allclose(ours, reference, atol=2e-3)
     assert ((ours * reference).sum(axis=1)).min() > 0.9999  # both have unit length
+
+
+def test_hsv_equals_opencvs_on_every_kind_of_pixel():
+    rng = np.random.default_rng(1)
+    levels = np.array([0.0, 0.25, 0.5, 1.0], np.float32)  # black, grays, white, and every tie between channels
+    ties = np.stack(np.meshgrid(levels, levels, levels), -1).reshape(-1, 3)
+    pixels = np.concatenate([ties, rng.random((4000, 3)).astype(np.float32)])[None, None]
+    hue, saturation, value = (np.asarray(part)[0, 0, :, 0] for part in rgb_to_hsv(pixels))
+    expected = cv2.cvtColor(pixels[0], cv2.COLOR_RGB2HSV)[0] / [360.0, 1.0, 1.0]
+    circular = np.minimum(np.abs(hue - expected[:, 0]), 1 - np.abs(hue - expected[:, 0]))
+    assert circular.max() < 1e-5 and hue.min() >= 0 and hue.max() < 1
+    np.testing.assert_allclose(saturation, expected[:, 1], atol=2e-6)
+    np.testing.assert_array_equal(value, pixels[0, 0].max(axis=1))
+
+
+def test_the_strongest_channel_wins_and_the_first_of_equals():
+    dx = np.array([[3.0, 4.0, 0.0], [2.0, 2.0, 2.0], [0.0, 1.0, 1.0], [1.0, 0.0, -5.0]], np.float32)[None, None]
+    dy = np.array([[0.0, 0.0, 4.5], [0.0, 0.0, 0.0], [0.0, -1.0, 1.0], [0.0, 0.0, 0.0]], np.float32)[None, None]
+    picked = [np.asarray(gradient)[0, 0, :, 0].tolist() for gradient in _of_strongest_channel(dx, dy)]
+    assert picked == [[0.0, 2.0, 1.0, -5.0], [4.5, 0.0, -1.0, 0.0]]
+
+
+@pytest.mark.parametrize("side, size", [(224, 64), (512, 224), (96, 64), (200, 64), (64, 32)])
+def test_area_resizing_equals_its_definition_and_tensorflows(side, size):
+    """By a convolution (224 to 64, 512 to 224, 96 to 64, 64 to 32) or by matrix products (200 to 64)."""
+    import tensorflow as tf
+
+    images = np.random.default_rng(side).random((2, side, side, 3)).astype(np.float32)
+    weights = area_matrix(side, size).astype(np.float64)
+    exact = np.einsum("iy,byxc,jx->bijc", weights, images.astype(np.float64), weights, optimize=True)
+    ours = np.asarray(area_resize(images, size))
+    np.testing.assert_allclose(ours, exact, atol=1e-6)
+    tensorflows = tf.image.resize(images, (size, size), method="area").numpy()
+    np.testing.assert_allclose(ours, tensorflows, atol=5e-5)  # its own rounding of the scale: 2e-5 off at 512 to 224
