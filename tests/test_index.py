@@ -44,6 +44,25 @@ def test_recall_rises_with_nprobe_and_reaches_one():
     assert min(p for p, recall in curve.items() if recall >= 0.95) <= 16  # a quarter of the clusters finds them
 
 
+@pytest.mark.parametrize("metric, dtype", [("euclidean", "float32"), ("cosine", "float16")])
+def test_the_recall_curve_equals_recall_measured_by_routed_searches(metric, dtype):
+    vectors = gaussian_mixture(n=3000, dim=24, centers=30)
+    vectors[100:106] = vectors[90]  # exact twins tie
+    index = ClusteredIndex(metric, dtype=dtype).fit(vectors, fit_kmeans(prepare_vectors(vectors, metric), 40, 0))
+    sample = np.arange(0, 3000, 7)
+    queries = index.stored_vectors()[sample]
+
+    def answers(nprobe):  # the definition: 10 nearest other vectors by a routed search
+        ids = index.search(queries, 11, nprobe, expansion=0).ids
+        return np.array([row[row != own][:10] for row, own in zip(ids, sample)])
+
+    exact = answers("all")
+    curve = recall_curve(index, queries, sample)
+    assert sorted(curve) == [1, 2, 4, 8, 16, 32, 40]
+    for nprobe, recall in curve.items():
+        assert recall == pytest.approx(recall_at_k(answers(nprobe), exact), abs=1e-3), nprobe
+
+
 def test_smallest_nprobe_picks_the_first_that_reaches_the_target():
     assert smallest_nprobe({1: 0.5, 2: 0.9, 4: 0.97, 8: 1.0}, 0.95) == 4
     assert smallest_nprobe({1: 0.5, 2: 0.6}, 0.95) == 2
