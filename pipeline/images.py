@@ -114,10 +114,11 @@ def list_images(folder: Path, root: Path, recursive: bool = True) -> list[ImageR
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         relative = Path(parent).relative_to(root)
         label = relative.parts[0] if relative.parts else None
-        for name in sorted(files):
-            path = Path(parent) / name
-            if not name.startswith(".") and (path.suffix.lower() in IMAGE_EXTENSIONS or is_image_file(path)):
-                records.append(ImageRecord(str(path), label))
+        for name in sorted(files):  # os.path, not pathlib: a sync lists every file of the collection
+            path = os.path.join(parent, name)
+            if not name.startswith(".") and (os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+                                             or is_image_file(path)):
+                records.append(ImageRecord(path, label))
         if not recursive:
             break
     return records
