@@ -43,7 +43,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .config import FitConfig
-from .errors import ArtifactError, shown
+from .errors import ArtifactError, InputError, shown
 from .index import ClusteredIndex
 from .manifest import FORMAT_VERSION, LEGACY_VERSION, READABLE_VERSIONS, Manifest
 
@@ -465,10 +465,14 @@ class Bundle:
 
     def encoder(self, runtime: Optional[str] = None):
         """The fit's encoder ready to run (:class:`pipeline.runtime.Encoder`), on ``runtime``
-        (default: LiteRT where installed, else Keras); loaded once per runtime."""
+        (default: LiteRT where installed, else Keras); loaded once per runtime. A bundle of an int8
+        fit runs its export alone (InputError for Keras)."""
         from .runtime import KerasEncoder, LiteRTEncoder, resolve_runtime
 
         runtime = resolve_runtime(runtime)
+        if runtime == "keras" and self.settings.precision == "int8":
+            raise InputError(f"{self.folder}: its images were described by its int8 export, which --runtime keras "
+                             f"(the float encoder) would not match; use --runtime litert")
         if runtime not in self._encoders:
             expected = (self.settings.image_size, int(self.embeddings.shape[1]))
             if runtime == "litert":

@@ -122,6 +122,11 @@ def fold_batch_norm(kernel: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mea
             (beta - mean * scale).astype(np.float32)]
 
 
+def model_name(backbone: str) -> str:
+    """The Keras name of ``backbone``'s model inside an encoder (its ops' names in an export start with it)."""
+    return backbone.replace("-", "_")
+
+
 def keras_name(name: str) -> str:
     """A PyTorch parameter's module name as a Keras layer name: ``_blocks.3._expand_conv`` ->
     ``blocks.3.expand_conv`` (TensorFlow's SavedModel, which the LiteRT export goes through, refuses
@@ -185,7 +190,7 @@ def build_backbone(image_size: int, backbone: str = "efficientnet-lite0", classi
         fc = layers.Dense(IMAGENET_CLASSES, name="fc")
         x = fc(layers.GlobalAveragePooling2D(name="pool")(x))
         assign.append(lambda: fc.set_weights([weights["_fc.weight"].T, weights["_fc.bias"]]))
-    model = keras.Model(image, x, name=backbone.replace("-", "_"))
+    model = keras.Model(image, x, name=model_name(backbone))
     for set_weights in assign:
         set_weights()
     model.trainable = False

@@ -17,6 +17,7 @@ POOLINGS = ("flatten", "max", "avg")
 ARCHITECTURES = ("conv", "dense")  # of the pixel autoencoder (pipeline/autoencoder.py)
 METRICS = ("cosine", "euclidean")
 INDEX_DTYPES = ("float32", "float16")  # how the index stores its vectors
+PRECISIONS = ("fp32", "int8")  # how the exported encoder computes (its backbone in int8: pipeline/export.py)
 BACKBONES = (*PRETRAINED, "none")
 RUNTIMES = ("litert", "keras")  # what runs the fitted encoder (pipeline/runtime.py)
 FEATURE_POOLINGS = ("regional", "gem", "average")  # how a backbone's feature map is pooled (pipeline/pooling.py)
@@ -37,11 +38,14 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-CHOICES = {"backbone": BACKBONES, "architecture": ARCHITECTURES, "feature_pooling": FEATURE_POOLINGS, "optimizer": OPTIMIZERS, "loss": LOSSES, "output_activation": OUTPUT_ACTIVATIONS,
+CHOICES = {"backbone": BACKBONES, "precision": PRECISIONS, "architecture": ARCHITECTURES, "feature_pooling": FEATURE_POOLINGS, "optimizer": OPTIMIZERS, "loss": LOSSES, "output_activation": OUTPUT_ACTIVATIONS,
            "pooling": POOLINGS, "metric": METRICS, "index_dtype": INDEX_DTYPES}
 WORDS = {"epochs": ("auto",), "clusters": ("auto",), "nprobe": ("auto", "all")}  # words a count setting accepts
 # One line of help per setting: the command line's flags are made from FitConfig's fields and these.
 SETTING_HELP = {
+    "precision": "how the exported encoder computes: fp32, or int8 (the pretrained backbone quantized, its "
+                 "activations' ranges measured on the fit's own images, the head in float): faster on a CPU, at the "
+                 "precision measured in docs/QUALITY.md; every image is then described by the int8 export",
     "index_dtype": "how the index stores its vectors: float16 halves the bundle's index and the memory a search "
                    "touches, at the recall cost measured in docs/BENCHMARKS.md",
     "train_sample": "the autoencoder (and the descriptor's PCA) learn from a random sample of at most this many "
@@ -95,7 +99,9 @@ class FitConfig:
     ``backbone`` is the frozen pretrained network the autoencoder learns over
     (``"efficientnet-lite0"``, ``-lite1`` or ``-lite2``), or ``"none"`` to learn from pixels alone. ``image_size`` is the
     model's input (the backbone's input, or the pixel autoencoder's). Settings left at None take
-    the backbone's default (BACKBONE_DEFAULTS).
+    the backbone's default (BACKBONE_DEFAULTS). ``precision`` "int8" exports the encoder with its
+    backbone quantized (:mod:`pipeline.export`), and every image is described by that export, as
+    queries are.
 
     Over a backbone, the autoencoder reads the backbone's feature map and reconstructs its channel
     profile through a ``latent_dim`` bottleneck (see :mod:`pipeline.autoencoder`). From pixels
@@ -125,6 +131,7 @@ class FitConfig:
     backbone: str = "efficientnet-lite0"
     image_size: Optional[int] = None
     feature_pooling: str = "regional"
+    precision: str = "fp32"
     architecture: str = "conv"
     autoencoder_size: int = 32
     latent_dim: int = 128
@@ -205,6 +212,7 @@ class FitConfig:
             "pooling": POOLINGS,
             "metric": METRICS,
             "index_dtype": INDEX_DTYPES,
+            "precision": PRECISIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -219,6 +227,8 @@ class FitConfig:
         if self.orientation_weight > 0 and min(self.image_size, DESCRIPTOR_BLOCK_SIZE) % ORIENTATION_CELLS:
             raise InputError(f"image_size must be a multiple of {ORIENTATION_CELLS} for the orientation histogram "
                              f"(or orientation_weight 0), got {self.image_size}")
+        if self.precision == "int8" and not self.uses_backbone:
+            raise InputError("precision int8 quantizes the pretrained backbone; with --backbone none there is none")
         if self.uses_backbone and self.architecture != "conv":
             raise InputError(f"architecture {self.architecture!r} is for --backbone none (over a backbone the "
                              "autoencoder reads its feature map)")

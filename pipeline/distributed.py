@@ -116,8 +116,11 @@ class RayEngine:
         """Decode and embed image files on the cluster with the encoder of ``source`` (a bundle, or
         a fit's staging folder), as ``config`` says; the vectors arrive in shards under
         ``scratch_dir``. The encoder's file travels to the actors in Ray's object store."""
-        ray = self.connect()
         runtime = self.encoder_runtime
+        if runtime == "keras" and config.precision == "int8":
+            raise InputError("an int8 fit describes images by its int8 export, which the float encoder of GPU workers "
+                             "or --runtime keras would not match: run the workers on CPUs with LiteRT")
+        ray = self.connect()
         model = source.model_bytes(runtime)
         rows = ray.data.from_items([{"row": row, "path": record.path} for row, record in enumerate(records)],
                                    override_num_blocks=max(1, min(len(records) // DECODE_BATCH, 1000)))

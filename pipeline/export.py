@@ -7,20 +7,25 @@ decoder, and computes :func:`encoder_outputs`: the descriptor, each of its block
 backbone's feature map averaged over positions (the baseline that ``evaluate`` reports).
 :func:`check_export` compares the export's descriptors of real images with the ones the Keras
 models gave them before a fit commits; a few of those images are kept in the bundle as its probes
-(:func:`pipeline.artifacts.save_probes`). This module imports TensorFlow: only a fit and ``imgsim upgrade`` use it.
+(:func:`pipeline.artifacts.save_probes`). With a fit's ``precision`` "int8", the backbone's ops are
+quantized (:func:`_with_int8_backbone`) and the export is checked to a looser bound (INT8_MIN_COSINE).
+This module imports TensorFlow: only a fit and ``imgsim upgrade`` use it.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from .artifacts import EXPORT, PROBE_IMAGES, ArtifactWriter, Bundle, min_cosine, save_probes
-from .backbone import keras_name
+from .backbone import keras_name, model_name
 from .errors import ArtifactError
 from .runtime import encoder_outputs
 from .manifest import FORMAT_VERSION
@@ -29,6 +34,10 @@ from .resize import AreaResize
 
 CHECK_IMAGES = 64  # images of its own that a fit compares the export on
 MIN_COSINE = 0.99999  # the export's descriptor of each of them against the one Keras gave it
+# With an int8 backbone: the quantization moves a descriptor to a cosine of 0.98 at worst on the dev sets
+# (docs/QUALITY.md); a quantization gone wrong (a head quantized, ranges of other images) falls far lower.
+INT8_MIN_COSINE = 0.95
+CALIBRATION_IMAGES = 256  # the fit's own images whose activations set the int8 backbone's ranges
 
 
 def litert_ready(encoder: keras.Model) -> keras.Model:
@@ -54,31 +63,70 @@ def litert_ready(encoder: keras.Model) -> keras.Model:
     return copy
 
 
-def export_litert(encoder: keras.Model, path: str | Path) -> None:
+def export_litert(encoder: keras.Model, path: str | Path, int8_backbone: Optional[str] = None,
+                  calibration: Optional[np.ndarray] = None) -> None:
     """Write ``encoder`` (image -> descriptor) as a LiteRT flatbuffer at ``path``: uint8 images
-    (batch, size, size, 3) in, :func:`encoder_outputs` out, builtin ops only. ArtifactError when
-    an op has no builtin counterpart."""
+    (batch, size, size, 3) in, :func:`encoder_outputs` out, builtin ops only; with ``int8_backbone``
+    (the backbone's name), that backbone in int8, its ranges measured on ``calibration`` (uint8
+    images). ArtifactError when an op has no builtin counterpart."""
     model = encoder_outputs(litert_ready(encoder))
     image = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
     wrapper = keras.Model(image, model(keras.layers.Rescaling(1 / 255, name="to_unit_range")(image)))
     with tempfile.TemporaryDirectory() as scratch, native_stderr_silenced():  # the converter's own notices
         try:
-            wrapper.export(str(Path(scratch) / "encoder.tflite"), format="litert", verbose=False,
-                           target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+            if int8_backbone:
+                with warnings.catch_warnings():  # the quantizer runs TensorFlow's deprecated copy of the interpreter
+                    warnings.simplefilter("ignore")
+                    exported = _with_int8_backbone(wrapper, int8_backbone, calibration, Path(scratch))
+            else:
+                wrapper.export(str(Path(scratch) / "encoder.tflite"), format="litert", verbose=False,
+                               target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+                exported = (Path(scratch) / "encoder.tflite").read_bytes()
         except Exception as exc:  # the converter raises assorted types; its message names the op
             raise ArtifactError(f"{path}: cannot export the encoder for LiteRT ({str(exc).strip().splitlines()[-1]})"
                                 ) from None
-        Path(path).write_bytes((Path(scratch) / "encoder.tflite").read_bytes())
+    Path(path).write_bytes(exported)
 
 
-def check_export(exported, images: np.ndarray, expected: np.ndarray, path: str | Path) -> float:
+def _with_int8_backbone(wrapper: keras.Model, backbone: str, calibration: np.ndarray, scratch: Path) -> bytes:
+    """``wrapper`` as a LiteRT flatbuffer whose backbone ops compute in int8 (static quantization:
+    each activation's range measured on ``calibration``) and every other op in float: the
+    converter's selective quantization, with the nodes outside the backbone denylisted (a
+    quantized head loses precision, and its normalising division cannot run in int8)."""
+    wrapper.export(str(scratch / "saved"), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(scratch / "saved"))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    inside = re.compile(rf"/{re.escape(model_name(backbone))}(_\d+)?/")
+    head = [name for name in _node_names(converter.convert()) if not inside.search(name)]
+
+    def samples():
+        for image in calibration:
+            yield [image[None]]
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = samples
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=samples,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=head))
+    return debugger.get_nondebug_quantized_model()
+
+
+def _node_names(model: bytes) -> list[str]:
+    """The output tensor name of each op of a LiteRT ``model`` (how the converter names its nodes)."""
+    interpreter = tf.lite.Interpreter(model_content=model)
+    names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
+    return [names[op["outputs"][0]] for op in interpreter._get_ops_details()]
+
+
+def check_export(exported, images: np.ndarray, expected: np.ndarray, path: str | Path, int8: bool = False) -> float:
     """The smallest cosine between the descriptors of ``images`` (uint8) from ``exported`` (a
-    :class:`pipeline.runtime.LiteRTEncoder`) and ``expected``, the ones the Keras models gave them
-    (what a fit indexes); ArtifactError naming ``path`` when it is under MIN_COSINE."""
+    :class:`pipeline.runtime.LiteRTEncoder`) and ``expected``, the ones the Keras models gave them;
+    ArtifactError naming ``path`` when it is under MIN_COSINE (INT8_MIN_COSINE for an ``int8`` backbone)."""
+    least = INT8_MIN_COSINE if int8 else MIN_COSINE
     cosine = min_cosine(exported.encode(images), expected)
-    if not cosine >= MIN_COSINE:  # also catches nan
+    if not cosine >= least:  # also catches nan
         raise ArtifactError(f"{path}: the LiteRT export differs from the Keras encoder (cosine {cosine:.7f} on one of "
-                            f"{len(images)} images, at least {MIN_COSINE} expected); nothing was written")
+                            f"{len(images)} images, at least {least} expected); nothing was written")
     return cosine
 
 

@@ -3,7 +3,9 @@
 With a backbone: backbone feature maps (a disk cache) -> the feature autoencoder (started at the
 PCA of the pooled features) -> the descriptor head; from pixels: the pixel autoencoder -> the
 descriptor head. The encoder (the blocks model and the head) is saved as a Keras model and exported
-for LiteRT, and the export is checked to give the Keras encoder's descriptors.
+for LiteRT, and the export is checked to give the Keras encoder's descriptors. With ``precision``
+"int8", the export's backbone is quantized and the export describes the sample (what is indexed is
+what queries get).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .config import FitConfig
 from .dataset import DecodedImages, RowCache, TrainingBatches, split_indices, to_model_input
 from .descriptor import DescriptorHead, block_weights, build_blocks_model, image_blocks_model
 from .embed import collect, map_cache
-from .export import CHECK_IMAGES, check_export, export_litert, probe_rows
+from .export import CALIBRATION_IMAGES, CHECK_IMAGES, check_export, export_litert, probe_rows
 from .runtime import LiteRTEncoder, load_keras_model
 
 
@@ -81,13 +83,24 @@ def train_encoder(decoded: DecodedImages, config: FitConfig, folder: Path, scrat
         descriptors = head.apply(blocks)
         head.encoder(build_blocks_model(autoencoder.to_latent, config, backbone)).save(folder / ENCODER)
     with clock.stage("export"):  # from the saved file: its layers belong to the encoder alone
-        export_litert(load_keras_model(folder / ENCODER), folder / EXPORT)
-        checked = np.unique(np.linspace(0, decoded.cache.count - 1, CHECK_IMAGES).astype(int))
+        int8 = config.precision == "int8"
+        export_litert(load_keras_model(folder / ENCODER), folder / EXPORT, config.backbone if int8 else None,
+                      decoded.cache.read(_spread(decoded.cache.count, CALIBRATION_IMAGES)) if int8 else None)
+        exported = LiteRTEncoder((folder / EXPORT).read_bytes())
+        checked = _spread(decoded.cache.count, CHECK_IMAGES)
         images = decoded.cache.read(checked)
-        check_export(LiteRTEncoder((folder / EXPORT).read_bytes()), images, descriptors[checked], folder / EXPORT)
+        check_export(exported, images, descriptors[checked], folder / EXPORT, int8)
+        if int8:  # the index holds what queries get: every image described by the int8 export
+            descriptors = collect(list(map_cache(exported.encode, decoded.cache, exported.batch_size, "embed (int8)")),
+                                  descriptors[:0])
         probes = probe_rows(len(checked))
         save_probes(folder, images[probes], descriptors[checked[probes]], [decoded.hashes[checked[i]] for i in probes])
     return TrainedEncoder(descriptors, history)
+
+
+def _spread(count: int, wanted: int) -> np.ndarray:
+    """Up to ``wanted`` rows of ``count``, evenly spread over them."""
+    return np.unique(np.linspace(0, count - 1, min(wanted, count)).astype(int))
 
 
 def _board(folder: Optional[str | os.PathLike], autoencoder, images: RowCache, rows: np.ndarray):

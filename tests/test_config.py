@@ -32,6 +32,8 @@ from pipeline.errors import InputError
         (dict(query_expansion=-1), "query_expansion must be"),
         (dict(epochs=0), "epochs must be"),
         (dict(clusters=0), "clusters must be"),
+        (dict(precision="int4"), "precision must be one of"),
+        (dict(PIXELS, precision="int8"), "with --backbone none there is none"),
     ],
 )
 def test_bad_settings_are_input_errors(overrides, message):

@@ -1,4 +1,5 @@
-"""The fitted encoder on LiteRT and on Keras: the same descriptors, LiteRT without TensorFlow, mixed precision."""
+"""The fitted encoder on LiteRT and on Keras: the same descriptors, LiteRT without TensorFlow, mixed precision, an
+int8 backbone."""
 
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import ROOT, SAMPLE
+from helpers import ROOT, SAMPLE, tiny_config
 from pipeline.artifacts import Bundle
 from pipeline.errors import InputError
 from pipeline.images import prepare_image, read_file
@@ -36,6 +37,29 @@ def test_litert_and_keras_give_the_same_outputs(fitted):
         flat = (exported[name].reshape(len(images), -1), reference[name].reshape(len(images), -1))
         assert _cosines(*flat).min() > 0.99999, name
     np.testing.assert_array_equal(litert.encode(images), exported["descriptor"])
+
+
+def test_an_int8_fit_quantizes_its_backbone_alone_and_indexes_what_its_export_gives(photos, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from pipeline.export import INT8_MIN_COSINE
+    from pipeline.fit import fit
+
+    fit(photos, tmp_path / "int8", tiny_config(precision="int8"))
+    bundle = Bundle.load(tmp_path / "int8")
+    interpreter = Interpreter(model_content=bundle.export())
+    dtypes = {tensor["index"]: tensor["dtype"] for tensor in interpreter.get_tensor_details()}
+    computes = {(op["op_name"], dtypes[op["outputs"][0]]) for op in interpreter._get_ops_details()}
+    assert {("CONV_2D", np.int8), ("DEPTHWISE_CONV_2D", np.int8)} <= computes  # the backbone
+    head = {dtype for name, dtype in computes if name in ("FULLY_CONNECTED", "DIV", "SQRT", "RSQRT", "ATAN2")}
+    assert head == {np.float32}  # whitening, normalising, histograms
+    images = np.stack([prepare_image(read_file(path), path, bundle.settings.image_size) for path in bundle.catalog.paths])
+    exported = bundle.encoder("litert").encode(images)
+    np.testing.assert_allclose(exported, bundle.embeddings, atol=1e-5)  # indexed as queried
+    float_encoder = KerasEncoder(bundle.keras_encoder()).encode(images)
+    assert INT8_MIN_COSINE <= _cosines(exported, float_encoder).min() < 0.9999  # quantized, and near
+    with pytest.raises(InputError, match="int8 export.*--runtime litert"):
+        bundle.encoder("keras")
 
 
 def test_the_default_runtime_is_litert_where_installed_and_keras_elsewhere(monkeypatch):
