@@ -34,9 +34,9 @@ from .resize import AreaResize
 
 CHECK_IMAGES = 64  # images of its own that a fit compares the export on
 MIN_COSINE = 0.99999  # the export's descriptor of each of them against the one Keras gave it
-# With an int8 backbone: the quantization moves a descriptor to a cosine of 0.98 at worst on the dev sets
-# (docs/QUALITY.md); a quantization gone wrong (a head quantized, ranges of other images) falls far lower.
-INT8_MIN_COSINE = 0.95
+# With an int8 backbone: the quantization moves a descriptor by up to a cosine of 0.925 (clothing10's worst of 64,
+# mean 0.99); a quantization gone wrong falls far lower (its ranges measured on gray images: mean 0.14).
+INT8_MIN_COSINE = 0.85
 CALIBRATION_IMAGES = 256  # the fit's own images whose activations set the int8 backbone's ranges
 
 

@@ -89,7 +89,10 @@ def train_encoder(decoded: DecodedImages, config: FitConfig, folder: Path, scrat
         exported = LiteRTEncoder((folder / EXPORT).read_bytes())
         checked = _spread(decoded.cache.count, CHECK_IMAGES)
         images = decoded.cache.read(checked)
-        check_export(exported, images, descriptors[checked], folder / EXPORT, int8)
+        cosine = check_export(exported, images, descriptors[checked], folder / EXPORT, int8)
+        if int8:
+            log.info("int8 backbone: its descriptors of %d images within a cosine of %.4f of the float encoder's",
+                     len(checked), cosine)
         if int8:  # the index holds what queries get: every image described by the int8 export
             descriptors = collect(list(map_cache(exported.encode, decoded.cache, exported.batch_size, "embed (int8)")),
                                   descriptors[:0])
