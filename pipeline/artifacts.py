@@ -632,14 +632,19 @@ def save_probes(folder: Path, images: np.ndarray, descriptors: np.ndarray, hashe
              hashes=np.asarray(list(hashes), dtype="<U40"))
 
 
+def row_cosines(found: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The cosine between each row of ``found`` and the same row of ``expected`` (nan where a row is not finite)."""
+    found, expected = np.asarray(found, np.float64), np.asarray(expected, np.float64)
+    norms = np.linalg.norm(found, axis=1) * np.linalg.norm(expected, axis=1)
+    return np.sum(found * expected, axis=1) / np.maximum(norms, 1e-30)
+
+
 def min_cosine(found: np.ndarray, expected: np.ndarray) -> float:
     """The smallest cosine between the rows of ``found`` and of ``expected`` (1.0 for none; nan
     where a row is not finite)."""
-    found, expected = np.asarray(found, np.float64), np.asarray(expected, np.float64)
     if not len(found):
         return 1.0
-    norms = np.linalg.norm(found, axis=1) * np.linalg.norm(expected, axis=1)
-    cosines = np.sum(found * expected, axis=1) / np.maximum(norms, 1e-30)
+    cosines = row_cosines(found, expected)
     return float(np.nan if not np.isfinite(cosines).all() else cosines.min())
 
 

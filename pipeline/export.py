@@ -8,7 +8,7 @@ backbone's feature map averaged over positions (the baseline that ``evaluate`` r
 :func:`check_export` compares the export's descriptors of real images with the ones the Keras
 models gave them before a fit commits; a few of those images are kept in the bundle as its probes
 (:func:`pipeline.artifacts.save_probes`). With a fit's ``precision`` "int8", the backbone's ops are
-quantized (:func:`_with_int8_backbone`) and the export is checked to a looser bound (INT8_MIN_COSINE).
+quantized (:func:`_with_int8_backbone`) and the export is checked to a looser bound (INT8_MEDIAN_COSINE).
 This module imports TensorFlow: only a fit and ``imgsim upgrade`` use it.
 """
 
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .artifacts import EXPORT, PROBE_IMAGES, ArtifactWriter, Bundle, min_cosine, save_probes
+from .artifacts import EXPORT, PROBE_IMAGES, ArtifactWriter, Bundle, row_cosines, save_probes
 from .backbone import keras_name, model_name
 from .errors import ArtifactError
 from .runtime import encoder_outputs
@@ -34,9 +34,10 @@ from .resize import AreaResize
 
 CHECK_IMAGES = 64  # images of its own that a fit compares the export on
 MIN_COSINE = 0.99999  # the export's descriptor of each of them against the one Keras gave it
-# With an int8 backbone: the quantization moves a descriptor by up to a cosine of 0.925 (clothing10's worst of 64,
-# mean 0.99); a quantization gone wrong falls far lower (its ranges measured on gray images: mean 0.14).
-INT8_MIN_COSINE = 0.85
+# With an int8 backbone, the median over those images: the quantization moves some images far more than others
+# (the medians of the dev sets 0.948 to 0.996, cifar10-test's worst image 0.68, docs/QUALITY.md), and one gone
+# wrong moves them all (its ranges measured on gray images: a mean of 0.14).
+INT8_MEDIAN_COSINE = 0.9
 CALIBRATION_IMAGES = 256  # the fit's own images whose activations set the int8 backbone's ranges
 
 
@@ -119,14 +120,21 @@ def _node_names(model: bytes) -> list[str]:
 
 
 def check_export(exported, images: np.ndarray, expected: np.ndarray, path: str | Path, int8: bool = False) -> float:
-    """The smallest cosine between the descriptors of ``images`` (uint8) from ``exported`` (a
-    :class:`pipeline.runtime.LiteRTEncoder`) and ``expected``, the ones the Keras models gave them;
-    ArtifactError naming ``path`` when it is under MIN_COSINE (INT8_MIN_COSINE for an ``int8`` backbone)."""
-    least = INT8_MIN_COSINE if int8 else MIN_COSINE
-    cosine = min_cosine(exported.encode(images), expected)
-    if not cosine >= least:  # also catches nan
+    """How near the descriptors of ``images`` (uint8) from ``exported`` (a
+    :class:`pipeline.runtime.LiteRTEncoder`) are to ``expected``, the ones the Keras models gave
+    them: the smallest cosine, or for an ``int8`` backbone the median; ArtifactError naming
+    ``path`` when it is under MIN_COSINE (INT8_MEDIAN_COSINE)."""
+    cosines = row_cosines(exported.encode(images), expected)
+    if int8:
+        median = float(np.median(cosines))
+        if not median >= INT8_MEDIAN_COSINE:  # also catches nan
+            raise ArtifactError(f"{path}: the int8 export differs from the Keras encoder (median cosine {median:.4f} "
+                                f"over {len(images)} images, at least {INT8_MEDIAN_COSINE} expected); nothing was written")
+        return median
+    cosine = float(cosines.min()) if np.isfinite(cosines).all() else np.nan
+    if not cosine >= MIN_COSINE:  # also catches nan
         raise ArtifactError(f"{path}: the LiteRT export differs from the Keras encoder (cosine {cosine:.7f} on one of "
-                            f"{len(images)} images, at least {least} expected); nothing was written")
+                            f"{len(images)} images, at least {MIN_COSINE} expected); nothing was written")
     return cosine
 
 

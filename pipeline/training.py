@@ -91,7 +91,7 @@ def train_encoder(decoded: DecodedImages, config: FitConfig, folder: Path, scrat
         images = decoded.cache.read(checked)
         cosine = check_export(exported, images, descriptors[checked], folder / EXPORT, int8)
         if int8:
-            log.info("int8 backbone: its descriptors of %d images within a cosine of %.4f of the float encoder's",
+            log.info("int8 backbone: its descriptors of %d images at a median cosine of %.4f to the float encoder's",
                      len(checked), cosine)
         if int8:  # the index holds what queries get: every image described by the int8 export
             descriptors = collect(list(map_cache(exported.encode, decoded.cache, exported.batch_size, "embed (int8)")),

@@ -42,7 +42,8 @@ def test_litert_and_keras_give_the_same_outputs(fitted):
 def test_an_int8_fit_quantizes_its_backbone_alone_and_indexes_what_its_export_gives(photos, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.export import INT8_MIN_COSINE
+    from pipeline.errors import ArtifactError
+    from pipeline.export import INT8_MEDIAN_COSINE, check_export
     from pipeline.fit import fit
 
     fit(photos, tmp_path / "int8", tiny_config(precision="int8"))
@@ -57,7 +58,10 @@ def test_an_int8_fit_quantizes_its_backbone_alone_and_indexes_what_its_export_gi
     exported = bundle.encoder("litert").encode(images)
     np.testing.assert_allclose(exported, bundle.embeddings, atol=1e-5)  # indexed as queried
     float_encoder = KerasEncoder(bundle.keras_encoder()).encode(images)
-    assert INT8_MIN_COSINE <= _cosines(exported, float_encoder).min() < 0.9999  # quantized, and near
+    near = _cosines(exported, float_encoder)
+    assert np.median(near) >= INT8_MEDIAN_COSINE and near.min() < 0.9999  # quantized, and near
+    with pytest.raises(ArtifactError, match=r"the int8 export differs from the Keras encoder \(median cosine"):
+        check_export(bundle.encoder("litert"), images, float_encoder[::-1], "encoder.tflite", int8=True)  # others' descriptors
     with pytest.raises(InputError, match="int8 export.*--runtime litert"):
         bundle.encoder("keras")
 
