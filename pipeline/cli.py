@@ -24,7 +24,8 @@ from typing import Callable, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .config import BACKBONE_DEFAULTS, CHOICES, MAX_BATCH_WINDOW_MS, RUNTIMES, SETTING_HELP, WORDS, FitConfig, parse_count_or_word
+from .config import (BACKBONE_DEFAULTS, CHOICES, MAX_BATCH_WINDOW_MS, RUNTIMES, SETTING_HELP, WORDS, FitConfig,
+                     parse_count_or_word, parse_extensions)
 from . import __version__
 from .errors import InputError, PipelineError, shown
 
@@ -169,6 +170,8 @@ def _fit_flags(parser: argparse.ArgumentParser) -> None:
         elif field.name == "filters":
             options["type"] = _int_list
             options["default"] = ",".join(map(str, field.default))  # argparse parses a string default too
+        elif field.name == "extensions":
+            options["type"] = _extension_list
         else:
             options["type"] = next(t for t in (int, float, str) if t in typing.get_args(kind) + (kind,))
         if "choices" not in options and kind is not bool:
@@ -184,6 +187,13 @@ def _count_or_word(words: tuple[str, ...]) -> Callable[[str], object]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def _extension_list(text: str) -> tuple[str, ...]:
+    try:
+        return parse_extensions(text)
+    except PipelineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -473,6 +483,8 @@ def _duplicates_flags(parser: argparse.ArgumentParser) -> None:
                         help="move every group's images but the one to keep into DIR, at their paths relative to "
                              "the folder they were found in (never deleting, never overwriting), then drop them from "
                              "the index (with a fit)")
+    parser.add_argument("--extensions", type=_extension_list, metavar="EXTENSIONS",
+                        help="with DIR: " + SETTING_HELP["extensions"])
     parser.add_argument("--cache", metavar="DIR",
                         help="with DIR: where descriptors, local features and verdicts are kept by content (default: "
                              "$XDG_CACHE_HOME/imgsim/duplicates, else ~/.cache/imgsim/duplicates)")
@@ -519,11 +531,13 @@ def _find_copies(args: argparse.Namespace):
         from .folder_copies import find_in_folder
         from .images import find_images
 
-        found = find_in_folder(args.folder, distance, _thresholds(args), args.cache)
-        paths = [record.path for record in find_images(args.folder)] if args.ground_truth else []
+        found = find_in_folder(args.folder, distance, _thresholds(args), args.cache, extensions=args.extensions)
+        paths = [record.path for record in find_images(args.folder, extensions=args.extensions)] if args.ground_truth else []
         return found, [os.path.realpath(args.folder)], paths
     if args.cache is not None:
         raise InputError("--cache is for a folder (imgsim duplicates DIR); a fit's cache is in its artifacts folder")
+    if args.extensions is not None:
+        raise InputError("--extensions is for a folder (imgsim duplicates DIR); a fit keeps its own (fit --extensions)")
     from .artifacts import Bundle
     from .duplicates import find_duplicates
 

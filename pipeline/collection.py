@@ -95,12 +95,17 @@ def add_images(new_dir: str | os.PathLike, artifacts_dir: str | os.PathLike = "a
     """
     current_folder(artifacts_dir)  # a clear error before anything else when there is no fit
     engine = engine or LocalEngine()
-    records = engine.find_images(new_dir)
-    if not records:
-        raise InputError(f"{new_dir}: no image files found")
+    if not Path(new_dir).is_dir():
+        raise InputError(f"{new_dir}: not a folder")
     root = str(Path(new_dir).resolve())
-    return _update(artifacts_dir, "add", lambda bundle: _Plan(records, scanned=[root]), engine,
-                   allow_mass_removal=allow_mass_removal, data_dir=root)
+
+    def plan(bundle: Bundle) -> _Plan:
+        records = engine.find_images(new_dir, bundle.settings.image_extensions)  # the fit's own rule
+        if not records:
+            raise InputError(f"{new_dir}: no image files found")
+        return _Plan(records, scanned=[root])
+
+    return _update(artifacts_dir, "add", plan, engine, allow_mass_removal=allow_mass_removal, data_dir=root)
 
 
 def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[Engine] = None,
@@ -123,7 +128,7 @@ def sync(artifacts_dir: str | os.PathLike = "artifacts", engine: Optional[Engine
                 what = "the folder this collection was fitted on" if root == bundle.manifest.data_dir else \
                     "a folder added to this collection"
                 raise InputError(f"{root}: {what} is gone; nothing changed (mount it again, or fit anew)")
-            found = engine.find_images(root)
+            found = engine.find_images(root, bundle.settings.image_extensions)
             indexed = sum(1 for path in bundle.catalog.paths if _inside(path, root))
             if not found and indexed and not allow_mass_removal:
                 raise InputError(f"{root}: holds no image file now, while {indexed} indexed images came from it; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -21,6 +22,7 @@ PRECISIONS = ("fp32", "int8")  # how the exported encoder computes (its backbone
 BACKBONES = (*PRETRAINED, "none")
 RUNTIMES = ("litert", "keras")  # what runs the fitted encoder (pipeline/runtime.py)
 FEATURE_POOLINGS = ("regional", "gem", "average")  # how a backbone's feature map is pooled (pipeline/pooling.py)
+EXTENSION = re.compile(r"\.[a-z0-9][a-z0-9_+-]{0,15}")  # a file extension as settings hold it
 ORIENTATION_CELLS = 8  # the orientation histogram's grid is 8 x 8 cells
 DESCRIPTOR_BLOCK_SIZE = 64  # the histograms are taken at this size at most (area-downscaled; histograms.HISTOGRAM_SIZE)
 TRAINING_IMAGES = {"none": 100_000, **{name: 20_000 for name in PRETRAINED}}  # images an "auto" training sees in all
@@ -83,6 +85,9 @@ SETTING_HELP = {
     "nprobe": "clusters searched per query: a count, all, or auto (the smallest reaching target_recall)",
     "target_recall": "recall@10 against exact search that nprobe auto must reach",
     "seed": "random seed of training, clustering and sampling",
+    "extensions": "image files are the files of these extensions alone, comma-separated (jpg,png), no other file "
+                  "opened: the fast path for a folder of many files of other kinds; by default every file whose "
+                  "extension is an image format's, and any other that opens as an image",
     "decode_workers": "threads that decode images, 0 = one per CPU core",
     "max_file_mb": "image files larger than this many MB are skipped without being read",
     "keep_bundles": "bundles kept in the artifacts folder after each change: the current one and older ones that "
@@ -162,6 +167,7 @@ class FitConfig:
     index_dtype: str = "float32"
     seed: int = 0
     train_sample: int = 20_000  # the autoencoder trains on a random sample of at most this many images
+    extensions: tuple[str, ...] = ()  # file extensions that alone are images (lower case, with the dot); () = any image
     decode_workers: int = 0  # threads that decode images; 0 = one per CPU core
     max_file_mb: int = 256  # image files larger than this are skipped unread
     keep_bundles: int = 2  # bundles kept in the artifacts folder: the current one and those imgsim restore can bring back
@@ -169,6 +175,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         self.filters = tuple(self.filters) if isinstance(self.filters, (list, tuple)) else self.filters
+        self.extensions = tuple(self.extensions) if isinstance(self.extensions, (list, tuple)) else self.extensions
         if self.backbone not in BACKBONES:
             raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         for name, default in BACKBONE_DEFAULTS[self.backbone].items():
@@ -184,6 +191,11 @@ class FitConfig:
     def embedding_batch_size(self) -> int:
         """Images per encoder call when embedding (bounded memory through the backbone)."""
         return min(self.batch_size, BACKBONE_BATCH_SIZE) if self.uses_backbone else self.batch_size
+
+    @property
+    def image_extensions(self) -> Optional[frozenset[str]]:
+        """The extensions that alone make image files, or None: every image, by extension or by content."""
+        return frozenset(self.extensions) or None
 
     @property
     def max_file_bytes(self) -> int:
@@ -232,6 +244,10 @@ class FitConfig:
         if self.uses_backbone and self.architecture != "conv":
             raise InputError(f"architecture {self.architecture!r} is for --backbone none (over a backbone the "
                              "autoencoder reads its feature map)")
+        for extension in self.extensions:
+            if not EXTENSION.fullmatch(extension):
+                raise InputError(f"extensions must be file extensions like .jpg (lower case, with the dot), got "
+                                 f"{extension!r}")
         if not 0.0 <= self.max_removal_share <= 1.0:
             raise InputError(f"max_removal_share must lie in [0, 1], got {self.max_removal_share}")
         for name in ("latent_dim", "batch_size", "max_file_mb", "train_sample", "keep_bundles"):
@@ -271,6 +287,8 @@ class FitConfig:
             allowed = typing.get_args(kind) or (kind,)
             if field.name == "filters":
                 ok = isinstance(value, tuple) and all(type(f) is int for f in value)
+            elif field.name == "extensions":
+                ok = isinstance(value, tuple) and all(type(e) is str for e in value)
             else:
                 ok = any(type(value) is t or (t is float and type(value) is int) or (t is tuple and type(value) is tuple)
                          for t in allowed if t is not type(None)) or (value is None and type(None) in allowed)
@@ -295,6 +313,7 @@ class FitConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["filters"] = list(self.filters)
+        data["extensions"] = list(self.extensions)
         return data
 
     @classmethod
@@ -302,6 +321,15 @@ class FitConfig:
         """Build from a manifest's settings; unknown keys (from newer versions) are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def parse_extensions(text: str) -> tuple[str, ...]:
+    """Parse ``--extensions jpg,.PNG`` as (".jpg", ".png"); InputError for anything that is not an extension."""
+    extensions = tuple(dict.fromkeys("." + part.strip().lower().lstrip(".") for part in text.split(",")))
+    bad = next((extension for extension in extensions if not EXTENSION.fullmatch(extension)), None)
+    if bad is not None:
+        raise InputError(f"expected file extensions, comma-separated (jpg,png), got {text!r}")
+    return extensions
 
 
 def parse_count_or_word(text: str, words: tuple[str, ...]) -> Union[int, str]:

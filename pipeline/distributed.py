@@ -18,7 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -86,7 +86,7 @@ class RayEngine:
         finally:
             options.preserve_order = ordered
 
-    def find_images(self, root: str | os.PathLike) -> list[ImageRecord]:
+    def find_images(self, root: str | os.PathLike, extensions: Optional[Collection[str]] = None) -> list[ImageRecord]:
         """:func:`pipeline.images.find_images` with each first-level folder listed by a task on the cluster:
         the same records in the same order (the files of ``root`` itself first, then each folder's, sorted;
         a folder linked twice, listed once)."""
@@ -94,7 +94,7 @@ class RayEngine:
             raise InputError(f"{root}: not a folder")
         folder = Path(os.path.realpath(root))
         ray = self.connect()
-        top = find_images(folder, recursive=False)
+        top = find_images(folder, recursive=False, extensions=extensions)
         subfolders, seen = [], {str(folder)}
         names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
         for name in names:
@@ -104,7 +104,9 @@ class RayEngine:
                 subfolders.append(name)
         if not subfolders:
             return top
-        listed = ray.data.from_items([{"folder": str(folder / name), "root": str(folder)} for name in subfolders],
+        named = "" if extensions is None else ",".join(sorted(extensions))  # "": every image, by name or content
+        listed = ray.data.from_items([{"folder": str(folder / name), "root": str(folder), "extensions": named}
+                                      for name in subfolders],
                                      override_num_blocks=len(subfolders))
         found = listed.map_batches(_list_folder, batch_size=1, num_cpus=0.25)
         position = {name: number for number, name in enumerate(subfolders)}
@@ -160,7 +162,8 @@ class RayEngine:
 def _list_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The image files under one first-level folder, labelled with its name, in find_images' order."""
     folder, root = Path(str(batch["folder"][0])), Path(str(batch["root"][0]))
-    paths = [record.path for record in list_images(folder, root)]
+    extensions = None if batch["extensions"][0] == "" else str(batch["extensions"][0]).split(",")
+    paths = [record.path for record in list_images(folder, root, extensions=extensions)]
     return {"path": np.array(paths, dtype=str), "label": np.array([folder.name] * len(paths), dtype=str),
             "order": np.arange(len(paths))}
 

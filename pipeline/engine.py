@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import Collection, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -55,8 +55,9 @@ class StagedEncoder:
 class Engine(Protocol):
     """What fit, add and sync need from where they run."""
 
-    def find_images(self, root: str | os.PathLike) -> list[ImageRecord]:
-        """:func:`pipeline.images.find_images`: every image file under ``root``, labelled, sorted."""
+    def find_images(self, root: str | os.PathLike, extensions: Optional[Collection[str]] = None) -> list[ImageRecord]:
+        """:func:`pipeline.images.find_images`: every image file under ``root`` (of ``extensions`` alone,
+        when given), labelled, sorted."""
 
     def embed(self, records: Sequence[ImageRecord], source: EncoderSource, config: FitConfig,
               scratch_dir: Optional[str | os.PathLike] = None) -> EmbeddedImages:
@@ -74,8 +75,8 @@ class LocalEngine:
 
     runtime: Optional[str] = None
 
-    def find_images(self, root: str | os.PathLike) -> list[ImageRecord]:
-        return find_images(root)
+    def find_images(self, root: str | os.PathLike, extensions: Optional[Collection[str]] = None) -> list[ImageRecord]:
+        return find_images(root, extensions=extensions)
 
     def embed(self, records: Sequence[ImageRecord], source: EncoderSource, config: FitConfig,
               scratch_dir: Optional[str | os.PathLike] = None) -> EmbeddedImages:

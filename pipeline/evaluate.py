@@ -91,7 +91,7 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
         rows = [row for row, path in enumerate(catalog.paths) if path.startswith(root)]
         records = [ImageRecord(catalog.paths[row], catalog.labels[row]) for row in rows]
     else:
-        rows, records = [], find_images(data_dir)
+        rows, records = [], find_images(data_dir, extensions=bundle.settings.image_extensions)
     whole = fitted and len(rows) == len(catalog)  # the bundle's own index answers as it really does
     if len(records) < 2 or any(r.label is None for r in records):
         raise InputError(f"{data_dir}: evaluation needs at least two images, all in class folders (the label)")

@@ -72,10 +72,11 @@ def fit(
     config.validate()
     engine = engine or LocalEngine()
     started = time.perf_counter()
-    records = engine.find_images(data_dir)
+    records = engine.find_images(data_dir, config.image_extensions)
     if not records:
-        raise InputError(f"{data_dir}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, and any other file "
-                         "that opens as an image)")
+        looked_for = (f"{', '.join(sorted(IMAGE_EXTENSIONS))}, and any other file that opens as an image"
+                      if config.image_extensions is None else f"{', '.join(config.extensions)} alone (--extensions)")
+        raise InputError(f"{data_dir}: no image files found (looked for {looked_for})")
     log.info("found %d image files under %s", len(records), data_dir)
     stats = {record.path: file_stat(record.path) for record in records}  # before reading: a later change shows
     sample = _training_sample(records, config)

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -43,12 +43,13 @@ def default_cache() -> Path:
 
 def find_in_folder(folder: str | os.PathLike, max_distance: float = CANDIDATE_DISTANCE,
                    thresholds: Thresholds = Thresholds(), cache_folder: Optional[str | os.PathLike] = None,
-                   progress: bool = True) -> Duplicates:
-    """The groups of copies among the images under ``folder`` (see the module's description);
-    unreadable files are listed, never grouped. InputError when the folder holds no image file."""
+                   progress: bool = True, extensions: Optional[Collection[str]] = None) -> Duplicates:
+    """The groups of copies among the images under ``folder`` (of ``extensions`` alone, when given:
+    :func:`pipeline.images.find_images`; see the module's description); unreadable files are
+    listed, never grouped. InputError when the folder holds no image file."""
     if not max_distance >= 0:
         raise InputError(f"max_distance must be a number from 0, got {max_distance}")
-    records = find_images(folder)
+    records = find_images(folder, extensions=extensions)
     if not records:
         raise InputError(f"{folder}: no image files found")
     cache = VerificationCache(Path(cache_folder) if cache_folder else default_cache(), thresholds=thresholds)

@@ -16,7 +16,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Collection, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -80,9 +80,12 @@ class ImageRecord:
     label: Optional[str]
 
 
-def find_images(root: str | os.PathLike, recursive: bool = True) -> list[ImageRecord]:
+def find_images(root: str | os.PathLike, recursive: bool = True,
+                extensions: Optional[Collection[str]] = None) -> list[ImageRecord]:
     """Every image file under ``root`` (recursively unless told not to, sorted, hidden entries skipped):
-    by its name's extension (:data:`IMAGE_EXTENSIONS`), or else by its first bytes (:func:`is_image_file`).
+    by its name's extension (:data:`IMAGE_EXTENSIONS`), or else by its first bytes (:func:`is_image_file`);
+    with ``extensions`` (lower case, with their dot), by those alone, no file opened: the fast path for
+    a folder that holds many files of other kinds.
 
     The label of ``root/cat/x.jpg`` and of ``root/cat/sub/y.png`` is ``"cat"``; files directly in
     ``root`` have no label. Links to folders are followed (a class folder linked from elsewhere is
@@ -94,12 +97,14 @@ def find_images(root: str | os.PathLike, recursive: bool = True) -> list[ImageRe
     if not Path(root).is_dir():
         raise InputError(f"{root}: not a folder")
     root = Path(os.path.realpath(root))
-    return list_images(root, root, recursive)
+    return list_images(root, root, recursive, extensions)
 
 
-def list_images(folder: Path, root: Path, recursive: bool = True) -> list[ImageRecord]:
+def list_images(folder: Path, root: Path, recursive: bool = True,
+                extensions: Optional[Collection[str]] = None) -> list[ImageRecord]:
     """The image files under ``folder``, a folder inside ``root`` (both as named, links kept in the
     paths), labelled by their first-level folder under ``root``; see :func:`find_images`."""
+    named = IMAGE_EXTENSIONS if extensions is None else frozenset(extensions)
 
     def unreadable(error: OSError) -> None:
         raise InputError(f"{error.filename}: cannot read this folder ({error.strerror}); nothing was done")
@@ -116,8 +121,8 @@ def list_images(folder: Path, root: Path, recursive: bool = True) -> list[ImageR
         label = relative.parts[0] if relative.parts else None
         for name in sorted(files):  # os.path, not pathlib: a sync lists every file of the collection
             path = os.path.join(parent, name)
-            if not name.startswith(".") and (os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-                                             or is_image_file(path)):
+            if not name.startswith(".") and (os.path.splitext(name)[1].lower() in named
+                                             or (extensions is None and is_image_file(path))):
                 records.append(ImageRecord(path, label))
         if not recursive:
             break

@@ -482,3 +482,25 @@ def test_what_a_change_did_is_said_once_and_the_skipped_files_are_counted_everyw
     assert "re-added" not in imgsim("sync")  # a sync keeps it out
     said = imgsim("add", str(photos))
     assert f"re-added {hat}: it had been removed by hand, and this add named its folder" in said
+
+
+def test_a_fit_of_some_extensions_keeps_to_them_in_every_add_and_sync(tmp_path):
+    from PIL import Image
+
+    from pipeline.fit import fit
+
+    photos = copy_subset(tmp_path / "photos", classes=("dress", "hat"), per_class=6)
+    for path in sorted(photos.rglob("*.jpg"))[::2]:
+        Image.open(path).save(path.with_suffix(".png"))  # beside its JPEG: only the PNGs are asked for
+    artifacts = tmp_path / "artifacts"
+    fit(photos, artifacts, tiny_config(extensions=(".png",)))
+    indexed = Bundle.load(artifacts).catalog.paths
+    assert len(indexed) == 6 and all(path.endswith(".png") for path in indexed)
+    more = copy_subset(tmp_path / "more", classes=("pants",), per_class=2)
+    Image.open(next(more.rglob("*.jpg"))).save(more / "pants" / "new.png")
+    assert add_images(more, artifacts).added == 1  # the PNG, not the two JPEGs
+    Image.open(next(photos.rglob("*.jpg"))).rotate(90).save(photos / "hat" / "turned.png")
+    shutil.copy(next(photos.rglob("*.jpg")), photos / "hat" / "another.jpg")
+    changed = sync(artifacts)
+    assert (changed.added, changed.removed) == (1, 0)
+    assert all(path.endswith(".png") for path in Bundle.load(artifacts).catalog.paths)

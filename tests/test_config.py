@@ -4,7 +4,7 @@ read back as written (and one edited by hand refused), the count-or-word flags."
 import pytest
 
 from helpers import PIXELS, tiny_config
-from pipeline.config import BACKBONE_DEFAULTS, FitConfig, parse_count_or_word
+from pipeline.config import BACKBONE_DEFAULTS, FitConfig, parse_count_or_word, parse_extensions
 from pipeline.errors import InputError
 
 
@@ -33,6 +33,8 @@ from pipeline.errors import InputError
         (dict(epochs=0), "epochs must be"),
         (dict(clusters=0), "clusters must be"),
         (dict(precision="int4"), "precision must be one of"),
+        (dict(extensions=("jpg",)), "extensions must be file extensions like .jpg"),
+        (dict(extensions=(".JPG",)), "extensions must be file extensions like .jpg"),
         (dict(PIXELS, precision="int8"), "with --backbone none there is none"),
     ],
 )
@@ -79,3 +81,12 @@ def test_count_or_word_flags():
     for text in ("0", "-3", "1.5", "many"):
         with pytest.raises(InputError, match="expected a positive integer or one of auto"):
             parse_count_or_word(text, ("auto",))
+
+
+def test_extension_flags():
+    assert parse_extensions("jpg, .PNG,jpg") == (".jpg", ".png")
+    for bad in ("", "jpg,,png", "a/b", ".tar gz"):
+        with pytest.raises(InputError, match="expected file extensions"):
+            parse_extensions(bad)
+    assert FitConfig.from_dict(FitConfig(extensions=(".png",)).to_dict()).image_extensions == {".png"}
+    assert FitConfig().image_extensions is None

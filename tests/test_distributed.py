@@ -53,6 +53,9 @@ def test_listing_on_ray_finds_what_find_images_finds(cluster, tmp_path):
     os.symlink(folder / "hat", folder / "linked")  # a link to a folder is not followed, as by os.walk
     assert cluster.find_images(folder) == find_images(folder)
     assert len(find_images(folder)) == 8
+    shutil.copy2(some, folder / "hat" / "as.png")  # a JPEG under another name: only --extensions .png finds it alone
+    assert cluster.find_images(folder, {".png"}) == find_images(folder, extensions={".png"})
+    assert [Path(record.path).name for record in find_images(folder, extensions={".png"})] == ["as.png"]
 
 
 def test_a_fit_on_ray_gives_the_same_bundle_as_one_machine(cluster, messy, tmp_path):

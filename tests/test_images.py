@@ -310,3 +310,23 @@ def test_an_image_under_any_name_is_found_by_its_content_and_other_files_are_not
     assert found == ["camera-export.dat", "fax", "no-extension", "scan.tiff.bak"]
     for name in found:
         assert decode_image((tmp_path / name).read_bytes(), name).shape == (64, 64, 3)
+
+
+def test_with_extensions_only_those_files_are_images_and_no_other_file_is_opened(tmp_path, monkeypatch):
+    import pipeline.images
+
+    photo = Image.open(SAMPLE_PHOTO).convert("RGB").resize((64, 64))
+    (tmp_path / "shop").mkdir()
+    photo.save(tmp_path / "shop" / "a.JPG", "JPEG")
+    photo.save(tmp_path / "shop" / "b.png", "PNG")
+    photo.save(tmp_path / "shop" / "camera-export.dat", "JPEG")
+    (tmp_path / "shop" / "notes.dat").write_text("not a photo, though its extension is asked for")
+
+    def opened(path):
+        raise AssertionError(f"{path} was opened")
+
+    monkeypatch.setattr(pipeline.images, "is_image_file", opened)
+    found = find_images(tmp_path, extensions={".jpg", ".dat"})
+    assert [(Path(record.path).name, record.label) for record in found] == [
+        ("a.JPG", "shop"), ("camera-export.dat", "shop"), ("notes.dat", "shop")]  # a named file is trusted
+    assert [Path(record.path).name for record in find_images(tmp_path, extensions={".png"})] == ["b.png"]
