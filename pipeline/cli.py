@@ -532,7 +532,8 @@ def _find_copies(args: argparse.Namespace):
         from .images import find_images
 
         found = find_in_folder(args.folder, distance, _thresholds(args), args.cache, extensions=args.extensions)
-        paths = [record.path for record in find_images(args.folder, extensions=args.extensions)] if args.ground_truth else []
+        paths = ([record.path for record in find_images(args.folder, extensions=args.extensions)]
+                 if args.ground_truth else [])
         return found, [os.path.realpath(args.folder)], paths
     if args.cache is not None:
         raise InputError("--cache is for a folder (imgsim duplicates DIR); a fit's cache is in its artifacts folder")

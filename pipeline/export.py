@@ -129,7 +129,8 @@ def check_export(exported, images: np.ndarray, expected: np.ndarray, path: str |
         median = float(np.median(cosines))
         if not median >= INT8_MEDIAN_COSINE:  # also catches nan
             raise ArtifactError(f"{path}: the int8 export differs from the Keras encoder (median cosine {median:.4f} "
-                                f"over {len(images)} images, at least {INT8_MEDIAN_COSINE} expected); nothing was written")
+                                f"over {len(images)} images, at least {INT8_MEDIAN_COSINE} expected); nothing was "
+                                f"written")
         return median
     cosine = float(cosines.min()) if np.isfinite(cosines).all() else np.nan
     if not cosine >= MIN_COSINE:  # also catches nan

@@ -415,7 +415,8 @@ def _true_neighbour_clusters(index: ClusteredIndex, queries: np.ndarray, query_i
         here = np.flatnonzero((own_rows >= start) & (own_rows < stop))
         scores[here, own_rows[here] - start] = np.inf
         scores = np.concatenate([best_scores, scores], axis=1)
-        rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, stop), (len(queries), stop - start))], axis=1)
+        block_rows = np.broadcast_to(np.arange(start, stop), (len(queries), stop - start))
+        rows = np.concatenate([best_rows, block_rows], axis=1)
         kept = np.argpartition(scores, k - 1, axis=1)[:, :k]
         best_scores, best_rows = np.take_along_axis(scores, kept, axis=1), np.take_along_axis(rows, kept, axis=1)
     return cluster_of_row[best_rows]

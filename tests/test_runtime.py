@@ -54,7 +54,8 @@ def test_an_int8_fit_quantizes_its_backbone_alone_and_indexes_what_its_export_gi
     assert {("CONV_2D", np.int8), ("DEPTHWISE_CONV_2D", np.int8)} <= computes  # the backbone
     head = {dtype for name, dtype in computes if name in ("FULLY_CONNECTED", "DIV", "SQRT", "RSQRT", "ATAN2")}
     assert head == {np.float32}  # whitening, normalising, histograms
-    images = np.stack([prepare_image(read_file(path), path, bundle.settings.image_size) for path in bundle.catalog.paths])
+    size = bundle.settings.image_size
+    images = np.stack([prepare_image(read_file(path), path, size) for path in bundle.catalog.paths])
     exported = bundle.encoder("litert").encode(images)
     np.testing.assert_allclose(exported, bundle.embeddings, atol=1e-5)  # indexed as queried
     float_encoder = KerasEncoder(bundle.keras_encoder()).encode(images)
