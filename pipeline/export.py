@@ -70,9 +70,7 @@ def export_litert(encoder: keras.Model, path: str | Path, int8_backbone: Optiona
     (batch, size, size, 3) in, :func:`encoder_outputs` out, builtin ops only; with ``int8_backbone``
     (the backbone's name), that backbone in int8, its ranges measured on ``calibration`` (uint8
     images). ArtifactError when an op has no builtin counterpart."""
-    model = encoder_outputs(litert_ready(encoder))
-    image = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
-    wrapper = keras.Model(image, model(keras.layers.Rescaling(1 / 255, name="to_unit_range")(image)))
+    wrapper = _taking_uint8(encoder_outputs(litert_ready(encoder)))
     with tempfile.TemporaryDirectory() as scratch, native_stderr_silenced():  # the converter's own notices
         try:
             if int8_backbone:
@@ -80,13 +78,31 @@ def export_litert(encoder: keras.Model, path: str | Path, int8_backbone: Optiona
                     warnings.simplefilter("ignore")
                     exported = _with_int8_backbone(wrapper, int8_backbone, calibration, Path(scratch))
             else:
-                wrapper.export(str(Path(scratch) / "encoder.tflite"), format="litert", verbose=False,
-                               target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
-                exported = (Path(scratch) / "encoder.tflite").read_bytes()
+                exported = _builtin_ops(wrapper, Path(scratch))
         except Exception as exc:  # the converter raises assorted types; its message names the op
             raise ArtifactError(f"{path}: cannot export the encoder for LiteRT ({str(exc).strip().splitlines()[-1]})"
                                 ) from None
     Path(path).write_bytes(exported)
+
+
+def exported_model(model: keras.Model) -> bytes:
+    """``model`` (float images in [0, 1] in) as a LiteRT flatbuffer of builtin ops taking uint8 images,
+    as a fit exports its encoder (``imgsim duplicates DIR`` runs the pretrained backbone so)."""
+    with tempfile.TemporaryDirectory() as scratch, native_stderr_silenced():
+        return _builtin_ops(_taking_uint8(model), Path(scratch))
+
+
+def _taking_uint8(model: keras.Model) -> keras.Model:
+    """``model`` behind a rescaling of uint8 images, as they come out of the decoder, to [0, 1]."""
+    image = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
+    return keras.Model(image, model(keras.layers.Rescaling(1 / 255, name="to_unit_range")(image)))
+
+
+def _builtin_ops(wrapper: keras.Model, scratch: Path) -> bytes:
+    """``wrapper`` converted for LiteRT, builtin ops only (no Flex ops, which need TensorFlow to run)."""
+    wrapper.export(str(scratch / "model.tflite"), format="litert", verbose=False,
+                   target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+    return (scratch / "model.tflite").read_bytes()
 
 
 def _with_int8_backbone(wrapper: keras.Model, backbone: str, calibration: np.ndarray, scratch: Path) -> bytes:

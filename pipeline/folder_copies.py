@@ -1,14 +1,14 @@
 """Copies in a folder with no fit: ``imgsim duplicates DIR``.
 
 A person who only wants to clean up a folder should not have to fit one first. The candidates come
-from the pretrained backbone's descriptors (EfficientNet-Lite0's feature map at 224 px, averaged:
-no training) and from the images' shared local features, as for a fit's collection, and every
-pair is verified the same way (:mod:`pipeline.duplicates`). Nothing is written but the cache:
-each image's descriptor, local features and verdicts by content hash, and each file's hash by its
-size and time, in ``default_cache()`` (``$XDG_CACHE_HOME/imgsim/duplicates``, else
-``~/.cache/imgsim/duplicates``), shared by every folder, so a second run decodes nothing it has
-seen and loads no model. The cache is never pruned (other folders may use it); deleting it only
-costs the next run its time.
+from the pretrained backbone's descriptors (EfficientNet-Lite0's feature map at 224 px, averaged: no
+training; run by LiteRT, converted once into the cache) and from the images' shared local features,
+as for a fit's collection, and every pair is verified the same way (:mod:`pipeline.duplicates`).
+Nothing is written but the cache: each image's descriptor, local features and verdicts by content
+hash, and each file's hash by its size and time, in ``default_cache()``
+(``$XDG_CACHE_HOME/imgsim/duplicates``, else ``~/.cache/imgsim/duplicates``), shared by every
+folder, so a second run decodes nothing it has seen and loads no model. The cache is never pruned
+(other folders may use it); deleting it only costs the next run its time.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from .verification import Thresholds, VerificationCache
 
 BACKBONE = "efficientnet-lite0"
 IMAGE_SIZE = 224
-_BATCH = 64  # images through the backbone at once
 _BLOCK = 512  # rows of the exact search at once: memory linear in the images
 
 
@@ -103,6 +102,29 @@ def _hashes(paths: list[str], folder: Path, progress: bool) -> list[Optional[str
     return hashes
 
 
+def _backbone_export(folder: Path) -> bytes:
+    """The pretrained backbone (image -> its feature map averaged, as ``descriptor``) for LiteRT, which
+    runs it faster than TensorFlow: converted once (TensorFlow loads then) and kept in the cache,
+    named by the weights' SHA-256."""
+    from .backbone import BACKBONES
+
+    path = folder / f"backbone-{BACKBONE}-{IMAGE_SIZE}-{BACKBONES[BACKBONE].sha256[:16]}.tflite"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    import keras
+
+    from .backbone import build_backbone
+    from .export import exported_model
+
+    backbone = build_backbone(IMAGE_SIZE, BACKBONE)
+    model = exported_model(keras.Model(backbone.input, {"descriptor": keras.layers.GlobalAveragePooling2D()(
+        backbone.output)}))
+    _store_bytes(path, model)
+    return model
+
+
 def _descriptor_path(folder: Path, stored_hash: str) -> Path:
     return folder / f"descriptors-{BACKBONE}-{IMAGE_SIZE}" / stored_hash[:2] / f"{stored_hash}.npy"
 
@@ -121,28 +143,25 @@ def _descriptors(paths: list[str], hashes: list[str], folder: Path, progress: bo
             missing.append(number)
         found.append(vector if vector is not None and vector.shape == (1280,) else None)
     if missing:
-        for number, vector in zip(missing, _embed([paths[n] for n in missing], progress)):
+        for number, vector in zip(missing, _embed([paths[n] for n in missing], progress, folder)):
             found[number] = vector
             _store(_descriptor_path(folder, hashes[number]), np.zeros(0, np.float32) if vector is None else vector)
     return found
 
 
-def _embed(paths: list[str], progress: bool) -> list[Optional[np.ndarray]]:
-    """The pretrained backbone's averaged feature map of each image, unit length (None: undecodable)."""
-    from .backbone import build_backbone
-    from .dataset import decode_to_cache, to_model_input
+def _embed(paths: list[str], progress: bool, folder: Path) -> list[Optional[np.ndarray]]:
+    """The pretrained backbone's averaged feature map of each image, unit length (None: undecodable),
+    by its LiteRT export (:func:`_backbone_export`)."""
+    from .dataset import decode_to_cache
     from .embed import map_cache
     from .images import ImageRecord
+    from .runtime import LiteRTEncoder
 
-    backbone = build_backbone(IMAGE_SIZE, BACKBONE)
+    backbone = LiteRTEncoder(_backbone_export(folder), source="the pretrained backbone's export")
     with tempfile.TemporaryDirectory(prefix="imgsim-duplicates-") as scratch:
         decoded = decode_to_cache([ImageRecord(path, None) for path in paths], os.path.join(scratch, "images"),
                                   IMAGE_SIZE)
-
-        def averaged(images: np.ndarray) -> np.ndarray:
-            return backbone(to_model_input(images), training=False).numpy().mean(axis=(1, 2))
-
-        parts = list(map_cache(averaged, decoded.cache, _BATCH, "descriptors"))
+        parts = list(map_cache(backbone.encode, decoded.cache, backbone.batch_size, "descriptors"))
     vectors = np.concatenate(parts) if parts else np.zeros((0, 1280), np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     by_path = dict(zip((record.path for record in decoded.records), vectors.astype(np.float32)))
@@ -153,4 +172,12 @@ def _store(path: Path, vector: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
         np.save(out, vector)
+    os.replace(out.name, path)
+
+
+def _store_bytes(path: Path, data: bytes) -> None:
+    """``data`` written whole at ``path`` or not at all (another run may read it meanwhile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
+        out.write(data)
     os.replace(out.name, path)

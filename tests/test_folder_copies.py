@@ -52,6 +52,23 @@ def test_a_folder_with_no_fit_groups_its_copies_and_writes_nothing_but_the_cache
     assert again.to_dict() == found.to_dict()
 
 
+def test_the_backbone_is_converted_for_litert_once_and_kept_in_the_cache(folder, tmp_path, monkeypatch):
+    import shutil
+
+    import pipeline.export
+
+    photos, _ = folder
+    first = find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False)
+    assert len(list((tmp_path / "cache").glob("backbone-efficientnet-lite0-224-*.tflite"))) == 1
+
+    def no_conversion(*_):
+        raise AssertionError("the backbone was converted again")
+
+    monkeypatch.setattr(pipeline.export, "exported_model", no_conversion)
+    shutil.rmtree(next((tmp_path / "cache").glob("descriptors-*")))  # every image described again, by the kept export
+    assert find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False).to_dict() == first.to_dict()
+
+
 def test_a_file_changed_since_the_last_run_is_read_again(folder, tmp_path):
     """Hashes are kept by each file's size and time: a file rewritten since is hashed, described and verified anew."""
     photos, source = folder
