@@ -102,13 +102,16 @@ def _hashes(paths: list[str], folder: Path, progress: bool) -> list[Optional[str
     return hashes
 
 
-def _backbone_export(folder: Path) -> bytes:
-    """The pretrained backbone (image -> its feature map averaged, as ``descriptor``) for LiteRT, which
-    runs it faster than TensorFlow: converted once (TensorFlow loads then) and kept in the cache,
-    named by the weights' SHA-256."""
+def _backbone_export_path(folder: Path) -> Path:
+    """Where the cache keeps :func:`_backbone_export`: named by the backbone's weights' SHA-256."""
     from .backbone import BACKBONES
 
-    path = folder / f"backbone-{BACKBONE}-{IMAGE_SIZE}-{BACKBONES[BACKBONE].sha256[:16]}.tflite"
+    return folder / f"backbone-{BACKBONE}-{IMAGE_SIZE}-{BACKBONES[BACKBONE].sha256[:16]}.tflite"
+
+
+def _backbone_export(path: Path) -> bytes:
+    """The pretrained backbone (image -> its feature map averaged, as ``descriptor``) for LiteRT, which
+    runs it faster than TensorFlow: read from ``path``, or converted (TensorFlow loads then) and kept there."""
     try:
         return path.read_bytes()
     except OSError:
@@ -157,7 +160,8 @@ def _embed(paths: list[str], progress: bool, folder: Path) -> list[Optional[np.n
     from .images import ImageRecord
     from .runtime import LiteRTEncoder
 
-    backbone = LiteRTEncoder(_backbone_export(folder), source="the pretrained backbone's export")
+    path = _backbone_export_path(folder)
+    backbone = LiteRTEncoder(_backbone_export(path), source=f"{path} (delete it: the next run converts it again)")
     with tempfile.TemporaryDirectory(prefix="imgsim-duplicates-") as scratch:
         decoded = decode_to_cache([ImageRecord(path, None) for path in paths], os.path.join(scratch, "images"),
                                   IMAGE_SIZE)

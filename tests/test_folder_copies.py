@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, copy_subset, save_near_copy
-from pipeline.errors import InputError
+from pipeline.errors import ArtifactError, InputError
 from pipeline.folder_copies import default_cache, find_in_folder
 
 
@@ -53,7 +53,7 @@ def test_a_folder_with_no_fit_groups_its_copies_and_writes_nothing_but_the_cache
 
 
 def test_the_backbone_is_converted_for_litert_once_and_kept_in_the_cache(folder, tmp_path, monkeypatch):
-    import shutil
+    import re
 
     import pipeline.export
 
@@ -67,6 +67,12 @@ def test_the_backbone_is_converted_for_litert_once_and_kept_in_the_cache(folder,
     monkeypatch.setattr(pipeline.export, "exported_model", no_conversion)
     shutil.rmtree(next((tmp_path / "cache").glob("descriptors-*")))  # every image described again, by the kept export
     assert find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False).to_dict() == first.to_dict()
+    export = next((tmp_path / "cache").glob("backbone-*.tflite"))
+    export.write_bytes(b"not a flatbuffer")
+    shutil.rmtree(next((tmp_path / "cache").glob("descriptors-*")))
+    message = f"{export} (delete it: the next run converts it again): not a LiteRT model"
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False)
 
 
 def test_a_file_changed_since_the_last_run_is_read_again(folder, tmp_path):
