@@ -109,7 +109,9 @@ def _with_int8_backbone(wrapper: keras.Model, backbone: str, calibration: np.nda
     """``wrapper`` as a LiteRT flatbuffer whose backbone ops compute in int8 (static quantization:
     each activation's range measured on ``calibration``) and every other op in float: the
     converter's selective quantization, with the nodes outside the backbone denylisted (a
-    quantized head loses precision, and its normalising division cannot run in int8)."""
+    quantized head loses precision, and its normalising division cannot run in int8). The
+    backbone's last convolution stays float too: its output is the export's ``feature_map``,
+    named as an output rather than inside the backbone's name scope."""
     wrapper.export(str(scratch / "saved"), format="tf_saved_model", verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(scratch / "saved"))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
