@@ -467,12 +467,14 @@ class Bundle:
         """The fit's encoder ready to run (:class:`pipeline.runtime.Encoder`), on ``runtime``
         (default: LiteRT where installed, else Keras); loaded once per runtime. A bundle of an int8
         fit runs its export alone (InputError for Keras)."""
-        from .runtime import KerasEncoder, LiteRTEncoder, resolve_runtime
+        from .runtime import KerasEncoder, LiteRTEncoder, litert_installed, resolve_runtime
 
         runtime = resolve_runtime(runtime)
         if runtime == "keras" and self.settings.precision == "int8":
-            raise InputError(f"{self.folder}: its images were described by its int8 export, which --runtime keras "
-                             f"(the float encoder) would not match; use --runtime litert")
+            need = ("use --runtime litert" if litert_installed() else
+                    "it runs on LiteRT (ai-edge-litert), which is not installed here")
+            raise InputError(f"{self.folder}: its images were described by its int8 export, which the float encoder "
+                             f"(Keras) would not match; {need}")
         if runtime not in self._encoders:
             expected = (self.settings.image_size, int(self.embeddings.shape[1]))
             if runtime == "litert":

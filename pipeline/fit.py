@@ -32,6 +32,7 @@ from .errors import ArtifactError, InputError
 from .images import IMAGE_EXTENSIONS, ImageRecord, file_stat
 from .index import ClusteredIndex
 from .manifest import Manifest
+from .runtime import litert_installed
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ def fit(
     """
     config = config or FitConfig()
     config.validate()
+    if config.precision == "int8" and not litert_installed():
+        raise InputError("--precision int8: queries would run the int8 export on LiteRT (ai-edge-litert), which is not "
+                         "installed here; fit with --precision fp32")
     engine = engine or LocalEngine()
     started = time.perf_counter()
     records = engine.find_images(data_dir, config.image_extensions)

@@ -67,6 +67,26 @@ def test_an_int8_fit_quantizes_its_backbone_alone_and_indexes_what_its_export_gi
         bundle.encoder("keras")
 
 
+def test_without_litert_an_int8_fit_is_refused_before_it_starts_and_its_bundle_says_why(fitted_copy, monkeypatch,
+                                                                                         photos, tmp_path):
+    import json
+
+    import pipeline.fit
+    import pipeline.runtime
+
+    monkeypatch.setattr(pipeline.runtime, "litert_installed", lambda: False)
+    monkeypatch.setattr(pipeline.fit, "litert_installed", lambda: False)
+    with pytest.raises(InputError, match="--precision int8: .*LiteRT .*not installed here; fit with --precision fp32"):
+        pipeline.fit.fit(photos, tmp_path / "int8", tiny_config(precision="int8"))
+    assert not (tmp_path / "int8").exists()
+    manifest = next(fitted_copy.glob("bundle-*/manifest.json"))
+    written = json.loads(manifest.read_text())
+    written["settings"]["precision"] = "int8"  # as an int8 fit on a machine with LiteRT wrote it
+    manifest.write_text(json.dumps(written))
+    with pytest.raises(InputError, match="int8 export.*LiteRT \\(ai-edge-litert\\), which is not installed here"):
+        Bundle.load(fitted_copy).encoder()
+
+
 def test_the_default_runtime_is_litert_where_installed_and_keras_elsewhere(monkeypatch):
     import pipeline.runtime as runtime
 
