@@ -157,9 +157,14 @@ def check_export(exported, images: np.ndarray, expected: np.ndarray, path: str |
     return cosine
 
 
+def spread_rows(count: int, wanted: int) -> np.ndarray:
+    """Up to ``wanted`` rows of ``count``, evenly spread over them."""
+    return np.unique(np.linspace(0, count - 1, min(wanted, count)).astype(int))
+
+
 def probe_rows(count: int) -> np.ndarray:
     """Which of ``count`` checked images become a bundle's probe images: spread over them."""
-    return np.unique(np.linspace(0, count - 1, min(PROBE_IMAGES, count)).astype(int))
+    return spread_rows(count, PROBE_IMAGES)
 
 
 def upgrade(artifacts_dir: str | Path) -> tuple[Path, bool]:

@@ -13,6 +13,7 @@ folder, so a second run decodes nothing it has seen and loads no model. The cach
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -173,10 +174,9 @@ def _embed(paths: list[str], progress: bool, folder: Path) -> list[Optional[np.n
 
 
 def _store(path: Path, vector: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
-        np.save(out, vector)
-    os.replace(out.name, path)
+    buffer = io.BytesIO()
+    np.save(buffer, vector)
+    _store_bytes(path, buffer.getvalue())
 
 
 def _store_bytes(path: Path, data: bytes) -> None:

@@ -28,7 +28,7 @@ from .config import FitConfig
 from .dataset import DecodedImages, RowCache, TrainingBatches, split_indices, to_model_input
 from .descriptor import DescriptorHead, block_weights, build_blocks_model, image_blocks_model
 from .embed import collect, map_cache
-from .export import CALIBRATION_IMAGES, CHECK_IMAGES, check_export, export_litert, probe_rows
+from .export import CALIBRATION_IMAGES, CHECK_IMAGES, check_export, export_litert, probe_rows, spread_rows
 from .runtime import LiteRTEncoder, load_keras_model
 
 
@@ -85,9 +85,9 @@ def train_encoder(decoded: DecodedImages, config: FitConfig, folder: Path, scrat
     with clock.stage("export"):  # from the saved file: its layers belong to the encoder alone
         int8 = config.precision == "int8"
         export_litert(load_keras_model(folder / ENCODER), folder / EXPORT, config.backbone if int8 else None,
-                      decoded.cache.read(_spread(decoded.cache.count, CALIBRATION_IMAGES)) if int8 else None)
+                      decoded.cache.read(spread_rows(decoded.cache.count, CALIBRATION_IMAGES)) if int8 else None)
         exported = LiteRTEncoder((folder / EXPORT).read_bytes())
-        checked = _spread(decoded.cache.count, CHECK_IMAGES)
+        checked = spread_rows(decoded.cache.count, CHECK_IMAGES)
         images = decoded.cache.read(checked)
         cosine = check_export(exported, images, descriptors[checked], folder / EXPORT, int8)
         if int8:
@@ -99,11 +99,6 @@ def train_encoder(decoded: DecodedImages, config: FitConfig, folder: Path, scrat
         probes = probe_rows(len(checked))
         save_probes(folder, images[probes], descriptors[checked[probes]], [decoded.hashes[checked[i]] for i in probes])
     return TrainedEncoder(descriptors, history)
-
-
-def _spread(count: int, wanted: int) -> np.ndarray:
-    """Up to ``wanted`` rows of ``count``, evenly spread over them."""
-    return np.unique(np.linspace(0, count - 1, min(wanted, count)).astype(int))
 
 
 def _board(folder: Optional[str | os.PathLike], autoencoder, images: RowCache, rows: np.ndarray):
