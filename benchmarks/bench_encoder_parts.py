@@ -71,11 +71,11 @@ def images_per_second(runners: list, size: int, batch: int, rounds: int) -> list
 def int8_export(bundle: Bundle, encoder) -> bytes:
     """``encoder`` exported as ``fit --precision int8`` exports it, calibrated on up to 256 of ``bundle``'s images."""
     from pipeline.dataset import load_image
-    from pipeline.export import CALIBRATION_IMAGES, export_litert
+    from pipeline.export import CALIBRATION_IMAGES, export_litert, spread_rows
     from pipeline.images import ImageRecord
 
     size = bundle.settings.image_size
-    paths = list(bundle.catalog.paths)[:: max(1, len(bundle.catalog) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]
+    paths = [bundle.catalog.paths[row] for row in spread_rows(len(bundle.catalog), CALIBRATION_IMAGES)]
     images = np.stack([load_image(ImageRecord(path, None), size, bundle.settings.max_file_bytes)[0] for path in paths])
     with tempfile.TemporaryDirectory() as scratch:
         export_litert(encoder, Path(scratch) / "int8.tflite", bundle.settings.backbone, images)
