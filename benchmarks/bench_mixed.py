@@ -48,7 +48,7 @@ def writers(photos: Path, spare: list[Path], artifacts: Path, stop: threading.Ev
         catalog = Bundle.load(artifacts).catalog
         step = rng.choice(["remove", "move-out", "move-back", "new"])
         if step == "remove" and len(catalog) > 150:
-            result = imgsim("remove", str(rng.choice(catalog.ids)), "--artifacts", str(artifacts))
+            result = imgsim("remove", str(rng.choice(catalog.ids.tolist())), "--artifacts", str(artifacts))
         else:
             if step == "move-out":
                 photo = rng.choice(sorted(photos.rglob("*.jpg")))

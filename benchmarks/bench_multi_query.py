@@ -34,7 +34,7 @@ K = 10
 
 def neighbour_labels(bundle: Bundle, queries: np.ndarray, leave_out: np.ndarray) -> np.ndarray:
     """The labels of the K results of each query, its ``leave_out`` ids left out of its results."""
-    index, labels = bundle.index, np.asarray(bundle.catalog.labels)
+    index, labels = bundle.index, np.asarray(bundle.catalog.labels.tolist())
     hits = index.search(queries, K + leave_out.shape[1], index.nprobe_, index.expansion, leave_out)
     rows = [[i for i in row if i >= 0 and i not in left][:K] for row, left in zip(hits.ids, leave_out)]
     return np.array([labels[row] for row in rows])
@@ -42,7 +42,7 @@ def neighbour_labels(bundle: Bundle, queries: np.ndarray, leave_out: np.ndarray)
 
 def measure(bundle: Bundle, triples: int, beta: float, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    labels = np.asarray(bundle.catalog.labels)
+    labels = np.asarray(bundle.catalog.labels.tolist())
     unit = np.asarray(bundle.embeddings, np.float32)
     unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
     picks = []

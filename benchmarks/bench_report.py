@@ -36,9 +36,9 @@ def build_bundle(source: Path, target: Path, rows: int) -> Bundle:
     rng = np.random.default_rng(0)
     bundle.embeddings = (real[picks] + rng.normal(0, 0.3, (rows, real.shape[1])) * real.std(axis=0)).astype(np.float32)
     bundle.index, bundle.manifest.recall_at_10 = build_index(bundle.embeddings, bundle.settings)
-    bundle.catalog = Catalog(paths=[catalog.paths[i] for i in picks], labels=[catalog.labels[i] for i in picks],
-                             hashes=[hashlib.sha1(str(i).encode()).hexdigest() for i in range(rows)], clusters=[],
-                             stats=[None] * rows, ids=list(range(rows)))
+    paths, labels = catalog.paths.tolist(), catalog.labels.tolist()
+    bundle.catalog = Catalog([paths[i] for i in picks], [labels[i] for i in picks],
+                             [hashlib.sha1(str(i).encode()).hexdigest() for i in range(rows)])
     bundle.manifest.next_id = rows
     with ArtifactWriter(target) as writer:
         bundle.save(writer)

@@ -11,7 +11,8 @@ Layout of an artifacts folder::
         autoencoder.keras  the full autoencoder (reconstructions for the report)
         index.npz          the routed KNN index: metric, centroids, cluster of each vector, norms, nprobe, expansion
         index_vectors.npy  the index's vectors as it scans them (prepared, in cluster order): memory-mapped
-        catalog.json       path, label, content hash and cluster of every indexed image
+        catalog.arrow      id, path, label, content hash and file stat of every indexed image (columnar,
+                           memory-mapped; catalog.json before format 8, with the clusters)
         embeddings.npy     the descriptors, row i = catalog entry i
         probes.npz         a few fitted images and their descriptors: what ties the encoder to this bundle
       LEDGER.json          what outlives the bundles: the id the next indexed image gets (restoring an older
@@ -53,13 +54,15 @@ LEGACY_INDEX = "index.joblib"
 POINTER = "CURRENT"
 LEDGER = "LEDGER.json"
 LOCK = ".lock"
-MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS, PROBES = (
+MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, JSON_CATALOG, EMBEDDINGS, PROBES = (
     "manifest.json", "encoder.keras", "encoder.tflite", "autoencoder.keras", "index.npz", "index_vectors.npy",
-    "catalog.json", "embeddings.npy", "probes.npz")
-REQUIRED_FILES = (MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, EMBEDDINGS, PROBES)
+    "catalog.arrow", "catalog.json", "embeddings.npy", "probes.npz")
+REQUIRED_FILES = (MANIFEST, ENCODER, EXPORT, AUTOENCODER, INDEX, INDEX_VECTORS, CATALOG, JSON_CATALOG, EMBEDDINGS,
+                  PROBES)
 MODEL_FILES = (ENCODER, EXPORT, AUTOENCODER, PROBES)  # written by a fit, shared by the bundles of its changes
-# where a file appeared: a bundle of an older format has no such file
-SINCE_VERSION = {INDEX_VECTORS: 5, EXPORT: 6, PROBES: 7}
+# where a file appeared (a bundle of an older format has no such file), and where one was replaced
+SINCE_VERSION = {INDEX_VECTORS: 5, EXPORT: 6, PROBES: 7, CATALOG: 8}
+UNTIL_VERSION = {JSON_CATALOG: 7}
 MAX_EXPORT_BYTES = 512 * 1024 * 1024  # a larger export is refused before it is read (a fit's: 5 to 20 MB)
 PROBE_IMAGES = 2  # fitted images whose descriptors the encoder must give again, whenever it is loaded
 PROBE_MIN_COSINE = 0.999  # per probe image: an export gives 0.99999 (checked at the fit), float16 on a GPU 0.9999
@@ -264,6 +267,18 @@ def restore(artifacts_dir: str | os.PathLike, name: Optional[str] = None) -> Pat
         return chosen[0]
 
 
+def upgrade_catalog(artifacts_dir: str | os.PathLike) -> Path:
+    """Rewrite the current bundle, of format 7, as the current format: its catalog made columnar,
+    nothing else changed (``imgsim upgrade``; older formats need the export too: pipeline.export.upgrade)."""
+    with ArtifactWriter(artifacts_dir) as writer:
+        bundle = Bundle.load(artifacts_dir)
+        if bundle.manifest.format_version != SINCE_VERSION[CATALOG] - 1:
+            raise ArtifactError(f"{bundle.folder}: a bundle of format {bundle.manifest.format_version}, not "
+                                f"{SINCE_VERSION[CATALOG] - 1}: its catalog alone cannot be converted")
+        bundle.manifest.format_version = FORMAT_VERSION
+        return bundle.save(writer)
+
+
 def _sync_folder(folder: Path, files: bool = False) -> None:
     """fsync a folder's entries (and with ``files``, every file in it first) so that a power cut
     after this cannot leave names pointing at unwritten data."""
@@ -316,7 +331,7 @@ def has_bundle(artifacts_dir: str | os.PathLike) -> bool:
 
 def required_files(version: int) -> list[str]:
     """The files of a bundle of format ``version``."""
-    return [name for name in REQUIRED_FILES if SINCE_VERSION.get(name, 0) <= version]
+    return [name for name in REQUIRED_FILES if SINCE_VERSION.get(name, 0) <= version <= UNTIL_VERSION.get(name, version)]
 
 
 def current_folder(artifacts_dir: str | os.PathLike, allow_pickle: bool = False) -> Path:
@@ -400,7 +415,9 @@ class Bundle:
         folder = checked_folder(folder, allow_pickle)
         raw = _read_json(folder / MANIFEST, "manifest")
         manifest = Manifest.from_dict(raw, folder / MANIFEST)
-        catalog = Catalog.from_dict(_read_json(folder / CATALOG, "catalog"), folder / CATALOG)
+        columnar = manifest.format_version >= SINCE_VERSION[CATALOG]
+        catalog = (Catalog.read(folder / CATALOG) if columnar else
+                   Catalog.from_json(_read_json(folder / JSON_CATALOG, "catalog"), folder / JSON_CATALOG))
         embeddings = _load_embeddings(folder)
         counts = {MANIFEST: manifest.images, CATALOG: len(catalog), EMBEDDINGS: len(embeddings)}
         if len(set(counts.values())) > 1:
@@ -408,9 +425,11 @@ class Bundle:
             raise ArtifactError(f"{folder}: inconsistent artifacts, image counts differ ({described}); fit again")
         index = _load_index(folder, embeddings, raw, memory_map)
         index.nprobe = manifest.settings.nprobe  # the setting as given; the stored count is the tuned nprobe_
-        if catalog.clusters != index.assignments_.tolist():
-            raise ArtifactError(f"{folder / CATALOG}: corrupt catalog (its clusters are not the index's); fit again")
-        manifest.next_id = max(manifest.next_id, max(catalog.ids, default=-1) + 1)  # bundles before ids
+        if not columnar and not np.array_equal(catalog.cluster_array(), index.assignments_):
+            raise ArtifactError(f"{folder / JSON_CATALOG}: corrupt catalog (its clusters are not the index's); fit again")
+        catalog.clusters = index.assignments_
+        ids = catalog.id_array()
+        manifest.next_id = max(manifest.next_id, int(ids[-1]) + 1 if len(ids) else 0)  # bundles before ids
         return cls(manifest, catalog, embeddings, index, folder)  # the encoder's files are read when it is used
 
     @property
@@ -511,8 +530,7 @@ class Bundle:
         if not cosine >= PROBE_MIN_COSINE:  # also catches nan
             raise ArtifactError(f"{self.folder}: the encoder is not the one this bundle's images were embedded with "
                                 f"(its descriptors of the stored probe images differ, cosine {cosine:.4f}); fit again")
-        wanted = set(hashes.tolist())
-        rows = {digest: row for row, digest in enumerate(self.catalog.hashes) if digest in wanted}
+        rows = {digest: found[0] for digest in hashes.tolist() if (found := self.catalog.rows_with_hash(digest))}
         present = [number for number, digest in enumerate(hashes.tolist()) if digest in rows]
         if present and not min_cosine(descriptors[present], np.asarray(self.embeddings[
                 [rows[hashes[number]] for number in present]])) >= PROBE_MIN_COSINE:
@@ -560,14 +578,14 @@ class Bundle:
     def append(self, catalog: Catalog, vectors: np.ndarray) -> list[int]:
         """Index more images (``catalog``'s clusters and ids are set here: each image goes to its
         nearest cluster and gets a new id); their ids."""
-        rows = self.index.add(vectors)
-        catalog.clusters = self.index.assignments_[rows].tolist()
-        catalog.ids = list(range(self.manifest.next_id, self.manifest.next_id + len(catalog)))  # see Bundle.load
+        self.index.add(vectors)
+        catalog = catalog.numbered(self.manifest.next_id)  # see Bundle.load
         self.manifest.next_id += len(catalog)
         self.catalog = self.catalog + catalog
+        self.catalog.clusters = self.index.assignments_
         self.embeddings = np.concatenate([np.asarray(self.embeddings), np.asarray(vectors, dtype=np.float32)])
         self.manifest.images = len(self.catalog)
-        return catalog.ids
+        return catalog.ids.tolist()
 
     def remove(self, rows: np.ndarray) -> None:
         """Drop the images in catalog rows ``rows`` (the other images keep their ids)."""
@@ -575,6 +593,7 @@ class Bundle:
         keep[np.asarray(rows, dtype=np.int64)] = False
         self.index.remove(np.flatnonzero(~keep))
         self.catalog = self.catalog.select(keep)
+        self.catalog.clusters = self.index.assignments_
         self.embeddings = np.asarray(self.embeddings)[keep]
         self.manifest.images = len(self.catalog)
 
@@ -591,8 +610,11 @@ class Bundle:
         np.savez(staging / INDEX, **self.index.to_arrays())
         np.save(staging / INDEX_VECTORS, np.asarray(self.index.vectors_))
         np.save(staging / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
-        self.catalog.clusters = self.index.assignments_.tolist()
-        (staging / CATALOG).write_text(json.dumps(self.catalog.columns()))
+        self.catalog.clusters = self.index.assignments_
+        if self.manifest.format_version >= SINCE_VERSION[CATALOG]:
+            self.catalog.write(staging / CATALOG)
+        else:  # a bundle keeps its format until imgsim upgrade converts it
+            (staging / JSON_CATALOG).write_text(json.dumps(self.catalog.to_json()))
         self.manifest.images = len(self.catalog)
         current = pointed_folder(writer.root)  # under the writer's lock: the bundle this one replaces
         self.manifest.parent = current.name if current is not None else None

@@ -544,7 +544,7 @@ def _find_copies(args: argparse.Namespace):
 
     bundle = Bundle.load(args.artifacts, args.allow_pickle)
     return (find_duplicates(bundle, distance, thresholds=_thresholds(args)), bundle.manifest.roots,
-            bundle.catalog.paths)
+            bundle.catalog.paths.tolist())
 
 
 def _print_groups(found, scores) -> None:
@@ -762,18 +762,22 @@ def _upgrade_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _upgrade(args: argparse.Namespace) -> None:
-    from .artifacts import Bundle
+    from .artifacts import PROBES, SINCE_VERSION, Bundle, upgrade_catalog
     from .manifest import FORMAT_VERSION
 
     bundle = Bundle.load(args.artifacts)  # no fit there: one line before TensorFlow loads
     if bundle.manifest.format_version == FORMAT_VERSION:
         print(f"the bundle is of the current format ({FORMAT_VERSION}) already: {bundle.folder}")
         return
+    if bundle.manifest.format_version >= SINCE_VERSION[PROBES]:
+        print(f"upgraded the bundle to format {FORMAT_VERSION} (its catalog made columnar): "
+              f"{upgrade_catalog(args.artifacts)}")
+        return
     from .export import upgrade  # TensorFlow: the export is made from the Keras encoder
 
     folder, _ = upgrade(args.artifacts)
     print(f"upgraded the bundle to format {FORMAT_VERSION} (the LiteRT export and the probe images, checked "
-          f"against the indexed descriptors): {folder}")
+          f"against the indexed descriptors; the catalog made columnar): {folder}")
 
 
 if __name__ == "__main__":

@@ -265,9 +265,8 @@ def _apply(bundle: Bundle, drop: set[int], embedded: Optional[EmbeddedImages],
     if drop:
         bundle.remove(np.array(sorted(drop)))
     if embedded is not None and embedded.records:
-        bundle.append(Catalog(paths=[r.path for r in embedded.records], labels=[r.label for r in embedded.records],
-                              hashes=embedded.hashes, clusters=[], ids=[],
-                              stats=[stats[r.path] for r in embedded.records]), embedded.vectors)
+        bundle.append(Catalog([r.path for r in embedded.records], [r.label for r in embedded.records],
+                              embedded.hashes, [stats[r.path] for r in embedded.records]), embedded.vectors)
     config = bundle.settings
     bundle.manifest.recall_at_10 = bundle.index.tune_nprobe(config.target_recall, config.seed)
 

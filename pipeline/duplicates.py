@@ -148,8 +148,8 @@ class Images:
     @classmethod
     def of(cls, bundle: Bundle) -> "Images":
         catalog = bundle.catalog
-        return cls(catalog.paths, list(catalog.hashes), catalog.ids, catalog.labels, bundle.embeddings,
-                   bundle.index.metric)
+        return cls(catalog.paths.tolist(), catalog.hashes.tolist(), catalog.ids.tolist(), catalog.labels.tolist(),
+                   bundle.embeddings, bundle.index.metric)
 
 
 # the ``neighbours`` nearest images of each of the rows start..stop (itself maybe among them): (ids, distances),

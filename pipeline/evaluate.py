@@ -88,8 +88,9 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
     fitted = Path(data_dir).resolve() == Path(bundle.manifest.data_dir).resolve()
     if fitted:
         root = os.path.join(str(Path(data_dir).resolve()), "")
-        rows = [row for row, path in enumerate(catalog.paths) if path.startswith(root)]
-        records = [ImageRecord(catalog.paths[row], catalog.labels[row]) for row in rows]
+        paths, labels = catalog.paths.tolist(), catalog.labels.tolist()
+        rows = [row for row, path in enumerate(paths) if path.startswith(root)]
+        records = [ImageRecord(paths[row], labels[row]) for row in rows]
     else:
         rows, records = [], find_images(data_dir, extensions=bundle.settings.image_extensions)
     whole = fitted and len(rows) == len(catalog)  # the bundle's own index answers as it really does

@@ -166,9 +166,8 @@ def _catalog(embedded: EmbeddedImages, index: ClusteredIndex, stats: dict[str, O
     """The new bundle's catalog: each image's path, label, content hash, cluster, file stat and id
     (from ``first_id`` on)."""
     records = embedded.records
-    return Catalog(paths=[r.path for r in records], labels=[r.label for r in records], hashes=embedded.hashes,
-                   clusters=index.assignments_.tolist(), stats=[stats[r.path] for r in records],
-                   ids=list(range(first_id, first_id + len(records))))
+    return Catalog([r.path for r in records], [r.label for r in records], embedded.hashes,
+                   [stats[r.path] for r in records], clusters=index.assignments_).numbered(first_id)
 
 
 def library_versions() -> dict[str, str]:

@@ -17,11 +17,13 @@ from typing import Any, Callable, Optional
 from .config import FitConfig
 from .errors import ArtifactError, PipelineError
 
-# 7: probe images that tie the encoder to the fitted images; 6: the LiteRT export, ids for life; 5: the index's
-# vectors in their own file; 4: nprobe on the index; 3: nprobe in the manifest
-FORMAT_VERSION = 7
-READABLE_VERSIONS = (3, 4, 5, 6, 7)
+# 8: the catalog columnar (Arrow), memory-mapped; 7: probe images that tie the encoder to the fitted images; 6: the
+# LiteRT export, ids for life; 5: the index's vectors in their own file; 4: nprobe on the index; 3: nprobe in the
+# manifest. A bundle keeps its format when an add, sync or remove rewrites it; imgsim upgrade brings it to the current
+FORMAT_VERSION = 8
+READABLE_VERSIONS = (3, 4, 5, 6, 7, 8)
 EXPORTED_VERSION = 6  # the first with the LiteRT export
+KEPT_VERSIONS = (EXPORTED_VERSION, 7, FORMAT_VERSION)  # read as they are; older ones as UNEXPORTED_VERSION
 UNEXPORTED_VERSION = 5  # what a bundle of an older format becomes when an add, sync or remove rewrites it
 LEGACY_VERSION = 2  # no backbone; read only when asked to (allow_pickle): its index is a pickle
 ACTIONS = ("add", "sync", "remove", "restore")
@@ -55,14 +57,15 @@ class Manifest:
         """The folders the collection is made of: the fitted one, then every added one."""
         return list(dict.fromkeys([self.data_dir] + [c["data_dir"] for c in self.changes if c["action"] == "add"]))
 
-    def unreadable_files(self, indexed: set[str]) -> list[dict[str, str]]:
+    def unreadable_files(self, indexed: Callable[[list[str]], set[str]]) -> list[dict[str, str]]:
         """{"path", "reason"} of every file the fit or a later change could not read and that is not
-        in ``indexed`` (the catalog's paths) since, the latest reason of each."""
+        indexed since (``indexed``: which of some paths the catalog holds), the latest reason of each."""
         reasons: dict[str, str] = {}
         for item in [*self.skipped, *(s for c in self.changes for s in c.get("skipped", ()) if isinstance(s, dict))]:
             if isinstance(item.get("path"), str) and isinstance(item.get("reason"), str):
                 reasons[item["path"]] = item["reason"]
-        return [{"path": path, "reason": reason} for path, reason in reasons.items() if path not in indexed]
+        held = indexed(list(reasons)) if reasons else set()
+        return [{"path": path, "reason": reason} for path, reason in reasons.items() if path not in held]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "settings": self.settings.to_dict(),
@@ -87,7 +90,7 @@ class Manifest:
         # older layouts are brought to the current one, but for the LiteRT export and the probes (imgsim upgrade
         # adds them)
         version = raw.get("format_version")
-        version = version if version in (EXPORTED_VERSION, FORMAT_VERSION) else UNEXPORTED_VERSION
+        version = version if version in KEPT_VERSIONS else UNEXPORTED_VERSION
         recall = {int(k): float(v) for k, v in raw.get("recall_at_10", {}).items()}
         return cls(**{**known, "settings": settings, "recall_at_10": recall, "format_version": version})
 
@@ -98,7 +101,7 @@ def _upgraded(raw: dict[str, Any]) -> dict[str, Any]:
     raw = dict(raw)
     if raw.get("format_version") == LEGACY_VERSION and isinstance(raw.get("settings"), dict):
         raw["settings"] = {"backbone": "none", **raw["settings"]}  # before the backbone, every fit learned from pixels
-    if raw.get("format_version") not in (EXPORTED_VERSION, FORMAT_VERSION) and isinstance(raw.get("settings"), dict):
+    if raw.get("format_version") not in KEPT_VERSIONS and isinstance(raw.get("settings"), dict):
         raw["settings"] = {"feature_pooling": "average", **raw["settings"]}  # the only pooling before format 6
     if raw.get("format_version") in (LEGACY_VERSION, 3) and isinstance(raw.get("additions", []), list):
         raw.setdefault("changes", [{"action": "add", **change} if isinstance(change, dict) else change

@@ -71,7 +71,7 @@ def build_report(
     ``max_clusters`` largest clusters. With ``png_dir``, every figure is also saved as a PNG.
     """
     manifest, catalog, index = bundle.manifest, bundle.catalog, bundle.index
-    clusters = np.asarray(catalog.clusters)
+    clusters = catalog.cluster_array()
     vectors = prepare_vectors(bundle.embeddings, index.metric)
     labelled = any(label is not None for label in catalog.labels)
     labels = np.array([label if label is not None else "(none)" for label in catalog.labels])
@@ -102,7 +102,7 @@ def build_report(
                                  [(catalog.paths[i], catalog.labels[i]) for i in nearest[cluster]],
                                  Counter(labels[members[cluster]]).most_common() if labelled else None)
                  for cluster in tqdm(shown, desc="galleries", unit="cluster")]
-    unreadable = manifest.unreadable_files(set(catalog.paths))
+    unreadable = manifest.unreadable_files(catalog.indexed_paths)
     facts = [f"{manifest.images} images indexed", f"{len(unreadable)} skipped", f"{index.nlist} clusters",
              f"nprobe {index.nprobe_}", f"fitted {manifest.created}",
              *(_agreement(catalog.labels, clusters, labels) if labelled else [])]

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import threading
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence, Union
 
@@ -168,13 +167,12 @@ def parse_distance(value: Any, name: str) -> float:
 
 @dataclass(frozen=True)
 class _Served:
-    """What one query reads, all of a piece: a bundle, the encoder of its fit, and the catalog rows
-    of the indexed images by content hash."""
+    """What one query reads, all of a piece: a bundle, the encoder of its fit, and the labels of
+    its images."""
 
     bundle: Bundle
     encoder: BatchingEncoder
     encoder_sha256: str
-    copies: dict[str, list[int]]
     labels: list[str]  # the labels of the indexed images, sorted
 
 
@@ -205,11 +203,8 @@ class Searcher:
             encoder = now.encoder
         else:
             encoder = BatchingEncoder(bundle.encoder(self.runtime), self.batch_window_ms)
-        copies: dict[str, list[int]] = defaultdict(list)  # content hash -> rows of the indexed copies
-        for row, content in enumerate(bundle.catalog.hashes):
-            copies[content].append(row)
-        labels = sorted({label for label in bundle.catalog.labels if label is not None})
-        return _Served(bundle, encoder, digest, dict(copies), labels)
+        bundle.catalog.hash_order()  # sorted here, not at the first query: the indexed copies of a query's photo
+        return _Served(bundle, encoder, digest, bundle.catalog.label_names())
 
     def use(self, bundle: Bundle) -> None:
         """Answer from ``bundle`` from now on."""
@@ -369,9 +364,9 @@ class Searcher:
                 options: SearchOptions) -> SearchResult:
         """:meth:`search_vector` against the bundle of ``served``; the indexed images with any of
         ``query_hashes`` are the query's copies."""
-        catalog, index, copies_of = served.bundle.catalog, served.bundle.index, served.copies
+        catalog, index = served.bundle.catalog, served.bundle.index
         n = min(options.n, len(catalog))  # never more results than images: no huge allocation for a huge n
-        copies = sorted(row for digest in query_hashes for row in copies_of.get(digest, []))
+        copies = sorted(row for digest in query_hashes for row in catalog.rows_with_hash(digest))
         nprobe = index.resolve_nprobe(index.nprobe_ if options.nprobe is None else options.nprobe)
         expansion = min(index.expansion if options.expansion is None else options.expansion, len(catalog))
         hits = index.search(vector[None], n + len(copies), nprobe, expansion, np.array([copies or [-1]]))

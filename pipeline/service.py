@@ -71,7 +71,7 @@ class SearchService:
             "images": len(bundle.catalog),
             "clusters": bundle.index.nlist,
             "nprobe": bundle.index.nprobe_,
-            "skipped": len(manifest.unreadable_files(set(bundle.catalog.paths))),
+            "skipped": len(manifest.unreadable_files(bundle.catalog.indexed_paths)),
             "created": manifest.created,
             "data_dir": manifest.data_dir,
             "labels": self.searcher.labels,

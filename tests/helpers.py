@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from pipeline.config import FitConfig
@@ -106,10 +107,23 @@ def copy_of_fit(artifacts: Path, destination: Path) -> tuple[Path, Path]:
     shutil.copytree(source, photos)
     shutil.copytree(artifacts, copied)
     folder = current_folder(copied)
-    for name in ("catalog.json", "manifest.json"):
-        text = (folder / name).read_text()
-        (folder / name).write_text(text.replace(json.dumps(source)[1:-1], json.dumps(str(photos))[1:-1]))
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text.replace(json.dumps(source)[1:-1], json.dumps(str(photos))[1:-1]))
+    rewrite_catalog(folder, lambda table: table.set_column(1, table.schema.field("path"), pa.array(
+        [path.replace(source, str(photos), 1) for path in table.column("path").to_pylist()], pa.large_string())))
     return copied, photos
+
+
+def rewrite_catalog(folder: Path, change) -> None:
+    """Rewrite the catalog.arrow of the bundle in ``folder`` as ``change`` makes its table (whatever its columns
+    become): a copy's paths, a tampered catalog."""
+    import pyarrow.ipc
+
+    path = folder / "catalog.arrow"
+    with pa.OSFile(str(path)) as source:  # read into memory, not mapped: the file is rewritten below
+        table = change(pa.ipc.open_file(source).read_all())
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 def serve_app(searcher, **options):

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pyarrow as pa
 
 from pipeline.artifacts import LOCK, LEDGER, REQUIRED_FILES, ArtifactWriter, Bundle, current_folder
 from pipeline.manifest import FORMAT_VERSION
 from pipeline.errors import ArtifactError
 from pipeline.search import SearchOptions
+
+from helpers import rewrite_catalog
 
 
 class _RunsCode:
@@ -159,6 +162,33 @@ def _edit_json(name, change):
     return corrupt
 
 
+def _edit_catalog(change):
+    """Rewrite a bundle's catalog.arrow as ``change`` makes its table (whatever its columns become)."""
+    return lambda folder: rewrite_catalog(folder, change)
+
+
+def _column(name, values, type=None):
+    """A change of a catalog table: column ``name`` replaced by ``values`` (a function of the old column's list), of
+    ``type`` (by default the old column's)."""
+    return lambda table: table.set_column(table.schema.get_field_index(name), name, pa.array(
+        values(table.column(name).to_pylist()), type or table.schema.field(name).type))
+
+
+def _as_format_7(folder):
+    """Rewrite a bundle as format 7 wrote it: its catalog JSON, with the clusters."""
+    bundle = Bundle.load_folder(folder)
+    (folder / "catalog.json").write_text(json.dumps(bundle.catalog.to_json()))
+    os.remove(folder / "catalog.arrow")
+    _edit_json("manifest.json", lambda m: {**m, "format_version": 7})(folder)
+
+
+def _edit_json_catalog(change):
+    def corrupt(folder):
+        _as_format_7(folder)
+        _edit_json("catalog.json", change)(folder)
+    return corrupt
+
+
 def _edit_index(**change):
     def corrupt(folder):
         with np.load(folder / "index.npz") as arrays:
@@ -276,24 +306,39 @@ CORRUPTIONS = {
                                    r"corrupt manifest \(data_dir must be an absolute path\)"),
     "settings-corrupt": (_edit_json("manifest.json", lambda m: {**m, "settings": {**m["settings"], "image_size": "x"}}),
                          "corrupt settings"),
-    "catalog-truncated": (lambda folder: _truncate(folder / "catalog.json"), "unreadable catalog"),
-    "catalog-wrong-shape": (_edit_json("catalog.json", lambda c: {**c, "paths": 1}), "corrupt catalog"),
-    "catalog-hash-a-list": (_edit_json("catalog.json", lambda c: {**c, "hashes": [[1]] + c["hashes"][1:]}),
-                            r"corrupt catalog \(hashes must be SHA-1 digests\)"),
-    "catalog-label-a-number": (_edit_json("catalog.json", lambda c: {**c, "labels": [7] + c["labels"][1:]}),
-                               r"corrupt catalog \(labels must be strings or null\)"),
-    "catalog-cluster-not-whole": (_edit_json("catalog.json", lambda c: {**c, "clusters": [0.5] + c["clusters"][1:]}),
-                                  r"corrupt catalog \(clusters must be whole numbers from 0\)"),
-    "catalog-clusters-not-the-index": (_edit_json("catalog.json", lambda c: {**c, "clusters": [9] + c["clusters"][1:]}),
-                                       r"corrupt catalog \(its clusters are not the index's\)"),
-    "catalog-path-a-number": (_edit_json("catalog.json", lambda c: {**c, "paths": [5] + c["paths"][1:]}),
-                              r"corrupt catalog \(paths must be absolute paths\)"),
-    "catalog-path-relative": (_edit_json("catalog.json", lambda c: {**c, "paths": ["hat/x.jpg"] + c["paths"][1:]}),
-                              r"corrupt catalog \(paths must be absolute paths\)"),
-    "catalog-id-twice": (_edit_json("catalog.json", lambda c: {**c, "ids": [c["ids"][1]] + c["ids"][1:]}),
-                         r"corrupt catalog \(an id is given to two images\)"),
-    "catalog-shorter-than-the-index": (_edit_json("catalog.json", lambda c: {k: v[:-1] for k, v in c.items()}),
-                                       "corrupt catalog|image counts differ"),
+    "catalog-truncated": (lambda folder: _truncate(folder / "catalog.arrow"), "unreadable catalog"),
+    "catalog-not-arrow": (lambda folder: (folder / "catalog.arrow").write_text("{}"), "unreadable catalog"),
+    "catalog-hash-text": (_edit_catalog(_column("hash", lambda hashes: [h.hex() for h in hashes], pa.string())),
+                          r"corrupt catalog \(its columns are id int64, path large_string, label large_string, "
+                          r"hash string"),
+    "catalog-label-a-number": (_edit_catalog(_column("label", lambda labels: [7] * len(labels), pa.int64())),
+                               r"corrupt catalog \(its columns are .*label int64"),
+    "catalog-without-ids": (_edit_catalog(lambda table: table.drop_columns(["id"])), "corrupt catalog"),
+    "catalog-id-missing": (_edit_catalog(_column("id", lambda ids: [None] + ids[1:])), r"a row has no id"),
+    "catalog-id-twice": (_edit_catalog(_column("id", lambda ids: [ids[1]] + ids[1:])),
+                         r"corrupt catalog \(ids must be whole numbers from 0, growing row by row"),
+    "catalog-id-negative": (_edit_catalog(_column("id", lambda ids: [-1] + ids[1:])), r"ids must be whole numbers"),
+    "catalog-shorter-than-the-index": (_edit_catalog(lambda table: table.slice(0, len(table) - 1)),
+                                       "image counts differ"),
+    "json-catalog-truncated": (lambda folder: (_as_format_7(folder), _truncate(folder / "catalog.json")),
+                               "unreadable catalog"),
+    "json-catalog-wrong-shape": (_edit_json_catalog(lambda c: {**c, "paths": 1}), "corrupt catalog"),
+    "json-catalog-hash-a-list": (_edit_json_catalog(lambda c: {**c, "hashes": [[1]] + c["hashes"][1:]}),
+                                 r"corrupt catalog \(hashes must be SHA-1 digests\)"),
+    "json-catalog-label-a-number": (_edit_json_catalog(lambda c: {**c, "labels": [7] + c["labels"][1:]}),
+                                    r"corrupt catalog \(labels must be strings or null\)"),
+    "json-catalog-cluster-not-whole": (_edit_json_catalog(lambda c: {**c, "clusters": [0.5] + c["clusters"][1:]}),
+                                       r"corrupt catalog \(clusters must be whole numbers from 0\)"),
+    "json-catalog-clusters-not-the-index": (_edit_json_catalog(lambda c: {**c, "clusters": [9] + c["clusters"][1:]}),
+                                            r"corrupt catalog \(its clusters are not the index's\)"),
+    "json-catalog-path-a-number": (_edit_json_catalog(lambda c: {**c, "paths": [5] + c["paths"][1:]}),
+                                   r"corrupt catalog \(paths must be absolute paths\)"),
+    "json-catalog-path-relative": (_edit_json_catalog(lambda c: {**c, "paths": ["hat/x.jpg"] + c["paths"][1:]}),
+                                   r"corrupt catalog \(paths must be absolute paths\)"),
+    "json-catalog-id-twice": (_edit_json_catalog(lambda c: {**c, "ids": [c["ids"][1]] + c["ids"][1:]}),
+                              r"corrupt catalog \(an id is given to two images or out of order\)"),
+    "json-catalog-shorter-than-the-index": (_edit_json_catalog(lambda c: {k: v[:-1] for k, v in c.items()}),
+                                            "corrupt catalog|image counts differ"),
     "embeddings-truncated": (lambda folder: _truncate(folder / "embeddings.npy"), "cannot load the embeddings"),
     "embeddings-a-pickle": (lambda folder: np.save(folder / "embeddings.npy", np.array([{}], dtype=object)),
                             "cannot load the embeddings"),
@@ -331,8 +376,60 @@ def test_a_corrupt_bundle_is_one_clear_error(fitted_copy, kind):
     assert "\n" not in str(raised.value)  # one line
 
 
+def test_a_catalog_path_is_checked_where_it_is_read(fitted_copy):
+    """Opening a catalog reads no path (a large one opens without reading its pages); a path that is
+    not absolute is one clear error where one is read, one by one or all at once."""
+    corrupt = _edit_catalog(_column("path", lambda paths: ["hat/x.jpg"] + paths[1:]))
+    corrupt(current_folder(fitted_copy))
+    catalog = Bundle.load(fitted_copy).catalog
+    assert catalog.paths[1].startswith("/")
+    for read in (lambda: catalog.paths[0], catalog.paths.tolist, lambda: list(catalog.paths)):
+        with pytest.raises(ArtifactError, match=r"catalog.arrow: corrupt catalog \(paths must be absolute paths\)"):
+            read()
+
+
+def test_the_catalog_finds_rows_by_id_and_by_content_without_python_rows(fitted_copy):
+    bundle = Bundle.load(fitted_copy)
+    catalog, ids, hashes = bundle.catalog, bundle.catalog.ids.tolist(), bundle.catalog.hashes.tolist()
+    assert [catalog.row_of(image_id) for image_id in ids] == list(range(len(ids)))
+    assert catalog.row_of(max(ids) + 1) is None and catalog.row_of(-1) is None
+    for row, digest in enumerate(hashes):
+        assert catalog.rows_with_hash(digest) == [other for other, same in enumerate(hashes) if same == digest]
+    assert catalog.rows_with_hash("0" * 40) == [] and catalog.rows_with_hash("not hex") == []
+    assert catalog.label_names() == sorted({label for label in catalog.labels if label is not None})
+    assert catalog.indexed_paths([catalog.paths[3], "/nowhere.jpg"]) == {catalog.paths[3]}
+    kept = catalog.select(np.arange(len(catalog)) % 2 == 0)
+    assert kept.ids.tolist() == ids[::2] and kept.hashes.tolist() == hashes[::2]
+    assert kept.row_of(ids[2]) == 1 and kept.row_of(ids[1]) is None
+
+
+def test_a_format_7_bundle_is_read_and_upgraded_to_a_columnar_catalog_without_tensorflow(fitted_copy):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    from pipeline.search import Searcher
+
+    artifacts = fitted_copy
+    expected = Searcher(Bundle.load(artifacts)).search_indexed(4, SearchOptions(n=6))
+    _as_format_7(current_folder(artifacts))
+    old = Bundle.load(artifacts)
+    assert old.manifest.format_version == 7 and Searcher(old).search_indexed(4, SearchOptions(n=6)) == expected
+    process = subprocess.run([sys.executable, "-c", "import sys, pipeline.cli as cli; cli._exit = lambda code: print("
+                              "'tensorflow' in sys.modules); cli.main()", "upgrade", "--artifacts", str(artifacts)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.startswith(f"upgraded the bundle to format {FORMAT_VERSION} (its catalog made columnar): ")
+    assert process.stdout.splitlines()[-1] == "False"  # no TensorFlow
+    upgraded = Bundle.load(artifacts)
+    assert upgraded.manifest.format_version == FORMAT_VERSION and (upgraded.folder / "catalog.arrow").is_file()
+    assert not (upgraded.folder / "catalog.json").exists() and upgraded.catalog == old.catalog
+    assert Searcher(upgraded).search_indexed(4, SearchOptions(n=6)) == expected
+
+
 def _as_format_3(folder, index):
     """Rewrite a bundle as format 3 wrote it: nprobe in the manifest, not on the index; additions."""
+    _as_format_7(folder)  # a JSON catalog
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest.update(format_version=3, nprobe=int(index.nprobe_), clusters=index.nlist,
                     additions=[{"added": 1, "data_dir": manifest["data_dir"]}])
@@ -392,6 +489,7 @@ def _as_format_5_with_an_encoder_of_then(folder):
     from pipeline.runtime import load_keras_model
     from pipeline.resize import AreaResize
 
+    _as_format_7(folder)  # a JSON catalog
     encoder = load_keras_model(folder / "encoder.keras")
 
     def then(layer):

@@ -283,8 +283,9 @@ def test_the_service_serves_a_bundle_committed_while_it_runs(fitted_copy, caplog
 def test_only_the_indexed_image_itself_is_served(fitted, tmp_path):
     """A photo replaced by a link to a secret, a photo whose bytes changed, a tampered path outside the
     collection: 404, never the file at the path."""
-    import json
+    import pyarrow as pa
 
+    from helpers import rewrite_catalog
     from pipeline.artifacts import Bundle, current_folder
     from pipeline.search import Searcher
 
@@ -293,10 +294,11 @@ def test_only_the_indexed_image_itself_is_served(fitted, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("the shadow file")
     outside = tmp_path / "outside.jpg"
-    catalog = json.loads((folder / "catalog.json").read_text())
-    shutil.copy(catalog["paths"][4], outside)
-    catalog["paths"][4] = str(outside)  # a tampered path: the same bytes, outside the collection's folders
-    (folder / "catalog.json").write_text(json.dumps(catalog))
+    paths = Bundle.load(artifacts).catalog.paths.tolist()
+    shutil.copy(paths[4], outside)
+    paths[4] = str(outside)  # a tampered path: the same bytes, outside the collection's folders
+    rewrite_catalog(folder, lambda table: table.set_column(1, table.schema.field("path"),
+                                                           pa.array(paths, table.schema.field("path").type)))
     client = TestClient(create_app(Searcher(Bundle.load(artifacts))))
     paths = Bundle.load(artifacts).catalog.paths
 
