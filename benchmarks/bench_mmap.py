@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_report import build_bundle  # noqa: E402
-from benchmarks.report import machine, write_section  # noqa: E402
+from benchmarks.report import machine, sample_fit, write_section  # noqa: E402
 from pipeline.artifacts import has_bundle  # noqa: E402
 from pipeline.search import SearchOptions
 
@@ -64,10 +64,7 @@ def main() -> None:
         child(args.child[0], args.child[1] == "1", float(args.child[2]))
         return
 
-    source = args.source or args.workdir / "sample-fit"
-    if not has_bundle(source):
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
-                        "--artifacts", str(source)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    source = args.source or sample_fit(args.workdir / "sample-fit")
     from pipeline.artifacts import ArtifactWriter, Bundle
     from pipeline.index import ClusteredIndex, recall_at_k
 

@@ -22,8 +22,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import ArtifactWriter, Bundle, has_bundle  # noqa: E402
+from benchmarks.report import machine, sample_fit, write_section  # noqa: E402
+from pipeline.artifacts import ArtifactWriter, Bundle  # noqa: E402
 from pipeline.catalog import Catalog  # noqa: E402
 from pipeline.cluster import build_index  # noqa: E402
 
@@ -51,10 +51,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-report"))
     args = parser.parse_args()
 
-    source, bundle = args.workdir / "sample-fit", args.workdir / f"bundle-{args.images}"
-    if not has_bundle(source):
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(ROOT / "data" / "sample"),
-                        "--artifacts", str(source)], check=True, cwd=ROOT)
+    source, bundle = sample_fit(args.workdir / "sample-fit"), args.workdir / f"bundle-{args.images}"
     print(f"building a bundle of {args.images:,} rows ...", flush=True)
     clusters = build_bundle(source, bundle, args.images).index.nlist
     start = time.perf_counter()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
-
-import os
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 QUALITY_MD = BENCHMARKS_MD.with_name("QUALITY.md")
@@ -16,6 +17,17 @@ _HEADER = "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; each section
 def machine() -> str:
     """A one-line description of the machine a figure was measured on."""
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+
+
+def sample_fit(folder: Path) -> Path:
+    """``folder``, holding a default fit of data/sample (made here when it holds none)."""
+    from pipeline.artifacts import has_bundle
+
+    if not has_bundle(folder):
+        root = Path(__file__).resolve().parents[1]
+        subprocess.run([sys.executable, str(root / "scripts" / "fit.py"), str(root / "data" / "sample"),
+                        "--artifacts", str(folder)], check=True, cwd=root, stdout=subprocess.DEVNULL)
+    return folder
 
 
 def write_section(name: str, markdown: str, document: Path = BENCHMARKS_MD) -> None:

@@ -500,13 +500,18 @@ class Bundle:
                 encoder = LiteRTEncoder(self.export(), expected=expected, source=str(self.folder / EXPORT))
             else:
                 encoder = KerasEncoder(self.keras_encoder())
-            if (encoder.image_size, encoder.dims) != expected:
-                raise ArtifactError(f"{self.folder}: the encoder takes {encoder.image_size} px images to "
-                                    f"{encoder.dims} values, the manifest says {self.settings.image_size} px and the "
-                                    f"embeddings have {self.embeddings.shape[1]} values; fit again")
-            self._check_probes(encoder)
+            self.check_encoder(encoder)
             self._encoders[runtime] = encoder
         return self._encoders[runtime]
+
+    def check_encoder(self, encoder) -> None:
+        """ArtifactError unless ``encoder`` (loaded here, or run elsewhere) takes this bundle's images
+        to its descriptors' size and gives its probe images the descriptors the fit gave them."""
+        if (encoder.image_size, encoder.dims) != (self.settings.image_size, int(self.embeddings.shape[1])):
+            raise ArtifactError(f"{self.folder}: the encoder takes {encoder.image_size} px images to "
+                                f"{encoder.dims} values, the manifest says {self.settings.image_size} px and the "
+                                f"embeddings have {self.embeddings.shape[1]} values; fit again")
+        self._check_probes(encoder)
 
     def _check_probes(self, encoder) -> None:
         """ArtifactError unless ``encoder`` gives the stored probe images the descriptors the fit gave
@@ -677,7 +682,16 @@ def all_finite(array: np.ndarray, rows: int = 65_536) -> bool:
     return all(np.isfinite(array[start : start + rows]).all() for start in range(0, len(array), rows))
 
 
-def _load_index(folder: Path, embeddings: np.ndarray, manifest: dict[str, Any], memory_map: bool) -> ClusteredIndex:
+def load_index(folder: Path, check_vectors: bool = True) -> ClusteredIndex:
+    """The index of the bundle in ``folder`` alone, its vectors memory-mapped (``check_vectors=False``:
+    not read here; an index shard checks those it holds); ArtifactError as :meth:`Bundle.load` gives."""
+    folder = checked_folder(folder)
+    embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)  # its shape alone is read
+    return _load_index(folder, embeddings, _read_json(folder / MANIFEST, "manifest"), True, check_vectors)
+
+
+def _load_index(folder: Path, embeddings: np.ndarray, manifest: dict[str, Any], memory_map: bool,
+                check_vectors: bool = True) -> ClusteredIndex:
     """The index over ``embeddings`` from its stored arrays (no pickle); a format-3 bundle's nprobe
     from its manifest, a legacy bundle's pickled index only where :func:`current_folder` let it through;
     bundles before format 5 lay their vectors out anew in memory."""
@@ -691,7 +705,7 @@ def _load_index(folder: Path, embeddings: np.ndarray, manifest: dict[str, Any], 
             laid_out = np.load(folder / INDEX_VECTORS, mmap_mode="r" if memory_map else None, allow_pickle=False)
         with np.load(folder / INDEX, allow_pickle=False) as stored:
             arrays = {**older, **stored}
-            return ClusteredIndex.from_arrays(arrays, embeddings, laid_out)
+            return ClusteredIndex.from_arrays(arrays, embeddings, laid_out, check_vectors)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:  # missing, truncated, object arrays
         raise ArtifactError(f"{folder / INDEX}: cannot load the index ({exc})") from None
 

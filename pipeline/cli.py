@@ -698,6 +698,19 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue-ms", type=_non_negative_float, default=500.0, metavar="MS",
                         help="a search expected to wait longer than this is refused at once with 503 and Retry-After")
     _runtime_flag(parser)
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="serve as a Ray Serve application on a Ray cluster: 'auto' or an address joins a running "
+                             "one; no address starts one on this machine (needs pip install -e \".[ray]\")")
+    parser.add_argument("--shards", type=_positive, metavar="N",
+                        help="with --ray: index shards, each holding whole clusters (default: one per 1.5 GiB of the "
+                             "index's vectors)")
+    parser.add_argument("--shard-replicas", type=_positive, default=1, metavar="R",
+                        help="with --ray: replicas of each shard (2: a replica lost fails no query)")
+    parser.add_argument("--encoder-replicas", type=_replica_bounds, default=(1, 1), metavar="MIN[-MAX]",
+                        help="with --ray: encoder replicas, autoscaled between MIN and MAX by the queries waiting")
+    parser.add_argument("--encoder-gpus", type=_non_negative_float, default=0.0, metavar="G",
+                        help="with --ray: each encoder replica takes G of a GPU (0.25: four share one) and runs the "
+                             "encoder on it, in mixed precision (0: LiteRT on CPUs)")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -714,12 +727,41 @@ def _serve(args: argparse.Namespace) -> None:
         hosts = [host.strip() for host in args.allowed_hosts.split(",") if host.strip()]
     else:
         hosts = None if args.host in ("0.0.0.0", "::", "") else [args.host, "localhost", "127.0.0.1", "::1"]
+    service = {"allow_private_urls": args.allow_private_urls, "write_token": token, "reload_seconds": args.reload_seconds,
+               "allowed_hosts": hosts, "max_queue_ms": args.max_queue_ms}
+    if args.ray is not None:
+        return _serve_on_ray(args, service)
+    if args.shards is not None or args.shard_replicas != 1 or args.encoder_replicas != (1, 1) or args.encoder_gpus:
+        raise InputError("--shards, --shard-replicas, --encoder-replicas and --encoder-gpus are for serve --ray")
     searcher = Searcher(Bundle.load(args.artifacts, args.allow_pickle), max_pixels=MAX_QUERY_PIXELS,
                         batch_window_ms=args.batch_window_ms, runtime=args.runtime)
-    app = create_app(searcher, allow_private_urls=args.allow_private_urls, write_token=token,
-                     reload_seconds=args.reload_seconds, allowed_hosts=hosts, max_queue_ms=args.max_queue_ms)
+    app = create_app(searcher, **service)
     print(f"serving {args.artifacts} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _serve_on_ray(args: argparse.Namespace, service: dict) -> None:
+    from .service import MAX_QUERY_PIXELS
+
+    if args.runtime == "keras" or args.allow_pickle:
+        raise InputError("serve --ray runs the fit's LiteRT export: --runtime keras and --allow-pickle are for serve "
+                         "without --ray")
+    try:
+        from .ray_server import RayServeOptions, run
+    except ImportError:
+        raise InputError('--ray needs the Ray extra: pip install -e ".[ray]"') from None
+    options = RayServeOptions(args.artifacts, args.shards, args.shard_replicas, args.encoder_replicas,
+                              args.batch_window_ms, MAX_QUERY_PIXELS, service, args.encoder_gpus)
+    run(options, None if args.ray == "local" else args.ray, args.host, args.port)
+
+
+def _replica_bounds(text: str) -> tuple[int, int]:
+    """MIN or MIN-MAX replicas, whole numbers from 1, MIN at most MAX."""
+    low, _, high = text.partition("-")
+    if not (low.isdecimal() and (high or low).isdecimal() and 1 <= int(low) <= int(high or low) <= 1000):
+        raise argparse.ArgumentTypeError(f"replicas must be MIN or MIN-MAX, whole numbers from 1 with MIN <= MAX, "
+                                         f"got {text!r}")
+    return int(low), int(high or low)
 
 
 def _write_token(path: Optional[str]) -> Optional[str]:

@@ -42,5 +42,10 @@ class ArtifactError(PipelineError):
     exit_code = 2
 
 
+class Unavailable(PipelineError):
+    """A part of a service spread over a cluster (an index shard, the encoder) did not answer; the
+    client may try again (HTTP 503)."""
+
+
 class UnknownImage(InputError):
     """No indexed image has the id or path asked for (it was removed, or never was)."""

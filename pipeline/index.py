@@ -177,12 +177,13 @@ class ClusteredIndex:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], vectors: np.ndarray,
-                    laid_out: Optional[np.ndarray] = None) -> "ClusteredIndex":
+                    laid_out: Optional[np.ndarray] = None, check_vectors: bool = True) -> "ClusteredIndex":
         """An index rebuilt from :meth:`to_arrays` and the indexed vectors (in insertion order).
 
         ``laid_out``: the stored vectors as :attr:`vectors_` keeps them (prepared, in cluster
         order; a memory-mapped file), used as they are: nothing is copied into memory, and
-        ``vectors`` only gives the count. Raises ValueError (or KeyError for a missing array) when
+        ``vectors`` only gives the count; ``check_vectors=False`` leaves checking that they are
+        finite to the caller (an index shard checks the clusters it holds). Raises ValueError (or KeyError for a missing array) when
         they do not fit together.
         """
         centroids, assignments = np.asarray(arrays["centroids"], dtype=np.float32), np.asarray(arrays["assignments"])
@@ -205,7 +206,7 @@ class ClusteredIndex:
         if index.dtype not in INDEX_DTYPES:
             raise ValueError(f"stored vectors of type {index.dtype}, not one of {', '.join(INDEX_DTYPES)}")
         if not (np.isfinite(centroids).all() and np.isfinite(arrays.get("norms", 0.0)).all()
-                and (laid_out is None or all(np.isfinite(laid_out[start : start + 65_536]).all()
+                and (laid_out is None or not check_vectors or all(np.isfinite(laid_out[start : start + 65_536]).all()
                                              for start in range(0, len(laid_out), 65_536)))):
             raise ValueError("values that are not finite (NaN or infinity)")
         index.centroids_ = centroids
@@ -314,16 +315,23 @@ class ClusteredIndex:
 
     def _search_prepared(self, queries: np.ndarray, n: int, nprobe: int) -> SearchHits:
         probed = self.route(queries, nprobe)
+        scores, ids = self.scan(queries, probed, n)
+        ids[~np.isfinite(scores)] = -1  # fewer than n vectors in the probed clusters
+        return SearchHits(self._distances(scores, queries), ids, probed)
+
+    def scan(self, queries: np.ndarray, probed: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best (scores, ids) of each prepared query among its ``probed`` clusters (queries,
+        nprobe), best first by (score, id), padded with (inf, the largest int64); a probed cluster
+        ``nlist`` is empty (how a shard skips the clusters it does not hold, :mod:`pipeline.shards`)."""
         scores = np.full((len(queries), n), np.inf, dtype=np.float32)
         ids = np.full((len(queries), n), np.iinfo(np.int64).max, dtype=np.int64)
         half = self.vectors_.dtype == np.float16
-        _run("scan_parallel", _scan_few, len(queries), queries, probed,
+        offsets = np.append(self.offsets_, self.offsets_[-1])  # cluster nlist: empty
+        _run("scan_parallel", _scan_few, len(queries), queries, np.asarray(probed, np.int64),
              self.vectors_.view(np.uint16) if half else self.vectors_, _HALF_TO_FLOAT if half else _HALF_TO_FLOAT[:0],
-             self.norms_, self.offsets_, self.ids_, n, self.metric == "cosine", scores, ids)
+             self.norms_, offsets, self.ids_, n, self.metric == "cosine", scores, ids)
         order = np.lexsort((ids, scores), axis=1)
-        scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
-        ids[~np.isfinite(scores)] = -1  # fewer than n vectors in the probed clusters
-        return SearchHits(self._distances(scores, queries), ids, probed)
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
     def distances_to(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Distances (queries, m) from each query to the indexed vectors ``ids[i]`` (inf where -1)."""

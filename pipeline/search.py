@@ -171,6 +171,7 @@ class _Served:
     its images."""
 
     bundle: Bundle
+    index: ClusteredIndex  # the bundle's, or what searches it (the shards of serve --ray)
     encoder: BatchingEncoder
     encoder_sha256: str
     labels: list[str]  # the labels of the indexed images, sorted
@@ -202,9 +203,21 @@ class Searcher:
         if now is not None and now.encoder_sha256 == digest:
             encoder = now.encoder
         else:
-            encoder = BatchingEncoder(bundle.encoder(self.runtime), self.batch_window_ms)
+            encoder = BatchingEncoder(self._encoder_for(bundle), self.batch_window_ms)
         bundle.catalog.hash_order()  # sorted here, not at the first query: the indexed copies of a query's photo
-        return _Served(bundle, encoder, digest, bundle.catalog.label_names())
+        return _Served(bundle, self._index_for(bundle), encoder, digest, bundle.catalog.label_names())
+
+    def _encoder_for(self, bundle: Bundle):
+        """The encoder that runs ``bundle``'s queries (:class:`pipeline.runtime.Encoder`)."""
+        return bundle.encoder(self.runtime)
+
+    def _index_for(self, bundle: Bundle) -> ClusteredIndex:
+        """What searches ``bundle``'s index."""
+        return bundle.index
+
+    def serving_stats(self) -> dict[str, Any]:
+        """How the searches are served, for the service's stats: nothing to say in one process."""
+        return {}
 
     def use(self, bundle: Bundle) -> None:
         """Answer from ``bundle`` from now on."""
@@ -241,7 +254,7 @@ class Searcher:
 
     @property
     def index(self) -> ClusteredIndex:
-        return self._served.bundle.index
+        return self._served.index
 
     @property
     def encoder(self) -> BatchingEncoder:
@@ -364,7 +377,7 @@ class Searcher:
                 options: SearchOptions) -> SearchResult:
         """:meth:`search_vector` against the bundle of ``served``; the indexed images with any of
         ``query_hashes`` are the query's copies."""
-        catalog, index = served.bundle.catalog, served.bundle.index
+        catalog, index = served.bundle.catalog, served.index
         n = min(options.n, len(catalog))  # never more results than images: no huge allocation for a huge n
         copies = sorted(row for digest in query_hashes for row in catalog.rows_with_hash(digest))
         nprobe = index.resolve_nprobe(index.nprobe_ if options.nprobe is None else options.nprobe)

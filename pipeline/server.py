@@ -27,7 +27,7 @@ sync or removal has committed another bundle there, and serves that one from the
 new fit's encoder after a fit), so deleted photos stop coming back without a restart.
 
 Errors are JSON ``{"error": message}`` with status 400, 401, 403, 404, 408, 409, 413, 415 or 422, and 503
-with Retry-After for a search refused under overload. A request body must arrive within BODY_GRACE_S
+with Retry-After for a search refused under overload (or, served on Ray, one that could not reach an index shard). A request body must arrive within BODY_GRACE_S
 seconds plus one second per MIN_BODY_RATE bytes (else 408): a client that trickles its body holds a
 connection, never a search's place. Images are served only by catalog id, never by a path taken from
 the request. Each route's work is :class:`pipeline.service.SearchService`'s.
@@ -55,7 +55,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ImageError, InputError, UnknownImage
+from .errors import ImageError, InputError, Unavailable, UnknownImage
 from .search import MAX_QUERY_PHOTOS, QueryPhoto, Searcher
 from .service import (MAX_QUEUE_MS, MAX_UPLOAD_BYTES, SEARCH_OPTIONS, Admission, SearchService, indexed_id,
                       indexed_ids, refresh)
@@ -128,6 +128,10 @@ def create_app(
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
         return _error(404 if isinstance(exc, UnknownImage) else 422, str(exc))
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -75,6 +75,7 @@ class SearchService:
             "created": manifest.created,
             "data_dir": manifest.data_dir,
             "labels": self.searcher.labels,
+            **self.searcher.serving_stats(),
             "settings": manifest.settings.to_dict(),
             "queue": {"searches": self.admission.pending,
                       "expected_wait_ms": round(self.admission.expected_wait() * 1000, 1),
