@@ -6,7 +6,7 @@ Three deployments behind the same HTTP API and page as the one-process server (:
   the bounds given, and a router's queries arriving together are encoded in one call, as today;
 - **shard-0 ... shard-N-1** (:class:`ShardReplica`): each holds whole clusters of the index, spread
   so that every shard holds about the same number of vectors (:func:`pipeline.shards.shard_plan`),
-  memory-mapped from the bundle; each shard may have several replicas;
+  read from the bundle's vector file into its own memory; each shard may have several replicas;
 - **router** (:class:`Router`, the ingress): the catalog, the centroids and the service; a query is
   routed, sent only to the shards owning its ``nprobe`` clusters, and their answers merged
   (:class:`pipeline.shards.ShardedIndex`): the one-process server's answer, ids and distances.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -50,7 +51,7 @@ APP_NAME = "imgsim"
 ATTEMPTS = 4  # tries of a call to a shard or an encoder before the query gets 503
 RETRY_PAUSE_S = 0.25  # between tries: time for Ray Serve to route around a dead replica
 CALL_TIMEOUT_S = 30.0
-LOADED_VERSIONS = 3  # bundle versions a shard replica keeps open: the current, the one before, one in flight
+LOADED_VERSIONS = 2  # bundle versions a shard replica holds: the current and the one before (queries in flight)
 
 
 @dataclass
@@ -261,12 +262,18 @@ def run(options: RayServeOptions, address: Optional[str], host: str, port: int) 
     slots = None if address else max(os.cpu_count() or 1, 1 + high + shards * options.shard_replicas)
     ray.init(address=address, num_cpus=slots, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, configure_logging=False)
+    logging.getLogger("ray.serve").setLevel(logging.ERROR)  # Serve's notices of each step, on the driver
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+    logging.getLogger("ray.serve").setLevel(logging.ERROR)  # again: starting Serve sets its logger's level
     serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": "WARNING"})
-    print(f"serving {options.artifacts} on http://{host}:{port}/ (Ray Serve: {shards} shards of "
-          f"{options.shard_replicas} replicas, {low}-{high} encoder replicas)", flush=True)
+    print(f"serving {options.artifacts} on http://{host}:{port}/ (Ray Serve: {shards} shards, {options.shard_replicas} "
+          f"replica(s) each; {low}-{high} encoder replicas)", flush=True)
     try:
         while True:
             time.sleep(3600)
-    finally:
-        serve.shutdown()
+    except KeyboardInterrupt:  # how a server is stopped: not an error, and a second Ctrl-C does not cut the shutdown
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    finally:  # the application leaves the cluster it joined; a cluster started here stops with it
+        if address:
+            serve.delete(APP_NAME)
+        ray.shutdown()

@@ -3,8 +3,8 @@ the router's index that sends a query only to the shards owning its probed clust
 
 A query is routed to its ``nprobe`` nearest clusters (:meth:`ClusteredIndex.route`); a cluster's
 vectors lie together in the bundle's ``index_vectors.npy``. So a shard is a set of whole clusters
-(:func:`shard_plan`: spread so that every shard holds about the same number of vectors), and
-:class:`ShardScanner` scans, for each query, the probed clusters its shard owns, exactly as the
+(:func:`shard_plan`: spread so that every shard holds about the same number of vectors), read
+into the shard's memory, and :class:`ShardScanner` scans, for each query, the probed clusters its shard owns, exactly as the
 whole index scans them: the same products, the same ``n`` best by (score, id). The router's
 :class:`ShardedIndex` routes, asks each shard it needs for its ``n`` best, and keeps the ``n``
 best of their answers by (score, id): the answer of one index over all the clusters, ids and
@@ -54,24 +54,39 @@ def shard_plan(sizes: np.ndarray, shards: int) -> np.ndarray:
 
 
 class ShardScanner:
-    """Shard ``shard`` of ``shards`` of the bundle in ``folder``: its clusters' vectors memory-mapped
-    (checked finite when opened: those of the other clusters are never read)."""
+    """Shard ``shard`` of ``shards`` of the bundle in ``folder``: its clusters' vectors, read from
+    the bundle's memory-mapped file into memory of its own (checked finite), in cluster order; the
+    other clusters' vectors are never read.
+
+    Why a copy and not the mapping itself: a shard would map other shards' pages too. On the
+    machine measured (docs/BENCHMARKS.md, bench_ray_serve) the kernel reads ahead 8 MB around a
+    fault and maps page-cache folios whole, so that scanning a quarter of a 5 GB file gave each of 4
+    shards 4.3 GB of resident pages. The copy holds exactly the shard's share, and a scan faults no
+    page."""
 
     def __init__(self, folder: str | Path, shard: int, shards: int):
-        self.folder = Path(folder)
-        self.index = load_index(self.folder, check_vectors=False)
-        sizes = np.diff(self.index.offsets_)
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} of {shards}")
-        self.shard, self.shards = shard, shards
+        self.folder, self.shard, self.shards = Path(folder), shard, shards
+        whole = load_index(self.folder, check_vectors=False)
+        sizes = np.diff(whole.offsets_)
         self.clusters = np.flatnonzero(shard_plan(sizes, shards) == shard)
-        self.vectors = int(sizes[self.clusters].sum())
-        offsets = self.index.offsets_
-        for cluster in self.clusters:
-            for start in range(offsets[cluster], offsets[cluster + 1], 65_536):
-                if not np.isfinite(self.index.vectors_[start : min(start + 65_536, offsets[cluster + 1])]).all():
-                    raise ArtifactError(f"{self.folder}: the index's vectors hold values that are not finite (NaN "
-                                        f"or infinity); fit again")
+        held = np.zeros_like(sizes)
+        held[self.clusters] = sizes[self.clusters]
+        offsets = np.concatenate([[0], np.cumsum(held)]).astype(np.int64)  # the others: empty
+        rows = np.concatenate([np.arange(whole.offsets_[c], whole.offsets_[c + 1]) for c in self.clusters]
+                              or [np.zeros(0, np.int64)])
+        self.vectors = len(rows)
+        self.index = ClusteredIndex(whole.metric, whole.nprobe_, whole.expansion, whole.dtype)
+        self.index.centroids_, self.index.offsets_ = whole.centroids_, offsets
+        self.index.ids_, self.index.norms_ = whole.ids_[rows], whole.norms_[rows]
+        self.index.vectors_ = np.empty((len(rows), whole.vectors_.shape[1]), whole.vectors_.dtype)
+        for cluster in self.clusters:  # one contiguous read a cluster
+            self.index.vectors_[offsets[cluster] : offsets[cluster + 1]] = \
+                whole.vectors_[whole.offsets_[cluster] : whole.offsets_[cluster + 1]]
+        if not np.isfinite(self.index.vectors_).all():
+            raise ArtifactError(f"{self.folder}: the index's vectors hold values that are not finite (NaN or "
+                                f"infinity); fit again")
 
     def scan(self, queries: np.ndarray, probed: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` best (scores, ids) of each prepared query among its probed clusters (queries,
