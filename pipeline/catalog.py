@@ -203,7 +203,8 @@ class Catalog:
         """The cluster of each image (the index's assignments, as the bundle set them)."""
         if self._clusters is None:
             raise ArtifactError(f"{self.source}: the catalog's clusters were never set")
-        return Column(pa.chunked_array([pa.array(self._clusters, pa.int64())]))
+        clusters = np.ascontiguousarray(self._clusters, np.int64)  # from_buffers: pa.array(ndarray) imports pandas
+        return Column(pa.chunked_array([pa.Array.from_buffers(pa.int64(), len(clusters), [None, pa.py_buffer(clusters)])]))
 
     @clusters.setter
     def clusters(self, assignments: Sequence[int] | np.ndarray) -> None:
@@ -219,9 +220,8 @@ class Catalog:
     def id_array(self) -> np.ndarray:
         """The ids as an int64 array (over the file's pages, not copied)."""
         if self._ids is None:
-            column = self.table.column("id")
-            self._ids = (np.concatenate([chunk.to_numpy() for chunk in column.chunks]) if column.num_chunks != 1
-                         else column.chunk(0).to_numpy()) if len(column) else np.zeros(0, np.int64)
+            chunks = [_int64s(chunk) for chunk in self.table.column("id").chunks]
+            self._ids = chunks[0] if len(chunks) == 1 else np.concatenate([np.zeros(0, np.int64), *chunks])
         return self._ids
 
     def row_of(self, image_id: int) -> Optional[int]:
@@ -349,6 +349,12 @@ class Catalog:
         catalog = cls(raw["paths"], raw["labels"], raw["hashes"], raw["stats"], raw["ids"], raw["clusters"])
         catalog.source = path
         return catalog
+
+
+def _int64s(chunk: pa.Array) -> np.ndarray:
+    """An int64 Arrow array without nulls as a NumPy array over its buffer (``Array.to_numpy``
+    imports pandas, 0.17 s, where it is installed)."""
+    return np.frombuffer(chunk.buffers()[1], np.int64, count=len(chunk), offset=chunk.offset * 8)
 
 
 def _search(hashes: np.ndarray, order: np.ndarray, wanted: np.bytes_) -> int:
