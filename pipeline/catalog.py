@@ -70,7 +70,10 @@ class Column(Sequence):
 
     def __getitem__(self, key):
         if isinstance(key, slice):
-            return self._converted(self.values.slice(*_bounds(key, len(self))))[:: key.step or 1]
+            if key.step not in (None, 1):
+                return self.tolist()[key]
+            start, stop, _ = key.indices(len(self))
+            return self._converted(self.values.slice(start, max(0, stop - start)))
         position = int(key)
         if not -len(self) <= position < len(self):
             raise IndexError(f"row {position} of a catalog of {len(self)}")
@@ -122,11 +125,6 @@ class Column(Sequence):
         return [self._to_python(value) if value is not None else None for value in values.to_pylist()]
 
 
-def _bounds(key: slice, length: int) -> tuple[int, int]:
-    start, stop, _ = key.indices(length)
-    return start, max(0, stop - start)
-
-
 class Catalog:
     """What is known of each indexed image; row i is row i of the embeddings and the index."""
 
@@ -136,14 +134,12 @@ class Catalog:
         """A catalog from Python values: ``hashes`` as hex SHA-1 digests, ``stats`` as [size, mtime]
         pairs or None, ``ids`` by default the rows' numbers (a bundle's append gives new images theirs)."""
         stats = [None] * len(paths) if stats is None else stats
-        table = pa.table({
-            "id": pa.array(range(len(paths)) if ids is None else ids, pa.int64()),
-            "path": pa.array(paths, pa.large_string()),
-            "label": pa.array(labels, pa.large_string()),
-            "hash": pa.array([bytes.fromhex(digest) for digest in hashes], pa.binary(20)),
-            "size": pa.array([None if stat is None else stat[0] for stat in stats], pa.int64()),
-            "mtime": pa.array([None if stat is None else stat[1] for stat in stats], pa.int64()),
-        }, schema=SCHEMA)
+        table = pa.Table.from_arrays([
+            _int64s_array(np.arange(len(paths)) if ids is None else ids),
+            _strings_array(paths), _strings_array(labels), _digests_array(hashes),
+            _int64s_array([None if stat is None else stat[0] for stat in stats]),
+            _int64s_array([None if stat is None else stat[1] for stat in stats]),
+        ], schema=SCHEMA)
         self._set(table, None if clusters is None else np.asarray(clusters, np.int64), Path("catalog"))
 
     def _set(self, table: pa.Table, clusters: Optional[np.ndarray], source: Path) -> None:
@@ -203,8 +199,7 @@ class Catalog:
         """The cluster of each image (the index's assignments, as the bundle set them)."""
         if self._clusters is None:
             raise ArtifactError(f"{self.source}: the catalog's clusters were never set")
-        clusters = np.ascontiguousarray(self._clusters, np.int64)  # from_buffers: pa.array(ndarray) imports pandas
-        return Column(pa.chunked_array([pa.Array.from_buffers(pa.int64(), len(clusters), [None, pa.py_buffer(clusters)])]))
+        return Column(pa.chunked_array([_int64s_array(self._clusters)]))
 
     @clusters.setter
     def clusters(self, assignments: Sequence[int] | np.ndarray) -> None:
@@ -266,13 +261,14 @@ class Catalog:
         """Which of ``paths`` are indexed (one pass over the catalog's paths)."""
         if not paths:
             return set()
-        found = pc.is_in(self.table.column("path"), value_set=pa.array(list(paths), pa.large_string()))
+        found = pc.is_in(self.table.column("path"), value_set=_strings_array(list(paths)))
         return set(self.table.column("path").filter(found).to_pylist())
 
     def select(self, keep: np.ndarray) -> "Catalog":
         """The entries where the boolean mask ``keep`` is true, in order."""
         keep = np.asarray(keep, bool)
-        return Catalog._of(self.table.filter(pa.array(keep)),
+        mask = pa.Array.from_buffers(pa.bool_(), len(keep), [None, pa.py_buffer(np.packbits(keep, bitorder="little"))])
+        return Catalog._of(self.table.filter(mask),
                            None if self._clusters is None else self._clusters[keep], self.source)
 
     def __add__(self, other: "Catalog") -> "Catalog":
@@ -282,7 +278,7 @@ class Catalog:
 
     def numbered(self, first_id: int) -> "Catalog":
         """This catalog with ids from ``first_id`` on, row by row."""
-        ids = pa.array(np.arange(first_id, first_id + len(self), dtype=np.int64))
+        ids = _int64s_array(np.arange(first_id, first_id + len(self)))
         return Catalog._of(self.table.set_column(0, SCHEMA.field("id"), ids), self._clusters, self.source)
 
     def write(self, path: Path) -> None:
@@ -349,6 +345,43 @@ class Catalog:
         catalog = cls(raw["paths"], raw["labels"], raw["hashes"], raw["stats"], raw["ids"], raw["clusters"])
         catalog.source = path
         return catalog
+
+
+# Arrow arrays are made from buffers here, not with pa.array or pa.table: those import pandas where it is installed
+# (0.17 s of a sync or a query process)
+
+def _int64s_array(values: Sequence[Optional[int]] | np.ndarray) -> pa.Array:
+    """Whole numbers (None: null) as an Arrow int64 array."""
+    valid = None if isinstance(values, np.ndarray) else np.array([value is not None for value in values], bool)
+    if valid is not None:
+        values = [0 if value is None else value for value in values]
+    data = np.ascontiguousarray(values, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(data), [_bitmap(valid), pa.py_buffer(data)])
+
+
+def _strings_array(values: Sequence[Optional[str]]) -> pa.Array:
+    """Texts (None: null) as an Arrow large_string array."""
+    encoded = [b"" if value is None else value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(text) for text in encoded], out=offsets[1:])
+    valid = np.array([value is not None for value in values], bool)
+    return pa.Array.from_buffers(pa.large_string(), len(encoded),
+                                 [_bitmap(valid), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def _digests_array(digests: Sequence[str]) -> pa.Array:
+    """Hex SHA-1 digests as an Arrow array of 20-byte values; ValueError for one that is not."""
+    data = b"".join(bytes.fromhex(digest) for digest in digests)
+    if len(data) != 20 * len(digests):
+        raise ValueError("a content hash that is not a SHA-1 digest")
+    return pa.Array.from_buffers(pa.binary(20), len(digests), [None, pa.py_buffer(data)])
+
+
+def _bitmap(valid: Optional[np.ndarray]) -> Optional[pa.Buffer]:
+    """Arrow's validity bitmap for ``valid`` (None when every value is there)."""
+    if valid is None or valid.all():
+        return None
+    return pa.py_buffer(np.packbits(valid, bitorder="little"))
 
 
 def _int64s(chunk: pa.Array) -> np.ndarray:
