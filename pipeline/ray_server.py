@@ -14,7 +14,8 @@ Three deployments behind the same HTTP API and page as the one-process server (:
 One bundle version per query: the router reads one bundle for the whole query (as the one-process
 server does, :class:`pipeline.search.Searcher`) and names that bundle's folder in every call to an
 encoder or a shard; a shard replica answers from exactly that folder, loading it on the first call
-that names it and keeping the LOADED_VERSIONS newest. A commit (fit, add, sync, remove, restore)
+that names it and keeping the LOADED_VERSIONS newest (so a replica's memory is twice its share of the
+vectors while a new version comes in). A commit (fit, add, sync, remove, restore)
 writes a new folder and never touches the old ones, so a query in flight finishes on the version
 it started on while the next queries use the new one.
 

