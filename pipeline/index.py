@@ -183,7 +183,8 @@ class ClusteredIndex:
         ``laid_out``: the stored vectors as :attr:`vectors_` keeps them (prepared, in cluster
         order; a memory-mapped file), used as they are: nothing is copied into memory, and
         ``vectors`` only gives the count; ``check_vectors=False`` leaves checking that they are
-        finite to the caller (an index shard checks the clusters it holds). Raises ValueError (or KeyError for a missing array) when
+        finite to the caller (an index shard checks the clusters it holds). Raises ValueError (or
+        KeyError for a missing array) when
         they do not fit together.
         """
         centroids, assignments = np.asarray(arrays["centroids"], dtype=np.float32), np.asarray(arrays["assignments"])

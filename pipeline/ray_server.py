@@ -160,7 +160,8 @@ class ShardReplica:
         """This replica's process, resident memory (anonymous, and the mapped files' pages) and the
         bundle versions it holds open."""
         status = Path("/proc/self/status").read_text()
-        resident = {kind: int(status.split(f"{kind}:")[1].split()[0]) / 1024 for kind in ("VmRSS", "RssAnon", "RssFile")}
+        resident = {kind: int(status.split(f"{kind}:")[1].split()[0]) / 1024
+                    for kind in ("VmRSS", "RssAnon", "RssFile")}
         return {"pid": os.getpid(), "rss_mb": resident["VmRSS"], "anonymous_mb": resident["RssAnon"],
                 "file_pages_mb": resident["RssFile"], "versions": list(self._loaded)}
 
@@ -226,8 +227,9 @@ class Router:
 
         self.options = options
         with ThreadPoolExecutor(1) as thread:  # the encoder's probe check waits on a call: not on the event loop
-            self.searcher = thread.submit(ShardedSearcher, Bundle.load(options.artifacts), encoder, list(shards),
-                                          options.max_pixels, options.batch_window_ms, options.encoder_gpus > 0).result()
+            self.searcher = thread.submit(
+                ShardedSearcher, Bundle.load(options.artifacts), encoder, list(shards), options.max_pixels,
+                options.batch_window_ms, options.encoder_gpus > 0).result()
 
     def __serve_build_asgi_app__(self):
         from .server import create_app

@@ -27,7 +27,8 @@ sync or removal has committed another bundle there, and serves that one from the
 new fit's encoder after a fit), so deleted photos stop coming back without a restart.
 
 Errors are JSON ``{"error": message}`` with status 400, 401, 403, 404, 408, 409, 413, 415 or 422, and 503
-with Retry-After for a search refused under overload (or, served on Ray, one that could not reach an index shard). A request body must arrive within BODY_GRACE_S
+with Retry-After for a search refused under overload (or, served on Ray, one that could not reach
+an index shard). A request body must arrive within BODY_GRACE_S
 seconds plus one second per MIN_BODY_RATE bytes (else 408): a client that trickles its body holds a
 connection, never a search's place. Images are served only by catalog id, never by a path taken from
 the request. Each route's work is :class:`pipeline.service.SearchService`'s.

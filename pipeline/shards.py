@@ -4,10 +4,10 @@ the router's index that sends a query only to the shards owning its probed clust
 A query is routed to its ``nprobe`` nearest clusters (:meth:`ClusteredIndex.route`); a cluster's
 vectors lie together in the bundle's ``index_vectors.npy``. So a shard is a set of whole clusters
 (:func:`shard_plan`: spread so that every shard holds about the same number of vectors), read
-into the shard's memory, and :class:`ShardScanner` scans, for each query, the probed clusters its shard owns, exactly as the
-whole index scans them: the same products, the same ``n`` best by (score, id). The router's
-:class:`ShardedIndex` routes, asks each shard it needs for its ``n`` best, and keeps the ``n``
-best of their answers by (score, id): the answer of one index over all the clusters, ids and
+into the shard's memory, and :class:`ShardScanner` scans, for each query, the probed clusters its
+shard owns, exactly as the whole index scans them: the same products, the same ``n`` best by
+(score, id). The router's :class:`ShardedIndex` routes, asks each shard it needs for its ``n``
+best, and keeps the ``n`` best of their answers by (score, id): the answer of one index over all the clusters, ids and
 distances, to the last bit. Everything else a search does (query expansion, the distances of the
 results to the query) reads a few vectors, which the router reads from the bundle's memory-mapped
 file itself.
