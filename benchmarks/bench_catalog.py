@@ -26,15 +26,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.report import machine, write_section  # noqa: E402
+from benchmarks.report import machine, rss_mb, write_section  # noqa: E402
 
 LOOKUPS, ROUNDS = 10, 200
-
-
-def rss_mb(kind: str = "VmRSS") -> float:
-    """The process's resident memory (VmRSS), or its part in anonymous memory (RssAnon) or in mapped files' pages
-    (RssFile: the page cache of the memory-mapped catalog, which the kernel takes back under pressure)."""
-    return int(Path("/proc/self/status").read_text().split(f"{kind}:")[1].split()[0]) / 1024
 
 
 def build(path: Path, rows: int) -> None:

@@ -27,13 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_report import build_bundle  # noqa: E402
-from benchmarks.report import machine, sample_fit, write_section  # noqa: E402
+from benchmarks.report import machine, rss_mb, sample_fit, write_section  # noqa: E402
 from pipeline.artifacts import has_bundle  # noqa: E402
 from pipeline.search import SearchOptions
-
-
-def rss_mb() -> float:
-    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def child(bundle_dir: str, memory_map: bool, started: float) -> None:

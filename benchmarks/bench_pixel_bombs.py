@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.report import machine, write_section  # noqa: E402
+from benchmarks.report import machine, rss_mb, write_section  # noqa: E402
 
 
 def one_run(artifacts: str, parallel: int, side: int, budget: bool) -> dict:
@@ -42,7 +42,7 @@ def one_run(artifacts: str, parallel: int, side: int, budget: bool) -> dict:
     Image.new("RGB", (side, side), (120, 30, 200)).save(buffer, "PNG", optimize=True)
     client = TestClient(create_app(Searcher(Bundle.load(artifacts), max_pixels=MAX_QUERY_PIXELS)))
     client.get("/api/health")
-    idle = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    idle = rss_mb()
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         codes = list(pool.map(lambda _: client.post(

@@ -19,6 +19,12 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
+def rss_mb(kind: str = "VmRSS") -> float:
+    """This process's resident memory in MB (VmRSS), or its part in anonymous memory (RssAnon) or in
+    mapped files' pages (RssFile: page cache, which the kernel takes back under pressure)."""
+    return int(Path("/proc/self/status").read_text().split(f"{kind}:")[1].split()[0]) / 1024
+
+
 def sample_fit(folder: Path) -> Path:
     """``folder``, holding a default fit of data/sample (made here when it holds none)."""
     from pipeline.artifacts import has_bundle
