@@ -41,7 +41,7 @@ K = 10
 
 def study_images(per_class: int):
     """The first ``per_class`` images of each class."""
-    from pipeline.images import find_images
+    from pipeline.data.images import find_images
 
     counts: dict[str, int] = {}
     chosen = []
@@ -56,10 +56,10 @@ def train_and_score(kind: str, activation: str, optimizer: str, loss: str, cache
     """Train one model on every cached image; its scores by metric and its training seconds."""
     import keras
 
-    from pipeline.autoencoder import build_autoencoder, train_autoencoder
+    from pipeline.train.autoencoder import build_autoencoder, train_autoencoder
     from pipeline.config import FitConfig
-    from pipeline.dataset import TrainingBatches, to_model_input
-    from pipeline.metrics import exact_neighbours
+    from pipeline.data.dataset import TrainingBatches, to_model_input
+    from pipeline.index.metrics import exact_neighbours
 
     config = FitConfig(backbone="none", image_size=32, autoencoder_size=32, latent_dim=128, epochs=epochs,
                        patience=epochs, output_activation=activation, optimizer=optimizer, loss=loss,
@@ -83,9 +83,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     silence_tensorflow()
-    from pipeline.dataset import decode_to_cache
+    from pipeline.data.dataset import decode_to_cache
     from pipeline.evaluate import reference_baselines
-    from pipeline.metrics import LabelledSet
+    from pipeline.index.metrics import LabelledSet
 
     records = study_images(args.per_class)
     scored = LabelledSet.of(np.array([record.label for record in records]))

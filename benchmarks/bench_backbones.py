@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_runtime import CLOTHING, THROUGHPUT, run_measured  # noqa: E402
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import has_bundle  # noqa: E402
+from pipeline.bundle.layout import has_bundle  # noqa: E402
 
 
 def main() -> None:

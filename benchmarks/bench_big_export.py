@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import EXPORT, MANIFEST, Bundle, current_folder  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.bundle.layout import EXPORT, MANIFEST, current_folder
 
 # runs the command as its child and prints the child's peak RSS in kB: this process's own is not counted
 _PEAK = ("import resource, subprocess, sys; process = subprocess.run(sys.argv[1:], capture_output=True, text=True); "

@@ -36,7 +36,7 @@ def build(path: Path, rows: int) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipeline.catalog import SCHEMA, Catalog
+    from pipeline.bundle.catalog import SCHEMA, Catalog
 
     rng = np.random.default_rng(0)
     numbers = np.arange(rows, dtype=np.int64)
@@ -58,7 +58,7 @@ def build(path: Path, rows: int) -> None:
 
 def child(path: str, started: float) -> None:
     """Open the catalog, time it and the lookups, print one JSON line."""
-    from pipeline.catalog import Catalog
+    from pipeline.bundle.catalog import Catalog
 
     opened_at = time.time()
     if path.endswith(".json"):

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
 from helpers import HARD_COPIES, NEAR_COPIES, save_near_copy  # noqa: E402
-from pipeline.artifacts import has_bundle  # noqa: E402
+from pipeline.bundle.layout import has_bundle  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("clothing10", "caltech101", "flowers5")
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--with-copies", type=int, default=128, help="photos of each set given near-copies")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-duplicates"))
     args = parser.parse_args()
-    from pipeline.duplicates import CACHE_FOLDER
+    from pipeline.collection.duplicates import CACHE_FOLDER
 
     folder, artifacts = args.workdir / "photos", args.workdir / "artifacts"
     source_of = build_folder(folder, args.with_copies)

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
 
 
 def exported(model, size: int, folder: Path, name: str) -> bytes:
@@ -70,9 +70,9 @@ def images_per_second(runners: list, size: int, batch: int, rounds: int) -> list
 
 def int8_export(bundle: Bundle, encoder) -> bytes:
     """``encoder`` exported as ``fit --precision int8`` exports it, calibrated on up to 256 of ``bundle``'s images."""
-    from pipeline.dataset import load_image
-    from pipeline.export import CALIBRATION_IMAGES, export_litert, spread_rows
-    from pipeline.images import ImageRecord
+    from pipeline.data.dataset import load_image
+    from pipeline.train.export import CALIBRATION_IMAGES, export_litert, spread_rows
+    from pipeline.data.images import ImageRecord
 
     size = bundle.settings.image_size
     paths = [bundle.catalog.paths[row] for row in spread_rows(len(bundle.catalog), CALIBRATION_IMAGES)]
@@ -94,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     import keras
 
-    from pipeline.runtime import block_tensors, encoder_outputs
+    from pipeline.model.runtime import block_tensors, encoder_outputs
 
     bundle = Bundle.load(args.artifacts)
     encoder = bundle.keras_encoder()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import cv2
-from pipeline.search import SearchOptions
+from pipeline.search.searcher import SearchOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -107,8 +107,8 @@ def timed_syncs(artifacts: Path, workdir: Path, name: str, rounds: int = 1) -> d
 def measure(backbone: str, source: Path, extra: Path, workdir: Path, images: int, image_size: int | None) -> dict:
     """Fit a copy of ``source`` with ``--backbone backbone`` (and ``--image-size``), add ``extra``, time warm
     queries, then change 1% of the copy and time a sync on each runtime, then one more photo's."""
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
 
     data = workdir / f"fitted-{backbone}"
     shutil.rmtree(data, ignore_errors=True)

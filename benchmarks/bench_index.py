@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.cluster import choose_cluster_count, fit_kmeans  # noqa: E402
-from pipeline.index import ClusteredIndex, prepare_vectors, recall_at_k  # noqa: E402
+from pipeline.index.cluster import choose_cluster_count, fit_kmeans  # noqa: E402
+from pipeline.index.clustered import ClusteredIndex, prepare_vectors, recall_at_k  # noqa: E402
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64)
 SINGLE_QUERIES = 200

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_server import start_server  # noqa: E402
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.images import find_images  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.data.images import find_images  # noqa: E402
 
 
 def imgsim(*args: str) -> subprocess.CompletedProcess:

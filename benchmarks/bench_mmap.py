@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_report import build_bundle  # noqa: E402
 from benchmarks.report import machine, rss_mb, sample_fit, write_section  # noqa: E402
-from pipeline.artifacts import has_bundle  # noqa: E402
-from pipeline.search import SearchOptions
+from pipeline.bundle.layout import has_bundle  # noqa: E402
+from pipeline.search.searcher import SearchOptions
 
 
 def child(bundle_dir: str, memory_map: bool, started: float) -> None:
     """Start a Searcher, time it and 300 searches, print one JSON line."""
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
 
     searcher = Searcher(Bundle.load(bundle_dir, memory_map=memory_map))
     ready_s, ready_rss = time.time() - started, rss_mb()
@@ -61,8 +61,9 @@ def main() -> None:
         return
 
     source = args.source or sample_fit(args.workdir / "sample-fit")
-    from pipeline.artifacts import ArtifactWriter, Bundle
-    from pipeline.index import ClusteredIndex, recall_at_k
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.bundle.writer import ArtifactWriter
+    from pipeline.index.clustered import ClusteredIndex, recall_at_k
 
     bundle_dir, half_dir = args.workdir / f"bundle-{args.vectors}", args.workdir / f"bundle-{args.vectors}-float16"
     if not has_bundle(bundle_dir):

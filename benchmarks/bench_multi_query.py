@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
 from benchmarks.devsets import SETS, default_fit  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.search import combined_query  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.search.searcher import combined_query  # noqa: E402
 
 K = 10
 

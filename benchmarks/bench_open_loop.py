@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_server import resident_mb, start_server  # noqa: E402
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.server import SEARCH_THREADS  # noqa: E402
+from pipeline.serve.server import SEARCH_THREADS  # noqa: E402
 
 BOUNDARY = "imgsim-open-loop-boundary"
 

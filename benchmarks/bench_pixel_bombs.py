@@ -30,11 +30,11 @@ def one_run(artifacts: str, parallel: int, side: int, budget: bool) -> dict:
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    import pipeline.images as images
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
-    from pipeline.server import create_app
-    from pipeline.service import MAX_QUERY_PIXELS
+    import pipeline.data.images as images
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
+    from pipeline.serve.server import create_app
+    from pipeline.serve.service import MAX_QUERY_PIXELS
 
     if not budget:
         images.DECODE_BUDGET = images.PixelBudget(10**15)

@@ -22,11 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
-from pipeline import index as index_module  # noqa: E402
+from pipeline.index import clustered as index_module  # noqa: E402
 from benchmarks.devsets import SETS, default_fit  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.index import SearchHits, nearest_of_rows  # noqa: E402
-from pipeline.metrics import LabelledSet, without_self  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.index.clustered import SearchHits, nearest_of_rows  # noqa: E402
+from pipeline.index.metrics import LabelledSet, without_self  # noqa: E402
 
 K = 10
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_fit import build_folder  # noqa: E402
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import has_bundle  # noqa: E402
+from pipeline.bundle.layout import has_bundle  # noqa: E402
 
 
 def timed(embed, records) -> float:
@@ -51,10 +51,10 @@ def main() -> None:
 
     import ray
 
-    from pipeline.artifacts import Bundle
-    from pipeline.distributed import RayEngine
-    from pipeline.engine import LocalEngine
-    from pipeline.images import find_images
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.engines.distributed import RayEngine
+    from pipeline.engines.engine import LocalEngine
+    from pipeline.data.images import find_images
 
     bundle = Bundle.load(artifacts)
     records = find_images(data)

@@ -29,7 +29,7 @@ SHARDS = (1, 2, 3)
 
 def fitted(data: Path, workdir: Path) -> Path:
     """A default fit of ``data`` under ``workdir`` (made once)."""
-    from pipeline.artifacts import has_bundle
+    from pipeline.bundle.layout import has_bundle
 
     artifacts = workdir / data.name
     if not has_bundle(artifacts):
@@ -62,10 +62,10 @@ def main() -> None:
     from ray import serve
     from starlette.testclient import TestClient
 
-    from pipeline.artifacts import Bundle
-    from pipeline.ray_server import APP_NAME, RayServeOptions, application
-    from pipeline.search import Searcher
-    from pipeline.server import create_app
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.serve.ray_server import APP_NAME, RayServeOptions, application
+    from pipeline.search.searcher import Searcher
+    from pipeline.serve.server import create_app
 
     sets = [Path(name) if Path(name).is_absolute() else ROOT / name for name in args.sets.split(",")]
     folders = {data.name: fitted(data, args.workdir) for data in sets}

@@ -7,7 +7,7 @@ Builds (once) a bundle by script: ``--vectors`` synthetic 256-value float16 vect
 4*sqrt(n) random centroids (cosine), laid out by cluster as a fit lays them out, with a catalog of
 as many rows and the encoder of a small real fit (data/sample, fitted on the spot). Starts a Ray
 cluster of 3 nodes in this machine (``ray.cluster_utils.Cluster``), and the shard deployments of
-:mod:`pipeline.ray_server` on it. The driver is the router: :class:`pipeline.shards.ShardedIndex`
+:mod:`pipeline.serve.ray_server` on it. The driver is the router: :class:`pipeline.search.shards.ShardedIndex`
 over the shard deployments, ``--nprobe`` clusters a query.
 
 Measured, in one run: recall@10 of the sharded index against one process's index over the same
@@ -44,8 +44,8 @@ def build_bundle(source: Path, target: Path, vectors: int, seed: int = 0) -> Pat
     """A bundle of ``vectors`` synthetic float16 vectors (see the module's docstring); its folder."""
     from numpy.lib.format import open_memmap
 
-    from pipeline.artifacts import (AUTOENCODER, CATALOG, EMBEDDINGS, ENCODER, EXPORT, INDEX, INDEX_VECTORS, MANIFEST,
-                                    POINTER, PROBES, current_folder)
+    from pipeline.bundle.layout import (AUTOENCODER, CATALOG, EMBEDDINGS, ENCODER, EXPORT, INDEX, INDEX_VECTORS,
+                                        MANIFEST, POINTER, PROBES, current_folder)
 
     rng = np.random.default_rng(seed)
     nlist = int(4 * np.sqrt(vectors))
@@ -103,7 +103,7 @@ def deploy(shards: int, replicas: int) -> list:
     """The shard deployments, each its own Serve application (no HTTP): their handles."""
     from ray import serve
 
-    from pipeline.ray_server import ShardReplica
+    from pipeline.serve.ray_server import ShardReplica
 
     handles = []
     for shard in range(shards):
@@ -184,9 +184,10 @@ def main() -> None:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from pipeline.artifacts import current_folder, has_bundle, load_index
-    from pipeline.ray_server import fan_out
-    from pipeline.shards import ShardedIndex
+    from pipeline.bundle.artifacts import load_index
+    from pipeline.bundle.layout import current_folder, has_bundle
+    from pipeline.serve.ray_server import fan_out
+    from pipeline.search.shards import ShardedIndex
 
     source, artifacts = sample_fit(args.workdir / "sample-fit"), args.workdir / f"artifacts-{args.vectors}"
     if not has_bundle(artifacts):

@@ -9,7 +9,7 @@ composite is searched three ways: by the box around the object (the region cropp
 and by the whole composite. Prints how often the source photo comes first (and among the first 5),
 the median warm time of a region query against a plain query of the same photo (the same Searcher,
 alternating), how often the hottest cell of the composite's heatmap (why it answers its source
-photo: :mod:`pipeline.explain`) lies inside the object's box, and writes docs/QUALITY.md. Targets
+photo: :mod:`pipeline.search.explain`) lies inside the object's box, and writes docs/QUALITY.md. Targets
 (issue 34): the source first in >= 90% by its box; the hottest cell inside the box in >= 80%; a region
 query < 2x a plain query's time.
 """
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.devsets import SHARED  # noqa: E402
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.explain import explain, hottest_cell  # noqa: E402
-from pipeline.search import Searcher, SearchOptions  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.search.explain import explain, hottest_cell  # noqa: E402
+from pipeline.search.searcher import Searcher, SearchOptions  # noqa: E402
 
 SIDE = 600
 

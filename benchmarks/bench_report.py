@@ -23,9 +23,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, sample_fit, write_section  # noqa: E402
-from pipeline.artifacts import ArtifactWriter, Bundle  # noqa: E402
-from pipeline.catalog import Catalog  # noqa: E402
-from pipeline.cluster import build_index  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.bundle.writer import ArtifactWriter
+from pipeline.bundle.catalog import Catalog  # noqa: E402
+from pipeline.index.cluster import build_index  # noqa: E402
 
 
 def build_bundle(source: Path, target: Path, rows: int) -> Bundle:

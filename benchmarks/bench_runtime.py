@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import has_bundle  # noqa: E402
+from pipeline.bundle.layout import has_bundle  # noqa: E402
 
 RUNTIMES = ("litert", "keras")
 QUERY = ROOT / "data" / "sample" / "shoes" / "16fd381e-9da4-493b-aa53-c217eab6bff0.jpg"
@@ -37,10 +37,10 @@ CLOTHING = ROOT.parent / "shared" / "data" / "clothing10"
 THROUGHPUT = """
 import json, sys, time
 import numpy as np
-from pipeline.artifacts import Bundle
-from pipeline.embed import embed_files, map_cache
-from pipeline.dataset import decode_to_cache
-from pipeline.images import find_images
+from pipeline.bundle.artifacts import Bundle
+from pipeline.model.embed import embed_files, map_cache
+from pipeline.data.dataset import decode_to_cache
+from pipeline.data.images import find_images
 import tempfile
 
 artifacts, runtime, count = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -32,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import has_bundle  # noqa: E402
+from pipeline.bundle.layout import has_bundle  # noqa: E402
 
 MAX_REQUESTS = 200_000  # a bound on the loop besides the time limit
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.report import machine, write_section  # noqa: E402
 from helpers import serve_app  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.search import Searcher  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.search.searcher import Searcher  # noqa: E402
 
 HEADERS = (b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
            b"Content-Length: 100000\r\n\r\n")

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
 
 _PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], capture_output=True); "
          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")

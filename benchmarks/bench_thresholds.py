@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.duplicates import CACHE_FOLDER  # noqa: E402
-from pipeline.verification import Thresholds  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.collection.duplicates import CACHE_FOLDER  # noqa: E402
+from pipeline.collection.verification import Thresholds  # noqa: E402
 
 GRID = {"max_changed": (0.03, 0.04, 0.05, 0.06, 0.07, 0.08), "min_correlation": (0.85, 0.9, 0.95),
         "min_inliers": (12, 16, 20), "min_inlier_ratio": (0.15, 0.2, 0.25)}

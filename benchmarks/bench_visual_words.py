@@ -1,4 +1,4 @@
-"""How the shared-feature candidates scale: time and memory of :func:`pipeline.visual_words.shared_feature_pairs`.
+"""How the shared-feature candidates scale: time and memory of :func:`pipeline.collection.visual_words.shared_feature_pairs`.
 
     python benchmarks/bench_visual_words.py --cache DIR [--sizes 2500,5000,10000] [--rounds 3]
 
@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, write_section  # noqa: E402
-from pipeline.visual_words import shared_feature_pairs  # noqa: E402
+from pipeline.collection.visual_words import shared_feature_pairs  # noqa: E402
 
 
 def main() -> None:

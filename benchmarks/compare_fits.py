@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
-from pipeline.artifacts import Bundle  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
 
 SETS = ("clothing10", "cifar10-test", "caltech101", "flowers5")
 

@@ -15,7 +15,7 @@ def default_fit(name: str, workdir: Path) -> Path:
     """The artifacts folder of a fit of the set ``name`` with the default settings, in ``workdir``:
     made by ``scripts/fit.py`` unless one is there already."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.artifacts import has_bundle
+    from pipeline.bundle.layout import has_bundle
 
     artifacts = workdir / name
     if not has_bundle(artifacts):

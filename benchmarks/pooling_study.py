@@ -37,11 +37,11 @@ def feature_maps(name: str, backbone: str, size: int, workdir: Path) -> tuple[np
     """(maps float16 (n, h, w, 1280), orientation histograms (n, 576), labels) of a set, cached."""
     import keras
 
-    from pipeline.backbone import build_backbone
+    from pipeline.model.backbone import build_backbone
     from pipeline.config import FitConfig
-    from pipeline.dataset import decode_to_cache, to_model_input
-    from pipeline.descriptor import image_blocks_model
-    from pipeline.images import find_images
+    from pipeline.data.dataset import decode_to_cache, to_model_input
+    from pipeline.model.descriptor import image_blocks_model
+    from pipeline.data.images import find_images
 
     cache = workdir / f"{name}-{backbone}-{size}.npz"
     if cache.exists():
@@ -100,7 +100,7 @@ def pooled_in_chunks(maps: np.ndarray, pool, chunk: int = 1000) -> np.ndarray:
 
 def projected(vectors: np.ndarray, dims: int = DIMS) -> np.ndarray:
     """PCA to ``dims``, centred, unit length: a block as a fit makes it (no whitening)."""
-    from pipeline.whitening import fit_whitening
+    from pipeline.model.whitening import fit_whitening
 
     kernel, bias = fit_whitening(vectors.astype(np.float32), dims, 0.0)
     return unit(vectors.astype(np.float32) @ kernel + bias)
@@ -140,7 +140,7 @@ def expansions(vectors: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def scores(ids: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from pipeline.metrics import LabelledSet
+    from pipeline.index.metrics import LabelledSet
 
     found = LabelledSet.of(labels).score(ids)
     return {"p10": found["precision_at_k"], "p1": found["precision_at_1"], "map": found["map_at_k"]}
@@ -186,9 +186,9 @@ def main() -> None:
 
 def colour_histograms(name: str, workdir: Path) -> np.ndarray:
     """The pipeline's colour block (HSV histograms of the whole image and its centre) of each image of a set, cached."""
-    from pipeline.dataset import decode_to_cache, to_model_input
-    from pipeline.histograms import ColorHistogram
-    from pipeline.images import find_images
+    from pipeline.data.dataset import decode_to_cache, to_model_input
+    from pipeline.model.histograms import ColorHistogram
+    from pipeline.data.images import find_images
 
     cache = workdir / f"{name}-colors.npy"
     if not cache.exists():

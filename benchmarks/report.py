@@ -27,7 +27,7 @@ def rss_mb(kind: str = "VmRSS") -> float:
 
 def sample_fit(folder: Path) -> Path:
     """``folder``, holding a default fit of data/sample (made here when it holds none)."""
-    from pipeline.artifacts import has_bundle
+    from pipeline.bundle.layout import has_bundle
 
     if not has_bundle(folder):
         root = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The fit's clock: each stage timed, and where the whole fit stands said as each one starts.
 
 A module of its own because both sides use it: :mod:`pipeline.fit`, which knows the stages and their
-shares, and :mod:`pipeline.training`, which runs some of them; neither imports the other for it.
+shares, and :mod:`pipeline.train.encoder`, which runs some of them; neither imports the other for it.
 """
 
 from __future__ import annotations

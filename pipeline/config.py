@@ -8,20 +8,20 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from .backbone import BACKBONES as PRETRAINED
 from .errors import InputError
+from .pretrained import BACKBONES as PRETRAINED
 
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh")
 OPTIMIZERS = ("adam", "adadelta")
 LOSSES = ("mse", "bce")
 POOLINGS = ("flatten", "max", "avg")
-ARCHITECTURES = ("conv", "dense")  # of the pixel autoencoder (pipeline/autoencoder.py)
+ARCHITECTURES = ("conv", "dense")  # of the pixel autoencoder (pipeline/train/autoencoder.py)
 METRICS = ("cosine", "euclidean")
 INDEX_DTYPES = ("float32", "float16")  # how the index stores its vectors
-PRECISIONS = ("fp32", "int8")  # how the exported encoder computes (its backbone in int8: pipeline/export.py)
+PRECISIONS = ("fp32", "int8")  # how the exported encoder computes (its backbone in int8: pipeline/train/export.py)
 BACKBONES = (*PRETRAINED, "none")
-RUNTIMES = ("litert", "keras")  # what runs the fitted encoder (pipeline/runtime.py)
-FEATURE_POOLINGS = ("regional", "gem", "average")  # how a backbone's feature map is pooled (pipeline/pooling.py)
+RUNTIMES = ("litert", "keras")  # what runs the fitted encoder (pipeline/model/runtime.py)
+FEATURE_POOLINGS = ("regional", "gem", "average")  # how a backbone's feature map is pooled (pipeline/model/pooling.py)
 EXTENSION = re.compile(r"\.[a-z0-9][a-z0-9_+-]{0,15}")  # a file extension as settings hold it
 ORIENTATION_CELLS = 8  # the orientation histogram's grid is 8 x 8 cells
 DESCRIPTOR_BLOCK_SIZE = 64  # the histograms are taken at this size at most (area-downscaled; histograms.HISTOGRAM_SIZE)
@@ -105,11 +105,11 @@ class FitConfig:
     (``"efficientnet-lite0"``, ``-lite1`` or ``-lite2``), or ``"none"`` to learn from pixels alone. ``image_size`` is the
     model's input (the backbone's input, or the pixel autoencoder's). Settings left at None take
     the backbone's default (BACKBONE_DEFAULTS). ``precision`` "int8" exports the encoder with its
-    backbone quantized (:mod:`pipeline.export`), and every image is described by that export, as
+    backbone quantized (:mod:`pipeline.train.export`), and every image is described by that export, as
     queries are.
 
     Over a backbone, the autoencoder reads the backbone's feature map and reconstructs its channel
-    profile through a ``latent_dim`` bottleneck (see :mod:`pipeline.autoencoder`). From pixels
+    profile through a ``latent_dim`` bottleneck (see :mod:`pipeline.train.autoencoder`). From pixels
     (``backbone="none"``), the conv autoencoder works on the image area-downscaled to
     ``autoencoder_size`` (or at full size when that is not smaller) with ``filters`` (``architecture``
     "conv"), or flattened through dense layers (``architecture`` "dense", the filters ignored); training adds

@@ -1,7 +1,7 @@
 """Retrieval quality on a labelled folder: the fitted pipeline against classic baselines.
 
 The runner: it reads images and models and hands neighbour ids to the pure metrics of
-:mod:`pipeline.metrics` (leave-one-out precision@k and mAP@k, the class folder as the label).
+:mod:`pipeline.index.metrics` (leave-one-out precision@k and mAP@k, the class folder as the label).
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import Bundle
-from .dataset import decode_to_cache
-from .embed import embed_decoded
+from .bundle.artifacts import Bundle
+from .data.dataset import decode_to_cache
+from .data.images import ImageRecord, decode_image, find_images, read_file
 from .errors import InputError
-from .images import ImageRecord, decode_image, find_images, read_file
-from .cluster import build_index
-from .index import ClusteredIndex, recall_at_k
-from .metrics import LabelledSet, exact_neighbours, without_self
-from .runtime import DESCRIPTOR
-from .whitening import fit_whitening
+from .index.cluster import build_index
+from .index.clustered import ClusteredIndex, recall_at_k
+from .index.metrics import LabelledSet, exact_neighbours, without_self
+from .model.embed import embed_decoded
+from .model.runtime import DESCRIPTOR
+from .model.whitening import fit_whitening
 
 BASELINE_SIZE = 32  # the reference baselines' pixels: 32 x 32
 HSV_SIZE = 64  # the reference HSV histogram is taken at 64 x 64
@@ -76,7 +76,7 @@ def evaluate(data_dir: str | os.PathLike, bundle: Bundle, k: int = 10, runtime: 
     and of the baselines: the reference baselines (:func:`reference_baselines`), the frozen
     backbone's pooled features (where the fit has a backbone: an output of its encoder), and each
     block of the pipeline's descriptor alone (PCA-projected as the fit does it, exact search, no
-    expansion). The images are embedded on ``runtime`` (:mod:`pipeline.runtime`).
+    expansion). The images are embedded on ``runtime`` (:mod:`pipeline.model.runtime`).
 
     Also recall@k of routed against exact search (same expansion), and mean single-query times of
     both. Only the images under ``data_dir`` are scored. When it is the fitted folder, their stored

@@ -1,8 +1,8 @@
 """Fit a folder of images: train the encoder -> embed every image -> cluster and index -> a bundle.
 
 "Fit" means what it means in scikit-learn: learn from data. Its product is a :class:`Bundle`.
-The encoder's training is :mod:`pipeline.training`; where images are listed and embedded, this
-process or a Ray cluster, is the engine's affair (:mod:`pipeline.engine`).
+The encoder's training is :mod:`pipeline.train.encoder`; where images are listed and embedded, this
+process or a Ray cluster, is the engine's affair (:mod:`pipeline.engines.engine`).
 """
 
 from __future__ import annotations
@@ -20,19 +20,21 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
-from .artifacts import EXPORT, ArtifactWriter, Bundle, all_finite, read_next_id
-from .backbone import BACKBONES
-from .catalog import Catalog
+from .bundle.artifacts import Bundle, all_finite
+from .bundle.catalog import Catalog
+from .bundle.layout import EXPORT
+from .bundle.manifest import Manifest
+from .bundle.writer import ArtifactWriter, read_next_id
 from .clock import FitClock
-from .cluster import build_index
 from .config import FitConfig
-from .dataset import DecodedImages, EmbeddedImages, SkippedImage, decode_to_cache
-from .engine import Engine, LocalEngine, StagedEncoder
+from .data.dataset import DecodedImages, EmbeddedImages, SkippedImage, decode_to_cache
+from .data.images import IMAGE_EXTENSIONS, ImageRecord, file_stat
+from .engines.engine import Engine, LocalEngine, StagedEncoder
 from .errors import ArtifactError, InputError
-from .images import IMAGE_EXTENSIONS, ImageRecord, file_stat
-from .index import ClusteredIndex
-from .manifest import Manifest
-from .runtime import litert_installed
+from .index.cluster import build_index
+from .index.clustered import ClusteredIndex
+from .model.runtime import litert_installed
+from .pretrained import BACKBONES
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def fit(
     with ArtifactWriter(artifacts_dir) as writer:
         with tempfile.TemporaryDirectory(dir=writer.path) as scratch:  # the decoded-image cache
             decoded = _decode_sample(sample, data_dir, config, scratch, clock)
-            from .training import train_encoder  # TensorFlow takes seconds to load: only once some image decodes
+            from .train.encoder import train_encoder  # TensorFlow takes seconds to load: only once some image decodes
 
             trained = train_encoder(decoded, config, writer.path, scratch, clock, tensorboard)
             if sample is records:  # the training images are all the images: their descriptors are at hand

@@ -38,8 +38,8 @@ def fitted_copy(fitted, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def searcher(fitted):
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
 
     return Searcher(Bundle.load(fitted[0]))
 

@@ -100,7 +100,8 @@ def copy_of_fit(artifacts: Path, destination: Path) -> tuple[Path, Path]:
     import json
     import shutil
 
-    from pipeline.artifacts import Bundle, current_folder
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.bundle.layout import current_folder
 
     photos, copied = destination / "photos", destination / "artifacts"
     source = Bundle.load(artifacts).manifest.data_dir
@@ -135,7 +136,7 @@ def serve_app(searcher, **options):
 
     import uvicorn
 
-    from pipeline.server import create_app
+    from pipeline.serve.server import create_app
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import pyarrow as pa
 
-from pipeline.artifacts import LOCK, LEDGER, REQUIRED_FILES, ArtifactWriter, Bundle, current_folder
-from pipeline.manifest import FORMAT_VERSION
+from pipeline.bundle.artifacts import Bundle
+from pipeline.bundle.writer import ArtifactWriter
+from pipeline.bundle.layout import LOCK, LEDGER, REQUIRED_FILES, current_folder
+from pipeline.bundle.manifest import FORMAT_VERSION
 from pipeline.errors import ArtifactError
-from pipeline.search import SearchOptions
+from pipeline.search.searcher import SearchOptions
 
 from helpers import rewrite_catalog
 
@@ -137,7 +139,7 @@ def test_a_writer_in_another_process_blocks_this_one(tmp_path):
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipeline.artifacts import ArtifactWriter\n"
+        [sys.executable, "-c", "import sys, time; from pipeline.bundle.writer import ArtifactWriter\n"
                                f"with ArtifactWriter({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -408,7 +410,7 @@ def test_a_format_7_bundle_is_read_and_upgraded_to_a_columnar_catalog_without_te
     import sys
 
     from helpers import ROOT
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     artifacts = fitted_copy
     expected = Searcher(Bundle.load(artifacts)).search_indexed(4, SearchOptions(n=6))
@@ -443,7 +445,7 @@ def _as_format_3(folder, index):
 
 
 def test_a_format_3_bundle_loads_and_answers_as_before(fitted_copy):
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     artifacts = fitted_copy
     bundle = Bundle.load(artifacts)
@@ -459,7 +461,7 @@ def test_a_format_3_bundle_loads_and_answers_as_before(fitted_copy):
 def test_a_legacy_bundle_is_read_only_when_asked_and_answers_as_before(fitted_copy, caplog):
     import joblib
 
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     artifacts = fitted_copy
     bundle = Bundle.load(artifacts)
@@ -486,8 +488,8 @@ def _as_format_5_with_an_encoder_of_then(folder):
     (TensorFlow's area resizing, layer names with a leading underscore)."""
     import keras
 
-    from pipeline.runtime import load_keras_model
-    from pipeline.resize import AreaResize
+    from pipeline.model.runtime import load_keras_model
+    from pipeline.model.resize import AreaResize
 
     _as_format_7(folder)  # a JSON catalog
     encoder = load_keras_model(folder / "encoder.keras")
@@ -516,7 +518,7 @@ def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, 
 
     from helpers import ROOT, tiny_config
     from pipeline.fit import fit
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     artifacts = tmp_path / "artifacts"
     fit(photos, artifacts, tiny_config(image_size=96))  # above 64 px: the orientation block is area-resized
@@ -545,13 +547,13 @@ def test_a_bundle_made_before_the_export_names_the_command_that_adds_it(photos, 
 
 
 def test_a_fit_whose_export_differs_from_its_encoder_fails_and_keeps_the_previous_bundle(fitted_copy, photos, monkeypatch):
-    import pipeline.export
+    import pipeline.train.export
     from helpers import tiny_config
     from pipeline.fit import fit
 
     artifacts = fitted_copy
     before = current_folder(artifacts)
-    monkeypatch.setattr(pipeline.export, "MIN_COSINE", 1.5)  # no export can be that close
+    monkeypatch.setattr(pipeline.train.export, "MIN_COSINE", 1.5)  # no export can be that close
     with pytest.raises(ArtifactError, match=r"the LiteRT export differs from the Keras encoder \(cosine 1.0000000 on "
                                             r"one of 32 images, at least 1.5 expected\); nothing was written"):
         fit(photos, artifacts, tiny_config())
@@ -585,7 +587,7 @@ def test_a_commit_reaches_the_disk_before_current_moves(tmp_path, monkeypatch):
 
 
 def test_restore_without_an_older_bundle_is_a_clear_error(tmp_path):
-    from pipeline.artifacts import restore
+    from pipeline.bundle.artifacts import restore
 
     with ArtifactWriter(tmp_path) as writer:
         only = stage_fit(writer, "only")
@@ -598,10 +600,10 @@ def test_restore_without_an_older_bundle_is_a_clear_error(tmp_path):
 def test_a_bundle_with_no_image_left_answers_without_errors(fitted_copy):
     from fastapi.testclient import TestClient
 
-    from pipeline.collection import remove_images
-    from pipeline.duplicates import find_duplicates
-    from pipeline.search import Searcher
-    from pipeline.server import create_app
+    from pipeline.collection.changes import remove_images
+    from pipeline.collection.duplicates import find_duplicates
+    from pipeline.search.searcher import Searcher
+    from pipeline.serve.server import create_app
 
     artifacts = fitted_copy
     bundle = Bundle.load(artifacts)

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from pipeline.augment import ViewAugmentation
+from pipeline.train.augment import ViewAugmentation
 
 
 def rng(seed=0):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from helpers import PIXELS, copy_subset, tiny_config
-from pipeline.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
-from pipeline.descriptor import build_blocks_model
-from pipeline.search import SearchOptions
+from pipeline.train.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
+from pipeline.model.descriptor import build_blocks_model
+from pipeline.search.searcher import SearchOptions
 
 
 def pixel_config(**overrides):
@@ -66,8 +66,8 @@ def test_feature_autoencoder_shapes_and_shared_weights():
 
 
 def test_feature_autoencoder_training_lowers_the_loss(tmp_path):
-    from pipeline.autoencoder import pooled_profiles, train_autoencoder
-    from pipeline.dataset import RowCache, TrainingBatches
+    from pipeline.train.autoencoder import pooled_profiles, train_autoencoder
+    from pipeline.data.dataset import RowCache, TrainingBatches
 
     rng = np.random.default_rng(0)
     profiles = rng.random((8, 64)).astype(np.float32)  # eight kinds of picture, seen at random positions
@@ -87,8 +87,8 @@ def test_feature_autoencoder_training_lowers_the_loss(tmp_path):
 def test_the_feature_autoencoder_starts_at_pca_of_the_pooled_maps(pooling, tmp_path):
     from sklearn.decomposition import PCA
 
-    from pipeline.autoencoder import pooled_profiles
-    from pipeline.dataset import RowCache
+    from pipeline.train.autoencoder import pooled_profiles
+    from pipeline.data.dataset import RowCache
 
     rng = np.random.default_rng(1)
     maps = rng.random((60, 3, 3, 32)).astype(np.float32) * rng.random((1, 1, 1, 32)).astype(np.float32)
@@ -140,9 +140,9 @@ def test_nt_xent_matches_a_computation_by_hand():
 
 
 def test_training_lowers_both_loss_terms_and_records_them(photos, tmp_path):
-    from pipeline.autoencoder import train_autoencoder
-    from pipeline.dataset import TrainingBatches, decode_to_cache
-    from pipeline.images import find_images
+    from pipeline.train.autoencoder import train_autoencoder
+    from pipeline.data.dataset import TrainingBatches, decode_to_cache
+    from pipeline.data.images import find_images
 
     config = pixel_config(patience=50)
     decoded = decode_to_cache(find_images(photos), str(tmp_path / "cache.u8"), config.image_size)
@@ -157,9 +157,9 @@ def test_training_lowers_both_loss_terms_and_records_them(photos, tmp_path):
 
 
 def test_consistency_zero_trains_on_reconstruction_alone(photos, tmp_path):
-    from pipeline.autoencoder import ViewConsistencyTrainer, train_autoencoder
-    from pipeline.dataset import TrainingBatches, decode_to_cache
-    from pipeline.images import find_images
+    from pipeline.train.autoencoder import ViewConsistencyTrainer, train_autoencoder
+    from pipeline.data.dataset import TrainingBatches, decode_to_cache
+    from pipeline.data.images import find_images
 
     config = pixel_config(consistency=0.0, patience=50)
     autoencoder = build_autoencoder(config)
@@ -172,7 +172,7 @@ def test_consistency_zero_trains_on_reconstruction_alone(photos, tmp_path):
 
 
 def test_a_step_smaller_than_the_minimum_improvement_is_no_better_epoch():
-    from pipeline.early_stopping import MIN_IMPROVEMENT, EarlyStopping, kept_epoch
+    from pipeline.train.early_stopping import MIN_IMPROVEMENT, EarlyStopping, kept_epoch
 
     stopping = EarlyStopping(patience=2)
     assert stopping.better(1.0) and not stopping.better(1.0 - MIN_IMPROVEMENT / 2)  # noise, not learning
@@ -188,9 +188,9 @@ def test_the_epoch_bar_counts_the_epoch_that_stopped_early_and_logs_never_glue_o
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    import pipeline.autoencoder as autoencoder_module
-    from pipeline.dataset import TrainingBatches, decode_to_cache
-    from pipeline.images import find_images
+    import pipeline.train.autoencoder as autoencoder_module
+    from pipeline.data.dataset import TrainingBatches, decode_to_cache
+    from pipeline.data.images import find_images
 
     losses = iter([0.5, 0.4, 0.45, 0.47, 0.3])  # best at epoch 2, no better for the next two: stops after 4
     monkeypatch.setattr(autoencoder_module, "_run_epoch", lambda *_: {"loss": next(losses)})
@@ -217,8 +217,8 @@ def test_the_epoch_bar_counts_the_epoch_that_stopped_early_and_logs_never_glue_o
 def test_fit_at_512_pixels_the_design_cards_size(tmp_path, backbone):
     from pipeline.config import FitConfig
     from pipeline.fit import fit
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
 
     photos = copy_subset(tmp_path / "photos", classes=("hat", "shoes"), per_class=3)
     summary = fit(photos, tmp_path / "artifacts", FitConfig(backbone=backbone, image_size=512, epochs=1, batch_size=6))
@@ -230,9 +230,9 @@ def test_fit_at_512_pixels_the_design_cards_size(tmp_path, backbone):
 def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tmp_path):
     import keras
 
-    from pipeline.descriptor import DescriptorHead
-    from pipeline.runtime import block_tensors
-    from pipeline.runtime import KerasEncoder
+    from pipeline.model.descriptor import DescriptorHead
+    from pipeline.model.runtime import block_tensors
+    from pipeline.model.runtime import KerasEncoder
 
     config = pixel_config(pooling="flatten", latent_dim=4, orientation_weight=0.75, color_weight=0.0)
     blocks_model = build_blocks_model(build_autoencoder(config).to_latent, config)
@@ -257,7 +257,7 @@ def test_descriptor_blocks_are_whitened_weighted_and_saved_inside_the_encoder(tm
     np.testing.assert_allclose(np.linalg.norm(vectors[:, :10], axis=1), 0.25, rtol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(vectors[:, 10:], axis=1), 0.75, rtol=1e-4)
     model.save(tmp_path / "encoder.keras")
-    from pipeline.runtime import load_keras_model
+    from pipeline.model.runtime import load_keras_model
 
     reloaded = load_keras_model(tmp_path / "encoder.keras")
     np.testing.assert_allclose(KerasEncoder(reloaded).encode(images), vectors, atol=1e-5)

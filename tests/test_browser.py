@@ -11,7 +11,7 @@ import time
 import pytest
 
 from helpers import copy_subset, save_near_copy, serve_app, tiny_config
-from pipeline.search import SearchOptions
+from pipeline.search.searcher import SearchOptions
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
@@ -39,8 +39,8 @@ def hostile_artifacts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hostile_server_url(hostile_artifacts):
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
 
     yield from serve_app(Searcher(Bundle.load(hostile_artifacts)))
 
@@ -48,9 +48,9 @@ def hostile_server_url(hostile_artifacts):
 @pytest.fixture(scope="module")
 def copies_server_url(tmp_path_factory):
     """A fit of 8 photos and two copies of one of them, served with a write token."""
-    from pipeline.artifacts import Bundle
+    from pipeline.bundle.artifacts import Bundle
     from pipeline.fit import fit
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     data = copy_subset(tmp_path_factory.mktemp("copies"), classes=("hat", "shoes"), per_class=4)
     original = sorted((data / "hat").glob("*.jpg"))[0]
@@ -160,8 +160,8 @@ def test_the_page_fits_the_screen_and_a_failed_search_clears_the_old_results(ser
 @pytest.fixture
 def slow_server(fitted):
     """A service whose searches take 4 s each, with an admission budget of 0 ms: (its URL, a photo it indexed)."""
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
 
     slow = Searcher(Bundle.load(fitted[0]))
     search_bytes = slow.search_bytes
@@ -201,8 +201,8 @@ def test_a_busy_server_is_said_at_once_not_waited_for(slow_server, tmp_path):
 def test_the_reports_map_shows_a_points_photo_on_hover_and_fetches_nothing(fitted, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from pipeline.artifacts import Bundle
-    from pipeline.report import build_report
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.report.build import build_report
 
     bundle = Bundle.load(fitted[0])
     report = build_report(bundle, tmp_path / "report.html", max_points=32)
@@ -243,8 +243,8 @@ def test_the_reports_map_shows_a_points_photo_on_hover_and_fetches_nothing(fitte
 def test_a_label_that_looks_like_markup_stays_text_in_the_report(hostile_artifacts, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from pipeline.artifacts import Bundle
-    from pipeline.report import build_report
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.report.build import build_report
 
     report = build_report(Bundle.load(hostile_artifacts), tmp_path / "report.html")
     with sync_playwright() as playwright:

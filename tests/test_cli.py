@@ -11,7 +11,7 @@ import pytest
 
 from helpers import ROOT, TINY, copy_subset
 from pipeline.config import FitConfig
-from pipeline.images import IMAGE_EXTENSIONS
+from pipeline.data.images import IMAGE_EXTENSIONS
 
 IMGSIM = Path(sys.executable).parent / "imgsim"  # installed beside the interpreter by pip install -e .
 
@@ -84,7 +84,7 @@ def test_a_full_disk_during_a_fit_is_one_line_and_keeps_the_previous_fit(fitted_
     import resource
     import signal
 
-    from pipeline.artifacts import current_folder
+    from pipeline.bundle.layout import current_folder
 
     artifacts = fitted_copy
     before = current_folder(artifacts)
@@ -215,7 +215,7 @@ def test_tensorboard_flags_without_tensorboard_say_how_to_get_it(monkeypatch):
     import importlib.util
 
     from pipeline.errors import InputError
-    from pipeline.tensorboard import require_tensorboard
+    from pipeline.train.tensorboard import require_tensorboard
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -240,8 +240,8 @@ def test_names_people_typed_are_shown_on_one_short_line(fitted_copy, tmp_path):
 
 
 def test_a_query_against_an_empty_index_says_so(fitted_copy, photos, tmp_path):
-    from pipeline.artifacts import Bundle
-    from pipeline.collection import remove_images
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.collection.changes import remove_images
 
     remove_images([str(image_id) for image_id in Bundle.load(fitted_copy).catalog.ids], fitted_copy)
     process = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "--file",
@@ -257,7 +257,7 @@ def test_commands_that_never_run_the_encoder_never_read_an_oversized_export(fitt
     import hashlib
     import json
 
-    from pipeline.artifacts import current_folder
+    from pipeline.bundle.layout import current_folder
 
     folder = current_folder(fitted_copy)
     (folder / "encoder.tflite").unlink()

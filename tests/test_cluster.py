@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.cluster import choose_cluster_count, fit_kmeans
+from pipeline.index.cluster import choose_cluster_count, fit_kmeans
 
 
 @pytest.mark.parametrize("n, expected", [(1, 1), (50, 1), (200, 5), (5000, 125), (100_000, 1265), (1_000_000, 4000)])

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, SAMPLE, copy_subset, tiny_config
-from pipeline.artifacts import ArtifactWriter, Bundle, current_folder
-from pipeline.collection import add_images, sync
-from pipeline.embed import embed_files
+from pipeline.bundle.artifacts import Bundle
+from pipeline.bundle.writer import ArtifactWriter
+from pipeline.bundle.layout import current_folder
+from pipeline.collection.changes import add_images, sync
+from pipeline.model.embed import embed_files
 from pipeline.errors import InputError
-from pipeline.images import find_images
-from pipeline.search import Searcher, SearchOptions
+from pipeline.data.images import find_images
+from pipeline.search.searcher import Searcher, SearchOptions
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +247,7 @@ def test_a_folder_that_cannot_be_read_stops_a_sync(collection, monkeypatch):
 
 
 def test_a_file_that_cannot_be_read_is_not_read_again_until_it_changes(collection, monkeypatch):
-    from pipeline.engine import LocalEngine
+    from pipeline.engines.engine import LocalEngine
 
     photos, spare, artifacts = collection
     broken = photos / "hat" / "broken.jpg"
@@ -330,7 +332,7 @@ def test_removed_images_never_come_back_until_their_content_changes(collection):
 def test_sync_reads_only_files_whose_size_or_time_changed(collection, monkeypatch):
     import os
 
-    import pipeline.collection as collection_module
+    import pipeline.collection.changes as collection_module
 
     photos, _, artifacts = collection
     read = []
@@ -347,7 +349,7 @@ def test_a_sync_or_removal_with_nothing_to_embed_loads_no_model(collection):
     photos, _, artifacts = collection
     doomed = sorted((photos / "hat").glob("*.jpg"))[0]
     doomed.unlink()
-    program = ("import sys; from pipeline.collection import remove_images, sync; "
+    program = ("import sys; from pipeline.collection.changes import remove_images, sync; "
                f"print(sync({str(artifacts)!r}).removed, "
                f"remove_images([{str(sorted((photos / 'pants').glob('*.jpg'))[0])!r}], {str(artifacts)!r}).removed, "
                "'tensorflow' in sys.modules, 'ai_edge_litert' in sys.modules)")
@@ -380,8 +382,8 @@ def test_photos_turned_undecodable_count_against_the_mass_removal_share(collecti
 
 
 def test_ids_are_never_reused_after_a_restore_or_a_new_fit(collection, tmp_path):
-    from pipeline.artifacts import restore
-    from pipeline.collection import remove_images
+    from pipeline.bundle.artifacts import restore
+    from pipeline.collection.changes import remove_images
     from pipeline.fit import fit
 
     photos, spare, artifacts = collection
@@ -406,7 +408,7 @@ def test_ids_are_never_reused_after_a_restore_or_a_new_fit(collection, tmp_path)
 
 
 def test_a_change_that_changes_nothing_writes_no_bundle(collection, tmp_path):
-    from pipeline.artifacts import bundles
+    from pipeline.bundle.layout import bundles
 
     photos, spare, artifacts = collection
     extra = tmp_path / "extra" / "shoes"
@@ -428,8 +430,9 @@ def test_a_change_that_changes_nothing_writes_no_bundle(collection, tmp_path):
 
 def test_restore_points_outlive_small_changes(collection, tmp_path):
     """Two bundles kept, yet the one before a large drop can be restored after several small changes."""
-    from pipeline.artifacts import bundles, restore
-    from pipeline.collection import remove_images
+    from pipeline.bundle.artifacts import restore
+    from pipeline.bundle.layout import bundles
+    from pipeline.collection.changes import remove_images
 
     photos, spare, artifacts = collection
     fitted = current_folder(artifacts)
@@ -452,8 +455,8 @@ def test_what_a_change_did_is_said_once_and_the_skipped_files_are_counted_everyw
     """Issue 31, 7 and 11: one summary line; each skipped file once, and not again while it stays as it was; a removal
     names what it removed; an add that brings back a photo removed by hand says so; stats and the report count the
     files an add skipped."""
-    from pipeline.search import Searcher
-    from pipeline.service import SearchService
+    from pipeline.search.searcher import Searcher
+    from pipeline.serve.service import SearchService
 
     photos, spare, artifacts = collection
     extra = tmp_path / "extra" / "shoes"

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from pipeline.dataset import TrainingBatches, decode_to_cache, split_indices, to_model_input
-from pipeline.images import find_images, prepare_image
+from pipeline.data.dataset import TrainingBatches, decode_to_cache, split_indices, to_model_input
+from pipeline.data.images import find_images, prepare_image
 
 
 def test_decode_to_cache_keeps_good_rows_in_order_and_lists_bad_files(photos, tmp_path):

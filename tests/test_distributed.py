@@ -14,10 +14,10 @@ from helpers import copy_subset, tiny_config
 
 ray = pytest.importorskip("ray")
 
-from pipeline.artifacts import Bundle  # noqa: E402
-from pipeline.distributed import RayEngine  # noqa: E402
-from pipeline.images import find_images  # noqa: E402
-from pipeline.search import Searcher, SearchOptions  # noqa: E402
+from pipeline.bundle.artifacts import Bundle  # noqa: E402
+from pipeline.engines.distributed import RayEngine  # noqa: E402
+from pipeline.data.images import find_images  # noqa: E402
+from pipeline.search.searcher import Searcher, SearchOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_a_fit_on_ray_gives_the_same_bundle_as_one_machine(cluster, messy, tmp_p
 def test_add_on_ray_indexes_like_add_alone(cluster, messy, tmp_path):
     import shutil
 
-    from pipeline.collection import add_images
+    from pipeline.collection.changes import add_images
     from pipeline.fit import fit
 
     base = copy_subset(tmp_path / "base", classes=("pants",), per_class=6)

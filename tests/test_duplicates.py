@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 from PIL import ExifTags, Image
 
 from helpers import HARD_COPIES, NEAR_COPIES, ROOT, SAMPLE, copy_of_fit, copy_subset, save_near_copy, tiny_config
-from pipeline.artifacts import Bundle
-from pipeline.duplicates import CACHE_FOLDER, PIXEL_TOLERANCE, find_duplicates
-from pipeline.search import Searcher
-from pipeline.server import create_app
+from pipeline.bundle.artifacts import Bundle
+from pipeline.collection.duplicates import CACHE_FOLDER, find_duplicates
+from pipeline.collection.groups import PIXEL_TOLERANCE
+from pipeline.search.searcher import Searcher
+from pipeline.serve.server import create_app
 
 TOKEN = "a-write-token-long-enough"
 
@@ -80,7 +81,7 @@ def test_a_small_folder_finds_a_rotated_and_a_grayscale_copy(tmp_path):
 
 
 def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with_copies, tmp_path, monkeypatch):
-    import pipeline.verification as verification
+    import pipeline.collection.verification as verification
 
     artifacts, photos = copy_of_fit(with_copies[0], tmp_path)
     bundle = Bundle.load(artifacts)
@@ -110,8 +111,8 @@ def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with
 
 def test_the_commands_help_states_the_default_distance_and_thresholds():
     from pipeline.cli import build_parser
-    from pipeline.duplicates import CANDIDATE_DISTANCE
-    from pipeline.verification import Thresholds
+    from pipeline.collection.duplicates import CANDIDATE_DISTANCE
+    from pipeline.collection.verification import Thresholds
 
     command = build_parser()._subparsers._group_actions[0].choices["duplicates"]
     text = " ".join(command.format_help().split())
@@ -335,7 +336,7 @@ def _camera_exif() -> bytes:
 def test_the_copy_kept_is_the_best_photo_not_the_biggest_file(tmp_path):
     """Each copy beside its original, as a person would choose: the original wins by the reason named, though the
     copy is the larger file every time."""
-    from pipeline.duplicates import _Facts, _keeper
+    from pipeline.collection.groups import Facts, choose_keeper
 
     photo = Image.open(sorted((SAMPLE / "shoes").glob("*.jpg"))[0]).convert("RGB")
     photo.save(tmp_path / "original.jpg", quality=80, exif=_camera_exif())
@@ -359,8 +360,8 @@ def test_the_copy_kept_is_the_best_photo_not_the_biggest_file(tmp_path):
              ("original-tiny.jpg", "tiny.png", "the camera's EXIF")]
     for original, copy, reason in cases:
         assert (tmp_path / copy).stat().st_size > (tmp_path / original).stat().st_size, copy
-        facts = {0: _Facts.of(str(tmp_path / copy), 1.0), 1: _Facts.of(str(tmp_path / original), 1.0)}
-        keeper, why = _keeper(facts)
+        facts = {0: Facts.of(str(tmp_path / copy), 1.0), 1: Facts.of(str(tmp_path / original), 1.0)}
+        keeper, why = choose_keeper(facts)
         assert keeper == 1 and reason in why, (copy, why)
 
 
@@ -387,9 +388,9 @@ def test_the_best_photo_is_kept_in_a_group_found_in_a_fitted_folder(tmp_path):
 def test_the_page_of_the_command_shows_every_thumbnail_and_names_every_folder(tmp_path):
     """A GIF and a 16-bit PNG among the copies (their thumbnails once failed to decode), in a collection of two
     folders: the page's title names both."""
-    from pipeline.collection import add_images
+    from pipeline.collection.changes import add_images
     from pipeline.fit import fit
-    from pipeline.pages import write_duplicates_page
+    from pipeline.report.pages import write_duplicates_page
 
     photos, more = copy_subset(tmp_path / "photos", per_class=5), tmp_path / "more"
     more.mkdir()
@@ -409,7 +410,7 @@ def test_the_page_of_the_command_shows_every_thumbnail_and_names_every_folder(tm
 
 def test_pairs_are_scored_against_labelled_copies():
     from pipeline.errors import InputError
-    from pipeline.ground_truth import score_groups
+    from pipeline.collection.ground_truth import score_groups
 
     paths = ["/photos/a/1.jpg", "/photos/a/2.jpg", "/photos/b/3.jpg", "/photos/b/4.jpg", "/photos/5.jpg"]
     labels = {"a/1.jpg": ["2.jpg", "/photos/b/3.jpg"], "2.jpg": ["a/1.jpg"], "b/4.jpg": [], "gone.jpg": ["5.jpg"]}
@@ -455,8 +456,8 @@ def test_shared_local_features_propose_the_copies_a_descriptor_misses():
     """Rotated by 30 degrees, letterboxed, inside a screenshot, of photos among 80 look-alikes (the sample's): each
     copy's original is among the images sharing most of its visual words."""
     from helpers import near_copy
-    from pipeline.verification import LocalFeatures
-    from pipeline.visual_words import PER_IMAGE, shared_feature_pairs
+    from pipeline.collection.verification import LocalFeatures
+    from pipeline.collection.visual_words import PER_IMAGE, shared_feature_pairs
 
     photos = sorted(SAMPLE.glob("*/*.jpg"))[:80]
     descriptors = [LocalFeatures.of(np.asarray(Image.open(path).convert("RGB"))).descriptors for path in photos]
@@ -474,7 +475,7 @@ def test_shared_local_features_propose_the_copies_a_descriptor_misses():
 def test_an_exact_twin_does_not_use_up_the_nearest_candidate(tmp_path):
     """Two identical files of a rotated copy sit far from the photo and its resized copy: each twin's nearest
     other than its twin is still proposed."""
-    from pipeline.duplicates import candidate_pairs, index_search
+    from pipeline.collection.duplicates import candidate_pairs, index_search
     from pipeline.fit import fit
 
     photos = copy_subset(tmp_path / "photos", per_class=5)

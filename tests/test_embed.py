@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.dataset import RowCache, to_model_input
-from pipeline.embed import collect, even_batch_size, map_cache
+from pipeline.data.dataset import RowCache, to_model_input
+from pipeline.model.embed import collect, even_batch_size, map_cache
 
 
 @pytest.mark.parametrize("count, largest, size", [(100, 32, 25), (5000, 32, 32), (10, 4, 4), (3, 32, 3), (0, 32, 1)])

@@ -4,10 +4,10 @@ import inspect
 
 import numpy as np
 
-from pipeline.artifacts import Bundle
-from pipeline.engine import LocalEngine, StagedEncoder
-from pipeline.images import ImageRecord, find_images
-from pipeline.index import prepare_vectors
+from pipeline.bundle.artifacts import Bundle
+from pipeline.engines.engine import LocalEngine, StagedEncoder
+from pipeline.data.images import ImageRecord, find_images
+from pipeline.index.clustered import prepare_vectors
 
 
 def test_it_lists_embeds_and_assigns_as_the_fit_did(fitted, photos, tmp_path):
@@ -34,7 +34,7 @@ def test_a_fits_staged_encoder_is_the_bundles(fitted, photos):
 
 
 def test_local_and_ray_engines_offer_the_same_methods():
-    from pipeline.distributed import RayEngine  # Ray itself is imported only when a method runs
+    from pipeline.engines.distributed import RayEngine  # Ray itself is imported only when a method runs
 
     def methods(cls) -> dict:
         return {name: list(inspect.signature(member).parameters) for name, member in vars(cls).items()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, SHARED, copy_subset
-from pipeline.artifacts import Bundle
+from pipeline.bundle.artifacts import Bundle
 from pipeline.evaluate import evaluate, reference_baselines
-from pipeline.metrics import exact_neighbours, map_at_k, precision_at_k
+from pipeline.index.metrics import exact_neighbours, map_at_k, precision_at_k
 
 
 def test_precision_at_k_by_hand():
@@ -82,7 +82,7 @@ def test_evaluate_the_fitted_folder(fitted, photos):
 
 def test_evaluate_scores_the_fitted_folder_alone_after_an_add(fitted, fitted_copy, photos, tmp_path):
     """The fitted folder's images are scored, not the whole collection (issue 31, 5)."""
-    from pipeline.collection import add_images
+    from pipeline.collection.changes import add_images
 
     added = copy_subset(tmp_path / "more", classes=("skirt",), per_class=3)
     add_images(added, fitted_copy)

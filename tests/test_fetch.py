@@ -7,7 +7,7 @@ import pytest
 
 from helpers import SAMPLE
 from pipeline.errors import ImageError, shown
-from pipeline.fetch import fetch_url, is_public_address
+from pipeline.data.fetch import fetch_url, is_public_address
 
 PHOTO = sorted((SAMPLE / "shoes").glob("*.jpg"))[0]
 
@@ -23,7 +23,7 @@ def test_returns_the_served_bytes(served):
 
 
 def test_every_redirect_hop_is_checked(served, monkeypatch):
-    import pipeline.fetch as fetch
+    import pipeline.data.fetch as fetch
 
     checked = []
     original = fetch._check_url
@@ -81,7 +81,7 @@ def test_public_only_refuses_loopback_and_private_hosts(served):
 
 def test_public_only_checks_the_connected_peer_too(served, monkeypatch):
     """A host that resolves to a public address at check time but connects to loopback (DNS rebinding)."""
-    import pipeline.fetch as fetch
+    import pipeline.data.fetch as fetch
 
     monkeypatch.setattr(fetch, "_resolve", lambda host, port: {"93.184.216.34"})  # the check sees a public address
     with pytest.raises(ImageError, match="refused: connected to a non-public address"):

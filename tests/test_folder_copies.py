@@ -12,7 +12,7 @@ from PIL import Image
 
 from helpers import ROOT, copy_subset, save_near_copy
 from pipeline.errors import ArtifactError, InputError
-from pipeline.folder_copies import default_cache, find_in_folder
+from pipeline.collection.folder_copies import default_cache, find_in_folder
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def test_a_folder_with_no_fit_groups_its_copies_and_writes_nothing_but_the_cache
     written = sorted(set(tmp_path.rglob("*")) - set(before))
     assert written and all((tmp_path / "cache") in [path, *path.parents] for path in written)
 
-    import pipeline.duplicates as duplicates
-    import pipeline.folder_copies as folder_copies
+    import pipeline.collection.duplicates as duplicates
+    import pipeline.collection.folder_copies as folder_copies
 
     def no_model(*_):
         raise AssertionError("the backbone was loaded though every descriptor is cached")
@@ -55,7 +55,7 @@ def test_a_folder_with_no_fit_groups_its_copies_and_writes_nothing_but_the_cache
 def test_the_backbone_is_converted_for_litert_once_and_kept_in_the_cache(folder, tmp_path, monkeypatch):
     import re
 
-    import pipeline.export
+    import pipeline.train.export
 
     photos, _ = folder
     first = find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False)
@@ -64,7 +64,7 @@ def test_the_backbone_is_converted_for_litert_once_and_kept_in_the_cache(folder,
     def no_conversion(*_):
         raise AssertionError("the backbone was converted again")
 
-    monkeypatch.setattr(pipeline.export, "exported_model", no_conversion)
+    monkeypatch.setattr(pipeline.train.export, "exported_model", no_conversion)
     shutil.rmtree(next((tmp_path / "cache").glob("descriptors-*")))  # every image described again, by the kept export
     assert find_in_folder(photos, cache_folder=tmp_path / "cache", progress=False).to_dict() == first.to_dict()
     export = next((tmp_path / "cache").glob("backbone-*.tflite"))

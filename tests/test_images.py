@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import SAMPLE
 from pipeline.errors import ImageError, InputError
-from pipeline.images import decode_image, find_images, prepare_image, read_file
+from pipeline.data.images import decode_image, find_images, prepare_image, read_file
 
 SAMPLE_PHOTO = sorted(SAMPLE.glob("shoes/*.jpg"))[0]
 
@@ -203,7 +203,7 @@ def test_the_pixel_budget_lets_no_more_than_its_capacity_decode_at_once():
     import threading
     import time
 
-    from pipeline.images import PixelBudget
+    from pipeline.data.images import PixelBudget
 
     budget, peak, lock = PixelBudget(100), [0], threading.Lock()
 
@@ -224,7 +224,7 @@ def test_the_pixel_budget_lets_no_more_than_its_capacity_decode_at_once():
 def test_large_images_decoded_from_many_threads_stay_within_the_budget(monkeypatch):
     import concurrent.futures
 
-    import pipeline.images as images
+    import pipeline.data.images as images
 
     buffer = io.BytesIO()
     Image.new("RGB", (1500, 1000), (200, 30, 30)).save(buffer, "PNG")  # small file, 1.5 MP decoded
@@ -313,7 +313,7 @@ def test_an_image_under_any_name_is_found_by_its_content_and_other_files_are_not
 
 
 def test_with_extensions_only_those_files_are_images_and_no_other_file_is_opened(tmp_path, monkeypatch):
-    import pipeline.images
+    import pipeline.data.images
 
     photo = Image.open(SAMPLE_PHOTO).convert("RGB").resize((64, 64))
     (tmp_path / "shop").mkdir()
@@ -325,7 +325,7 @@ def test_with_extensions_only_those_files_are_images_and_no_other_file_is_opened
     def opened(path):
         raise AssertionError(f"{path} was opened")
 
-    monkeypatch.setattr(pipeline.images, "is_image_file", opened)
+    monkeypatch.setattr(pipeline.data.images, "is_image_file", opened)
     found = find_images(tmp_path, extensions={".jpg", ".dat"})
     assert [(Path(record.path).name, record.label) for record in found] == [
         ("a.JPG", "shop"), ("camera-export.dat", "shop"), ("notes.dat", "shop")]  # a named file is trusted

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from pipeline.cluster import build_index, fit_kmeans
+from pipeline.index.cluster import build_index, fit_kmeans
 from helpers import tiny_config
-from pipeline.index import ClusteredIndex, prepare_vectors, recall_at_k, recall_curve, smallest_nprobe
+from pipeline.index.clustered import ClusteredIndex, prepare_vectors, recall_at_k, recall_curve, smallest_nprobe
 
 
 def gaussian_mixture(n=3000, dim=16, centers=30, seed=0):
@@ -219,7 +219,7 @@ def test_float16_storage_halves_the_vectors_and_keeps_the_neighbours(metric):
 def test_a_few_queries_rank_as_a_large_batch_does(metric, dtype):
     """A few queries take NumPy in the caller's thread, a large batch the Numba kernels: the same neighbours, the
     same distances (so a query process need not load Numba)."""
-    from pipeline.index import PARALLEL_FROM
+    from pipeline.index.clustered import PARALLEL_FROM
 
     vectors = gaussian_mixture(n=800)
     index = ClusteredIndex(metric, nprobe=3, dtype=dtype).fit(vectors, build(vectors, metric, nlist=12).centroids_)

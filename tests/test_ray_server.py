@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.artifacts import Bundle
-from pipeline.search import Searcher
-from pipeline.shards import ShardedIndex, ShardScanner, local_fan_out, shard_plan
+from pipeline.bundle.artifacts import Bundle
+from pipeline.search.searcher import Searcher
+from pipeline.search.shards import ShardedIndex, ShardScanner, local_fan_out, shard_plan
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ class _Failing:
 def test_a_query_that_cannot_reach_a_shard_gets_503_never_fewer_results(clustered, monkeypatch):
     from starlette.testclient import TestClient
 
-    import pipeline.ray_server as ray_server
-    from pipeline.server import create_app
+    import pipeline.serve.ray_server as ray_server
+    from pipeline.serve.server import create_app
 
     monkeypatch.setattr(ray_server, "RETRY_PAUSE_S", 0.0)
     bundle = Bundle.load(clustered[0])
@@ -128,7 +128,7 @@ def ray_cluster():
 
 
 def _deploy(artifacts, shards, replicas=1, **service):
-    from pipeline.ray_server import APP_NAME, RayServeOptions, application
+    from pipeline.serve.ray_server import APP_NAME, RayServeOptions, application
 
     options = RayServeOptions(str(artifacts), shards=shards, shard_replicas=replicas, service=service)
     serve.run(application(options)[0], name=APP_NAME, route_prefix="/")
@@ -148,7 +148,7 @@ def test_serve_ray_answers_as_the_one_process_server(ray_cluster, clustered, htt
     import httpx
     from starlette.testclient import TestClient
 
-    from pipeline.server import create_app
+    from pipeline.serve.server import create_app
 
     bundle = Bundle.load(clustered[0])
     _deploy(clustered[0], shards, allow_private_urls=True)
@@ -216,8 +216,8 @@ def test_a_query_is_answered_from_one_bundle_version_while_a_removal_commits(ray
     from starlette.testclient import TestClient
 
     from helpers import copy_of_fit
-    from pipeline.collection import remove_images
-    from pipeline.server import create_app
+    from pipeline.collection.changes import remove_images
+    from pipeline.serve.server import create_app
 
     artifacts, _ = copy_of_fit(clustered[0], tmp_path)
     before = Bundle.load(artifacts)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from helpers import PIXELS, ROOT, SAMPLE, tiny_config
-from pipeline.artifacts import Bundle
-from pipeline.report import build_report, stratified_sample
+from pipeline.bundle.artifacts import Bundle
+from pipeline.report.build import build_report, stratified_sample
 
 
 class _Collector(HTMLParser):
@@ -89,9 +89,9 @@ def _cluster_sizes(text):
 
 
 def test_the_palette_and_outlines_hold_at_any_number_of_clusters():
-    from pipeline.report import cluster_outlines, palette
+    from pipeline.report.build import cluster_outlines, palette
 
-    from pipeline.report import _cie_lab
+    from pipeline.report.build import _cie_lab
 
     for count in (1, 10, 20, 57, 101):
         colours = palette(count)
@@ -161,8 +161,8 @@ def test_the_static_map_stays_readable_with_57_clusters(tmp_path):
     """Issue 31: no web of 57 outlines, no legend of 57 look-alike colours: each cluster's number at its middle."""
     from matplotlib.patches import Polygon
 
-    from pipeline.plots import tsne_figure
-    from pipeline.report import cluster_outlines, palette
+    from pipeline.report.plots import tsne_figure
+    from pipeline.report.build import cluster_outlines, palette
 
     rng = np.random.default_rng(1)
     clusters = np.repeat(np.arange(57), 20)

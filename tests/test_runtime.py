@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, SAMPLE, tiny_config
-from pipeline.artifacts import Bundle
+from pipeline.bundle.artifacts import Bundle
 from pipeline.errors import InputError
-from pipeline.images import prepare_image, read_file
-from pipeline.runtime import KerasEncoder, mixed_precision, resolve_runtime
+from pipeline.data.images import prepare_image, read_file
+from pipeline.model.runtime import KerasEncoder, mixed_precision, resolve_runtime
 
 
 def _sample_images(size: int, step: int = 20) -> np.ndarray:
@@ -43,7 +43,7 @@ def test_an_int8_fit_quantizes_its_backbone_alone_and_indexes_what_its_export_gi
     from ai_edge_litert.interpreter import Interpreter
 
     from pipeline.errors import ArtifactError
-    from pipeline.export import INT8_MEDIAN_COSINE, check_export
+    from pipeline.train.export import INT8_MEDIAN_COSINE, check_export
     from pipeline.fit import fit
 
     fit(photos, tmp_path / "int8", tiny_config(precision="int8"))
@@ -72,9 +72,9 @@ def test_without_litert_an_int8_fit_is_refused_before_it_starts_and_its_bundle_s
     import json
 
     import pipeline.fit
-    import pipeline.runtime
+    import pipeline.model.runtime
 
-    monkeypatch.setattr(pipeline.runtime, "litert_installed", lambda: False)
+    monkeypatch.setattr(pipeline.model.runtime, "litert_installed", lambda: False)
     monkeypatch.setattr(pipeline.fit, "litert_installed", lambda: False)
     with pytest.raises(InputError, match="--precision int8: .*LiteRT .*not installed here; fit with --precision fp32"):
         pipeline.fit.fit(photos, tmp_path / "int8", tiny_config(precision="int8"))
@@ -88,7 +88,7 @@ def test_without_litert_an_int8_fit_is_refused_before_it_starts_and_its_bundle_s
 
 
 def test_the_default_runtime_is_litert_where_installed_and_keras_elsewhere(monkeypatch):
-    import pipeline.runtime as runtime
+    import pipeline.model.runtime as runtime
 
     assert resolve_runtime(None) == "litert" and resolve_runtime("keras") == "keras"
     monkeypatch.setattr(runtime, "litert_installed", lambda: False)
@@ -108,10 +108,10 @@ def test_a_search_a_sync_and_a_served_query_never_import_tensorflow(fitted_copy)
 import shutil, sys
 from fastapi.testclient import TestClient
 from pipeline.cli import build_parser
-from pipeline.artifacts import Bundle
-from pipeline.collection import sync
-from pipeline.search import Searcher, SearchOptions
-from pipeline.server import create_app
+from pipeline.bundle.artifacts import Bundle
+from pipeline.collection.changes import sync
+from pipeline.search.searcher import Searcher, SearchOptions
+from pipeline.serve.server import create_app
 
 searcher = Searcher(Bundle.load({str(artifacts)!r}))
 assert searcher.search_file({str(photo)!r}, SearchOptions(n=3)).results

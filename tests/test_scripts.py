@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from helpers import ROOT, TINY, copy_subset
-from pipeline.artifacts import Bundle, current_folder
+from pipeline.bundle.artifacts import Bundle
+from pipeline.bundle.layout import current_folder
 
 
 def run_script(name, *args, timeout=300):

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from scipy.spatial.distance import cdist
 
-from pipeline.artifacts import Bundle
+from pipeline.bundle.artifacts import Bundle
 from pipeline.errors import InputError
-from pipeline.search import SearchOptions
+from pipeline.search.searcher import SearchOptions
 
 
 def test_fit_summary_and_manifest(fitted, photos):
@@ -34,7 +34,7 @@ def test_fit_summary_and_manifest(fitted, photos):
 def test_a_query_through_the_saved_encoder_gives_the_stored_embedding_for_the_same_file(searcher, photos, runtime):
     """The fit describes its images from the feature maps it computed for training (float16, the
     backbone run once per image); a query runs the whole saved encoder, on either runtime."""
-    from pipeline.images import prepare_image, read_file
+    from pipeline.data.images import prepare_image, read_file
 
     paths = sorted(photos.rglob("*.jpg"))
     images = np.stack([prepare_image(read_file(path), str(path), searcher.image_size) for path in paths])
@@ -138,8 +138,8 @@ def test_concurrent_searches_match_sequential_ones(searcher, photos):
 def test_batched_encoding_gives_the_same_vectors_in_fewer_calls(searcher, photos, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.images import prepare_image, read_file
-    from pipeline.runtime import BatchingEncoder
+    from pipeline.data.images import prepare_image, read_file
+    from pipeline.model.runtime import BatchingEncoder
 
     images = [prepare_image(read_file(p), str(p), searcher.image_size) for p in sorted(photos.rglob("*.jpg"))[:12]]
     encoder = searcher.bundle.encoder()
@@ -158,9 +158,9 @@ def test_batched_encoding_gives_the_same_vectors_in_fewer_calls(searcher, photos
 
 def test_a_searcher_follows_its_folder_to_a_newer_bundle_and_to_a_new_fit(fitted, photos, fitted_copy):
     from helpers import tiny_config
-    from pipeline.collection import remove_images
+    from pipeline.collection.changes import remove_images
     from pipeline.fit import fit
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     artifacts = fitted_copy
     searcher = Searcher(Bundle.load(artifacts))
@@ -182,8 +182,8 @@ def test_a_searcher_follows_its_folder_to_a_newer_bundle_and_to_a_new_fit(fitted
 def test_queries_running_while_bundles_are_swapped_each_read_one_bundle(fitted_copy, photos):
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.collection import remove_images
-    from pipeline.search import Searcher
+    from pipeline.collection.changes import remove_images
+    from pipeline.search.searcher import Searcher
 
     artifacts = fitted_copy
     full = Bundle.load(artifacts)
@@ -212,8 +212,8 @@ def test_a_batching_encoder_let_go_ends_its_thread(searcher, photos):
     import gc
     import threading
 
-    from pipeline.images import prepare_image, read_file
-    from pipeline.runtime import BatchingEncoder
+    from pipeline.data.images import prepare_image, read_file
+    from pipeline.model.runtime import BatchingEncoder
 
     before = {thread for thread in threading.enumerate() if thread.name == "encoder-batches"}
     batching = BatchingEncoder(searcher.bundle.encoder(), window_ms=1)
@@ -254,7 +254,7 @@ def test_search_options_are_checked_once_when_made():
 def test_several_photos_search_as_one_query_and_unlike_ones_count_against(searcher, photos):
     """Issue 34 (several photos): the mean of the photos' unit descriptors, less half the unlike ones'; the JSON says
     how the query was made; copies of any of the photos are the query's own."""
-    from pipeline.search import combined_query
+    from pipeline.search.searcher import combined_query
 
     catalog, embeddings = searcher.catalog, np.asarray(searcher.bundle.embeddings)
     pants = sorted((photos / "pants").glob("*.jpg"))[:3]
@@ -284,7 +284,7 @@ def test_a_region_of_a_photo_finds_what_is_in_it(searcher, photos):
     """Issue 34 (region): an indexed photo pasted at a third of the width into another photo is found first by its
     box; the box is checked and said in the answer."""
     from helpers import TEST_DATA
-    from pipeline.search import parse_box
+    from pipeline.search.searcher import parse_box
 
     found = 0
     sources = [sorted((photos / name).glob("*.jpg"))[2] for name in ("dress", "hat", "pants", "shoes")]

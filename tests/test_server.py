@@ -12,8 +12,8 @@ from PIL import Image
 
 from helpers import copy_of_fit, serve_app
 from pipeline.errors import InputError
-from pipeline.server import create_app
-from pipeline.search import SearchOptions
+from pipeline.serve.server import create_app
+from pipeline.search.searcher import SearchOptions
 
 TOKEN = "a-write-token-of-24-chars"
 
@@ -135,7 +135,7 @@ def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit(client, content
 
 
 def test_too_many_pixels_is_413(searcher):
-    from pipeline.search import Searcher
+    from pipeline.search.searcher import Searcher
 
     small_limit = Searcher(searcher.bundle, max_pixels=100 * 100)
     buffer = io.BytesIO()
@@ -192,8 +192,8 @@ def test_max_distance_keeps_only_results_that_close_to_the_query(client, searche
 
 
 def test_delete_is_off_without_a_token_and_needs_the_token(fitted_copy):
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
 
     artifacts = fitted_copy
     searcher = Searcher(Bundle.load(artifacts))
@@ -223,9 +223,9 @@ def test_delete_is_off_without_a_token_and_needs_the_token(fitted_copy):
 def test_an_image_keeps_its_id_whatever_is_removed_before_it(fitted_copy):
     """DELETE 10, then DELETE 11 removes the image that was 11, not the one after it; an id taken out by
     another writer is a 404, never another image."""
-    from pipeline.artifacts import Bundle
-    from pipeline.collection import remove_images
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.collection.changes import remove_images
+    from pipeline.search.searcher import Searcher
 
     artifacts = fitted_copy
     searcher = Searcher(Bundle.load(artifacts))
@@ -248,9 +248,9 @@ def test_an_image_keeps_its_id_whatever_is_removed_before_it(fitted_copy):
 def test_the_service_serves_a_bundle_committed_while_it_runs(fitted_copy, caplog):
     import time
 
-    from pipeline.artifacts import Bundle
-    from pipeline.collection import remove_images
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.collection.changes import remove_images
+    from pipeline.search.searcher import Searcher
 
     artifacts = fitted_copy
     searcher = Searcher(Bundle.load(artifacts))
@@ -286,8 +286,9 @@ def test_only_the_indexed_image_itself_is_served(fitted, tmp_path):
     import pyarrow as pa
 
     from helpers import rewrite_catalog
-    from pipeline.artifacts import Bundle, current_folder
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.bundle.layout import current_folder
+    from pipeline.search.searcher import Searcher
 
     artifacts, _ = copy_of_fit(fitted[0], tmp_path)
     folder = current_folder(artifacts)
@@ -324,7 +325,7 @@ def test_a_request_for_another_host_is_refused(searcher):
 
 def test_a_search_that_would_wait_too_long_is_refused_at_once_and_health_is_answered(searcher, photos):
     """Admission: past the budget a search hears 503 and Retry-After before its body is read."""
-    from pipeline.service import Admission
+    from pipeline.serve.service import Admission
 
     admission = Admission(budget_s=0.1, first_cost_s=0.04)
     assert [admission.admit() for _ in range(4)] == [None, None, None, 1]  # 3 waiting at 40 ms: 120 ms is over
@@ -349,7 +350,7 @@ def test_searches_run_in_a_few_threads_and_the_rest_wait_their_turn(searcher, ph
     import threading
     import time
 
-    import pipeline.server as server_module
+    import pipeline.serve.server as server_module
 
     running, most, lock = [0], [0], threading.Lock()
     search_bytes = searcher.search_bytes
@@ -379,10 +380,10 @@ def test_requests_beside_writers_that_sync_and_remove_meet_no_error_and_lose_no_
     answer is a 200, or a 404 for an id that was taken out meanwhile; afterwards every photo is indexed."""
     import threading
 
-    from pipeline.artifacts import Bundle
-    from pipeline.collection import remove_images, sync
-    from pipeline.images import find_images
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.collection.changes import remove_images, sync
+    from pipeline.data.images import find_images
+    from pipeline.search.searcher import Searcher
 
     artifacts, copied = copy_of_fit(fitted[0], tmp_path)
     photos = sorted(find_images(copied), key=lambda record: record.path)
@@ -465,8 +466,8 @@ def test_slow_clients_hold_no_search_place_and_are_let_go(searcher):
 
 
 def test_removal_bodies_are_capped_and_each_id_is_said_once(fitted_copy):
-    from pipeline.artifacts import Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.search.searcher import Searcher
 
     client = TestClient(create_app(Searcher(Bundle.load(fitted_copy)), write_token=TOKEN))
     authorised = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -479,8 +480,9 @@ def test_removal_bodies_are_capped_and_each_id_is_said_once(fitted_copy):
 def test_ids_have_one_spelling_and_clients_see_no_schema_and_no_paths(fitted_copy):
     import os
 
-    from pipeline.artifacts import ArtifactWriter, Bundle
-    from pipeline.search import Searcher
+    from pipeline.bundle.artifacts import Bundle
+    from pipeline.bundle.writer import ArtifactWriter
+    from pipeline.search.searcher import Searcher
 
     client = TestClient(create_app(Searcher(Bundle.load(fitted_copy)), write_token=TOKEN))
     assert client.get("/api/images/5").status_code == 200

@@ -5,10 +5,10 @@ import os
 import pytest
 from starlette.exceptions import HTTPException
 
-from pipeline.artifacts import Bundle
+from pipeline.bundle.artifacts import Bundle
 from pipeline.errors import ImageError, InputError, UnknownImage
-from pipeline.search import Searcher, SearchOptions
-from pipeline.service import SearchService
+from pipeline.search.searcher import Searcher, SearchOptions
+from pipeline.serve.service import SearchService
 
 TOKEN = "a-write-token-of-24-chars"
 
@@ -86,7 +86,7 @@ def test_removal_needs_the_token_and_keeps_the_other_ids(fitted_copy):
 
 
 def test_duplicate_groups_are_worked_out_once_per_bundle_and_distance(searcher, monkeypatch, capfd):
-    import pipeline.service as service_module
+    import pipeline.serve.service as service_module
 
     calls = []
     real = service_module.find_duplicates

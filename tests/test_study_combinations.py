@@ -7,8 +7,8 @@ import math
 import pytest
 
 from helpers import PIXELS, copy_subset, tiny_config
-from pipeline.artifacts import Bundle
-from pipeline.search import Searcher, SearchOptions
+from pipeline.bundle.artifacts import Bundle
+from pipeline.search.searcher import Searcher, SearchOptions
 
 KINDS = {"conv": dict(architecture="conv"), "denoising": dict(architecture="conv", noise=0.1),
          "dense": dict(architecture="dense")}

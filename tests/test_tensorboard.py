@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from helpers import PIXELS, ROOT, copy_subset, tiny_config
-from pipeline.artifacts import Bundle
+from pipeline.bundle.artifacts import Bundle
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from helpers import HARD_COPIES, NEAR_COPIES, TEST_DATA, near_copy
-from pipeline.verification import LocalFeatures, Thresholds, VerificationCache, _verify_from, verify, verify_mirrored
+from pipeline.collection.verification import LocalFeatures, Thresholds, _verify_from, verify, verify_mirrored
+from pipeline.collection.verification_cache import VerificationCache
 
 PHOTO_SETS = TEST_DATA / "photos"  # as the team's sets lay them out, the few this file needs
 PHOTOS = [PHOTO_SETS / path for path in (

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from pipeline.backbone import load_weights
+from pipeline.model.backbone import load_weights
 from pipeline.errors import ArtifactError
 
 

@@ -1,0 +1,5 @@
+"""python -m pipeline.cli: the imgsim command."""
+
+from . import main
+
+main()

@@ -1,0 +1,181 @@
+"""The cache of local features (by content hash) and verdicts (by pair of content hashes) beside the bundles, or
+for a folder with no fit in the user's cache folder: a second search for duplicates reads them instead of decoding
+and matching again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .verification import VERSION, LocalFeatures, Thresholds, Verification
+
+log = logging.getLogger(__name__)
+
+SHARED_KEPT = 8  # collections whose shared-feature candidates the cache keeps
+_PAIR_KEY = re.compile(r"[0-9a-f]{40}:[0-9a-f]{40}(/mirrored)?")
+
+
+class VerificationCache:
+    """Local features by content hash (one ``.npz`` file each) and verdicts by pair of content
+    hashes (one JSON file), in a folder beside the bundles: a second run reads them instead of
+    decoding and matching again. A changed file has a new hash, so nothing stale is ever used;
+    :meth:`prune` drops what belongs to no indexed image any more. The verdicts hold for one set of
+    :class:`Thresholds`: a run with others decides every pair again (and keeps its own)."""
+
+    def __init__(self, folder: str | os.PathLike, verdicts: bool = True, thresholds: Thresholds = Thresholds()):
+        """``verdicts=False``: for features only (the verdicts file is not read). Every file is
+        checked as it is read; one that is torn, tampered or of another version is ignored (and
+        rebuilt), with one warning."""
+        self.folder = Path(folder)
+        self.thresholds = thresholds
+        self._verdicts_path = self.folder / "verdicts.json"
+        self._verdicts: dict[str, dict] = {}
+        self._changed = False  # verdicts stored or dropped since the file was read
+        self._warned = False
+        if verdicts and self._verdicts_path.is_file():
+            self._verdicts = self._read_verdicts()
+
+    def _read_verdicts(self) -> dict[str, dict]:
+        """The stored verdicts that are well formed; the others are dropped (and decided again, and the
+        file written anew)."""
+        self._changed = True
+        try:
+            stored = json.loads(self._verdicts_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            self._warn(self._verdicts_path, "unreadable")
+            return {}
+        if not isinstance(stored, dict):
+            self._warn(self._verdicts_path, "not a verdicts file")
+            return {}
+        if stored.get("version") != VERSION or stored.get("thresholds") != asdict(self.thresholds):
+            return {}  # decided by another rule or with other thresholds
+        pairs = stored.get("pairs")
+        if not isinstance(pairs, dict):
+            self._warn(self._verdicts_path, "its pairs are not an object")
+            return {}
+        kept = {}
+        for key, value in pairs.items():
+            try:
+                if not _PAIR_KEY.fullmatch(key):
+                    raise ValueError("not a pair of content hashes")
+                Verification.from_dict(value)
+            except ValueError:
+                continue
+            kept[key] = value
+        if len(kept) < len(pairs):
+            self._warn(self._verdicts_path, f"{len(pairs) - len(kept)} verdicts malformed")
+        self._changed = len(kept) < len(pairs)
+        return kept
+
+    def _warn(self, path: Path, reason: str) -> None:
+        """Say once per cache that a file of it was ignored."""
+        if not self._warned:
+            log.warning("%s: %s; ignored, verified anew from the images", path, reason)
+            self._warned = True
+
+    def _features_path(self, content_hash: str) -> Path:
+        return self.folder / f"features-v{VERSION}" / content_hash[:2] / f"{content_hash}.npz"
+
+    def features(self, content_hash: str) -> Optional[LocalFeatures]:
+        """The stored features of an image, or None when there are none or they are not sound."""
+        path = self._features_path(content_hash)
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return LocalFeatures.from_arrays(arrays)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            self._warn(path, f"unusable features ({str(exc)[:120]})")
+            return None
+
+    def descriptors(self, content_hash: str) -> Optional[np.ndarray]:
+        """The stored ORB descriptors of an image alone ((n, 32) uint8), or None as :meth:`features`."""
+        path = self._features_path(content_hash)
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                descriptors = arrays["descriptors"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            self._warn(path, f"unusable features ({str(exc)[:120]})")
+            return None
+        if descriptors.dtype != np.uint8 or descriptors.ndim != 2 or descriptors.shape[1] != 32:
+            self._warn(path, "unusable features (descriptors of another shape or type)")
+            return None
+        return descriptors
+
+    def shared_pairs(self, key: str) -> Optional[np.ndarray]:
+        """The candidate pairs (rows) that shared local features proposed for the collection ``key``
+        names (a digest of its files and contents), or None."""
+        try:
+            pairs = np.load(self.folder / f"shared-pairs-v{VERSION}-{key}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        return pairs if pairs.dtype == np.int64 and pairs.ndim == 2 and pairs.shape[1] == 2 else None
+
+    def store_shared_pairs(self, key: str, pairs: np.ndarray) -> None:
+        """Keep the pairs of :meth:`shared_pairs` (those of the last ``SHARED_KEPT`` collections)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp", delete=False) as out:
+            np.save(out, np.asarray(pairs, np.int64).reshape(-1, 2))
+        os.replace(out.name, self.folder / f"shared-pairs-v{VERSION}-{key}.npy")
+        kept = sorted(self.folder.glob("shared-pairs-*.npy"), key=lambda path: path.stat().st_mtime, reverse=True)
+        for path in kept[SHARED_KEPT:]:
+            path.unlink(missing_ok=True)
+
+    def store_features(self, content_hash: str, features: LocalFeatures) -> None:
+        path = self._features_path(content_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
+            np.savez(out, **features.to_arrays())
+        os.replace(out.name, path)
+
+    @staticmethod
+    def _key(first_hash: str, second_hash: str, mirrored: bool) -> str:
+        return f"{min(first_hash, second_hash)}:{max(first_hash, second_hash)}" + ("/mirrored" if mirrored else "")
+
+    def verdict(self, first_hash: str, second_hash: str, mirrored: bool = False) -> Optional[Verification]:
+        """The verdict stored for the pair, told from ``first_hash``'s side (``mirrored``: the one
+        of :func:`verify_mirrored`)."""
+        stored = self._verdicts.get(self._key(first_hash, second_hash, mirrored))
+        if stored is None:
+            return None
+        verdict = Verification.from_dict(stored)
+        return verdict if first_hash <= second_hash else verdict.swapped()
+
+    def store_verdict(self, first_hash: str, second_hash: str, verdict: Verification, mirrored: bool = False) -> None:
+        """Keep ``verdict`` (told from ``first_hash``'s side), unrounded: a cached run decides alike."""
+        if first_hash > second_hash:
+            verdict = verdict.swapped()
+        self._verdicts[self._key(first_hash, second_hash, mirrored)] = asdict(verdict)
+        self._changed = True
+
+    def prune(self, kept_hashes: set[str]) -> None:
+        """Forget the features and verdicts of every image whose hash is not in ``kept_hashes``."""
+        kept = {key: value for key, value in self._verdicts.items()
+                if all(part in kept_hashes for part in key.split("/")[0].split(":"))}
+        self._changed |= len(kept) < len(self._verdicts)
+        self._verdicts = kept
+        for path in self.folder.glob(f"features-v{VERSION}/*/*.npz"):
+            if path.stem not in kept_hashes:
+                path.unlink(missing_ok=True)
+
+    def save(self) -> None:
+        """Write the verdicts if they changed (atomically: a crash leaves the old file or the new one)."""
+        if not self._changed and self._verdicts_path.is_file():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=self.folder, suffix=".tmp", delete=False) as out:
+            json.dump({"version": VERSION, "thresholds": asdict(self.thresholds), "pairs": self._verdicts}, out)
+        os.replace(out.name, self._verdicts_path)
+        self._changed = False
