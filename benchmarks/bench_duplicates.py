@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -117,9 +118,10 @@ def components(links: np.ndarray, paths: list[str]) -> list[list[str]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
-def phash_groups(paths: list[str]) -> tuple[dict[int, list[list[str]]], float]:
-    """pHash groups of ``paths`` at every Hamming distance in HAMMING, and the seconds the hashes
-    and the all-pairs distances took."""
+def phash_groups(paths: list[str], distances: Sequence[int] = HAMMING) -> tuple[dict[int, list[list[str]]], float]:
+    """pHash groups of ``paths`` at each Hamming distance of ``distances``, and the seconds the hashes
+    and the all-pairs distances took. The links up to the largest distance are held (at 32, half of
+    all pairs: ask for only the distances needed on a large folder)."""
     import imagehash
     from PIL import Image
 
@@ -131,12 +133,12 @@ def phash_groups(paths: list[str]) -> tuple[dict[int, list[list[str]]], float]:
     for first in range(0, len(words), 1024):
         block = words[first:first + 1024, None] ^ words[None, :]
         distance = popcount[block.view(np.uint8).reshape(*block.shape, 8)].sum(axis=2)
-        rows, cols = np.nonzero(distance <= max(HAMMING))
+        rows, cols = np.nonzero(distance <= max(distances))
         upper = rows + first < cols
         links.append(np.stack([rows[upper] + first, cols[upper], distance[rows[upper], cols[upper]]], axis=1))
     seconds = time.perf_counter() - start
     every = np.concatenate(links)
-    return {t: components(every[every[:, 2] <= t, :2], paths) for t in HAMMING}, seconds
+    return {t: components(every[every[:, 2] <= t, :2], paths) for t in distances}, seconds
 
 
 def run_duplicates(*where: str) -> tuple[dict, float, float]:
