@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -48,14 +48,22 @@ HAMMING = range(0, 33)
 TARGET_PRECISION = 0.99
 
 
+def built_sources(folder: Path) -> Optional[dict[str, int]]:
+    """The source photo of every file of a folder built before (its ``sources.json``: the folder is reused), or None
+    once a folder left unfinished is cleared."""
+    if (folder / "sources.json").exists():
+        return json.loads((folder / "sources.json").read_text())
+    if folder.exists():
+        shutil.rmtree(folder)
+    return None
+
+
 def build_folder(folder: Path, with_copies: int) -> dict[str, int]:
     """Every photo of the sets and near-copies of some; the source photo number of every file
     (kept in ``folder/sources.json``, so a second run reuses the folder)."""
-    listing = folder / "sources.json"
-    if listing.exists():
-        return json.loads(listing.read_text())
-    if folder.exists():
-        shutil.rmtree(folder)
+    built = built_sources(folder)
+    if built is not None:
+        return built
     source_of: dict[str, int] = {}
     for name in SETS:
         photos = sorted((DATA / name).rglob("*.jpg"))
@@ -72,7 +80,7 @@ def build_folder(folder: Path, with_copies: int) -> dict[str, int]:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 source_of[str(save_near_copy(photo, kind, out, seed=number))] = source
         print(f"{name}: {len(photos)} photos, {with_copies} with {len(KINDS)} copies", flush=True)
-    listing.write_text(json.dumps(source_of))
+    (folder / "sources.json").write_text(json.dumps(source_of))
     return source_of
 
 

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from benchmarks.bench_duplicates import DATA, KINDS, pair_scores, phash_groups, run_duplicates  # noqa: E402
+from benchmarks.bench_duplicates import DATA, KINDS, built_sources, pair_scores, phash_groups, run_duplicates  # noqa: E402
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
 from helpers import save_near_copy  # noqa: E402
 
@@ -44,11 +44,9 @@ def _copy(task: tuple[str, str, str, int]) -> str:
 def build_folder(folder: Path, size: int) -> dict[str, int]:
     """The photos and their near-copies, ``size`` files in all; the source photo of every file (kept in
     ``folder/sources.json``, so that a second run reuses the folder)."""
-    listing = folder / "sources.json"
-    if listing.exists():
-        return json.loads(listing.read_text())
-    if folder.exists():
-        shutil.rmtree(folder)
+    built = built_sources(folder)
+    if built is not None:
+        return built
     source_of: dict[str, int] = {}
     large: list[tuple[Path, int]] = []
     for name in LARGE_SETS + SMALL_SETS:
@@ -73,7 +71,7 @@ def build_folder(folder: Path, size: int) -> dict[str, int]:
         for path, source in zip(pool.map(_copy, tasks, chunksize=64), sources):
             source_of[path] = source
     print(f"{len(source_of):,} images ({len(tasks):,} near-copies)", flush=True)
-    listing.write_text(json.dumps(source_of))
+    (folder / "sources.json").write_text(json.dumps(source_of))
     return source_of
 
 

@@ -38,9 +38,9 @@ THROUGHPUT = """
 import json, sys, time
 import numpy as np
 from pipeline.bundle.artifacts import Bundle
-from pipeline.model.embed import embed_files, map_cache
 from pipeline.data.dataset import decode_to_cache
 from pipeline.data.images import find_images
+from pipeline.model.embed import embed_files, map_cache
 import tempfile
 
 artifacts, runtime, count = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -23,9 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.bundle.artifacts import Bundle  # noqa: E402
-from pipeline.model.embed import embed_files  # noqa: E402
 from pipeline.data.images import find_images  # noqa: E402
 from pipeline.index.metrics import precision_at_k  # noqa: E402
+from pipeline.model.embed import embed_files  # noqa: E402
 from pipeline.model.runtime import DESCRIPTOR  # noqa: E402
 from pipeline.model.whitening import fit_whitening  # noqa: E402
 
