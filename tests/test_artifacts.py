@@ -9,9 +9,9 @@ import pytest
 import pyarrow as pa
 
 from pipeline.bundle.artifacts import Bundle
-from pipeline.bundle.writer import ArtifactWriter
 from pipeline.bundle.layout import LOCK, LEDGER, REQUIRED_FILES, current_folder
 from pipeline.bundle.manifest import FORMAT_VERSION
+from pipeline.bundle.writer import ArtifactWriter
 from pipeline.errors import ArtifactError
 from pipeline.search.searcher import SearchOptions
 
@@ -398,6 +398,13 @@ def test_the_catalog_finds_rows_by_id_and_by_content_without_python_rows(fitted_
     for row, digest in enumerate(hashes):
         assert catalog.rows_with_hash(digest) == [other for other, same in enumerate(hashes) if same == digest]
     assert catalog.rows_with_hash("0" * 40) == [] and catalog.rows_with_hash("not hex") == []
+    fresh = Bundle.load(fitted_copy).catalog  # a few digests at once, as a bundle's probe images are found: no sort
+    assert fresh.rows_with_hashes([hashes[5], "0" * 40, "not hex", hashes[0]]) == {
+        hashes[5]: catalog.rows_with_hash(hashes[5]), hashes[0]: catalog.rows_with_hash(hashes[0])}
+    assert fresh._hash_order is None
+    loaded = Bundle.load(fitted_copy)
+    loaded.encoder()  # finds its probe images among the indexed ones: a few digests, so nothing sorted
+    assert loaded.catalog._hash_order is None
     assert catalog.label_names() == sorted({label for label in catalog.labels if label is not None})
     assert catalog.indexed_paths([catalog.paths[3], "/nowhere.jpg"]) == {catalog.paths[3]}
     kept = catalog.select(np.arange(len(catalog)) % 2 == 0)

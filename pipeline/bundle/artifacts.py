@@ -223,7 +223,7 @@ class Bundle:
         if not cosine >= PROBE_MIN_COSINE:  # also catches nan
             raise ArtifactError(f"{self.folder}: the encoder is not the one this bundle's images were embedded with "
                                 f"(its descriptors of the stored probe images differ, cosine {cosine:.4f}); fit again")
-        rows = {digest: found[0] for digest in hashes.tolist() if (found := self.catalog.rows_with_hash(digest))}
+        rows = {digest: found[0] for digest, found in self.catalog.rows_with_hashes(hashes.tolist()).items()}
         present = [number for number, digest in enumerate(hashes.tolist()) if digest in rows]
         if present and not min_cosine(descriptors[present], np.asarray(self.embeddings[
                 [rows[hashes[number]] for number in present]])) >= PROBE_MIN_COSINE:

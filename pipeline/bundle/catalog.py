@@ -237,6 +237,21 @@ class Catalog:
             start += 1
         return sorted(rows)
 
+    def rows_with_hashes(self, digests: Sequence[str]) -> dict[str, list[int]]:
+        """The rows of the indexed copies of each of a few hex SHA-1 ``digests`` (those the catalog
+        holds), by one pass over the hashes a digest, nothing sorted: :meth:`rows_with_hash` sorts
+        every hash once, which pays for itself only over many lookups."""
+        hashes, found = self._hash_array(), {}
+        for digest in digests:
+            try:
+                wanted = np.array([bytes.fromhex(digest)], "S20")[0]
+            except ValueError:
+                continue
+            rows = np.flatnonzero(hashes == wanted)
+            if len(rows):
+                found[digest] = rows.tolist()
+        return found
+
     def hash_order(self) -> np.ndarray:
         """The rows in the order of their content hashes (sorted on first use, then kept)."""
         if self._hash_order is None:

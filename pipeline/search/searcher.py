@@ -176,6 +176,7 @@ class _Served:
     encoder: BatchingEncoder
     encoder_sha256: str
     labels: list[str]  # the labels of the indexed images, sorted
+    skipped: int  # files the fit or a later change could not read, not indexed since (the manifest's, counted once)
 
 
 class Searcher:
@@ -206,7 +207,8 @@ class Searcher:
         else:
             encoder = BatchingEncoder(self._encoder_for(bundle), self.batch_window_ms)
         bundle.catalog.hash_order()  # sorted here, not at the first query: the indexed copies of a query's photo
-        return _Served(bundle, self._index_for(bundle), encoder, digest, bundle.catalog.label_names())
+        skipped = len(bundle.manifest.unreadable_files(bundle.catalog.indexed_paths))  # a pass over every path
+        return _Served(bundle, self._index_for(bundle), encoder, digest, bundle.catalog.label_names(), skipped)
 
     def _encoder_for(self, bundle: Bundle):
         """The encoder that runs ``bundle``'s queries (:class:`pipeline.model.runtime.Encoder`)."""
@@ -252,6 +254,11 @@ class Searcher:
     def labels(self) -> list[str]:
         """The labels of the served bundle's images, sorted."""
         return self._served.labels
+
+    @property
+    def skipped(self) -> int:
+        """How many files the served bundle's fit or later changes could not read and did not index since."""
+        return self._served.skipped
 
     @property
     def index(self) -> ClusteredIndex:

@@ -72,7 +72,7 @@ class SearchService:
             "images": len(bundle.catalog),
             "clusters": bundle.index.nlist,
             "nprobe": bundle.index.nprobe_,
-            "skipped": len(manifest.unreadable_files(bundle.catalog.indexed_paths)),
+            "skipped": self.searcher.skipped,
             "created": manifest.created,
             "data_dir": manifest.data_dir,
             "labels": self.searcher.labels,
