@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from helpers import PIXELS, copy_subset, tiny_config
-from pipeline.train.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
 from pipeline.model.descriptor import build_blocks_model
 from pipeline.search.searcher import SearchOptions
+from pipeline.train.autoencoder import build_autoencoder, build_feature_autoencoder, nt_xent
 
 
 def pixel_config(**overrides):

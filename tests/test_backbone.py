@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from helpers import PACKAGE_SAMPLES
-from pipeline.model.backbone import _BN_EPSILON, build_backbone, fold_batch_norm, load_weights, weights_path
-from pipeline.errors import ArtifactError
 from pipeline.data.images import prepare_image, read_file
+from pipeline.errors import ArtifactError
+from pipeline.model.backbone import _BN_EPSILON, build_backbone, fold_batch_norm, load_weights, weights_path
 
 
 def test_the_installed_weights_load_as_arrays():

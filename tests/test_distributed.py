@@ -15,8 +15,8 @@ from helpers import copy_subset, tiny_config
 ray = pytest.importorskip("ray")
 
 from pipeline.bundle.artifacts import Bundle  # noqa: E402
-from pipeline.engines.distributed import RayEngine  # noqa: E402
 from pipeline.data.images import find_images  # noqa: E402
+from pipeline.engines.distributed import RayEngine  # noqa: E402
 from pipeline.search.searcher import Searcher, SearchOptions  # noqa: E402
 
 

@@ -5,8 +5,8 @@ import inspect
 import numpy as np
 
 from pipeline.bundle.artifacts import Bundle
-from pipeline.engines.engine import LocalEngine, StagedEncoder
 from pipeline.data.images import ImageRecord, find_images
+from pipeline.engines.engine import LocalEngine, StagedEncoder
 from pipeline.index.clustered import prepare_vectors
 
 

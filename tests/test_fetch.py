@@ -6,8 +6,8 @@ import time
 import pytest
 
 from helpers import SAMPLE
-from pipeline.errors import ImageError, shown
 from pipeline.data.fetch import fetch_url, is_public_address
+from pipeline.errors import ImageError, shown
 
 PHOTO = sorted((SAMPLE / "shoes").glob("*.jpg"))[0]
 

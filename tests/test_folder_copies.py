@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, copy_subset, save_near_copy
-from pipeline.errors import ArtifactError, InputError
 from pipeline.collection.folder_copies import default_cache, find_in_folder
+from pipeline.errors import ArtifactError, InputError
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from helpers import SAMPLE
+from pipeline.data.images import prepare_image, read_file
 from pipeline.model.histograms import ColorHistogram, OrientationHistogram, _of_strongest_channel, rgb_to_hsv
 from pipeline.model.resize import area_matrix, area_resize
-from pipeline.data.images import prepare_image, read_file
 
 SIZE, CELLS, BINS = 32, 4, 9
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from helpers import SAMPLE
-from pipeline.errors import ImageError, InputError
 from pipeline.data.images import decode_image, find_images, prepare_image, read_file
+from pipeline.errors import ImageError, InputError
 
 SAMPLE_PHOTO = sorted(SAMPLE.glob("shoes/*.jpg"))[0]
 

@@ -11,8 +11,8 @@ import pytest
 
 from helpers import ROOT, SAMPLE, tiny_config
 from pipeline.bundle.artifacts import Bundle
-from pipeline.errors import InputError
 from pipeline.data.images import prepare_image, read_file
+from pipeline.errors import InputError
 from pipeline.model.runtime import KerasEncoder, mixed_precision, resolve_runtime
 
 
@@ -107,8 +107,8 @@ def test_a_search_a_sync_and_a_served_query_never_import_tensorflow(fitted_copy)
     script = f"""
 import shutil, sys
 from fastapi.testclient import TestClient
-from pipeline.cli import build_parser
 from pipeline.bundle.artifacts import Bundle
+from pipeline.cli import build_parser
 from pipeline.collection.changes import sync
 from pipeline.search.searcher import Searcher, SearchOptions
 from pipeline.serve.server import create_app

@@ -12,8 +12,8 @@ from PIL import Image
 
 from helpers import copy_of_fit, serve_app
 from pipeline.errors import InputError
-from pipeline.serve.server import create_app
 from pipeline.search.searcher import SearchOptions
+from pipeline.serve.server import create_app
 
 TOKEN = "a-write-token-of-24-chars"
 

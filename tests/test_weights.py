@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from pipeline.model.backbone import load_weights
 from pipeline.errors import ArtifactError
+from pipeline.model.backbone import load_weights
 
 
 class FloatStorage:
