@@ -8,6 +8,7 @@ import os
 import re
 import threading
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -176,7 +177,12 @@ class _Served:
     encoder: BatchingEncoder
     encoder_sha256: str
     labels: list[str]  # the labels of the indexed images, sorted
-    skipped: int  # files the fit or a later change could not read, not indexed since (the manifest's, counted once)
+
+    @cached_property
+    def skipped(self) -> int:
+        """The files the fit or a later change could not read and not indexed since: counted on first
+        use (a pass over every indexed path, which a query never needs), then kept with the bundle."""
+        return len(self.bundle.manifest.unreadable_files(self.bundle.catalog.indexed_paths))
 
 
 class Searcher:
@@ -207,8 +213,7 @@ class Searcher:
         else:
             encoder = BatchingEncoder(self._encoder_for(bundle), self.batch_window_ms)
         bundle.catalog.hash_order()  # sorted here, not at the first query: the indexed copies of a query's photo
-        skipped = len(bundle.manifest.unreadable_files(bundle.catalog.indexed_paths))  # a pass over every path
-        return _Served(bundle, self._index_for(bundle), encoder, digest, bundle.catalog.label_names(), skipped)
+        return _Served(bundle, self._index_for(bundle), encoder, digest, bundle.catalog.label_names())
 
     def _encoder_for(self, bundle: Bundle):
         """The encoder that runs ``bundle``'s queries (:class:`pipeline.model.runtime.Encoder`)."""
