@@ -45,6 +45,7 @@ NEIGHBOURS = 8  # candidates per image, by rank
 TWIN_DISTANCE = 1e-6  # descriptors this close are of the same pixels: an image's "nearest whatever the distance" is
 # the nearest further than this
 CANDIDATE_DISTANCE = 0.5  # pairs further apart (cosine, descriptors) are never compared, but each image's nearest
+# (past a twin) always is
 CACHE_FOLDER = "duplicates-cache"  # inside the artifacts folder, beside the bundles
 _BATCH = 4096
 _CHUNK = 256  # pairs a worker decides at a time
