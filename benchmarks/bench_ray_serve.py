@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -38,6 +39,7 @@ from benchmarks.bench_catalog import build as build_catalog  # noqa: E402
 from benchmarks.report import machine, sample_fit, write_section  # noqa: E402
 
 DIM, RATE, EXACT_QUERIES = 256, 10.0, 20
+IDLE_S = 5.0  # seconds of no query, to measure Ray's own CPU time
 
 
 def build_bundle(source: Path, target: Path, vectors: int, seed: int = 0) -> Path:
@@ -109,7 +111,7 @@ def deploy(shards: int, replicas: int) -> list:
     for shard in range(shards):
         name = f"shard-{shard}"
         serve.run(serve.deployment(ShardReplica, name=name).options(num_replicas=replicas).bind(shard, shards),
-                  name=name, route_prefix=None)
+                  name=name, route_prefix=None, logging_config={"log_level": "WARNING"})  # as serve --ray runs them
         handles.append(serve.get_deployment_handle(name, app_name=name))
     return handles
 
@@ -149,9 +151,16 @@ def timed_run(index, queries: np.ndarray, nprobe: int, seconds: float, expected:
             "failures": failures}
 
 
+def busy_jiffies() -> tuple[int, int]:
+    """This machine's CPU time spent busy (not idle or waiting on I/O) and in all, in clock ticks, from /proc/stat."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
 def parts(whole, sharded, shard, queries: np.ndarray, nprobe: int) -> dict:
     """Where a query's time goes, one query at a time (medians, ms): routing; a call to shard 0 with
-    nothing to scan (Ray Serve's round trip); with its share of the probed clusters."""
+    nothing to scan (Ray Serve's round trip); with its share of the probed clusters; a whole search,
+    and the CPU time every process of the machine spent on it (busy ticks over the searches, a query's share)."""
     def median_ms(step) -> float:
         times = []
         for query in queries[:100]:
@@ -165,10 +174,23 @@ def parts(whole, sharded, shard, queries: np.ndarray, nprobe: int) -> dict:
         return np.where(sharded.owner_[probed] == 0, probed, whole.nlist)
 
     folder = sharded.folder
-    return {"route_ms": median_ms(lambda query: whole.route(query, nprobe)),
-            "empty_call_ms": median_ms(lambda query: shard.scan.remote(folder, query, np.full((1, nprobe), whole.nlist),
-                                                                        10).result()),
-            "own_call_ms": median_ms(lambda query: shard.scan.remote(folder, query, own(query), 10).result())}
+    figures = {"route_ms": median_ms(lambda query: whole.route(query, nprobe)),
+               "empty_call_ms": median_ms(lambda query: shard.scan.remote(folder, query,
+                                                                           np.full((1, nprobe), whole.nlist),
+                                                                           10).result()),
+               "own_call_ms": median_ms(lambda query: shard.scan.remote(folder, query, own(query), 10).result())}
+    busy, total = busy_jiffies()
+    time.sleep(IDLE_S)
+    idle_busy, idle_total = busy_jiffies()
+    tick = time.perf_counter()
+    figures["search_ms"] = median_ms(lambda query: sharded.search(query, 10, nprobe))
+    elapsed_s = time.perf_counter() - tick
+    busy_after, total_after = busy_jiffies()
+    figures["idle_share"] = (idle_busy - busy) / max(1, idle_total - total)  # Ray's own work with no query
+    figures["busy_share"] = (busy_after - idle_busy) / max(1, total_after - idle_total)
+    searching = (busy_after - idle_busy) / os.sysconf("SC_CLK_TCK") - figures["idle_share"] * os.cpu_count() * elapsed_s
+    figures["cpu_ms"] = searching * 1000 / min(100, len(queries))
+    return figures
 
 
 def main() -> None:
@@ -258,8 +280,11 @@ with noise) sent at {RATE:g} a second, each in its own thread, for {args.seconds
 
 Where the time goes (1 replica a shard, one query at a time, medians): routing {one['route_ms']:.1f} ms; a call to one
 shard with nothing to scan (Ray Serve's round trip) {one['empty_call_ms']:.1f} ms; with its share of the probed
-clusters {one['own_call_ms']:.1f} ms. Four shards answer side by side, on 2 cores shared with the driver and Ray's
-own processes of 3 nodes: the latency targets are not met on this machine.
+clusters {one['own_call_ms']:.1f} ms; a whole search {one['search_ms']:.1f} ms. The machine's {os.cpu_count()} cores
+were {one['idle_share']:.0%} busy with no query (Ray's own processes of 3 nodes) and {one['busy_share']:.0%} while
+searching, one query after another: a search took {one['cpu_ms']:.1f} ms of CPU time beyond the idle work, in the
+driver, the shards and Ray's processes, so that it cannot take less than {one['cpu_ms'] / os.cpu_count():.1f} ms of
+wall time here however fast the scan.
 
 RSS of each shard replica after the run with 1 replica a shard (anonymous memory, its clusters' vectors read into
 it, + mapped file pages, in MB); target < 2,000:

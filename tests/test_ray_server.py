@@ -64,6 +64,45 @@ def test_a_shard_refuses_clusters_it_does_not_hold(clustered):
         scanner.scan(np.asarray(bundle.embeddings[:1]), np.array([[foreign]]), 5)
 
 
+def test_a_shard_replica_answers_on_a_loaded_version_while_it_loads_another(clustered, tmp_path, monkeypatch):
+    """A scan runs on the replica's event loop, a load in a thread: a slow load of the next version
+    holds up no query on the version already loaded, and the new version answers once loaded."""
+    import asyncio
+
+    import pipeline.serve.ray_server as ray_server
+
+    bundle = Bundle.load(clustered[0])
+    copy = tmp_path / bundle.folder.name
+    shutil.copytree(bundle.folder, copy)
+    query, probed = np.asarray(bundle.embeddings[:1]), np.arange(bundle.index.nlist)[None]
+    expected = ShardScanner(bundle.folder, 0, 1).scan(query, probed, 5)
+    loading = threading.Event()
+
+    class _SlowScanner(ShardScanner):
+        def __init__(self, folder, shard, shards):
+            if str(folder) == str(copy):
+                loading.set()
+                time.sleep(1.5)
+            super().__init__(folder, shard, shards)
+
+    monkeypatch.setattr(ray_server, "ShardScanner", _SlowScanner)
+    replica = ray_server.ShardReplica(0, 1)
+
+    async def queries():
+        await replica.scan(str(bundle.folder), query, probed, 5)
+        newer = asyncio.create_task(replica.scan(str(copy), query, probed, 5))
+        await asyncio.sleep(0.05)  # the newer version's load has begun
+        during = await replica.scan(str(bundle.folder), query, probed, 5)
+        answered_before_the_load_ended = loading.is_set() and not newer.done()
+        return during, answered_before_the_load_ended, await newer
+
+    during, answered_before_the_load_ended, newer = asyncio.run(queries())
+    assert answered_before_the_load_ended
+    for answer in (during, newer):
+        assert np.array_equal(answer[0], expected[0]) and np.array_equal(answer[1], expected[1])
+    assert list(replica._loaded) == [str(bundle.folder), str(copy)]
+
+
 # serve --ray: a Ray Serve application on a local Ray cluster
 
 serve = pytest.importorskip("ray.serve")

@@ -27,6 +27,7 @@ never fewer results.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -146,16 +147,26 @@ class ShardReplica:
         self._loading = threading.Lock()
 
     def _scanner(self, folder: str) -> ShardScanner:
-        with self._loading:
-            if folder not in self._loaded:
-                self._loaded[folder] = ShardScanner(folder, self.shard, self.shards)
-                while len(self._loaded) > LOADED_VERSIONS:
-                    self._loaded.popitem(last=False)
-            self._loaded.move_to_end(folder)
-            return self._loaded[folder]
+        """The scanner of ``folder``, loaded on first use (one load at a time; the oldest loaded
+        version dropped past LOADED_VERSIONS); one already loaded is returned without waiting."""
+        scanner = self._loaded.get(folder)
+        if scanner is None:
+            with self._loading:
+                if folder not in self._loaded:
+                    self._loaded[folder] = ShardScanner(folder, self.shard, self.shards)
+                    while len(self._loaded) > LOADED_VERSIONS:
+                        self._loaded.popitem(last=False)
+                scanner = self._loaded[folder]
+        return scanner
 
-    def scan(self, folder: str, queries: np.ndarray, probed: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._scanner(folder).scan(queries, probed, n)
+    async def scan(self, folder: str, queries: np.ndarray, probed: np.ndarray,
+                   n: int) -> tuple[np.ndarray, np.ndarray]:
+        """A scan (about a millisecond) runs on the replica's event loop: a sync method would hop to
+        Ray Serve's thread pool and back, which cost 7 ms a query of four shards on the machine of
+        docs/BENCHMARKS.md (bench_ray_serve). Loading a bundle (seconds) runs in a thread, so queries
+        on the version already loaded go on meanwhile."""
+        scanner = self._loaded.get(folder) or await asyncio.to_thread(self._scanner, folder)
+        return scanner.scan(queries, probed, n)
 
     def memory(self) -> dict[str, Any]:
         """This replica's process, resident memory (anonymous, and the mapped files' pages) and the
