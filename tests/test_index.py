@@ -217,11 +217,11 @@ def test_float16_storage_halves_the_vectors_and_keeps_the_neighbours(metric):
 def test_stored_float16_rows_convert_exactly():
     """The scan's fast conversion (OpenCV's) gives every float16 value as NumPy's exact one, zeros'
     signs and infinities included, in any row shape; only NaNs, which no index stores, may differ."""
-    from pipeline.index.clustered import _as_float32
+    from pipeline.index.storage import as_float32
 
     every = np.arange(2**16, dtype=np.uint16).view(np.float16)
     for rows in (every.reshape(256, 256), every[:65535].reshape(-1, 3)[5:9], every[:0].reshape(0, 256)):
-        converted = _as_float32(rows)
+        converted = as_float32(rows)
         assert converted.dtype == np.float32 and converted.shape == rows.shape
         numbers = ~np.isnan(rows)
         assert np.array_equal(converted[numbers].view(np.uint32), rows[numbers].astype(np.float32).view(np.uint32))

@@ -15,11 +15,11 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-import cv2
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ..config import INDEX_DTYPES, METRICS
+from .storage import HALF_TO_FLOAT, as_float32
 
 # Numba's default threading layer must not launch parallel kernels from two threads at once, so callers of the
 # parallel kernels take turns; a few queries run with NumPy in the caller's thread instead (_run).
@@ -76,26 +76,6 @@ class SearchHits:
     probed: np.ndarray  # (queries, nprobe) int, the clusters searched, nearest first
 
 
-_HALF_TO_FLOAT = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)  # every float16's value
-
-
-if hasattr(cv2, "convertFp16"):  # OpenCV 4: the float16 bits as int16
-    def _half_to_float(rows: np.ndarray) -> np.ndarray:
-        return cv2.convertFp16(rows.view(np.int16))
-else:  # OpenCV 5 takes float16 arrays (and has no convertFp16)
-    def _half_to_float(rows: np.ndarray) -> np.ndarray:
-        return cv2.multiply(rows, 1.0, dtype=cv2.CV_32F)
-
-
-def _as_float32(rows: np.ndarray) -> np.ndarray:
-    """Stored rows (n, dim) as float32, float16 converted exactly (NaN aside, which no index holds)
-    by OpenCV's vector instructions: 20x NumPy's conversion or its table here, which made most
-    of a probed cluster's scan."""
-    if rows.dtype != np.float16 or not rows.size:
-        return rows.astype(np.float32, copy=False)
-    return _half_to_float(rows).reshape(rows.shape)
-
-
 def _scan_few(queries, probed, vectors, table, norms, offsets, ids, n, cosine, out_scores, out_ids) -> None:
     """The ``n`` best (score, id) pairs of each of a few queries among its probed clusters, into
     ``out_scores`` and ``out_ids``, with NumPy: one matrix-vector product per probed cluster, read
@@ -106,7 +86,7 @@ def _scan_few(queries, probed, vectors, table, norms, offsets, ids, n, cosine, o
         scores, found = [], []
         for cluster in probed[q]:
             start, stop = offsets[cluster], offsets[cluster + 1]
-            block = _as_float32(vectors[start:stop].view(np.float16)) if half else vectors[start:stop]
+            block = as_float32(vectors[start:stop].view(np.float16)) if half else vectors[start:stop]
             dots = block @ query
             scores.append(-dots if cosine else norms[start:stop] - 2 * dots)
             found.append(ids[start:stop])
@@ -348,7 +328,7 @@ class ClusteredIndex:
         half = self.vectors_.dtype == np.float16
         offsets = np.append(self.offsets_, self.offsets_[-1])  # cluster nlist: empty
         _run("scan_parallel", _scan_few, len(queries), queries, np.asarray(probed, np.int64),
-             self.vectors_.view(np.uint16) if half else self.vectors_, _HALF_TO_FLOAT if half else _HALF_TO_FLOAT[:0],
+             self.vectors_.view(np.uint16) if half else self.vectors_, HALF_TO_FLOAT if half else HALF_TO_FLOAT[:0],
              self.norms_, offsets, self.ids_, n, self.metric == "cosine", scores, ids)
         order = np.lexsort((ids, scores), axis=1)
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
@@ -438,7 +418,7 @@ def _true_neighbour_clusters(index: ClusteredIndex, queries: np.ndarray, query_i
     for start in range(0, index.size, EXACT_BLOCK):
         stop = min(start + EXACT_BLOCK, index.size)
         block = index.vectors_[start:stop]
-        dots = queries @ _as_float32(block).T
+        dots = queries @ as_float32(block).T
         scores = -dots if index.metric == "cosine" else index.norms_[start:stop] - 2 * dots
         here = np.flatnonzero((own_rows >= start) & (own_rows < stop))
         scores[here, own_rows[here] - start] = np.inf
