@@ -265,12 +265,13 @@ def _affine(first: LocalFeatures, second: LocalFeatures,
     least = thresholds.min_inliers
     if len(first.descriptors) < least or len(second.descriptors) < least:
         return None
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(first.descriptors, second.descriptors, k=2)
-    good = [pair[0] for pair in pairs if len(pair) == 2 and pair[0].distance < RATIO * pair[1].distance]
+    # each feature's two nearest of the other's (what a brute-force knnMatch finds, without a Python object a match)
+    distances, nearest = cv2.batchDistance(first.descriptors, second.descriptors, cv2.CV_32S,
+                                           normType=cv2.NORM_HAMMING, K=2)
+    good = np.flatnonzero(distances[:, 0] < RATIO * distances[:, 1])  # in feature order, as RANSAC is given them
     if len(good) < least:
         return None
-    source = first.points[[match.queryIdx for match in good]]
-    target = second.points[[match.trainIdx for match in good]]
+    source, target = first.points[good], second.points[nearest[good, 0]]
     threshold = RANSAC_PIXELS * max(first.feature_shape) / FEATURE_SIDE
     matrix, inliers = cv2.estimateAffine2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=threshold,
                                            maxIters=2000, confidence=0.995)
