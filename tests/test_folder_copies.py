@@ -107,6 +107,32 @@ def test_the_command_takes_a_folder_and_moves_its_copies_out(folder, tmp_path):
     assert empty.returncode != 0 and empty.stderr.strip() == f"error: {tmp_path / 'moved' / 'x'}: not a folder"
 
 
+def test_a_folder_is_scored_against_a_ground_truth_and_listed_once(folder, tmp_path, monkeypatch, capsys):
+    import pipeline.collection.folder_copies as folder_copies
+    import pipeline.data.images as images
+    from pipeline.cli import build_parser
+
+    photos, source = folder
+    copies = (photos / "hat" / "rotated.jpg", photos / "hat" / "as.gif", photos / "shoes" / "letterboxed.jpg")
+    family = [os.path.relpath(path, photos) for path in (source, *copies)]
+    (tmp_path / "truth.json").write_text(json.dumps({name: [other for other in family if other != name]
+                                                     for name in family}))
+    listings, find_images = [], images.find_images
+
+    def counted(*args, **kwargs):
+        listings.append(args)
+        return find_images(*args, **kwargs)
+
+    monkeypatch.setattr(folder_copies, "find_images", counted)
+    args = build_parser().parse_args(["duplicates", str(photos), "--cache", str(tmp_path / "cache"), "--json",
+                                      "--ground-truth", str(tmp_path / "truth.json")])
+    with monkeypatch.context() as patched:
+        patched.setattr(images, "find_images", counted)
+        assert args.command(args) == 0
+    scored = json.loads(capsys.readouterr().out)["ground_truth"]
+    assert (scored["true_pairs"], scored["found_pairs"], scored["correct"]) == (6, 6, 6) and len(listings) == 1
+
+
 def test_the_cache_of_a_fit_is_not_named_with_cache(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "duplicates.py"), "--cache", str(tmp_path)],
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)

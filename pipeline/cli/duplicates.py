@@ -94,10 +94,9 @@ def _find_copies(args: argparse.Namespace):
         from ..collection.folder_copies import find_in_folder
         from ..data.images import find_images
 
-        found = find_in_folder(args.folder, distance, _thresholds(args), args.cache, extensions=args.extensions)
-        paths = ([record.path for record in find_images(args.folder, extensions=args.extensions)]
-                 if args.ground_truth else [])
-        return found, [os.path.realpath(args.folder)], paths
+        records = find_images(args.folder, extensions=args.extensions)  # listed once: the ground truth needs it too
+        found = find_in_folder(args.folder, distance, _thresholds(args), args.cache, records=records)
+        return found, [os.path.realpath(args.folder)], [record.path for record in records] if args.ground_truth else []
     if args.cache is not None:
         raise InputError("--cache is for a folder (imgsim duplicates DIR); a fit's cache is in its artifacts folder")
     if args.extensions is not None:

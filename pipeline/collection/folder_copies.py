@@ -25,7 +25,7 @@ from typing import Collection, Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..data.images import content_hash, file_stat, find_images, read_file
+from ..data.images import ImageRecord, content_hash, file_stat, find_images, read_file
 from ..errors import ImageError, InputError
 from ..index.metrics import exact_neighbours
 from .duplicates import CANDIDATE_DISTANCE, NEIGHBOURS, Images, candidate_pairs, find_among
@@ -45,13 +45,15 @@ def default_cache() -> Path:
 
 def find_in_folder(folder: str | os.PathLike, max_distance: float = CANDIDATE_DISTANCE,
                    thresholds: Thresholds = Thresholds(), cache_folder: Optional[str | os.PathLike] = None,
-                   progress: bool = True, extensions: Optional[Collection[str]] = None) -> Duplicates:
+                   progress: bool = True, extensions: Optional[Collection[str]] = None,
+                   records: Optional[list[ImageRecord]] = None) -> Duplicates:
     """The groups of copies among the images under ``folder`` (of ``extensions`` alone, when given:
-    :func:`pipeline.data.images.find_images`; see the module's description); unreadable files are
-    listed, never grouped. InputError when the folder holds no image file."""
+    :func:`pipeline.data.images.find_images`, or ``records``, that listing when the caller has made it;
+    see the module's description); unreadable files are listed, never grouped. InputError when the
+    folder holds no image file."""
     if not max_distance >= 0:
         raise InputError(f"max_distance must be a number from 0, got {max_distance}")
-    records = find_images(folder, extensions=extensions)
+    records = find_images(folder, extensions=extensions) if records is None else records
     if not records:
         raise InputError(f"{folder}: no image files found")
     cache = VerificationCache(Path(cache_folder) if cache_folder else default_cache(), thresholds=thresholds)
@@ -160,7 +162,6 @@ def _embed(paths: list[str], progress: bool, folder: Path) -> list[Optional[np.n
     by its LiteRT export (:func:`_backbone_export`)."""
     from ..data.dataset import decode_to_cache
     from ..model.embed import map_cache
-    from ..data.images import ImageRecord
     from ..model.runtime import LiteRTEncoder
 
     path = _backbone_export_path(folder)
