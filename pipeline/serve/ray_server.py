@@ -162,9 +162,9 @@ class ShardReplica:
     async def scan(self, folder: str, queries: np.ndarray, probed: np.ndarray,
                    n: int) -> tuple[np.ndarray, np.ndarray]:
         """A scan (about a millisecond) runs on the replica's event loop: a sync method would hop to
-        Ray Serve's thread pool and back, which cost 7 ms a query of four shards on the machine of
-        docs/BENCHMARKS.md (bench_ray_serve). Loading a bundle (seconds) runs in a thread, so queries
-        on the version already loaded go on meanwhile."""
+        Ray Serve's thread pool and back, which cost about 7 ms a query of four shards, measured side
+        by side on the 2-core machine of docs/BENCHMARKS.md. Loading a bundle (seconds) runs in a
+        thread, so queries on the version already loaded go on meanwhile."""
         scanner = self._loaded.get(folder) or await asyncio.to_thread(self._scanner, folder)
         return scanner.scan(queries, probed, n)
 
