@@ -425,11 +425,11 @@ def test_a_format_7_bundle_is_read_and_upgraded_to_a_columnar_catalog_without_te
     old = Bundle.load(artifacts)
     assert old.manifest.format_version == 7 and Searcher(old).search_indexed(4, SearchOptions(n=6)) == expected
     process = subprocess.run([sys.executable, "-c", "import sys, pipeline.cli as cli; cli._exit = lambda code: print("
-                              "'tensorflow' in sys.modules); cli.main()", "upgrade", "--artifacts", str(artifacts)],
-                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+                              "[m for m in ('tensorflow', 'cv2') if m in sys.modules]); cli.main()", "upgrade",
+                              "--artifacts", str(artifacts)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert process.returncode == 0, process.stderr
     assert process.stdout.startswith(f"upgraded the bundle to format {FORMAT_VERSION} (its catalog made columnar): ")
-    assert process.stdout.splitlines()[-1] == "False"  # no TensorFlow
+    assert process.stdout.splitlines()[-1] == "[]"  # no TensorFlow, no OpenCV
     upgraded = Bundle.load(artifacts)
     assert upgraded.manifest.format_version == FORMAT_VERSION and (upgraded.folder / "catalog.arrow").is_file()
     assert not (upgraded.folder / "catalog.json").exists() and upgraded.catalog == old.catalog

@@ -4,18 +4,9 @@ cluster is scanned."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 HALF_TO_FLOAT = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)  # for Numba, which has no float16
-
-
-if hasattr(cv2, "convertFp16"):  # OpenCV 4: the float16 bits as int16
-    def _half_to_float(rows: np.ndarray) -> np.ndarray:
-        return cv2.convertFp16(rows.view(np.int16))
-else:  # OpenCV 5 takes float16 arrays (and has no convertFp16)
-    def _half_to_float(rows: np.ndarray) -> np.ndarray:
-        return cv2.multiply(rows, 1.0, dtype=cv2.CV_32F)
 
 
 def as_float32(rows: np.ndarray) -> np.ndarray:
@@ -24,4 +15,8 @@ def as_float32(rows: np.ndarray) -> np.ndarray:
     of a probed cluster's scan."""
     if rows.dtype != np.float16 or not rows.size:
         return rows.astype(np.float32, copy=False)
-    return _half_to_float(rows).reshape(rows.shape)
+    import cv2  # here: a command that scans no float16 cluster (upgrade, remove, restore) loads no OpenCV
+
+    if hasattr(cv2, "convertFp16"):  # OpenCV 4: the float16 bits as int16
+        return cv2.convertFp16(rows.view(np.int16)).reshape(rows.shape)
+    return cv2.multiply(rows, 1.0, dtype=cv2.CV_32F).reshape(rows.shape)  # OpenCV 5 takes float16, has no convertFp16
