@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import machine, sample_fit, write_section  # noqa: E402
 from pipeline.bundle.artifacts import Bundle  # noqa: E402
 from pipeline.bundle.catalog import Catalog  # noqa: E402
-from pipeline.bundle.writer import ArtifactWriter
+from pipeline.bundle.writer import ArtifactWriter  # noqa: E402
 from pipeline.index.cluster import build_index  # noqa: E402
 
 

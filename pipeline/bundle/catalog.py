@@ -226,13 +226,12 @@ class Catalog:
     def rows_with_hash(self, digest: str) -> list[int]:
         """The rows of the indexed copies of the content with hex SHA-1 ``digest`` (by a binary search
         over the hashes in sorted order, sorted once)."""
-        try:
-            wanted = np.array([bytes.fromhex(digest)], "S20")
-        except ValueError:
+        wanted = _stored_hash(digest)
+        if wanted is None:
             return []
         hashes, ordered = self._hash_array(), self.hash_order()
-        start, rows = _search(hashes, ordered, wanted[0]), []
-        while start < len(ordered) and hashes[ordered[start]] == wanted[0]:
+        start, rows = _search(hashes, ordered, wanted), []
+        while start < len(ordered) and hashes[ordered[start]] == wanted:
             rows.append(int(ordered[start]))
             start += 1
         return sorted(rows)
@@ -243,11 +242,8 @@ class Catalog:
         every hash once, which pays for itself only over many lookups."""
         hashes, found = self._hash_array(), {}
         for digest in digests:
-            try:
-                wanted = np.array([bytes.fromhex(digest)], "S20")[0]
-            except ValueError:
-                continue
-            rows = np.flatnonzero(hashes == wanted)
+            wanted = _stored_hash(digest)
+            rows = np.flatnonzero(hashes == wanted) if wanted is not None else []
             if len(rows):
                 found[digest] = rows.tolist()
         return found
@@ -405,6 +401,14 @@ def _int64s(chunk: pa.Array) -> np.ndarray:
     """An int64 Arrow array without nulls as a NumPy array over its buffer (``Array.to_numpy``
     imports pandas, 0.17 s, where it is installed)."""
     return np.frombuffer(chunk.buffers()[1], np.int64, count=len(chunk), offset=chunk.offset * 8)
+
+
+def _stored_hash(digest: str) -> Optional[np.bytes_]:
+    """A hex SHA-1 digest as the catalog stores it (20 bytes), or None when it is not hex."""
+    try:
+        return np.array([bytes.fromhex(digest)], "S20")[0]
+    except ValueError:
+        return None
 
 
 def _search(hashes: np.ndarray, order: np.ndarray, wanted: np.bytes_) -> int:
