@@ -105,14 +105,16 @@ def deploy(shards: int, replicas: int) -> list:
     """The shard deployments, each its own Serve application (no HTTP): their handles."""
     from ray import serve
 
-    from pipeline.serve.ray_server import ShardReplica
+    from pipeline.serve.ray_server import SHARD_ACTOR_OPTIONS, ShardReplica, direct
 
     handles = []
     for shard in range(shards):
         name = f"shard-{shard}"
-        serve.run(serve.deployment(ShardReplica, name=name).options(num_replicas=replicas).bind(shard, shards),
-                  name=name, route_prefix=None, logging_config={"log_level": "WARNING"})  # as serve --ray runs them
-        handles.append(serve.get_deployment_handle(name, app_name=name))
+        deployment = serve.deployment(ShardReplica, name=name).options(num_replicas=replicas,
+                                                                       ray_actor_options=SHARD_ACTOR_OPTIONS)
+        serve.run(deployment.bind(shard, shards), name=name, route_prefix=None,
+                  logging_config={"log_level": "WARNING"})  # as serve --ray runs them
+        handles.append(direct(serve.get_deployment_handle(name, app_name=name)))  # as the router calls them
     return handles
 
 
@@ -164,11 +166,11 @@ def parts(whole, sharded, shard, queries: np.ndarray, nprobe: int) -> dict:
     """Where a query's time goes, one query at a time (medians, ms): routing; a call to shard 0 with
     nothing to scan (Ray Serve's round trip); with its share of the probed clusters; a whole search,
     and the CPU time every process of the machine spent on it (busy ticks over the searches, a query's share)."""
-    def median_ms(step) -> float:
+    def median_ms(step, arguments=None) -> float:
         times = []
-        for query in queries[:100]:
+        for argument in [query[None] for query in queries[:100]] if arguments is None else arguments:
             tick = time.perf_counter()
-            step(query[None])
+            step(argument)
             times.append((time.perf_counter() - tick) * 1000)
         return statistics.median(times)
 
@@ -177,11 +179,12 @@ def parts(whole, sharded, shard, queries: np.ndarray, nprobe: int) -> dict:
         return np.where(sharded.owner_[probed] == 0, probed, whole.nlist)
 
     folder = sharded.folder
+    owned = [(query[None], own(query[None])) for query in queries[:100]]  # routed before the calls are timed
     figures = {"route_ms": median_ms(lambda query: whole.route(query, nprobe)),
                "empty_call_ms": median_ms(lambda query: shard.scan.remote(folder, query,
                                                                            np.full((1, nprobe), whole.nlist),
                                                                            10).result()),
-               "own_call_ms": median_ms(lambda query: shard.scan.remote(folder, query, own(query), 10).result())}
+               "own_call_ms": median_ms(lambda asked: shard.scan.remote(folder, *asked, 10).result(), owned)}
     busy, total = busy_jiffies()
     time.sleep(IDLE_S)
     idle_busy, idle_total = busy_jiffies()

@@ -228,6 +228,20 @@ def test_stored_float16_rows_convert_exactly():
         assert np.isnan(converted[~numbers]).all()
 
 
+def test_a_few_queries_route_to_the_clusters_a_full_stable_sort_ranks_first():
+    """A route of a few queries partitions its scores rather than sorting them: the same clusters in the same
+    order as a stable sort, ties to the lower cluster, infinities and NaN last, however many are asked."""
+    from pipeline.index.clustered import _smallest_few
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        scores = rng.integers(0, 20, (3, int(rng.integers(1, 120)))).astype(np.float32)  # many ties
+        scores[0, rng.integers(0, scores.shape[1], 4)] = np.nan
+        scores[1, rng.integers(0, scores.shape[1], 4)] = np.inf
+        k = int(rng.integers(1, scores.shape[1] + 2))
+        assert np.array_equal(_smallest_few(scores, k), np.argsort(scores, axis=1, kind="stable")[:, :k]), trial
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_a_few_queries_rank_as_a_large_batch_does(metric, dtype):

@@ -86,10 +86,14 @@ def _scan_few(queries, probed, vectors, table, norms, offsets, ids, n, cosine, o
         scores, found = [], []
         for cluster in probed[q]:
             start, stop = offsets[cluster], offsets[cluster + 1]
+            if start == stop:  # an empty cluster, or one another shard holds
+                continue
             block = as_float32(vectors[start:stop].view(np.float16)) if half else vectors[start:stop]
             dots = block @ query
             scores.append(-dots if cosine else norms[start:stop] - 2 * dots)
             found.append(ids[start:stop])
+        if not scores:
+            continue
         scores, found = np.concatenate(scores), np.concatenate(found)
         if len(scores) > n:
             kept = np.argpartition(scores, n - 1)[:n]
@@ -100,8 +104,17 @@ def _scan_few(queries, probed, vectors, table, norms, offsets, ids, n, cosine, o
 
 
 def _smallest_few(matrix: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the ``k`` smallest values of each row, smallest first (ties: lower index)."""
-    return np.argsort(matrix, axis=1, kind="stable")[:, :k]
+    """Column indices of the ``k`` smallest values of each row, smallest first (ties: lower index):
+    the values up to the k-th smallest, found by a partition, then sorted (a full sort of a row of
+    12,649 centroids took a millisecond, two thirds of a route)."""
+    if k >= matrix.shape[1]:
+        return np.argsort(matrix, axis=1, kind="stable")[:, :k]
+    kth = np.partition(matrix, k - 1, axis=1)[:, k - 1]
+    out = np.empty((len(matrix), k), np.int64)
+    for number, (row, border) in enumerate(zip(matrix, kth)):
+        kept = np.arange(len(row)) if np.isnan(border) else np.flatnonzero(row <= border)  # NaN: sorted last
+        out[number] = kept[np.argsort(row[kept], kind="stable")[:k]]
+    return out
 
 
 def _run(kernel: str, few: Callable, queries: int, *args):
