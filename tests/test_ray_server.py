@@ -60,8 +60,11 @@ def test_a_shard_refuses_clusters_it_does_not_hold(clustered):
     bundle = Bundle.load(clustered[0])
     scanner = ShardScanner(bundle.folder, 0, 2)
     foreign = next(cluster for cluster in range(bundle.index.nlist) if cluster not in scanner.clusters)
-    with pytest.raises(ValueError, match="does not hold clusters"):
-        scanner.scan(np.asarray(bundle.embeddings[:1]), np.array([[foreign]]), 5)
+    for cluster in (foreign, bundle.index.nlist + 1, -1):  # another shard's, and none at all
+        with pytest.raises(ValueError, match="does not hold clusters"):
+            scanner.scan(np.asarray(bundle.embeddings[:1]), np.array([[scanner.clusters[0], cluster]]), 5)
+    assert scanner.scan(np.asarray(bundle.embeddings[:1]), np.array([[scanner.clusters[0], bundle.index.nlist]]),
+                        5)[1].shape == (1, 5)  # nlist: no cluster, skipped
 
 
 def test_a_shard_replica_answers_on_a_loaded_version_while_it_loads_another(clustered, tmp_path, monkeypatch):

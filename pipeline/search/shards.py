@@ -71,6 +71,8 @@ class ShardScanner:
         whole = load_index(self.folder, check_vectors=False)
         sizes = np.diff(whole.offsets_)
         self.clusters = np.flatnonzero(shard_plan(sizes, shards) == shard)
+        self.owns = np.zeros(len(sizes) + 1, bool)  # by cluster, and nlist (none) last
+        self.owns[self.clusters] = self.owns[-1] = True
         held = np.zeros_like(sizes)
         held[self.clusters] = sizes[self.clusters]
         offsets = np.concatenate([[0], np.cumsum(held)]).astype(np.int64)  # the others: empty
@@ -92,7 +94,7 @@ class ShardScanner:
         """The ``n`` best (scores, ids) of each prepared query among its probed clusters (queries,
         nprobe) that this shard owns; ValueError for a cluster it does not own (nlist: none)."""
         probed = np.asarray(probed, np.int64)
-        owned = np.isin(probed, self.clusters) | (probed == self.index.nlist)
+        owned = self.owns[np.clip(probed, 0, self.index.nlist)] & (probed >= 0) & (probed <= self.index.nlist)
         if not owned.all():
             raise ValueError(f"shard {self.shard} of {self.shards} does not hold clusters "
                              f"{sorted(set(probed[~owned].tolist()))[:5]}")
