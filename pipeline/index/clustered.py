@@ -83,7 +83,7 @@ def _scan_few(queries, probed, vectors, table, norms, offsets, ids, n, cosine, o
     arguments too (``table`` is the kernel's: float16 ``vectors``, given as their bits, are converted here)."""
     half = vectors.dtype == np.uint16
     for q, query in enumerate(queries):
-        scores, found = [], []
+        scores, found = [np.zeros(0, np.float32)], [ids[:0]]  # none when every probed cluster is empty
         for cluster in probed[q]:
             start, stop = offsets[cluster], offsets[cluster + 1]
             if start == stop:  # an empty cluster, or one another shard holds
@@ -92,8 +92,6 @@ def _scan_few(queries, probed, vectors, table, norms, offsets, ids, n, cosine, o
             dots = block @ query
             scores.append(-dots if cosine else norms[start:stop] - 2 * dots)
             found.append(ids[start:stop])
-        if not scores:
-            continue
         scores, found = np.concatenate(scores), np.concatenate(found)
         if len(scores) > n:
             kept = np.argpartition(scores, n - 1)[:n]
