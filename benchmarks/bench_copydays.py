@@ -122,6 +122,24 @@ def score(found: dict, folder: Path, kinds: dict[str, str], photo_of: dict[str, 
             "from_shared_features": found["from_shared_features"]}
 
 
+def found_both_ways(folder: Path, truth: dict[str, list[str]], workdir: Path) -> dict[str, dict]:
+    """``imgsim duplicates --json --ground-truth`` (``truth``, written to ``workdir``) on a fit of
+    ``folder`` (the default settings) and on the folder with no fit (a fresh cache): each one's JSON."""
+    artifacts, truth_file, cache = workdir / "artifacts", workdir / "ground-truth.json", workdir / "cache"
+    truth_file.write_text(json.dumps(truth, indent=1))
+    shutil.rmtree(artifacts, ignore_errors=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(folder), "--artifacts", str(artifacts)],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = {}
+    ways = {"with a fit": ["--artifacts", str(artifacts)], "with no fit": [str(folder), "--cache", str(cache)]}
+    for way, where in ways.items():
+        shutil.rmtree(cache, ignore_errors=True)
+        found[way] = json.loads(subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "duplicates.py"), *where, "--json", "--ground-truth",
+             str(truth_file)], check=True, cwd=ROOT, capture_output=True, text=True).stdout)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=300)
@@ -129,21 +147,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-copydays"))
     args = parser.parse_args()
-    folder, artifacts, truth_file = (args.workdir / "photos", args.workdir / "artifacts",
-                                     args.workdir / "ground-truth.json")
+    folder = args.workdir / "photos"
     truth, kinds, photo_of, original = build(folder, args.photos, args.copies, args.seed)
-    truth_file.write_text(json.dumps(truth, indent=1))
-    shutil.rmtree(artifacts, ignore_errors=True)
     print(f"{len(truth)} images, {len(kinds)} of them copies; fitting ...", flush=True)
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(folder), "--artifacts", str(artifacts)],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}
-    for way, where in (("with a fit", ["--artifacts", str(artifacts)]),
-                       ("with no fit", [str(folder), "--cache", str(args.workdir / "cache")])):
-        shutil.rmtree(args.workdir / "cache", ignore_errors=True)
-        found = json.loads(subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "duplicates.py"), *where, "--json", "--ground-truth",
-             str(truth_file)], check=True, cwd=ROOT, capture_output=True, text=True).stdout)
+    for way, found in found_both_ways(folder, truth, args.workdir).items():
         results[way] = score(found, folder, kinds, photo_of, original)
         print(way, json.dumps(results[way], indent=1), flush=True)
     kinds_seen = list(next(iter(results.values()))["by_kind"])

@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.bench_copydays import found_both_ways  # noqa: E402
 from benchmarks.report import QUALITY_MD, machine, write_section  # noqa: E402
 
 SDIST_URL = ("https://files.pythonhosted.org/packages/0d/d5/"
@@ -93,19 +92,9 @@ def main() -> None:
     names = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
     truth = {name: [other for other in names if other != name and family_of(other) == family_of(name)]
              for name in names if family_of(name) in FAMILIES}
-    truth_file, artifacts = args.workdir / "ground-truth.json", args.workdir / "artifacts"
-    truth_file.write_text(json.dumps(truth, indent=1))
-    shutil.rmtree(artifacts, ignore_errors=True)
     print(f"{len(names)} files; fitting ...", flush=True)
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "fit.py"), str(folder), "--artifacts", str(artifacts)],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}
-    for way, where in (("with no fit", [str(folder), "--cache", str(args.workdir / "cache")]),
-                       ("with a fit of the folder", ["--artifacts", str(artifacts)])):
-        shutil.rmtree(args.workdir / "cache", ignore_errors=True)
-        found = json.loads(subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "duplicates.py"), *where, "--json", "--ground-truth",
-             str(truth_file)], check=True, cwd=ROOT, capture_output=True, text=True).stdout)
+    for way, found in found_both_ways(folder, truth, args.workdir).items():
         results[way] = score(found, folder, names)
         print(way, json.dumps(results[way], indent=1), flush=True)
     rows = "\n".join(
