@@ -81,6 +81,7 @@ def test_a_small_folder_finds_a_rotated_and_a_grayscale_copy(tmp_path):
 
 
 def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with_copies, tmp_path, monkeypatch):
+    import pipeline.collection.groups as groups
     import pipeline.collection.verification as verification
 
     artifacts, photos = copy_of_fit(with_copies[0], tmp_path)
@@ -88,6 +89,7 @@ def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with
     first = find_duplicates(bundle, progress=False)
     cached = list((artifacts / CACHE_FOLDER).rglob("*.npz"))
     assert cached and (artifacts / CACHE_FOLDER / "verdicts.json").is_file()
+    assert (artifacts / CACHE_FOLDER / "facts.json").is_file()  # what the choice of the copy to keep read
 
     def no_new_work(*_):
         raise AssertionError("features computed again")
@@ -95,6 +97,7 @@ def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with
     with monkeypatch.context() as patch:
         patch.setattr(verification.LocalFeatures, "of", no_new_work)
         patch.setattr(verification, "verify", no_new_work)
+        patch.setattr(groups.Image, "open", no_new_work)  # no image opened again to choose the copy to keep
         again = find_duplicates(Bundle.load(artifacts), progress=False)
     assert [group.to_dict() for group in again.groups] == [group.to_dict() for group in first.groups]
 
@@ -287,7 +290,18 @@ TAMPERED_CACHES = {
     "features-points-outside": lambda cache: _edit_features(cache, points=lambda p: p + 10_000),
     "features-gray-not-a-jpeg": lambda cache: _edit_features(cache, gray=lambda g: np.zeros(10, np.uint8)),
     "features-not-an-npz": lambda cache: _edit_features(cache, points=None),
+    "facts-a-list": lambda cache: (cache / "facts.json").write_text("[]"),
+    "facts-torn": lambda cache: (cache / "facts.json").write_text('{"version": 1, "facts": {"a'),
+    "a-fact-of-wrong-types": lambda cache: _edit_facts(cache, lambda fact: ["wide", *fact[1:]]),
+    "a-fact-out-of-range": lambda cache: _edit_facts(cache, lambda fact: [*fact[:2], 7.5, *fact[3:]]),
 }
+
+
+def _edit_facts(cache, change):
+    path = cache / "facts.json"
+    stored = json.loads(path.read_text())
+    stored["facts"] = {key: change(value) for key, value in stored["facts"].items()}
+    path.write_text(json.dumps(stored))
 
 
 def _edit_verdicts(cache, change):

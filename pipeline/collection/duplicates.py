@@ -195,6 +195,15 @@ class _Verifier:
         self.cache.store_shared_pairs(key, np.asarray(pairs, np.int64).reshape(-1, 2))
         return pairs
 
+    def facts(self, row: int, coverage: float) -> Facts:
+        """What the choice of the copy to keep looks at, of ``row``'s file: its size and time now, what
+        its contents show from the cache where it was read before (each run need not open every copy)."""
+        known = self.cache.facts(self.hashes[row])
+        found = Facts.of(self.paths[row], coverage, known)
+        if known is None and found.width:
+            self.cache.store_facts(self.hashes[row], found.content())
+        return found
+
     def mirrored_verdicts(self, representative: int, rows: list[int]) -> list[Optional[Verification]]:
         """The verdicts on (representative, row) by :func:`verify_mirrored`, for pairs :meth:`verdicts`
         refused: the representative's mirror image is decoded here, once (None where it cannot be read)."""
@@ -312,7 +321,7 @@ def _groups(images: Images, rows: list[int], verdicts: dict[tuple[int, int], Opt
     """Groups among ``rows`` (joined by verified pairs), each member verified against its
     representative; ``linked``: what :func:`_linked` tells of the verdicts."""
     coverage, links = linked
-    facts = {row: Facts.of(images.paths[row], coverage[row]) for row in rows}
+    facts = {row: verifier.facts(row, coverage[row]) for row in rows}
     remaining = set(rows)
     groups = []
     while len(remaining) > 1:

@@ -114,10 +114,15 @@ class Facts:
     camera: tuple[bool, bool] = (False, False)  # (the camera's EXIF: make or model, a camera's format)
 
     @classmethod
-    def of(cls, path: str, coverage: float) -> "Facts":
-        """The file as it is now (zeros when it is gone or unreadable)."""
+    def of(cls, path: str, coverage: float, content: Optional[list] = None) -> "Facts":
+        """The file as it is now (zeros when it is gone or unreadable); ``content``: what :meth:`content`
+        said of a file of the same contents (a cache's), so the image is not opened again."""
         try:
             status = os.stat(path)
+            if content is not None:
+                width, height, opaque, colour, bits, exif, camera_format = content
+                return cls(width, height, status.st_size, status.st_mtime, coverage, opaque, colour, bits,
+                           (exif, camera_format))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as image:
@@ -136,6 +141,10 @@ class Facts:
         colour = bool(opaque.any() and spread[opaque].mean() > GRAY_SPREAD)
         return cls(width, height, status.st_size, status.st_mtime, coverage, float(opaque.mean()), colour,
                    bits if colour or bits < 24 else 8, camera)
+
+    def content(self) -> list:
+        """What the file's contents alone decide (not its size, time or coverage), as :meth:`of` takes it back."""
+        return [self.width, self.height, self.opaque, self.colour, self.bits, *self.camera]
 
     @property
     def photo_pixels(self) -> float:

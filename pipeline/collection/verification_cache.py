@@ -22,13 +22,15 @@ from .verification import VERSION, LocalFeatures, Thresholds, Verification
 log = logging.getLogger(__name__)
 
 SHARED_KEPT = 8  # collections whose shared-feature candidates the cache keeps
+FACTS_VERSION = 1  # of what groups.Facts.content lists
 _PAIR_KEY = re.compile(r"[0-9a-f]{40}:[0-9a-f]{40}(/mirrored)?")
+_HASH = re.compile(r"[0-9a-f]{40}")
 
 
 class VerificationCache:
-    """Local features by content hash (one ``.npz`` file each) and verdicts by pair of content
-    hashes (one JSON file), in a folder beside the bundles: a second run reads them instead of
-    decoding and matching again. A changed file has a new hash, so nothing stale is ever used;
+    """Local features by content hash (one ``.npz`` file each), verdicts by pair of content
+    hashes and what the choice of the copy to keep reads of each image (one JSON file each), in a
+    folder beside the bundles: a second run reads them instead of decoding and matching again. A changed file has a new hash, so nothing stale is ever used;
     :meth:`prune` drops what belongs to no indexed image any more. The verdicts hold for one set of
     :class:`Thresholds`: a run with others decides every pair again (and keeps its own)."""
 
@@ -41,9 +43,14 @@ class VerificationCache:
         self._verdicts_path = self.folder / "verdicts.json"
         self._verdicts: dict[str, dict] = {}
         self._changed = False  # verdicts stored or dropped since the file was read
+        self._facts_path = self.folder / "facts.json"
+        self._facts: dict[str, list] = {}
+        self._facts_changed = False
         self._warned = False
         if verdicts and self._verdicts_path.is_file():
             self._verdicts = self._read_verdicts()
+        if verdicts and self._facts_path.is_file():
+            self._facts = self._read_facts()
 
     def _read_verdicts(self) -> dict[str, dict]:
         """The stored verdicts that are well formed; the others are dropped (and decided again, and the
@@ -75,6 +82,24 @@ class VerificationCache:
         if len(kept) < len(pairs):
             self._warn(self._verdicts_path, f"{len(pairs) - len(kept)} verdicts malformed")
         self._changed = len(kept) < len(pairs)
+        return kept
+
+    def _read_facts(self) -> dict[str, list]:
+        """The stored facts (:meth:`facts`) that are well formed; the others are dropped (and read again
+        from the images)."""
+        try:
+            stored = json.loads(self._facts_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            stored = None
+        if not isinstance(stored, dict) or not isinstance(stored.get("facts"), dict):
+            self._warn(self._facts_path, "not a facts file")
+            return {}
+        if stored.get("version") != FACTS_VERSION:
+            return {}
+        kept = {key: value for key, value in stored["facts"].items() if _HASH.fullmatch(key) and _sound_facts(value)}
+        if len(kept) < len(stored["facts"]):
+            self._warn(self._facts_path, f"{len(stored['facts']) - len(kept)} entries malformed")
+            self._facts_changed = True
         return kept
 
     def _warn(self, path: Path, reason: str) -> None:
@@ -160,22 +185,52 @@ class VerificationCache:
         self._verdicts[self._key(first_hash, second_hash, mirrored)] = asdict(verdict)
         self._changed = True
 
+    def facts(self, content_hash: str) -> Optional[list]:
+        """What the choice of the copy to keep read of an image of these contents
+        (:meth:`pipeline.collection.groups.Facts.content`), or None."""
+        return self._facts.get(content_hash)
+
+    def store_facts(self, content_hash: str, content: list) -> None:
+        self._facts[content_hash] = content
+        self._facts_changed = True
+
     def prune(self, kept_hashes: set[str]) -> None:
-        """Forget the features and verdicts of every image whose hash is not in ``kept_hashes``."""
+        """Forget the features, facts and verdicts of every image whose hash is not in ``kept_hashes``."""
         kept = {key: value for key, value in self._verdicts.items()
                 if all(part in kept_hashes for part in key.split("/")[0].split(":"))}
         self._changed |= len(kept) < len(self._verdicts)
         self._verdicts = kept
+        facts = {key: value for key, value in self._facts.items() if key in kept_hashes}
+        self._facts_changed |= len(facts) < len(self._facts)
+        self._facts = facts
         for path in self.folder.glob(f"features-v{VERSION}/*/*.npz"):
             if path.stem not in kept_hashes:
                 path.unlink(missing_ok=True)
 
     def save(self) -> None:
-        """Write the verdicts if they changed (atomically: a crash leaves the old file or the new one)."""
-        if not self._changed and self._verdicts_path.is_file():
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=self.folder, suffix=".tmp", delete=False) as out:
-            json.dump({"version": VERSION, "thresholds": asdict(self.thresholds), "pairs": self._verdicts}, out)
-        os.replace(out.name, self._verdicts_path)
-        self._changed = False
+        """Write the verdicts and the facts if they changed (atomically: a crash leaves the old file or the new one)."""
+        if self._changed or not self._verdicts_path.is_file():
+            _write_json(self._verdicts_path, {"version": VERSION, "thresholds": asdict(self.thresholds),
+                                              "pairs": self._verdicts})
+            self._changed = False
+        if self._facts_changed:
+            _write_json(self._facts_path, {"version": FACTS_VERSION, "facts": self._facts})
+            self._facts_changed = False
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """``payload`` written whole at ``path`` or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
+        json.dump(payload, out)
+    os.replace(out.name, path)
+
+
+def _sound_facts(value) -> bool:
+    """Whether ``value`` is what Facts.content lists: width, height, opaque share, colour, bits, camera EXIF, format."""
+    if not isinstance(value, list) or len(value) != 7:
+        return False
+    width, height, opaque, colour, bits, exif, camera_format = value
+    return (all(type(side) is int and side > 0 for side in (width, height)) and type(opaque) in (int, float)
+            and 0 <= opaque <= 1 and all(type(flag) is bool for flag in (colour, exif, camera_format))
+            and bits in (1, 8, 16, 24) and type(bits) is int)
