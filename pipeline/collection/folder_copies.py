@@ -4,10 +4,10 @@ A person who only wants to clean up a folder should not have to fit one first. T
 from the pretrained backbone's descriptors (EfficientNet-Lite0's feature map at 224 px, averaged: no
 training; run by LiteRT, converted once into the cache) and from the images' shared local features,
 as for a fit's collection, and every pair is verified the same way (:mod:`pipeline.collection.duplicates`).
-Nothing is written but the cache: each image's descriptor, local features and verdicts by content
-hash, and each file's hash by its size and time, in ``default_cache()``
-(``$XDG_CACHE_HOME/imgsim/duplicates``, else ``~/.cache/imgsim/duplicates``), shared by every
-folder, so a second run decodes nothing it has seen and loads no model. The cache is never pruned
+Nothing is written but the cache: each image's descriptor, local features, verdicts and what the
+choice of the copy to keep read of it by content hash, and each file's hash by its size and time, in
+``default_cache()`` (``$XDG_CACHE_HOME/imgsim/duplicates``, else ``~/.cache/imgsim/duplicates``),
+shared by every folder, so a second run decodes nothing it has seen and loads no model. The cache is never pruned
 (other folders may use it); deleting it only costs the next run its time.
 """
 
