@@ -7,8 +7,8 @@ as for a fit's collection, and every pair is verified the same way (:mod:`pipeli
 Nothing is written but the cache: each image's descriptor, local features, verdicts and what the
 choice of the copy to keep read of it by content hash, and each file's hash by its size and time, in
 ``default_cache()`` (``$XDG_CACHE_HOME/imgsim/duplicates``, else ``~/.cache/imgsim/duplicates``),
-shared by every folder, so a second run decodes nothing it has seen and loads no model. The cache is never pruned
-(other folders may use it); deleting it only costs the next run its time.
+shared by every folder, so a second run decodes nothing it has seen and loads no model. The cache
+is never pruned (other folders may use it); deleting it only costs the next run its time.
 """
 
 from __future__ import annotations

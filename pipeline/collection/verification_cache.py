@@ -30,12 +30,13 @@ _HASH = re.compile(r"[0-9a-f]{40}")
 class VerificationCache:
     """Local features by content hash (one ``.npz`` file each), verdicts by pair of content
     hashes and what the choice of the copy to keep reads of each image (one JSON file each), in a
-    folder beside the bundles: a second run reads them instead of decoding and matching again. A changed file has a new hash, so nothing stale is ever used;
-    :meth:`prune` drops what belongs to no indexed image any more. The verdicts hold for one set of
-    :class:`Thresholds`: a run with others decides every pair again (and keeps its own)."""
+    folder beside the bundles: a second run reads them instead of decoding and matching again. A
+    changed file has a new hash, so nothing stale is ever used; :meth:`prune` drops what belongs to
+    no indexed image any more. The verdicts hold for one set of :class:`Thresholds`: a run with
+    others decides every pair again (and keeps its own)."""
 
     def __init__(self, folder: str | os.PathLike, verdicts: bool = True, thresholds: Thresholds = Thresholds()):
-        """``verdicts=False``: for features only (the verdicts file is not read). Every file is
+        """``verdicts=False``: for features only (the verdicts and facts files are not read). Every file is
         checked as it is read; one that is torn, tampered or of another version is ignored (and
         rebuilt), with one warning."""
         self.folder = Path(folder)
