@@ -92,7 +92,7 @@ def test_a_second_run_reads_the_cache_and_a_changed_file_is_looked_at_again(with
     assert (artifacts / CACHE_FOLDER / "facts.json").is_file()  # what the choice of the copy to keep read
 
     def no_new_work(*_):
-        raise AssertionError("features computed again")
+        raise AssertionError("features computed, pairs verified or images opened again")
 
     with monkeypatch.context() as patch:
         patch.setattr(verification.LocalFeatures, "of", no_new_work)

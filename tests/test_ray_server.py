@@ -60,7 +60,7 @@ def test_a_shard_refuses_clusters_it_does_not_hold(clustered):
     bundle = Bundle.load(clustered[0])
     scanner = ShardScanner(bundle.folder, 0, 2)
     foreign = next(cluster for cluster in range(bundle.index.nlist) if cluster not in scanner.clusters)
-    for cluster in (foreign, bundle.index.nlist + 1, -1):  # another shard's, and none at all
+    for cluster in (foreign, bundle.index.nlist + 1, -1):  # another shard's, and clusters out of range
         with pytest.raises(ValueError, match="does not hold clusters"):
             scanner.scan(np.asarray(bundle.embeddings[:1]), np.array([[scanner.clusters[0], cluster]]), 5)
     assert scanner.scan(np.asarray(bundle.embeddings[:1]), np.array([[scanner.clusters[0], bundle.index.nlist]]),
