@@ -49,59 +49,36 @@ class VerificationCache:
         self._facts_changed = False
         self._warned = False
         if verdicts and self._verdicts_path.is_file():
-            self._verdicts = self._read_verdicts()
+            self._verdicts, self._changed = self._read_entries(
+                self._verdicts_path, "pairs", {"version": VERSION, "thresholds": asdict(self.thresholds)},
+                lambda key, value: bool(_PAIR_KEY.fullmatch(key)) and _sound_verdict(value))
         if verdicts and self._facts_path.is_file():
-            self._facts = self._read_facts()
+            self._facts, self._facts_changed = self._read_entries(
+                self._facts_path, "facts", {"version": FACTS_VERSION},
+                lambda key, value: bool(_HASH.fullmatch(key)) and _sound_facts(value))
 
-    def _read_verdicts(self) -> dict[str, dict]:
-        """The stored verdicts that are well formed; the others are dropped (and decided again, and the
-        file written anew)."""
-        self._changed = True
+    def _read_entries(self, path: Path, field: str, header: dict, sound) -> tuple[dict, bool]:
+        """The entries of the JSON file ``path``'s ``field`` that are ``sound`` (key, value), when its
+        ``header`` is this version's (else none: decided by another rule or with other thresholds), and
+        whether the file is to be written anew (the others dropped, to be found again)."""
         try:
-            stored = json.loads(self._verdicts_path.read_text())
+            stored = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-            self._warn(self._verdicts_path, "unreadable")
-            return {}
+            self._warn(path, "unreadable")
+            return {}, True
         if not isinstance(stored, dict):
-            self._warn(self._verdicts_path, "not a verdicts file")
-            return {}
-        if stored.get("version") != VERSION or stored.get("thresholds") != asdict(self.thresholds):
-            return {}  # decided by another rule or with other thresholds
-        pairs = stored.get("pairs")
-        if not isinstance(pairs, dict):
-            self._warn(self._verdicts_path, "its pairs are not an object")
-            return {}
-        kept = {}
-        for key, value in pairs.items():
-            try:
-                if not _PAIR_KEY.fullmatch(key):
-                    raise ValueError("not a pair of content hashes")
-                Verification.from_dict(value)
-            except ValueError:
-                continue
-            kept[key] = value
-        if len(kept) < len(pairs):
-            self._warn(self._verdicts_path, f"{len(pairs) - len(kept)} verdicts malformed")
-        self._changed = len(kept) < len(pairs)
-        return kept
-
-    def _read_facts(self) -> dict[str, list]:
-        """The stored facts (:meth:`facts`) that are well formed; the others are dropped (and read again
-        from the images)."""
-        try:
-            stored = json.loads(self._facts_path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-            stored = None
-        if not isinstance(stored, dict) or not isinstance(stored.get("facts"), dict):
-            self._warn(self._facts_path, "not a facts file")
-            return {}
-        if stored.get("version") != FACTS_VERSION:
-            return {}
-        kept = {key: value for key, value in stored["facts"].items() if _HASH.fullmatch(key) and _sound_facts(value)}
-        if len(kept) < len(stored["facts"]):
-            self._warn(self._facts_path, f"{len(stored['facts']) - len(kept)} entries malformed")
-            self._facts_changed = True
-        return kept
+            self._warn(path, f"not a {path.stem} file")
+            return {}, True
+        if any(stored.get(name) != value for name, value in header.items()):
+            return {}, True
+        entries = stored.get(field)
+        if not isinstance(entries, dict):
+            self._warn(path, f"its {field} are not an object")
+            return {}, True
+        kept = {key: value for key, value in entries.items() if sound(key, value)}
+        if len(kept) < len(entries):
+            self._warn(path, f"{len(entries) - len(kept)} of its {field} malformed")
+        return kept, len(kept) < len(entries)
 
     def _warn(self, path: Path, reason: str) -> None:
         """Say once per cache that a file of it was ignored."""
@@ -225,6 +202,14 @@ def _write_json(path: Path, payload: dict) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
         json.dump(payload, out)
     os.replace(out.name, path)
+
+
+def _sound_verdict(value) -> bool:
+    try:
+        Verification.from_dict(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _sound_facts(value) -> bool:
